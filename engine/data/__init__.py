@@ -1,0 +1,10 @@
+"""Arrow / Parquet data: datasets read a part at a time, a streaming loader, converters.
+
+pyarrow is imported only inside this package (house style: one module per heavy dependency).
+"""
+from .dataset import ArrowDataset, DataError, Part, share_counts
+from .loader import DataLoader, plan_windows, upload
+from .convert import convert, describe, write_parquet
+
+__all__ = ["ArrowDataset", "DataError", "DataLoader", "Part", "convert", "describe",
+           "plan_windows", "share_counts", "upload", "write_parquet"]
