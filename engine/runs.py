@@ -1,0 +1,264 @@
+"""Durable run store: what `engine train` records and `engine ui` reads.
+
+One directory per run under a root (default ./runs, or $ENGINE_RUNS_DIR), each holding
+a SQLite database `run.db` (WAL, so the UI reads while training writes) and, optionally,
+`weights.safetensors`. One database per run means a crashed writer can only damage its
+own run, and runs can be copied or deleted as plain directories.
+
+Every write commits at once: a crash loses at most the step being written.
+"""
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import sqlite3
+import time
+from pathlib import Path
+
+__all__ = ["RunRecorder", "RunStore", "default_root", "valid_run_id", "STALE_AFTER_S"]
+
+DB_NAME = "run.db"
+WEIGHTS_NAME = "weights.safetensors"
+# A running run that has not written anything for this long is shown as "stale":
+# its process most likely died without calling finish().
+STALE_AFTER_S = 120.0
+# Run ids become directory names and URL parts, so they are restricted to a safe alphabet.
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS run (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, config TEXT NOT NULL, status TEXT NOT NULL,
+    created REAL NOT NULL, heartbeat REAL NOT NULL, finished REAL,
+    summary TEXT NOT NULL DEFAULT '{}', note TEXT NOT NULL DEFAULT '',
+    pid INTEGER, host TEXT);
+CREATE TABLE IF NOT EXISTS metric (
+    step INTEGER NOT NULL, epoch INTEGER NOT NULL, t REAL NOT NULL,
+    key TEXT NOT NULL, value REAL, PRIMARY KEY (step, key));
+CREATE TABLE IF NOT EXISTS graph (id INTEGER PRIMARY KEY CHECK (id = 0), body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kernel (
+    idx INTEGER PRIMARY KEY, step INTEGER, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS weights (
+    id INTEGER PRIMARY KEY CHECK (id = 0), file TEXT NOT NULL, t REAL NOT NULL);
+"""
+
+
+def default_root():
+    return Path(os.environ.get("ENGINE_RUNS_DIR") or "runs")
+
+
+def valid_run_id(run_id):
+    return isinstance(run_id, str) and bool(_RUN_ID.match(run_id)) and ".." not in run_id
+
+
+def _slug(name):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name)).strip("-.")[:40] or "run"
+
+
+def _connect(path, create=False):
+    # mode=rw never creates a database by accident when a reader asks for a missing run.
+    mode = "rwc" if create else "rw"
+    con = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=10)
+    con.row_factory = sqlite3.Row
+    return con
+
+
+class RunRecorder:
+    """Writer side, used by the training process. Also a context manager: leaving the
+    block with an exception records the run as crashed with the error message."""
+
+    def __init__(self, root, run_id):
+        self.run_id = run_id
+        self.path = Path(root) / run_id
+        self._con = _connect(self.path / DB_NAME, create=True)
+
+    @classmethod
+    def create(cls, root=None, name="run", config=None):
+        root = Path(root) if root is not None else default_root()
+        root.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        while True:  # exist_ok=False makes the id unique even with concurrent runs
+            run_id = f"{stamp}-{_slug(name)}-{secrets.token_hex(2)}"
+            try:
+                (root / run_id).mkdir()
+                break
+            except FileExistsError:
+                continue
+        rec = cls(root, run_id)
+        rec._con.execute("PRAGMA journal_mode=WAL")
+        rec._con.executescript(_SCHEMA)
+        now = time.time()
+        with rec._con:
+            rec._con.execute(
+                "INSERT INTO run (id, name, config, status, created, heartbeat, pid, host)"
+                " VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
+                (run_id, str(name), json.dumps(config or {}), now, now, os.getpid(),
+                 socket.gethostname()))
+        return rec
+
+    def _write(self, sql, args=()):
+        with self._con:  # commits on success
+            self._con.execute(sql, args)
+            self._con.execute("UPDATE run SET heartbeat = ?", (time.time(),))
+
+    def heartbeat(self):
+        self._write("SELECT 1")
+
+    def log_graph(self, explain):
+        self._write("INSERT OR REPLACE INTO graph (id, body) VALUES (0, ?)",
+                    (json.dumps(explain),))
+
+    def log_kernels(self, kernels, step=None):
+        """Record the profile of one step; replaces the previous profile."""
+        with self._con:
+            self._con.execute("DELETE FROM kernel")
+            self._con.executemany("INSERT INTO kernel (idx, step, body) VALUES (?, ?, ?)",
+                                  [(i, step, json.dumps(k)) for i, k in enumerate(kernels)])
+            self._con.execute("UPDATE run SET heartbeat = ?", (time.time(),))
+
+    def log_metrics(self, step, epoch=0, **values):
+        now = time.time()
+        rows = [(int(step), int(epoch), now, k, None if v is None else float(v))
+                for k, v in values.items()]
+        with self._con:
+            self._con.executemany(
+                "INSERT OR REPLACE INTO metric (step, epoch, t, key, value) VALUES (?,?,?,?,?)",
+                rows)
+            self._con.execute("UPDATE run SET heartbeat = ?", (now,))
+
+    def log_weights(self, path):
+        """Copy a safetensors file into the run (atomically, so a reader never sees half)."""
+        tmp = self.path / (WEIGHTS_NAME + ".tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, self.path / WEIGHTS_NAME)
+        self._write("INSERT OR REPLACE INTO weights (id, file, t) VALUES (0, ?, ?)",
+                    (WEIGHTS_NAME, time.time()))
+
+    def finish(self, status="finished", **summary):
+        if status not in ("finished", "crashed"):
+            raise ValueError(f"finish(status={status!r}): use 'finished' or 'crashed'")
+        now = time.time()
+        self._write("UPDATE run SET status = ?, finished = ?, summary = ?",
+                    (status, now, json.dumps(summary, default=str)))
+
+    def close(self):
+        self._con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self.finish("crashed", error=f"{exc_type.__name__}: {exc}")
+        self.close()
+        return False
+
+
+def _pid_gone(pid, host):
+    """True only when we can tell for sure: same host and no such process."""
+    if not pid or host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class RunStore:
+    """Reader side, used by the UI. Every method takes a run id and returns plain
+    JSON-ready data; an unknown or malformed id raises KeyError."""
+
+    def __init__(self, root=None, stale_after_s=STALE_AFTER_S):
+        self.root = Path(root) if root is not None else default_root()
+        self.stale_after_s = stale_after_s
+
+    def _db(self, run_id):
+        if not valid_run_id(run_id):
+            raise KeyError(run_id)
+        path = self.root / run_id / DB_NAME
+        if not path.is_file():
+            raise KeyError(run_id)
+        return _connect(path)
+
+    def _query(self, run_id, sql, args=()):
+        con = self._db(run_id)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    def list_runs(self):
+        if not self.root.is_dir():
+            return []
+        runs = []
+        for d in sorted(self.root.iterdir(), reverse=True):
+            if valid_run_id(d.name) and (d / DB_NAME).is_file():
+                try:
+                    runs.append(self.get(d.name))
+                except (KeyError, sqlite3.Error):
+                    continue  # a run being created right now, or a damaged one
+        return sorted(runs, key=lambda r: r["created"], reverse=True)
+
+    def get(self, run_id):
+        con = self._db(run_id)
+        try:
+            rows = con.execute("SELECT * FROM run").fetchall()
+            if not rows:
+                raise KeyError(run_id)
+            r = dict(rows[0])
+            last = con.execute("SELECT MAX(step) AS step, MAX(epoch) AS epoch FROM metric").fetchone()
+            latest = {row["key"]: row["value"] for row in con.execute(
+                "SELECT key, value FROM metric WHERE step = ?", (last["step"],))}
+            has = {t: con.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() is not None
+                   for t in ("graph", "kernel", "weights")}
+        finally:
+            con.close()
+        status = r["status"]
+        age = time.time() - r["heartbeat"]
+        if status == "running" and (age > self.stale_after_s or _pid_gone(r["pid"], r["host"])):
+            status = "stale"
+        return {"id": r["id"], "name": r["name"], "config": json.loads(r["config"]),
+                "status": status, "recorded_status": r["status"], "created": r["created"],
+                "heartbeat": r["heartbeat"], "heartbeat_age_s": age, "finished": r["finished"],
+                "summary": json.loads(r["summary"]), "note": r["note"], "pid": r["pid"],
+                "host": r["host"], "last_step": last["step"], "last_epoch": last["epoch"],
+                "latest": latest, "has_graph": has["graph"], "has_kernels": has["kernel"],
+                "has_weights": has["weights"]}
+
+    def metrics(self, run_id, since=None):
+        """Rows merged by step: [{"step", "epoch", "t", <key>: value, ...}], ascending.
+        `since` returns only steps after it, for cheap polling."""
+        sql, args = "SELECT step, epoch, t, key, value FROM metric", ()
+        if since is not None:
+            sql, args = sql + " WHERE step > ?", (int(since),)
+        by_step = {}
+        for row in self._query(run_id, sql + " ORDER BY step", args):
+            d = by_step.setdefault(row["step"], {"step": row["step"], "epoch": row["epoch"],
+                                                 "t": row["t"]})
+            d[row["key"]] = row["value"]
+        return list(by_step.values())
+
+    def graph(self, run_id):
+        rows = self._query(run_id, "SELECT body FROM graph")
+        return json.loads(rows[0]["body"]) if rows else None
+
+    def kernels(self, run_id):
+        rows = self._query(run_id, "SELECT step, body FROM kernel ORDER BY idx")
+        return [dict(json.loads(r["body"]), step=r["step"]) for r in rows]
+
+    def weights_path(self, run_id):
+        rows = self._query(run_id, "SELECT file FROM weights")
+        return self.root / run_id / rows[0]["file"] if rows else None
+
+    def set_note(self, run_id, note):
+        """The one change the UI can make to a run (only when authenticated)."""
+        con = self._db(run_id)
+        try:
+            with con:
+                con.execute("UPDATE run SET note = ?", (str(note)[:2000],))
+        finally:
+            con.close()

@@ -1,0 +1,125 @@
+"""Per-layer view of a run: shapes and IR ops (from the recorded graph), parameter counts
+and weight statistics (from the run's weights), and activations for one test sample.
+
+Activations need the model itself. The UI never runs code from a run: it rebuilds one of
+the known example models by name (whitelist below), loads the run's weights into it and
+feeds one sample of that example's own test set through it with forward hooks.
+"""
+import importlib
+
+import numpy as np
+
+import engine
+
+# Run config value -> module that provides build_model(name) and load_digits()-style data.
+EXAMPLES = {"digits": ("engine.examples.digits", "load_digits", ("mlp", "cnn"))}
+HIST_BINS = 24
+MAX_VALUES = 256  # activations up to this size are sent whole (digits: 8x8 input, 10 logits)
+
+
+class SampleError(ValueError):
+    """A bad sample index: the API answers 400 with this message."""
+
+
+def stats(a):
+    a = np.asarray(a, dtype=np.float64).ravel()
+    if a.size == 0:
+        return {"size": 0}
+    counts, edges = np.histogram(a, bins=HIST_BINS)
+    return {"size": int(a.size), "mean": float(a.mean()), "std": float(a.std()),
+            "min": float(a.min()), "max": float(a.max()),
+            "zeros": float(np.mean(a == 0)),
+            "hist": {"counts": counts.tolist(), "edges": edges.tolist()}}
+
+
+def _layer_of(param_name):
+    return param_name.rsplit(".", 1)[0] if "." in param_name else ""
+
+
+def _graph_scopes(graph):
+    """scope -> {"ops": [...], "kernels": [...], "output_shape": shape of its last node}."""
+    scopes = {}
+    for n in (graph or {}).get("nodes", []):
+        s = scopes.setdefault(n.get("scope") or "", {"ops": [], "kernels": [], "output_shape": None})
+        s["ops"].append({"id": n["id"], "op": n["op"], "shape": n["shape"]})
+        s["output_shape"] = n["shape"]
+        if n.get("kernel") is not None and n["kernel"] not in s["kernels"]:
+            s["kernels"].append(n["kernel"])
+    return scopes
+
+
+def _load_weights(store, run_id):
+    path = store.weights_path(run_id)
+    if path is None:
+        return None
+    return {k: v.numpy() for k, v in engine.load(str(path)).items()}
+
+
+def _activations(config, weights, sample):
+    """Returns (input, {layer: output ndarray}, label) or raises with a readable reason."""
+    spec = EXAMPLES.get(config.get("example"))
+    model_name = config.get("model")
+    if spec is None or model_name not in spec[2]:
+        raise LookupError(f"activations are available for the known examples only "
+                          f"({', '.join(EXAMPLES)}); this run's config is {config!r}")
+    module = importlib.import_module(spec[0])  # a fixed name from EXAMPLES, never from the run
+    _, _, x_test, y_test = getattr(module, spec[1])()
+    if not 0 <= sample < len(x_test):
+        raise SampleError(f"sample must be in [0, {len(x_test) - 1}], got {sample}")
+    model = module.build_model(model_name)
+    model.load_state_dict({k: engine.tensor(v) for k, v in weights.items()})
+    outputs, handles = {}, []
+    for name, mod in model.named_modules():
+        if name:
+            handles.append(mod.register_forward_hook(
+                lambda m, i, out, name=name: outputs.__setitem__(name, out)))
+    try:
+        x = x_test[sample:sample + 1]
+        model(engine.tensor(x)).numpy()
+    finally:
+        for h in handles:
+            h.remove()
+    return x[0], {k: v.numpy() for k, v in outputs.items()}, int(y_test[sample])
+
+
+def describe(store, info, sample):
+    run_id = info["id"]
+    scopes = _graph_scopes(store.graph(run_id))
+    layers, result = {}, {"run_id": run_id, "sample": sample, "activations_error": None}
+
+    def layer(name):
+        sc = scopes.get(name, {})
+        return layers.setdefault(name, {
+            "name": name, "params": [], "param_count": 0, "ops": sc.get("ops", []),
+            "kernels": sc.get("kernels", []), "output_shape": sc.get("output_shape"),
+            "activation": None})
+
+    for name in scopes:
+        if name:
+            layer(name)
+    weights = None
+    try:
+        weights = _load_weights(store, run_id)
+    except Exception as e:  # show why instead of failing the whole page
+        result["weights_error"] = f"{type(e).__name__}: {e}"
+    for pname, arr in (weights or {}).items():
+        lay = layer(_layer_of(pname))
+        lay["params"].append({"name": pname, "shape": list(arr.shape), "stats": stats(arr)})
+        lay["param_count"] += int(arr.size)
+    if weights is None:
+        result["activations_error"] = result.get("weights_error") or "run has no weights recorded"
+    else:
+        try:
+            x, outs, label = _activations(info["config"], weights, sample)
+            result["input"] = {"shape": list(x.shape), "values": np.ravel(x).tolist(),
+                               "label": label}
+            for name, out in outs.items():
+                lay = layer(name)
+                lay["activation"] = {"shape": list(out.shape), "stats": stats(out),
+                                     "values": out.ravel().tolist() if out.size <= MAX_VALUES else None}
+        except SampleError:
+            raise
+        except Exception as e:
+            result["activations_error"] = f"{type(e).__name__}: {e}"
+    result["layers"] = [layers[k] for k in layers]
+    return result
