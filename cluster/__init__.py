@@ -1,0 +1,7 @@
+"""Many hosts as one: wire format, ring all-reduce, engine-node daemon, driver API."""
+from .allreduce import PlanMismatch, agree, allreduce, pack, unpack
+from .ring import PeerLost, RingLinks
+from .wire import Message, WireError, decode, encode
+
+__all__ = ["Message", "WireError", "decode", "encode", "RingLinks", "PeerLost",
+           "PlanMismatch", "agree", "allreduce", "pack", "unpack"]

@@ -1,0 +1,108 @@
+"""Ring all-reduce (baidu-allreduce shape): agree, then reduce-scatter and all-gather.
+
+Each bucket of the flat float32 buffer is cut into `world` chunks (chunk c covers
+[c*L//N, (c+1)*L//N), so lengths need not divide), and each chunk into segments.
+A segment is reduced and forwarded as soon as it arrives, so sends of one segment
+overlap receives of the next (pipelining), and the last reduce-scatter step feeds the
+first all-gather step directly.
+
+Bitwise identity across ranks: every chunk is summed exactly once, by one walk around
+the ring, and the all-gather copies that one result to everybody.  No rank ever adds
+the same numbers in a different order.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .ring import PeerLost, RingLinks
+
+BUCKET_BYTES = 4 << 20
+SEGMENT_BYTES = 512 << 10
+
+
+class PlanMismatch(RuntimeError):
+    """Ranks disagree on what is being reduced; moving data would corrupt it."""
+
+
+def pack(arrays) -> np.ndarray:
+    """Concatenate float32 arrays into one fresh flat buffer (the collective mutates it)."""
+    return np.concatenate([np.asarray(a, np.float32).reshape(-1) for a in arrays]) if len(arrays) else np.zeros(0, np.float32)
+
+
+def unpack(flat: np.ndarray, shapes) -> list[np.ndarray]:
+    out, off = [], 0
+    for s in shapes:
+        n = int(np.prod(s, dtype=np.int64))
+        out.append(flat[off:off + n].reshape(s))
+        off += n
+    return out
+
+
+def agree(links: RingLinks, step: int, sizes: list[int], dtype: str = "float32") -> None:
+    """Check the left neighbour plans the same reduction; around the ring this makes
+    all ranks agree (equality is transitive).  Fails loudly naming both sides."""
+    if links.world == 1:
+        return
+    mine = {"step": step, "sizes": list(map(int, sizes)), "dtype": dtype, "world": links.world}
+    links.send("plan", mine)
+    theirs = links.recv(f"plan for step {step}").fields
+    theirs = {k: theirs[k] for k in mine}
+    if theirs != mine:
+        diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
+        raise PlanMismatch(f"{links.name} (rank {links.rank}) and left neighbour {links.left} "
+                           f"disagree on the all-reduce of step {step}: (ours, theirs) = {diff}")
+
+
+def _segments(lo: int, hi: int, seg: int):
+    return [(a, min(a + seg, hi)) for a in range(lo, hi, seg)]
+
+
+def _bucket(links: RingLinks, buf: np.ndarray, step: int, b: int, seg: int) -> None:
+    n, r, L = links.world, links.rank, len(buf)
+    chunk = [_segments(c * L // n, (c + 1) * L // n, seg) for c in range(n)]
+
+    def recv(phase, s, k, lo, hi):
+        m = links.recv(f"{phase} segment (step {step}, bucket {b}, ring step {s}, seg {k})")
+        f = m.fields
+        if (m.type, f["step"], f["phase"], f["b"], f["s"], f["k"]) != ("chunk", step, phase, b, s, k) \
+                or len(m.tensors) != 1 or m.tensors[0].shape != (hi - lo,) or m.tensors[0].dtype != buf.dtype:
+            raise PlanMismatch(f"{links.name}: expected {phase} step {step} bucket {b} ring step {s} "
+                               f"seg {k} of {hi - lo} float32 from {links.left}, got {m.type} {f}")
+        return m.tensors[0]
+
+    def send(phase, s, k, lo, hi):
+        links.send("chunk", {"step": step, "phase": phase, "b": b, "s": s, "k": k}, [buf[lo:hi]])
+
+    for k, (lo, hi) in enumerate(chunk[r]):
+        send("rs", 0, k, lo, hi)
+    for s in range(n - 1):                       # reduce-scatter
+        for k, (lo, hi) in enumerate(chunk[(r - s - 1) % n]):
+            np.add(buf[lo:hi], recv("rs", s, k, lo, hi), out=buf[lo:hi])
+            if s < n - 2:
+                send("rs", s + 1, k, lo, hi)
+            else:                                # chunk r+1 is complete: start the all-gather
+                send("ag", 0, k, lo, hi)
+    for s in range(n - 1):                       # all-gather
+        for k, (lo, hi) in enumerate(chunk[(r - s) % n]):
+            buf[lo:hi] = recv("ag", s, k, lo, hi)
+            if s < n - 2:
+                send("ag", s + 1, k, lo, hi)
+
+
+def allreduce(links: RingLinks, flat: np.ndarray, step: int, *, bucket_bytes: int = BUCKET_BYTES,
+              segment_bytes: int = SEGMENT_BYTES) -> np.ndarray:
+    """Sum `flat` (float32, 1-D, owned by the caller and not reused while in flight)
+    over the ring in place; returns it.  Raises PeerLost or PlanMismatch."""
+    if flat.dtype != np.float32 or flat.ndim != 1 or not flat.flags.c_contiguous:
+        raise TypeError("allreduce wants a contiguous 1-D float32 buffer")
+    agree(links, step, [len(flat)])
+    if links.world == 1:
+        return flat
+    per_bucket = max(1, bucket_bytes // 4)
+    seg = max(1, segment_bytes // 4)
+    for b, lo in enumerate(range(0, len(flat), per_bucket)):
+        _bucket(links, flat[lo:lo + per_bucket], step, b, seg)
+    return flat
+
+
+__all__ = ["allreduce", "agree", "pack", "unpack", "PlanMismatch", "PeerLost"]

@@ -1,0 +1,243 @@
+"""Wire format: one function from message to ZeroMQ frames and its inverse.
+
+Frames: [header JSON, tensor frames..., (Arrow IPC table), MAC].  Frame 0 is a JSON
+header {"v": 1, "type": ..., ...}; each tensor travels as raw little-endian bytes whose
+dtype and shape are in the header; a table travels as one Arrow IPC stream.  The last
+frame is HMAC-SHA256 over every other frame (length-prefixed so frame boundaries cannot
+be shifted), keyed by the cluster's shared secret.  Nothing is ever unpickled: a peer
+can only make us parse JSON, copy bytes into numpy arrays of an allowed dtype, and read
+Arrow IPC, all of which are checked before use.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+VERSION = 1
+MAX_MESSAGE_BYTES = 512 << 20     # whole message; zmq's MAXMSGSIZE is set a little above
+MAX_HEADER_BYTES = 4 << 20        # programs (IR JSON) are the largest headers
+MAX_TENSORS = 4096
+MAX_DIMS = 8
+MAC_BYTES = 32
+DTYPES = {"float32": "<f4", "float64": "<f8", "int64": "<i8", "int32": "<i4", "uint8": "|u1"}
+
+# Per message type: field -> (python types, required).  Unknown fields are refused so a
+# typo on one side fails loudly instead of being ignored.
+_NUM = (int, float)
+SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    # driver -> node
+    "hello": {},
+    "ping": {"t": (_NUM, True)},
+    "job": {"job": ((str,), True), "optimizer": ((dict,), True), "step": ((int,), True),
+            "names": ((list,), True), "n_state": ((int,), True)},
+    "program": {"job": ((str,), True), "batch": ((int,), True), "program": ((dict,), True)},
+    "ring": {"job": ((str,), True), "gen": ((int,), True), "rank": ((int,), True),
+             "peers": ((list,), True), "step": ((int,), True)},
+    "step": {"job": ((str,), True), "gen": ((int,), True), "step": ((int,), True),
+             "batch": ((int,), True), "weight": (_NUM, True)},
+    "abort": {"job": ((str,), True)},
+    "state": {"job": ((str,), True)},
+    "stop": {},
+    # node -> driver
+    "info": {"node": ((str,), True), "devices": ((list,), True), "speed": (_NUM, True),
+             "data": ((str,), True)},
+    "pong": {"t": (_NUM, True), "step": ((int,), True), "busy": ((bool,), True)},
+    "ok": {"step": ((int,), False)},
+    "step_done": {"step": ((int,), True), "loss": (_NUM, True), "compute_s": (_NUM, True),
+                  "allreduce_s": (_NUM, True), "bytes": ((int,), True), "digest": ((str,), True)},
+    "step_failed": {"step": ((int,), True), "message": ((str,), True)},
+    "state_data": {"step": ((int,), True), "names": ((list,), True), "n_state": ((int,), True)},
+    "error": {"code": ((str,), True), "message": ((str,), True)},
+    "bye": {"node": ((str,), True), "reason": ((str,), True)},
+    # node -> node (ring)
+    "plan": {"gen": ((int,), True), "step": ((int,), True), "sizes": ((list,), True),
+             "dtype": ((str,), True), "world": ((int,), True)},
+    "chunk": {"gen": ((int,), True), "step": ((int,), True), "phase": ((str,), True),
+              "b": ((int,), True), "s": ((int,), True), "k": ((int,), True)},
+}
+_COMMON = {"v", "type", "id", "re", "tensors", "table"}
+
+
+class WireError(ValueError):
+    """A message that must be refused; `code` goes into the error reply."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+@dataclass
+class Message:
+    type: str
+    fields: dict = field(default_factory=dict)
+    tensors: list = field(default_factory=list)
+    table: dict | None = None      # column name -> numpy array
+
+    def __getitem__(self, key):
+        return self.fields[key]
+
+
+def _mac(secret: bytes, frames) -> bytes:
+    h = hmac.new(secret, digestmod=hashlib.sha256)
+    for f in frames:
+        mv = memoryview(f)
+        h.update(struct.pack("<Q", mv.nbytes))
+        h.update(mv)
+    return h.digest()
+
+
+def _dtype_name(a: np.ndarray) -> str:
+    for name, code in DTYPES.items():
+        if a.dtype == np.dtype(code):
+            return name
+    raise WireError("bad_dtype", f"dtype {a.dtype} cannot travel; allowed: {sorted(DTYPES)}")
+
+
+def _table_frame(table: dict) -> tuple[bytes, list]:
+    cols, meta = [], []
+    for name, a in table.items():
+        a = np.ascontiguousarray(a)
+        dt = _dtype_name(a)
+        flat = pa.array(a.reshape(len(a), -1).reshape(-1)) if a.ndim > 1 else pa.array(a)
+        if a.ndim > 1:  # one row per sample; the trailing shape goes in the header
+            flat = pa.FixedSizeListArray.from_arrays(flat, int(np.prod(a.shape[1:])))
+        cols.append(flat)
+        meta.append({"name": name, "dtype": dt, "shape": list(a.shape)})
+    sink = pa.BufferOutputStream()
+    t = pa.table(cols, names=[m["name"] for m in meta])
+    with pa.ipc.new_stream(sink, t.schema) as w:
+        w.write_table(t)
+    return sink.getvalue().to_pybytes(), meta
+
+
+def encode(type: str, fields: dict | None = None, tensors=(), table: dict | None = None,
+           *, secret: bytes, copy_tensors: bool = False) -> list:
+    """Message -> frames.  Tensors are sent from their own memory (no copy) when
+    contiguous little-endian; set copy_tensors if the caller will mutate them."""
+    header = {"v": VERSION, "type": type, **(fields or {})}
+    frames = []
+    metas = []
+    for t in tensors:
+        a = np.ascontiguousarray(t)
+        metas.append({"dtype": _dtype_name(a), "shape": list(a.shape)})
+        a = a.astype(DTYPES[metas[-1]["dtype"]], copy=False)
+        frames.append(a.tobytes() if copy_tensors else memoryview(a).cast("B"))
+    if metas:
+        header["tensors"] = metas
+    if table is not None:
+        blob, header["table"] = _table_frame(table)
+        frames.append(blob)
+    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    _validate_header(header)   # never send what the peer would refuse
+    frames.insert(0, head)
+    frames.append(_mac(secret, frames))
+    return frames
+
+
+def _check_shape(meta, where: str) -> tuple[np.dtype, tuple[int, ...]]:
+    if not isinstance(meta, dict) or set(meta) - {"dtype", "shape", "name"}:
+        raise WireError("bad_header", f"{where}: expected {{dtype, shape}}")
+    dt, shape = meta.get("dtype"), meta.get("shape")
+    if dt not in DTYPES:
+        raise WireError("bad_dtype", f"{where}: dtype {dt!r} not in {sorted(DTYPES)}")
+    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+            or not all(type(d) is int and 0 <= d < 1 << 40 for d in shape)):
+        raise WireError("bad_shape", f"{where}: shape {shape!r}")
+    return np.dtype(DTYPES[dt]), tuple(shape)
+
+
+def _validate_header(h) -> None:
+    if not isinstance(h, dict):
+        raise WireError("bad_header", "header is not a JSON object")
+    if h.get("v") != VERSION:
+        raise WireError("bad_version", f"protocol version {h.get('v')!r}, this node speaks {VERSION}")
+    schema = SCHEMAS.get(h.get("type")) if isinstance(h.get("type"), str) else None
+    if schema is None:
+        raise WireError("bad_type", f"unknown message type {h.get('type')!r}")
+    for k, v in h.items():
+        if k in _COMMON:
+            continue
+        if k not in schema:
+            raise WireError("bad_field", f"{h['type']}: unknown field {k!r}")
+        types = schema[k][0]
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise WireError("bad_field", f"{h['type']}.{k}: expected {[t.__name__ for t in types]}")
+    for k, (_, required) in schema.items():
+        if required and k not in h:
+            raise WireError("bad_field", f"{h['type']}: missing field {k!r}")
+    for k in ("id", "re"):
+        if k in h and type(h[k]) is not int:
+            raise WireError("bad_field", f"{k} must be an integer")
+    if "tensors" in h and (not isinstance(h["tensors"], list) or len(h["tensors"]) > MAX_TENSORS):
+        raise WireError("bad_header", "tensors must be a list of at most %d entries" % MAX_TENSORS)
+    if "table" in h and (not isinstance(h["table"], list) or not h["table"]):
+        raise WireError("bad_header", "table must be a non-empty list of columns")
+
+
+def decode(frames, *, secret: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Frames -> Message, or WireError naming what is wrong.  The MAC is checked before
+    the header is parsed, so a stranger's bytes never reach the JSON parser."""
+    if len(frames) < 2:
+        raise WireError("truncated", f"{len(frames)} frame(s); need at least header and MAC")
+    sizes = [memoryview(f).nbytes for f in frames]
+    if sum(sizes) > max_bytes:
+        raise WireError("too_large", f"{sum(sizes)} bytes > limit {max_bytes}")
+    if sizes[0] > MAX_HEADER_BYTES:
+        raise WireError("too_large", f"header of {sizes[0]} bytes > {MAX_HEADER_BYTES}")
+    body, mac = frames[:-1], bytes(frames[-1])
+    if len(mac) != MAC_BYTES or not hmac.compare_digest(mac, _mac(secret, body)):
+        raise WireError("unauthenticated", "bad MAC: wrong secret or altered message")
+    try:
+        h = json.loads(bytes(body[0]))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise WireError("bad_header", f"header is not JSON: {e}") from None
+    _validate_header(h)
+    metas = h.get("tensors", [])
+    n_table = 1 if "table" in h else 0
+    if len(body) != 1 + len(metas) + n_table:
+        raise WireError("truncated", f"header announces {len(metas)} tensor(s) and "
+                        f"{n_table} table(s), got {len(body) - 1} frame(s)")
+    tensors = []
+    for i, (meta, f) in enumerate(zip(metas, body[1:])):
+        dt, shape = _check_shape(meta, f"tensor {i}")
+        n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        if n != sizes[1 + i]:
+            raise WireError("bad_size", f"tensor {i}: {shape} {dt} needs {n} bytes, frame has {sizes[1 + i]}")
+        tensors.append(np.frombuffer(f, dtype=dt).reshape(shape))
+    table = _read_table(body[-1], h["table"]) if n_table else None
+    fields = {k: v for k, v in h.items() if k not in ("v", "type", "tensors", "table")}
+    return Message(h["type"], fields, tensors, table)
+
+
+def _read_table(frame, metas) -> dict:
+    try:
+        reader = pa.ipc.open_stream(pa.py_buffer(frame))
+        t = reader.read_all()
+        t.validate(full=True)
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise WireError("bad_table", f"Arrow IPC: {e}") from None
+    if t.num_columns != len(metas):
+        raise WireError("bad_table", f"{t.num_columns} columns, header lists {len(metas)}")
+    out = {}
+    for i, meta in enumerate(metas):
+        dt, shape = _check_shape(meta, f"column {i}")
+        name = meta.get("name")
+        if not isinstance(name, str) or t.column_names[i] != name:
+            raise WireError("bad_table", f"column {i} name {name!r} does not match the stream")
+        col = t.column(i).combine_chunks()
+        if pa.types.is_fixed_size_list(col.type):
+            col = col.flatten()
+        try:
+            a = col.to_numpy(zero_copy_only=False)
+        except (pa.ArrowException, ValueError) as e:
+            raise WireError("bad_table", f"column {name!r}: {e}") from None
+        if a.dtype != dt or a.size != int(np.prod(shape, dtype=np.int64)):
+            raise WireError("bad_table", f"column {name!r}: got {a.dtype}[{a.size}], header says {dt}{shape}")
+        out[name] = a.reshape(shape)
+    return out

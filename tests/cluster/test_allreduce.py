@@ -1,0 +1,35 @@
+import json
+
+import numpy as np
+import pytest
+
+from cluster_helpers import SECRET
+
+
+def run_ring(procs, tmp_path, n, length, sizes=None):
+    ranks = [procs.start(["tests/cluster/ring_worker.py", str(r), str(length), str(tmp_path / f"r{r}.npy"),
+                          SECRET, str((sizes or {}).get(r, length))]) for r in range(n)]
+    peers = [p.stdout.readline().strip() for p in ranks]
+    assert all(e.startswith("tcp://127.0.0.1:") for e in peers), peers
+    for p in ranks:
+        p.stdin.write(json.dumps(peers) + "\n")
+        p.stdin.flush()
+    return [(p.wait(timeout=60), p.stderr.read()) for p in ranks]
+
+
+@pytest.mark.parametrize("n,length", [(2, 1), (2, 10001), (3, 2), (3, 7919), (4, 4099), (5, 3), (8, 12345)])
+def test_ring_allreduce_sums_and_ranks_agree_bitwise(procs, tmp_path, n, length):
+    results = run_ring(procs, tmp_path, n, length)
+    assert [rc for rc, _ in results] == [0] * n, results
+    outs = [np.load(tmp_path / f"r{r}.npy", allow_pickle=False) for r in range(n)]
+    want = sum(np.random.default_rng(r).standard_normal(length).astype(np.float32).astype(np.float64)
+               for r in range(n))
+    np.testing.assert_allclose(outs[0], want, rtol=1e-5, atol=1e-5)
+    for o in outs[1:]:
+        assert o.tobytes() == outs[0].tobytes()     # bitwise identical, not just close
+
+
+def test_ring_allreduce_refuses_mismatched_sizes(procs, tmp_path):
+    results = run_ring(procs, tmp_path, 3, 1000, sizes={1: 999})
+    assert all(rc != 0 for rc, _ in results)
+    assert any("PlanMismatch" in err and "sizes" in err for _, err in results), results
