@@ -92,12 +92,13 @@
       if (n.kernel !== null && n.kernel !== undefined) s.kernels.add(n.kernel);
     }
     const names = Object.keys(scopes).sort();
-    document.getElementById("layer-list").replaceChildren(UI.el("h2", {}, "Layers"), ...names.map(name =>
-      UI.el("div", {class: "layer"},
-        UI.el("div", {}, UI.el("span", {class: "swatch", fill: colorOf(name)}, UI.el("svg", {width: 12, height: 12}, UI.el("rect", {width: 12, height: 12, fill: colorOf(name)}))), " ",
-          UI.el("strong", {class: "layer-name"}, name || "(outside any layer)"), " ", UI.el("span", {class: "muted"}, `${scopes[name].ops} ops`)),
-        UI.el("div", {class: "kernel-links"}, ...[...scopes[name].kernels].sort((a, b) => a - b).map(i =>
-          UI.el("button", {type: "button", class: "klink", onclick: () => select(i)}, "k" + i)))))));
+    const swatch = name => UI.el("svg", {width: 12, height: 12, class: "swatch"}, UI.el("rect", {width: 12, height: 12, fill: colorOf(name)}));
+    const entry = name => UI.el("div", {class: "layer"},
+      UI.el("div", {}, swatch(name), " ", UI.el("strong", {class: "layer-name"}, name || "(outside any layer)"),
+        " ", UI.el("span", {class: "muted"}, `${scopes[name].ops} ops`)),
+      UI.el("div", {class: "kernel-links"}, [...scopes[name].kernels].sort((a, b) => a - b).map(i =>
+        UI.el("button", {type: "button", class: "klink", onclick: () => select(i)}, "k" + i))));
+    document.getElementById("layer-list").replaceChildren(UI.el("h2", {}, "Layers"), ...names.map(entry));
   }
 
   (async () => {

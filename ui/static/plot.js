@@ -20,10 +20,12 @@ const Plot = {
     if (x1 === x0) x1 = x0 + 1;
     if (y1 === y0) { y1 += Math.abs(y0) * 0.1 || 1; y0 -= Math.abs(y0) * 0.1 || 0; }
     const sx = x => l + (x - x0) / (x1 - x0) * w, sy = y => t + h - (y - y0) / (y1 - y0) * h;
+    // enough decimals to tell neighbouring ticks apart, no more
+    const dec = Math.max(0, Math.min(6, Math.ceil(-Math.log10((y1 - y0) / 4)) + 1));
     for (let i = 0; i <= 4; i++) {
       const v = y0 + (y1 - y0) * i / 4, y = sy(v);
       svg.append(UI.el("line", {x1: l, x2: l + w, y1: y, y2: y, class: "gridline"}));
-      svg.append(UI.el("text", {x: l - 4, y: y + 4, "text-anchor": "end", class: "tick"}, UI.num(v, 3)));
+      svg.append(UI.el("text", {x: l - 4, y: y + 4, "text-anchor": "end", class: "tick"}, Math.abs(v) >= 1e5 ? v.toExponential(2) : v.toFixed(dec)));
     }
     for (let i = 0; i <= 4; i++) {
       const v = x0 + (x1 - x0) * i / 4;
