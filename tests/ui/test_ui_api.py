@@ -140,3 +140,30 @@ def test_main_refuses_public_host_without_token(monkeypatch, capsys):
     monkeypatch.delenv("ENGINE_UI_TOKEN", raising=False)
     assert main(["--host", "0.0.0.0", "--port", "1"]) == 2
     assert "refusing" in capsys.readouterr().err
+
+
+def test_main_serves_on_localhost(runs_root, fixture_run):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ui.app", "--port", str(port), "--runs", str(runs_root)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs", timeout=2) as r:
+                    runs = json.load(r)["runs"]
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("engine ui did not start: " + proc.stderr.read())
+        assert [r["id"] for r in runs] == [fixture_run]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
