@@ -66,7 +66,8 @@ def write_parquet(path, x, y, row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
     path = os.fspath(path)
     table = _table(x, y, tensor, path)
     tmp = _atomic_target(path)
-    pq.write_table(table, tmp, row_group_size=row_group_size, compression=compression)
+    pq.write_table(table, tmp, row_group_size=row_group_size, compression=compression,
+                   write_page_checksum=True)
     os.replace(tmp, path)
     return table.num_rows
 
@@ -95,7 +96,8 @@ def _convert_csv(src: str, out: str, label: str | None, row_group_size: int, ten
             x = np.stack([batch.column(n).to_numpy(zero_copy_only=False) for n in feats], axis=1)
             table = _table(x, batch.column(label).to_numpy(zero_copy_only=False), tensor, src)
             if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema, compression=compression)
+                writer = pq.ParquetWriter(tmp, table.schema, compression=compression,
+                                          write_page_checksum=True)
             writer.write_table(table, row_group_size=row_group_size)
             rows += table.num_rows
             line += batch.num_rows

@@ -25,6 +25,8 @@ PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 IPC_SUFFIXES = (".arrow", ".feather", ".ipc", ".arrows")
 # Field metadata key under which writers record a sample's shape for a flat list column.
 FEATURE_SHAPE_KEY = b"engine.feature_shape"
+# Parquet row groups are decoded in record batches of about this many bytes.
+CHUNK_BYTES = 1 << 20
 
 
 class DataError(ValueError):
@@ -78,7 +80,8 @@ class _Source:
         elif str(origin).lower().endswith(PARQUET_SUFFIXES):
             self.kind = "parquet"
             try:
-                self._parquet = pq.ParquetFile(origin)
+                # Page CRCs (written by write_parquet) catch flipped bytes inside a row group.
+                self._parquet = pq.ParquetFile(origin, page_checksum_verification=True)
                 self.schema = self._parquet.schema_arrow
             except (pa.ArrowException, OSError) as e:
                 raise DataError(f"{name}: cannot open as Parquet ({e}); the file is truncated, "
@@ -96,12 +99,23 @@ class _Source:
         unit = "row group" if self.kind == "parquet" else "record batch"
         return f"{self.name}: {unit} {index}"
 
-    def read(self, index: int, columns: list[str]) -> pa.Table | pa.RecordBatch:
+    def chunks(self, index: int, columns: list[str], start: int, stop: int, chunk_rows: int):
+        """Rows [start, stop) of part `index` as record batches of at most about chunk_rows
+        rows (Parquet), or as one zero-copy slice (IPC, tables)."""
         if self._parquet is None:
-            return self._batches[index].select(columns)
+            yield self._batches[index].select(columns).slice(start, stop - start)
+            return
+        offset = 0
         with self._lock:
             try:
-                return self._parquet.read_row_group(index, columns=columns)
+                for batch in self._parquet.iter_batches(batch_size=chunk_rows, row_groups=[index],
+                                                        columns=columns, use_threads=False):
+                    a, b = max(start, offset), min(stop, offset + batch.num_rows)
+                    if a < b:
+                        yield batch.slice(a - offset, b - a)
+                    offset += batch.num_rows
+                    if offset >= stop:
+                        return
             except (pa.ArrowException, OSError) as e:
                 raise DataError(f"{self.where(index)}: cannot decode ({e}); the file is "
                                 "truncated or corrupt - rewrite it") from e
@@ -226,6 +240,7 @@ class ArrowDataset:
             names = ", ".join(s.name for s in self._sources)
             raise DataError(f"{names}: dataset is empty (0 rows)")
         natural = shapes[0]
+        self._natural_shape = self.feature_shape = None if natural is None else tuple(natural)
         if natural is None:   # variable-size lists: the first part decides, later parts must agree
             natural = self.read_part(0)[0].shape[1:]
         self._natural_shape = tuple(natural)
@@ -291,34 +306,50 @@ class ArrowDataset:
 
     # -- reading ------------------------------------------------------------------------
     def read_part(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Decode part i to (x: (n, *feature_shape) float32, y: (n,) int64 or float32)."""
+        """Decode part i to (x: (n, *feature_shape) float32, y: (n,) int64 or float32).
+
+        A Parquet row group is decoded in chunks of about CHUNK_BYTES copied into one array,
+        so the transient Arrow memory is a few chunks, not a few row groups (Parquet's
+        decoder grows its buffers by doubling). IPC and table parts are zero-copy views."""
         p = self._parts[i]
         source = self._sources[p.source]
         where = source.where(p.index)
         first_row = sum(source.part_rows[:p.index]) + p.start
-        data = source.read(p.index, self.features + [self.label])
-        if p.start or p.stop != source.part_rows[p.index]:
-            data = data.slice(p.start, p.num_rows)
+        chunk_rows = max(64, CHUNK_BYTES // self.row_bytes) if self.feature_shape else p.num_rows
+        x = y = None
+        offset = 0
+        for chunk in source.chunks(p.index, self.features + [self.label], p.start, p.stop, chunk_rows):
+            xc, yc = self._decode(chunk, where, first_row + offset)
+            if offset == 0 and chunk.num_rows == p.num_rows:
+                return xc, yc                                # one chunk: keep Arrow's buffers
+            if x is None:
+                x = np.empty((p.num_rows,) + xc.shape[1:], xc.dtype)
+                y = np.empty(p.num_rows, self.label_dtype)
+            x[offset:offset + len(xc)] = xc
+            y[offset:offset + len(yc)] = yc
+            offset += len(xc)
+        if offset != p.num_rows:
+            raise DataError(f"{where}: expected {p.num_rows} rows, read {offset}; the file is truncated")
+        return x, y
+
+    def _decode(self, data, where: str, first_row: int):
+        n = data.num_rows
         cols = []
         for name in self.features:
-            col = data.column(name)
-            if isinstance(col, pa.ChunkedArray):
-                col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
             try:
-                cols.append(_values(col, where, name, first_row))
+                cols.append(_values(data.column(name), where, name, first_row))
             except pa.ArrowException as e:
                 raise DataError(f"{where}: column '{name}' cannot be decoded ({e})") from e
-        n = p.num_rows
         x = cols[0] if len(cols) == 1 else np.concatenate([c.reshape(n, -1) for c in cols], axis=1)
-        if x.shape[1:] != self._natural_shape and int(np.prod(x.shape[1:])) != int(np.prod(self._natural_shape)):
+        if self._natural_shape is None:
+            return x, np.zeros(n, np.int64)   # probing the shape of variable-size lists
+        if int(np.prod(x.shape[1:])) != int(np.prod(self._natural_shape)):
             raise DataError(f"{where}: features {self.features} have shape {x.shape[1:]} per sample, "
                             f"earlier parts have {self._natural_shape}")
         x = x.reshape((n,) + self.feature_shape).astype(self.dtype, copy=False)
         ycol = data.column(self.label)
         if ycol.null_count:
             raise DataError(f"{where}: label column '{self.label}' has {ycol.null_count} null rows")
-        if isinstance(ycol, pa.ChunkedArray):
-            ycol = ycol.combine_chunks() if ycol.num_chunks != 1 else ycol.chunk(0)
         y = ycol.to_numpy(zero_copy_only=False).astype(self.label_dtype, copy=False)
         return x, y
 

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 
 import engine
-from .dataset import ArrowDataset, share_counts
+from .dataset import CHUNK_BYTES, ArrowDataset, share_counts
 
 __all__ = ["DataLoader", "upload", "plan_windows"]
 
@@ -116,16 +116,16 @@ class DataLoader:
                              "with drop_last=True; lower batch_size")
 
     def _window_from_budget(self) -> int:
-        batch_bytes = self.batch_size * self.dataset.row_bytes
-        room = self.memory_budget - (self.prefetch + 2) * batch_bytes
-        # Half the room for the window: the other half covers the part being decoded
-        # (Arrow buffers, dtype casts) while the previous window is still being served.
-        rows = max(room // 2 // self.dataset.row_bytes, self.batch_size)
+        row = self.dataset.row_bytes
+        # Besides the window: prefetched and in-flight batches, and the Arrow buffers of the
+        # Parquet chunks being decoded (the decoder grows buffers by doubling).
+        room = self.memory_budget - (self.prefetch + 4) * self.batch_size * row - 8 * CHUNK_BYTES
+        rows = max(int(room * 0.6) // row, self.batch_size)
         biggest = max(self._part_rows)
-        if biggest * self.dataset.row_bytes > self.memory_budget // 2:
-            warnings.warn(f"a part of {biggest} rows ({biggest * self.dataset.row_bytes >> 20} MiB) does "
-                          f"not fit memory_budget {self.memory_budget >> 20} MiB; write smaller row groups "
-                          "(engine data convert --row-group-size)", stacklevel=3)
+        if biggest > rows:
+            warnings.warn(f"a part of {biggest} rows ({biggest * row >> 20} MiB decoded) does not fit "
+                          f"memory_budget {self.memory_budget >> 20} MiB with batch_size {self.batch_size}; "
+                          "write smaller row groups (engine data convert --row-group-size)", stacklevel=3)
         return int(max(rows, biggest))
 
     def shard(self, rank: int, world: int, shares=None) -> "DataLoader":
