@@ -1,0 +1,352 @@
+"""Codegen: one kernel group -> a frozen KernelSpec (name, template, parameters, source,
+argument list, launch sizes). Pure: it never touches OpenCL; building and launching are
+the runtime's job.
+
+The fused expression is handed to the templates as SSA statements ``(name, op, args,
+dtype)``; the templates (``kernels/_ssa.cl.mako``) decide how each is written in C.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import kernels
+
+from . import ir
+from .schedule import KernelGroup
+from .tune import gemm_params
+
+__all__ = ["KernelSpec", "lower", "strides_of"]
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    name: str
+    template: str
+    params: dict = field(hash=False, compare=False)   # what the template got (minus SSA), for display
+    source: str = field(repr=False)
+    args: tuple = ()          # ("out", node) | ("in", node) | ("var", node) | ("seed",) | ("offset",)
+    outputs: tuple = ()
+    global_size: tuple = ()
+    local_size: tuple | None = None
+    fused: tuple = ()         # IR nodes computed inside
+
+    @property
+    def ops(self) -> list:
+        return [n.op for n in self.fused]
+
+    def describe(self, ids=None) -> dict:
+        ident = (lambda n: ids.get(n, -1)) if ids else id
+        return {"name": self.name, "template": self.template, "params": self.params,
+                "fused_ops": [ident(n) for n in self.fused], "ops": self.ops,
+                "global_size": list(self.global_size),
+                "local_size": None if self.local_size is None else list(self.local_size),
+                "inputs": [ident(a[1]) for a in self.args if a[0] == "in"],
+                "outputs": [ident(n) for n in self.outputs], "source": self.source}
+
+
+def strides_of(shape) -> tuple:
+    out, acc = [], 1
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= s
+    return tuple(reversed(out))
+
+
+class _Emitter:
+    """Collects SSA statements; identical (node, index) pairs are computed once."""
+
+    def __init__(self, leaf_name, anchor=None, anchor_value=None):
+        self.stmts: list = []
+        self.memo: dict = {}
+        self.leaf_name = leaf_name          # node -> kernel argument name, or None if not a leaf
+        self.anchor, self.anchor_value = anchor, anchor_value
+        self.count = 0
+
+    def emit(self, op, args, dtype="int32"):
+        key = (op, tuple(args), dtype)
+        if key in self.memo:
+            return self.memo[key]
+        name = f"t{self.count}"
+        self.count += 1
+        self.stmts.append((name, op, tuple(args), dtype))
+        self.memo[key] = name
+        return name
+
+    # integer index arithmetic with constant folding
+    def iadd(self, a, b):
+        if isinstance(a, int) and isinstance(b, int):
+            return a + b
+        if b == 0:
+            return a
+        if a == 0:
+            return b
+        return self.emit("IADD", (a, b))
+
+    def imul(self, a, b):
+        if isinstance(a, int) and isinstance(b, int):
+            return a * b
+        if a == 0 or b == 0:
+            return 0
+        if b == 1:
+            return a
+        if a == 1:
+            return b
+        return self.emit("IMUL", (a, b))
+
+    def idiv(self, a, b):
+        if isinstance(a, int):
+            return a // b
+        return a if b == 1 else self.emit("IDIV", (a, b))
+
+    def imod(self, a, b):
+        if isinstance(a, int):
+            return a % b
+        return 0 if b == 1 else self.emit("IMOD", (a, b))
+
+    def unflatten(self, flat, shape, bounded=True):
+        """Multi-index of a flat index over ``shape`` (row-major)."""
+        idx = []
+        for i, (s, st) in enumerate(zip(shape, strides_of(shape))):
+            if s == 1:
+                idx.append(0)
+                continue
+            q = self.idiv(flat, st)
+            idx.append(q if (i == 0 and bounded) else self.imod(q, s))
+        return tuple(idx)
+
+    def flatten(self, idx, shape):
+        flat = 0
+        for i, st in zip(idx, strides_of(shape)):
+            flat = self.iadd(flat, self.imul(i, st))
+        return flat
+
+    # the value of node n at multi-index idx
+    def value(self, n, idx):
+        if self.anchor is not None and n is self.anchor:
+            return self.anchor_value
+        leaf = self.leaf_name(n)
+        if leaf is not None:
+            if n.op in ("VAR",):
+                return leaf
+            return self.emit("LOAD", (leaf, self.flatten(idx, n.shape)), n.dtype)
+        op = n.op
+        if op == "CONST":
+            return n.arg
+        if op in ir.ELEMENTWISE:
+            args = [self.value(s, idx) for s in n.srcs]
+            return self.emit(op, args, n.dtype)
+        if op == "RESHAPE":
+            src = n.srcs[0]
+            return self.value(src, self._reshape_index(idx, n.shape, src.shape))
+        if op == "PERMUTE":
+            src_idx = [0] * len(idx)
+            for j, o in enumerate(n.arg):
+                src_idx[o] = idx[j]
+            return self.value(n.srcs[0], tuple(src_idx))
+        if op == "EXPAND":
+            src = n.srcs[0]
+            return self.value(src, tuple(0 if s == 1 else i for i, s in zip(idx, src.shape)))
+        if op == "SHRINK":
+            return self.value(n.srcs[0], tuple(self.iadd(a, self.imul(i, c)) for i, (a, b, c) in zip(idx, n.arg)))
+        if op == "PAD":
+            src = n.srcs[0]
+            valid, src_idx = None, []
+            for i, (lo, hi), s in zip(idx, n.arg, src.shape):
+                j = self.iadd(i, -lo)
+                if lo == 0 and hi == 0:
+                    src_idx.append(j)
+                    continue
+                if isinstance(j, int):
+                    if not (0 <= j < s):
+                        return 0.0 if n.dtype == "float32" else 0
+                    src_idx.append(j)
+                    continue
+                ok = self.emit("IINRANGE", (j, 0, s))
+                valid = ok if valid is None else self.emit("MUL", (valid, ok), "int32")
+                src_idx.append(self.emit("ICLAMP", (j, 0, s - 1)))
+            v = self.value(src, tuple(src_idx))
+            if valid is None:
+                return v
+            return self.emit("SELECT", (valid, v, 0.0 if n.dtype == "float32" else 0), n.dtype)
+        if op == "WINDOW":
+            kernel, stride, dil = n.arg
+            nd = len(kernel)
+            lead = len(idx) - 2 * nd
+            out_i, k_i = idx[lead:lead + nd], idx[lead + nd:]
+            spatial = tuple(self.iadd(self.imul(o, st), self.imul(k, d))
+                            for o, k, st, d in zip(out_i, k_i, stride, dil))
+            return self.value(n.srcs[0], tuple(idx[:lead]) + spatial)
+        raise NotImplementedError(f"codegen: {op} cannot be computed inside a kernel here")
+
+    def _reshape_index(self, idx, out_shape, in_shape):
+        # Fast path: only size-1 dims inserted or removed.
+        a = [(i, s) for i, s in zip(idx, out_shape) if s != 1]
+        if [s for _, s in a] == [s for s in in_shape if s != 1]:
+            it = iter(i for i, _ in a)
+            return tuple(0 if s == 1 else next(it) for s in in_shape)
+        return self.unflatten(self.flatten(idx, out_shape), in_shape, bounded=False)
+
+
+def _kernel_name(kind, fused, source_key):
+    ops = [n.op.lower() for n in fused if n.op in ir.ELEMENTWISE | ir.REDUCE | ir.CONTRACTION]
+    label = "_".join(dict.fromkeys(ops))[:40] or "copy"
+    return f"mao_{kind}_{label}_{hashlib.sha1(source_key.encode()).hexdigest()[:8]}"
+
+
+class _Args:
+    def __init__(self):
+        self.entries, self.names, self.decl = [], {}, []
+
+    def add(self, role, node, readonly=True):
+        key = (role, node)
+        if key not in self.names:
+            prefix = {"out": "out", "in": "in", "var": "v"}[role]
+            name = f"{prefix}{sum(1 for e in self.entries if e[0] == role)}"
+            self.names[key] = name
+            self.entries.append((role, node))
+            self.decl.append(("buf" if role != "var" else "scalar", name, node.dtype, readonly))
+        return self.names[key]
+
+
+def lower(group: KernelGroup, is_leaf, materialized) -> KernelSpec:
+    """``materialized(n)``: n is stored in a buffer by another kernel of this schedule."""
+    args = _Args()
+    for out in group.outputs:
+        args.add("out", out, readonly=False)
+    own = set(group.outputs) | ({group.anchor} if group.anchor is not None else set())
+
+    def leaf_name(n):
+        if n in own or n.op == "CONST":
+            return None
+        if n.op == "VAR":
+            return args.add("var", n)
+        if is_leaf(n) or materialized(n):
+            return args.add("in", n)
+        return None
+
+    if group.kind == "rand":
+        numel = group.anchor.numel
+        params = {"name": "mao_rand", "numel": numel}
+        source = kernels.render("rand", **params)
+        name = _kernel_name("rand", group.fused, source)
+        source = source.replace("mao_rand", name)
+        return KernelSpec(name, "rand", {"numel": numel}, source,
+                          (("out", group.anchor), ("seed",), ("offset",)), group.outputs,
+                          (_round_up(numel, 64),), None, group.fused)
+    if group.kind == "elementwise":
+        return _lower_elementwise(group, args, leaf_name)
+    if group.kind == "reduce":
+        return _lower_reduce(group, args, leaf_name)
+    return _lower_matmul(group, args, leaf_name)
+
+
+def _round_up(x, m):
+    return max(m, (x + m - 1) // m * m)
+
+
+def _finish(group, template, params, display, args, global_size, local_size=None):
+    key = kernels.render(template, name="mao_kernel", **params)
+    name = _kernel_name(group.kind, group.fused, key)
+    source = key.replace("mao_kernel", name, 1)
+    display = dict(display, name=name)
+    return KernelSpec(name, template, display, source, tuple(args.entries), group.outputs,
+                      tuple(global_size), local_size, group.fused)
+
+
+def _lower_elementwise(group, args, leaf_name):
+    shape = group.outputs[0].shape
+    numel = math.prod(shape)
+    em = _Emitter(leaf_name)
+    idx = em.unflatten("gid", shape)
+    index_stmts = list(em.stmts)
+    em.stmts = []
+    stores = []
+    for out in group.outputs:
+        v = _compute(em, out, idx)
+        stores.append((args.names[("out", out)], _as_name(v, out.dtype)))
+    params = {"numel": numel, "args": args.decl, "index": index_stmts, "body": em.stmts, "stores": stores}
+    display = {"numel": numel, "shape": list(shape), "dtype": group.outputs[0].dtype}
+    return _finish(group, "elementwise", params, display, args, (_round_up(numel, 64),))
+
+
+def _compute(em, out, idx):
+    """Value of an output node computed in-kernel (not loaded, even though it's stored)."""
+    if out.op in ir.ELEMENTWISE:
+        return em.emit(out.op, [em.value(s, idx) for s in out.srcs], out.dtype)
+    # a view or a source materialised on its own: compute through the view
+    saved = em.leaf_name
+    em.leaf_name = lambda n: None if n is out else saved(n)
+    try:
+        return em.value(out, idx)
+    finally:
+        em.leaf_name = saved
+
+
+def _as_name(v, dtype):
+    if isinstance(v, str):
+        return v
+    return repr(float(v)) + "f" if dtype == "float32" else str(int(v))
+
+
+def _lower_reduce(group, args, leaf_name):
+    anchor, out = group.anchor, group.outputs[0]
+    src = anchor.srcs[0]
+    axes = anchor.arg
+    numel = math.prod(out.shape)
+    em = _Emitter(leaf_name, anchor, "acc_v")
+    idx = em.unflatten("gid", out.shape)
+    index_stmts, em.stmts = em.stmts, []
+    red_shape = tuple(src.shape[a] for a in axes)
+    ridx = em.unflatten("r", red_shape)
+    loop_index, em.stmts = em.stmts, []
+    full = list(idx)
+    for a, ri in zip(axes, ridx):
+        full[a] = ri
+    em_memo_before = dict(em.memo)
+    value = em.value(src, tuple(full))
+    body, em.stmts = em.stmts, []
+    # the epilogue must not reuse values computed inside the loop
+    em.memo = em_memo_before
+    v = em.anchor_value if out is anchor else _compute(em, out, idx)
+    params = {"numel": numel, "args": args.decl, "index": index_stmts, "loop_extent": math.prod(red_shape),
+              "loop_index": loop_index, "body": body, "value": _as_name(value, src.dtype),
+              "combine": "SUM" if anchor.op == "SUM" else "MAX", "acc_name": "acc_v",
+              "epilogue": em.stmts, "stores": [(args.names[("out", out)], _as_name(v, out.dtype))]}
+    display = {"numel": numel, "reduce": anchor.op, "axes": list(axes), "in_shape": list(src.shape),
+               "out_shape": list(out.shape)}
+    return _finish(group, "reduce", params, display, args, (_round_up(numel, 16),))
+
+
+def _lower_matmul(group, args, leaf_name):
+    anchor, out = group.anchor, group.outputs[0]
+    a, b = anchor.srcs
+    *batch, M, K = a.shape
+    N = b.shape[-1]
+    nb = math.prod(batch)
+    tp = gemm_params(M, N, K)
+    R, VN = tp["R"], tp["VN"]
+    b_name = leaf_name(b)
+    assert b_name is not None, "scheduler must materialise B"
+
+    em = _Emitter(leaf_name)
+    bidx = em.unflatten("bz", tuple(batch)) if batch else ()
+    batch_index, em.stmts = em.stmts, []
+    a_rows = []
+    for r in range(R):
+        em.memo = {}
+        em.stmts = []
+        v = em.value(a, tuple(bidx) + (f"am{r}", "k"))
+        em.stmts.append((f"a{r}", "CAST", (v,), "float32"))
+        a_rows.append(em.stmts)
+    em.memo, em.stmts = {}, []
+    em.anchor, em.anchor_value = anchor, "e_acc"
+    v = "e_acc" if out is anchor else _compute(em, out, tuple(bidx) + ("e_m", "e_n"))
+    params = {"M": M, "N": N, "K": K, "R": R, "VN": VN, "args": args.decl, "b_name": b_name,
+              "b_batch_stride": K * N, "out_name": args.names[("out", out)], "a_rows": a_rows,
+              "batch_index": batch_index, "epilogue": em.stmts, "value": _as_name(v, out.dtype)}
+    display = {"M": M, "N": N, "K": K, "batch": nb, "R": R, "VN": VN,
+               "epilogue_ops": [n.op for n in group.fused if n.op in ir.ELEMENTWISE]}
+    gs = ((N + VN - 1) // VN, (M + R - 1) // R, nb)
+    return _finish(group, "gemm", params, display, args, gs, None)

@@ -1,0 +1,190 @@
+"""Turning lazy IR into buffers: schedule, lower, build, launch. Also the launch-list
+capture that ``engine.compile`` replays, and the profiler's hook.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+import weakref
+
+import numpy as np
+
+from . import ir
+from .codegen import lower
+from .runtime import Buffer, NP_DTYPES
+from .schedule import schedule
+
+__all__ = ["realize", "buffer_of", "bind_buffer", "Var", "capture", "Launch", "record_host_action",
+           "add_listener", "remove_listener"]
+
+# A BUFFER node keeps its device buffer alive as long as any graph or tensor holds the node.
+_buffers: "weakref.WeakKeyDictionary[ir.Node, Buffer]" = weakref.WeakKeyDictionary()
+# A node computed earlier -> the BUFFER node holding its value (so it is never recomputed).
+_computed: "weakref.WeakKeyDictionary[ir.Node, ir.Node]" = weakref.WeakKeyDictionary()
+_vars: "weakref.WeakValueDictionary[int, Var]" = weakref.WeakValueDictionary()
+_var_ids = itertools.count(1)
+_listeners: list = []   # profilers: called with (spec, device, event)
+_capture: list | None = None
+
+
+class Var:
+    """A host scalar read at each launch (learning rate, Adam's bias correction...)."""
+    __slots__ = ("id", "value", "dtype", "node", "__weakref__")
+
+    def __init__(self, value, dtype="float32"):
+        self.id, self.value, self.dtype = next(_var_ids), value, dtype
+        self.node = ir.var(self.id, dtype)
+        _vars[self.id] = self
+
+
+class Launch:
+    """One recorded kernel launch: replayable with no scheduling or codegen."""
+    __slots__ = ("ck", "gsize", "lsize", "args", "rand")
+
+    def __init__(self, ck, gsize, lsize, args, rand):
+        self.ck, self.gsize, self.lsize, self.args, self.rand = ck, gsize, lsize, args, rand
+
+
+def record_host_action(fn):
+    """Run ``fn`` now, and again at this point of every replay of the captured step."""
+    fn()
+    if _capture is not None:
+        _capture.append(fn)
+
+
+class capture:
+    """Context manager collecting every launch (and host action) into ``self.items``."""
+
+    def __enter__(self):
+        global _capture
+        if _capture is not None:
+            raise RuntimeError("engine.compile: nested captures are not supported")
+        self.items = _capture = []
+        return self
+
+    def __exit__(self, *exc):
+        global _capture
+        _capture = None
+
+
+def add_listener(fn):
+    _listeners.append(fn)
+
+
+def remove_listener(fn):
+    _listeners.remove(fn)
+
+
+def bind_buffer(node: ir.Node, buf: Buffer):
+    _buffers[node] = buf
+
+
+def buffer_of(node: ir.Node):
+    n = _computed.get(node, node)
+    return _buffers.get(n)
+
+
+def _is_leaf(n):
+    return n.op in ("BUFFER", "CONST", "VAR") or n in _computed
+
+
+class _Rand:
+    """Seed and offset of a RAND node; replays draw fresh numbers by advancing the offset."""
+    __slots__ = ("seed", "offset", "numel")
+
+    def __init__(self, seed, offset, numel):
+        self.seed, self.offset, self.numel = seed, offset, numel
+
+
+def realize(targets, device, dests=None, group=False) -> list:
+    """Compute ``targets`` on ``device``; returns their BUFFER nodes. ``dests`` maps a
+    target to an existing Buffer to write into (in-place update of a parameter)."""
+    dests = dests or {}
+    resolved = [_computed.get(t, t) for t in targets]
+    for t, r in zip(targets, resolved):
+        if r.op == "BUFFER" and t in dests:   # assigning an existing value: a plain copy
+            device.copy(_buffers[r], dests[t], dests[t].nbytes)
+    dests = {_computed.get(t, t): b for t, b in dests.items()}
+    groups = schedule([r for r in resolved if r.op != "BUFFER"], _is_leaf, group=group)
+    out_of: dict = {}
+    materialized = {o for g in groups for o in g.outputs}
+    for g in groups:
+        spec = lower(g, _is_leaf, materialized.__contains__)
+        ck = device.build(spec)
+        args, rand = [], None
+        for a in spec.args:
+            role = a[0]
+            if role == "out":
+                n = a[1]
+                buf = dests.get(n) or device.alloc(n.numel * np.dtype(NP_DTYPES[n.dtype]).itemsize)
+                out_of[n] = buf
+                args.append(buf)
+            elif role == "in":
+                n = a[1]
+                buf = out_of.get(n) or buffer_of(n)
+                if buf is None:
+                    raise RuntimeError(f"internal: no buffer for input {n} of kernel {spec.name}")
+                args.append(buf)
+            elif role == "var":
+                args.append(_vars[a[1].arg])
+            elif role == "seed":
+                seed, offset = g.anchor.arg
+                rand = _Rand(seed, offset, g.anchor.numel)
+                args.append(rand)
+            elif role == "offset":
+                args.append(None)
+        launch = Launch(ck, spec.global_size, spec.local_size, args, rand)
+        run_launch(launch, device)
+        if _capture is not None:
+            _capture.append(launch)
+    result = []
+    for t, r in zip(targets, resolved):
+        if r.op == "BUFFER":
+            result.append(r)
+            continue
+        bn = ir.buffer(r.shape, r.dtype)
+        _buffers[bn] = out_of[r]
+        _computed[r] = bn
+        result.append(bn)
+    return result
+
+
+def _scalar(a):
+    return np.float32(a.value) if a.dtype == "float32" else np.int32(a.value)
+
+
+def run_launch(launch: Launch, device):
+    args = []
+    for a in launch.args:
+        if isinstance(a, Buffer):
+            args.append(a.mem)
+        elif isinstance(a, Var):
+            args.append(_scalar(a))
+        elif isinstance(a, _Rand):
+            args.append(np.uint32(a.seed & 0xFFFFFFFF))
+            args.append(np.uint32(a.offset & 0xFFFFFFFF))
+    ev = device.launch(launch.ck, launch.gsize, launch.lsize, args)
+    if _listeners:
+        for fn in _listeners:
+            fn(launch.ck.spec, device, ev)
+    return ev
+
+
+def replay(items, device):
+    """Re-run a captured step: host actions in order, kernels with the same buffers."""
+    for it in items:
+        if isinstance(it, Launch):
+            if it.rand is not None:
+                it.rand.offset += it.rand.numel
+                it.rand.seed = (it.rand.seed * 1103515245 + 12345) & 0x7FFFFFFF
+            run_launch(it, device)
+        else:
+            it()
+
+
+def plan(targets):
+    """Schedule and lower ``targets`` without building or launching: [(group, spec)]."""
+    resolved = [_computed.get(t, t) for t in targets]
+    groups = schedule([r for r in resolved if r.op != "BUFFER"], _is_leaf)
+    materialized = {o for g in groups for o in g.outputs}
+    return [(g, lower(g, _is_leaf, materialized.__contains__)) for g in groups]
