@@ -1,7 +1,11 @@
 """Many hosts as one: wire format, ring all-reduce, engine-node daemon, driver API."""
 from .allreduce import PlanMismatch, agree, allreduce, pack, unpack
+from .driver import Cluster, ClusterError, FitResult
+from .optimizer import HostOptimizer
+from .reference import ReferenceMLP, ReferenceProgram
 from .ring import PeerLost, RingLinks
 from .wire import Message, WireError, decode, encode
 
-__all__ = ["Message", "WireError", "decode", "encode", "RingLinks", "PeerLost",
-           "PlanMismatch", "agree", "allreduce", "pack", "unpack"]
+__all__ = ["Cluster", "ClusterError", "FitResult", "HostOptimizer", "ReferenceMLP", "ReferenceProgram",
+           "Message", "WireError", "decode", "encode", "RingLinks", "PeerLost", "PlanMismatch",
+           "agree", "allreduce", "pack", "unpack"]

@@ -38,3 +38,43 @@ class Procs:
             except subprocess.TimeoutExpired:
                 pass
 
+
+
+def start_nodes(procs, n, throttle=None, extra_args=(), **env):
+    """Start n engine-node daemons on free loopback ports; returns their ready info."""
+    nodes = []
+    for i in range(n):
+        e = child_env(ENGINE_NODE_SECRET=SECRET, **env)
+        if throttle and throttle.get(i):
+            e["ENGINE_NODE_THROTTLE"] = str(throttle[i])
+        p = procs.start(["-m", "cluster.node", "--listen", "tcp://127.0.0.1:*", "--metrics", "127.0.0.1:0",
+                         "--peer-timeout", "10", *extra_args], env=e)
+        nodes.append(p)
+    out = []
+    for p in nodes:
+        line = p.stdout.readline()
+        assert line.startswith("engine-node ready"), (line, p.stderr.read() if p.poll() is not None else "")
+        info = dict(kv.split("=", 1) for kv in line.split()[2:])
+        out.append({"proc": p, **info})
+    return out
+
+
+def reference_fit(model, spec, x, y, global_batch, steps, seed=0):
+    """Single-process training on the same global batches, with the same host optimizer."""
+    import numpy as np
+    from cluster import HostOptimizer, ReferenceProgram
+    from cluster.driver import epoch_order
+    params = [np.array(v, np.float32) for v in model.state_dict().values()]
+    opt = HostOptimizer(spec, [p.shape for p in params])
+    prog = ReferenceProgram(model.sizes, global_batch)
+    per_epoch = len(x) // global_batch
+    for step in range(steps):
+        epoch, i = divmod(step, per_epoch)
+        idx = epoch_order(len(x), seed, epoch)[i * global_batch:(i + 1) * global_batch]
+        _, grads = prog.run(params, x[idx], y[idx])
+        opt.update(params, grads)
+    return dict(zip(model.state_dict(), params))
+
+
+def accuracy(model, params, x, y):
+    return float((model.logits(x, params).argmax(1) == y).mean())

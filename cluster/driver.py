@@ -1,0 +1,325 @@
+"""Driver API: Cluster(addresses, secret=...).fit(model, loss_fn, optimizer_spec, data, ...).
+
+The driver traces the training step once per local batch size and ships IR, weights
+and the dataset; nodes compute, all-reduce among themselves and update identically.
+The driver only schedules: it sends each step's sample indices, watches heartbeats,
+balances the global batch by measured throughput, and re-forms the ring when a node
+dies or joins.  Steps are atomic: a step the ring abandoned is rolled back and re-run
+with the survivors on the same global batch.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from . import program, wire
+from .optimizer import check_spec
+
+log = logging.getLogger("cluster.driver")
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """Sample order of one epoch; global batch i is order[i*B:(i+1)*B] (drop last)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+class NodesLost(Exception):
+    def __init__(self, nodes):
+        super().__init__(", ".join(n.address for n in nodes))
+        self.nodes = nodes
+
+
+class NodeLink:
+    """The driver's connection to one node."""
+    _ids = itertools.count(1)
+
+    def __init__(self, ctx, address: str, secret: bytes):
+        self.address, self.secret = address, secret
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(address)
+        self.replies: dict[int, wire.Message] = {}
+        self.last_seen, self.alive, self.why = time.monotonic(), True, ""
+        self.info, self.tp, self.batch, self.programs = None, None, 0, set()
+
+    def send(self, type: str, fields=None, tensors=(), table=None) -> int:
+        rid = next(self._ids)
+        self.sock.send_multipart(wire.encode(type, {**(fields or {}), "id": rid}, tensors, table, secret=self.secret),
+                                 copy=False)
+        return rid
+
+    def close(self):
+        self.sock.close(linger=0)
+
+
+@dataclass
+class FitResult:
+    params: dict
+    step: int
+    history: list = field(default_factory=list)   # per step: loss, world, shares, times
+    events: list = field(default_factory=list)    # membership changes and rebalances
+
+
+class Cluster:
+    def __init__(self, addresses, secret, *, heartbeat_s: float = 0.5, missed: int = 4, step_timeout: float = 120.0,
+                 rebalance_tolerance: float = 0.1, seed: int = 0, max_retries: int = 3):
+        self.addresses = list(addresses)
+        self.secret = secret.encode() if isinstance(secret, str) else secret
+        self.heartbeat_s, self.missed, self.step_timeout = heartbeat_s, missed, step_timeout
+        self.tolerance, self.seed, self.max_retries = rebalance_tolerance, seed, max_retries
+        self.ctx = zmq.Context.instance()
+        self.nodes: list[NodeLink] = []
+        self._joining: list[str] = []
+        self._lock = threading.Lock()
+        self._next_ping = 0.0
+        self.events: list[str] = []
+
+    def add(self, address: str) -> None:
+        """Ask a node to join; it enters the ring at the next step boundary."""
+        with self._lock:
+            self._joining.append(address)
+
+    # --- messaging ---------------------------------------------------------------------
+    def _event(self, text: str) -> None:
+        log.info(text)
+        self.events.append(text)
+
+    def _pump(self, timeout_s: float) -> None:
+        now = time.monotonic()
+        if now >= self._next_ping:
+            for n in self.nodes:
+                if n.alive:
+                    n.send("ping", {"t": time.time()})
+            self._next_ping = now + self.heartbeat_s
+        poller = zmq.Poller()
+        for n in self.nodes:
+            poller.register(n.sock, zmq.POLLIN)
+        socks = dict(poller.poll(int(timeout_s * 1000)))
+        for n in self.nodes:
+            while n.sock in socks and n.sock.poll(0):
+                try:
+                    msg = wire.decode(n.sock.recv_multipart(), secret=self.secret)
+                except wire.WireError as e:
+                    log.warning("refused a message from %s: %s", n.address, e)
+                    continue
+                n.last_seen = time.monotonic()
+                if msg.type == "bye":
+                    self._dead(n, f"said bye ({msg['reason']})")
+                elif "re" in msg.fields:
+                    n.replies[msg["re"]] = msg
+            if n.alive and time.monotonic() - n.last_seen > self.heartbeat_s * self.missed:
+                self._dead(n, f"silent for {time.monotonic() - n.last_seen:.1f}s ({self.missed} heartbeats)")
+
+    def _dead(self, n: NodeLink, why: str) -> None:
+        if n.alive:
+            n.alive, n.why = False, why
+            self._event(f"node {n.address} lost: {why}")
+
+    def _wait(self, pending: dict, timeout_s: float, what: str) -> dict:
+        """{node: request id} -> {node: reply}.  Raises NodesLost as soon as one dies."""
+        deadline, out = time.monotonic() + timeout_s, {}
+        while True:
+            for n, rid in pending.items():
+                if n not in out and rid in n.replies:
+                    out[n] = n.replies.pop(rid)
+            dead = [n for n in pending if not n.alive]
+            if dead:
+                raise NodesLost(dead)
+            if len(out) == len(pending):
+                return out
+            if time.monotonic() > deadline:
+                late = [n.address for n in pending if n not in out]
+                raise ClusterError(f"{what}: no reply from {late} within {timeout_s:.0f}s")
+            self._pump(0.02)
+
+    def _call(self, nodes, type: str, fields_of, timeout_s: float = 60.0, tensors_of=None, table=None) -> dict:
+        pending = {n: n.send(type, fields_of(n), tensors_of(n) if tensors_of else (), table) for n in nodes}
+        replies = self._wait(pending, timeout_s, type)
+        for n, m in replies.items():
+            if m.type == "error":
+                raise ClusterError(f"node {n.address} refused {type}: {m['code']}: {m['message']}")
+        return replies
+
+    # --- membership and balance -----------------------------------------------------------
+    def _hello(self, address: str) -> NodeLink:
+        n = NodeLink(self.ctx, address, self.secret)
+        self.nodes.append(n)
+        try:
+            n.info = self._call([n], "hello", lambda _: {}, timeout_s=10)[n].fields
+        except (ClusterError, NodesLost) as e:
+            self.nodes.remove(n)
+            n.close()
+            raise ClusterError(f"node {address} did not answer hello: {e}") from None
+        return n
+
+    def _shares(self, nodes, B: int) -> list[int]:
+        measured = [n for n in nodes if n.tp]
+        ratio = np.mean([n.tp / n.info["speed"] for n in measured]) if measured else 1.0
+        tp = np.array([n.tp or n.info["speed"] * ratio for n in nodes], np.float64)
+        raw = B * tp / tp.sum()
+        shares = np.maximum(1, np.floor(raw)).astype(int)
+        while shares.sum() > B:          # minimum of one sample each may overshoot
+            shares[np.argmax(shares)] -= 1
+        for i in np.argsort(-(raw - np.floor(raw)))[:B - shares.sum()]:   # largest remainders
+            shares[i] += 1
+        return [int(s) for s in shares]
+
+    def _ensure_programs(self, nodes) -> None:
+        need = [n for n in nodes if n.batch not in n.programs]
+        if need:
+            self._call(need, "program", lambda n: {"job": self.job, "batch": n.batch, "program": self._program(n.batch)},
+                       timeout_s=self.step_timeout)
+            for n in need:
+                n.programs.add(n.batch)
+
+    def _program(self, b: int) -> dict:
+        if b not in self._programs:
+            self._programs[b] = program.trace(self.model, self.loss_fn, self.x[:b], self.y[:b]).to_json()
+        return self._programs[b]
+
+    def _form_ring(self, step: int) -> None:
+        live = [n for n in self.nodes if n.alive]
+        for n in self.nodes:
+            if not n.alive:
+                n.close()
+        self.nodes = live
+        if not live:
+            raise ClusterError(f"no nodes left at step {step}")
+        self.gen += 1
+        for n, b in zip(live, self._shares(live, self.B)):
+            n.batch = b
+        self._ensure_programs(live)
+        peers = [n.info["data"] for n in live]
+        self._call(live, "ring", lambda n: {"job": self.job, "gen": self.gen, "rank": live.index(n),
+                                            "peers": peers, "step": step})
+        self._event(f"ring gen {self.gen} at step {step}: {len(live)} node(s), shares {[n.batch for n in live]}")
+
+    def _ship_job(self, nodes, params: list, state: list, step: int) -> None:
+        self._call(nodes, "job", lambda n: {"job": self.job, "optimizer": self.optimizer, "step": step,
+                                            "names": self.names, "n_state": len(state)},
+                   tensors_of=lambda n: [*params, *state], table={"x": self.x, "y": self.y})
+
+    def _state(self) -> tuple[list, list, int]:
+        n = self.nodes[0]
+        m = self._call([n], "state", lambda _: {"job": self.job})[n]
+        k = len(m["names"])
+        return [np.array(t) for t in m.tensors[:k]], [np.array(t) for t in m.tensors[k:]], m["step"]
+
+    def _admit(self, step: int) -> None:
+        with self._lock:
+            joining, self._joining = self._joining, []
+        if not joining:
+            return
+        params, state, at = self._state()
+        for address in joining:
+            try:
+                n = self._hello(address)
+            except ClusterError as e:
+                self._event(f"join refused: {e}")
+                continue
+            self._ship_job([n], params, state, at)
+            self._event(f"node {address} joins at step {step}")
+        self._form_ring(step)
+
+    def _rebalance(self) -> None:
+        ideal = self._shares(self.nodes, self.B)
+        moved = sum(abs(a - n.batch) for a, n in zip(ideal, self.nodes)) / 2
+        if moved > self.tolerance * self.B:
+            for n, b in zip(self.nodes, ideal):
+                n.batch = b
+            self._ensure_programs(self.nodes)
+            self._event(f"rebalanced: shares {ideal}")
+
+    # --- training -------------------------------------------------------------------------
+    def _step(self, step: int, idx: np.ndarray) -> dict:
+        nodes, off, pending = list(self.nodes), 0, {}
+        for n in nodes:
+            part = idx[off:off + n.batch]
+            off += n.batch
+            pending[n] = n.send("step", {"job": self.job, "gen": self.gen, "step": step, "batch": n.batch,
+                                         "weight": n.batch / self.B}, [part.astype(np.int64)])
+        replies = self._wait(pending, self.step_timeout, f"step {step}")
+        bad = {n.address: f"{m.type}: {m.fields.get('message')}" for n, m in replies.items() if m.type != "step_done"}
+        if bad:
+            raise ClusterError(f"step {step} failed on {bad}")
+        digests = {m["digest"] for m in replies.values()}
+        if len(digests) != 1:
+            raise ClusterError(f"step {step}: weights diverged across nodes: {digests}")
+        for n, m in replies.items():
+            t = max(m["compute_s"], 1e-6)
+            n.tp = n.batch / t if n.tp is None else 0.5 * n.tp + 0.5 * n.batch / t
+        m0 = replies[nodes[0]]
+        return {"step": step + 1, "loss": m0["loss"], "world": len(nodes), "shares": [n.batch for n in nodes],
+                "compute_s": [replies[n]["compute_s"] for n in nodes], "allreduce_s": m0["allreduce_s"]}
+
+    def _recover(self, step: int, why) -> None:
+        self._event(f"step {step} abandoned ({why}); re-forming the ring")
+        for n in self.nodes:
+            if n.alive:
+                n.send("abort", {"job": self.job})
+        for _ in range(len(self.nodes)):
+            try:
+                return self._form_ring(step)   # nodes roll back to `step` if they had finished it
+            except NodesLost as e:             # another one went while we re-formed: drop it too
+                self._event(f"lost {e} while re-forming")
+        raise ClusterError(f"could not re-form the ring at step {step}")
+
+    def fit(self, model, loss_fn, optimizer_spec: dict, dataset_arrays, *, epochs: int = 1, global_batch: int = 64,
+            max_steps: int | None = None, on_step=None) -> FitResult:
+        x, y = (dataset_arrays["x"], dataset_arrays["y"]) if isinstance(dataset_arrays, dict) else dataset_arrays
+        self.x, self.y = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.int64)
+        self.model, self.loss_fn, self.B = model, loss_fn, int(global_batch)
+        self.optimizer = check_spec(dict(optimizer_spec))
+        self.job, self.gen, self._programs = uuid.uuid4().hex[:12], 0, {}
+        params = program.params_of(model)
+        self.names = list(params)
+        per_epoch = len(self.x) // self.B
+        total = min(epochs * per_epoch, max_steps or epochs * per_epoch)
+        if per_epoch == 0:
+            raise ClusterError(f"global batch {self.B} is larger than the dataset ({len(self.x)})")
+        for a in self.addresses:
+            self._hello(a)
+        if self.B < len(self.nodes):
+            raise ClusterError(f"global batch {self.B} < {len(self.nodes)} nodes")
+        self._ship_job(self.nodes, list(params.values()), [], 0)
+        self._form_ring(0)
+        history, step, perm = [], 0, None
+        try:
+            while step < total:
+                epoch, i = divmod(step, per_epoch)
+                if i == 0 or perm is None:
+                    perm = epoch_order(len(self.x), self.seed, epoch)
+                idx = perm[i * self.B:(i + 1) * self.B]
+                for attempt in range(self.max_retries + 1):
+                    try:
+                        rec = self._step(step, idx)
+                        break
+                    except (NodesLost, ClusterError) as e:
+                        if attempt == self.max_retries or (isinstance(e, ClusterError) and "diverged" in str(e)):
+                            raise
+                        self._recover(step, e)
+                step += 1
+                rec["epoch"] = epoch
+                history.append(rec)
+                if on_step:
+                    on_step(rec)
+                self._admit(step)
+                self._rebalance()
+            params_out, _, at = self._state()
+            self._call(self.nodes, "stop", lambda n: {})
+        finally:
+            for n in self.nodes:
+                n.close()
+            self.nodes = []
+        return FitResult(dict(zip(self.names, params_out)), at, history, list(self.events))
