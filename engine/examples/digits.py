@@ -57,8 +57,10 @@ def evaluate(model, x, y, device=None, batch=512) -> float:
 
 
 def train(model_name="mlp", epochs=30, batch_size=64, lr=2e-3, seed=0, device=None, progress=True,
-          on_step=None, compiled=True):
-    """Train on the digits; returns (model, history). ``on_step(step, epoch, metrics)``."""
+          on_step=None, on_epoch=None, compiled=True, checkpoints=None, resume=False):
+    """Train on the digits; returns (model, history). ``on_step(step, epoch, metrics)``,
+    ``on_epoch(model, record)``; ``checkpoints``: a CheckpointManager saved every epoch,
+    and restored first when ``resume``."""
     from tqdm import tqdm
     from ..jit import compile as jit_compile
     from ..optim import Adam
@@ -76,14 +78,21 @@ def train(model_name="mlp", epochs=30, batch_size=64, lr=2e-3, seed=0, device=No
         return loss
 
     run_step = jit_compile(step) if compiled else step
-    rng = np.random.default_rng(seed)
-    history, gstep = [], 0
-    for epoch in range(epochs):
-        perm = rng.permutation(len(xtr))
+    history, gstep, first_epoch = [], 0, 0
+    if resume and checkpoints is not None:
+        state = checkpoints.restore(model, opt)
+        if state:
+            first_epoch, gstep = int(state["extra"]["epoch"]), int(state["step"])
+            if progress:
+                print(f"resumed from the checkpoint of step {gstep} (epoch {first_epoch})", flush=True)
+    for epoch in range(first_epoch, epochs):
+        # a per-epoch generator: the order of epoch k does not depend on how we got there
+        perm = np.random.default_rng((seed, epoch)).permutation(len(xtr))
         n_full = len(perm) // batch_size       # full batches only: a compiled step has fixed shapes
         t0 = time.perf_counter()
         losses = []
-        bar = tqdm(range(n_full), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False, unit="step")
+        bar = tqdm(range(n_full), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False,
+                   unit="step", mininterval=0.5)
         for b in bar:
             idx = perm[b * batch_size:(b + 1) * batch_size]
             loss = run_step(tensor(xtr[idx], device=device), tensor(ytr[idx], device=device))
@@ -97,6 +106,10 @@ def train(model_name="mlp", epochs=30, batch_size=64, lr=2e-3, seed=0, device=No
         rec = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "test_accuracy": acc,
                "epoch_s": dt, "samples_per_s": n_full * batch_size / dt}
         history.append(rec)
+        if checkpoints is not None:
+            checkpoints.save(gstep, model, opt, extra={"epoch": epoch + 1, "model": model_name})
+        if on_epoch:
+            on_epoch(model, rec)
         if progress:
             print(f"epoch {epoch + 1:3d}/{epochs}  loss {rec['loss']:.4f}  held-out accuracy {acc * 100:.2f}%  "
                   f"({rec['samples_per_s']:.0f} samples/s)", flush=True)
