@@ -339,3 +339,15 @@ def test_streaming_holds_memory_under_budget_for_a_file_5x_larger(tmp_path):
     # Control: a window as large as the file does show up in the same measurements.
     rows, arrow_peak, numpy_peak, rss_growth = _stream(path, budget, window=n)
     assert rows == n and arrow_peak + numpy_peak > 0.8 * size and rss_growth > size / 2
+
+
+def test_permuted_tensor_extension_is_read_in_logical_shape(tmp_path):
+    x = np.arange(4 * 3 * 2 * 5, dtype=np.float32).reshape(4, 3, 2, 5)
+    physical = x.transpose(0, 3, 1, 2)                        # permutation [2, 0, 1]
+    storage = pa.FixedSizeListArray.from_arrays(pa.array(physical.ravel()), 30)
+    xa = pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float32(), [3, 2, 5], permutation=[2, 0, 1]),
+                                        storage)
+    pq.write_table(pa.table({"x": xa, "y": np.arange(4)}), tmp_path / "p.parquet")
+    ds = ArrowDataset(tmp_path / "p.parquet")
+    assert ds.feature_shape == (3, 2, 5)
+    np.testing.assert_array_equal(ds.read_part(0)[0], x)

@@ -42,7 +42,8 @@ def _table(x: np.ndarray, y: np.ndarray, tensor: bool, where: str) -> pa.Table:
     x = np.ascontiguousarray(x.reshape(len(x), -1) if x.ndim == 1 else x, dtype=np.float32)
     shape = x.shape[1:] if x.ndim > 1 else (1,)
     if tensor:
-        xa = pa.FixedShapeTensorArray.from_numpy_ndarray(x.reshape((len(x),) + shape))
+        storage = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), int(np.prod(shape)))
+        xa = pa.ExtensionArray.from_storage(pa.fixed_shape_tensor(pa.float32(), list(shape)), storage)
         field = pa.field("x", xa.type, nullable=False)
     else:
         width = int(np.prod(shape))
@@ -59,21 +60,40 @@ def _atomic_target(out: str) -> str:
     return f"{out}.tmp-{os.getpid()}"
 
 
+def _write_tables(out: str, tables, row_group_size: int, compression) -> int:
+    """Stream tables into one Parquet file that appears complete or not at all."""
+    tmp, writer, rows = _atomic_target(out), None, 0
+    try:
+        for table in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression=compression,
+                                          write_page_checksum=True)
+            writer.write_table(table, row_group_size=row_group_size)
+            rows += table.num_rows
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    if writer is not None:
+        writer.close()
+    if writer is None:
+        raise DataError(f"{out}: nothing to write (no rows)")
+    os.replace(tmp, out)
+    return rows
+
+
 def write_parquet(path, x, y, row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
                   tensor: bool = False, compression: str | None = "snappy") -> int:
     """Write features x (n, ...) and labels y (n,) to a Parquet file; returns rows written.
-    The file appears complete or not at all (written aside, then renamed)."""
+    The file appears complete or not at all (written aside, then renamed). Page checksums
+    let the reader detect flipped bytes."""
     path = os.fspath(path)
-    table = _table(x, y, tensor, path)
-    tmp = _atomic_target(path)
-    pq.write_table(table, tmp, row_group_size=row_group_size, compression=compression,
-                   write_page_checksum=True)
-    os.replace(tmp, path)
-    return table.num_rows
+    return _write_tables(path, [_table(x, y, tensor, path)], row_group_size, compression)
 
 
-def _convert_csv(src: str, out: str, label: str | None, row_group_size: int, tensor: bool,
-                 compression) -> int:
+def _csv_tables(src: str, label: str | None, tensor: bool):
     try:
         reader = pacsv.open_csv(src)
     except (pa.ArrowException, OSError) as e:
@@ -83,33 +103,21 @@ def _convert_csv(src: str, out: str, label: str | None, row_group_size: int, ten
     if label not in names:
         raise DataError(f"{src}: no column '{label}' (columns: {', '.join(names)}); pass --label")
     feats = [n for n in names if n != label]
-    for n in feats:
-        if not (pa.types.is_integer(reader.schema.field(n).type) or pa.types.is_floating(reader.schema.field(n).type)):
-            raise DataError(f"{src}: feature column '{n}' has type {reader.schema.field(n).type}; "
-                            "every column but the label must be numeric")
-    tmp, writer, rows, line = _atomic_target(out), None, 0, 2
+    for n in feats + [label]:
+        t = reader.schema.field(n).type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+            raise DataError(f"{src}: column '{n}' has type {t}; every column must be numeric")
+    line = 2
     try:
         for batch in reader:
             for n in names:
                 if batch.column(n).null_count:
-                    raise DataError(f"{src}: column '{n}' has empty cells in rows {line}..{line + batch.num_rows - 1}")
+                    raise DataError(f"{src}: column '{n}' has empty cells in lines {line}..{line + batch.num_rows - 1}")
             x = np.stack([batch.column(n).to_numpy(zero_copy_only=False) for n in feats], axis=1)
-            table = _table(x, batch.column(label).to_numpy(zero_copy_only=False), tensor, src)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema, compression=compression,
-                                          write_page_checksum=True)
-            writer.write_table(table, row_group_size=row_group_size)
-            rows += table.num_rows
+            yield _table(x, batch.column(label).to_numpy(zero_copy_only=False), tensor, src)
             line += batch.num_rows
     except pa.ArrowException as e:
         raise DataError(f"{src}: cannot parse CSV near line {line} ({e})") from e
-    finally:
-        if writer is not None:
-            writer.close()
-    if writer is None:
-        raise DataError(f"{src}: CSV has no data rows")
-    os.replace(tmp, out)
-    return rows
 
 
 def convert(src, out, label: str | None = None, x_key: str = "x", y_key: str = "y",
@@ -131,10 +139,10 @@ def convert(src, out, label: str | None = None, x_key: str = "x", y_key: str = "
                             "pass --x-key / --y-key")
         return write_parquet(out, arrays[x_key], arrays[y_key], row_group_size, tensor, compression)
     if low.endswith((".csv", ".csv.gz", ".tsv")):
-        return _convert_csv(src, out, label, row_group_size, tensor, compression)
+        return _write_tables(out, _csv_tables(src, label, tensor), row_group_size, compression)
     ds = ArrowDataset(src, label=label or "y")
-    xs, ys = zip(*(ds.read_part(i) for i in range(len(ds.parts))))
-    return write_parquet(out, np.concatenate(xs), np.concatenate(ys), row_group_size, tensor, compression)
+    parts = (_table(*ds.read_part(i), tensor, out) for i in range(len(ds.parts)))
+    return _write_tables(out, parts, row_group_size, compression)
 
 
 def describe(path) -> str:

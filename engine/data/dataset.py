@@ -184,7 +184,13 @@ def _values(arr: pa.Array, where: str, name: str, first_row: int) -> np.ndarray:
     if arr.null_count:
         raise DataError(f"{where}: column '{name}' has {arr.null_count} null rows; fill or drop them")
     if isinstance(arr.type, pa.FixedShapeTensorType):
-        return arr.to_numpy_ndarray()
+        # Through the storage list (to_numpy_ndarray rejects sliced arrays). Storage is in
+        # the physical order given by `permutation`; samples come out in the logical `shape`.
+        shape = list(arr.type.shape)
+        perm = list(arr.type.permutation or range(len(shape)))
+        flat = arr.storage.flatten().to_numpy(zero_copy_only=False)
+        physical = flat.reshape([len(arr)] + [shape[p] for p in perm])
+        return physical.transpose([0] + [1 + perm.index(i) for i in range(len(shape))])
     n, shape = len(arr), []
     while not _is_numeric(arr.type):
         if pa.types.is_fixed_size_list(arr.type):
