@@ -68,16 +68,20 @@ class FitResult:
     params: dict
     step: int
     history: list = field(default_factory=list)   # per step: loss, world, shares, times
-    events: list = field(default_factory=list)    # membership changes and rebalances
+    events: list = field(default_factory=list)    # {"t": unix time, "text": ...}: membership, rebalances
 
 
 class Cluster:
     def __init__(self, addresses, secret, *, heartbeat_s: float = 0.5, missed: int = 4, step_timeout: float = 120.0,
-                 rebalance_tolerance: float = 0.1, seed: int = 0, max_retries: int = 3):
+                 rebalance_tolerance: float = 0.1, batch_multiple: int = 1, seed: int = 0, max_retries: int = 3):
+        """heartbeat_s * missed: how long a silent node lives.  batch_multiple: local batches
+        are multiples of it (except one remainder), bounding how many batch sizes, hence
+        programs, each node compiles as the balance moves."""
         self.addresses = list(addresses)
         self.secret = secret.encode() if isinstance(secret, str) else secret
         self.heartbeat_s, self.missed, self.step_timeout = heartbeat_s, missed, step_timeout
         self.tolerance, self.seed, self.max_retries = rebalance_tolerance, seed, max_retries
+        self.multiple = max(1, int(batch_multiple))
         self.ctx = zmq.Context.instance()
         self.nodes: list[NodeLink] = []
         self._joining: list[str] = []
@@ -93,7 +97,7 @@ class Cluster:
     # --- messaging ---------------------------------------------------------------------
     def _event(self, text: str) -> None:
         log.info(text)
-        self.events.append(text)
+        self.events.append({"t": time.time(), "text": text})
 
     def _pump(self, timeout_s: float) -> None:
         now = time.monotonic()
@@ -167,12 +171,15 @@ class Cluster:
         measured = [n for n in nodes if n.tp]
         ratio = np.mean([n.tp / n.info["speed"] for n in measured]) if measured else 1.0
         tp = np.array([n.tp or n.info["speed"] * ratio for n in nodes], np.float64)
-        raw = B * tp / tp.sum()
+        units = B // self.multiple if B >= self.multiple * len(nodes) else B
+        raw = units * tp / tp.sum()
         shares = np.maximum(1, np.floor(raw)).astype(int)
-        while shares.sum() > B:          # minimum of one sample each may overshoot
+        while shares.sum() > units:      # minimum of one unit each may overshoot
             shares[np.argmax(shares)] -= 1
-        for i in np.argsort(-(raw - np.floor(raw)))[:B - shares.sum()]:   # largest remainders
+        for i in np.argsort(-(raw - np.floor(raw)))[:units - shares.sum()]:   # largest remainders
             shares[i] += 1
+        shares *= B // units
+        shares[np.argmax(tp)] += B - shares.sum()   # what does not divide goes to the fastest
         return [int(s) for s in shares]
 
     def _ensure_programs(self, nodes) -> None:
@@ -318,6 +325,7 @@ class Cluster:
                 self._rebalance()
             params_out, _, at = self._state()
             self._call(self.nodes, "stop", lambda n: {})
+            model.load_state_dict(dict(zip(self.names, params_out)))
         finally:
             for n in self.nodes:
                 n.close()

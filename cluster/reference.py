@@ -36,7 +36,7 @@ class ReferenceMLP:
 
 
 def forward(sizes, params, x):
-    acts = [np.asarray(x, np.float32)]
+    acts = [np.asarray(x, np.float32).reshape(len(x), -1)]   # like nn.Flatten
     n = len(sizes) - 1
     for i in range(n):
         z = acts[-1] @ params[2 * i].T + params[2 * i + 1]

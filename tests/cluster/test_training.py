@@ -19,7 +19,7 @@ def test_one_two_four_nodes_match_single_process(procs, spec):
     nodes = start_nodes(procs, 4)
     for n in (1, 2, 4):
         res = Cluster([d["control"] for d in nodes[:n]], SECRET, heartbeat_s=0.2).fit(
-            model, None, spec, (xtr, ytr), global_batch=60, max_steps=STEPS)
+            ReferenceMLP([64, 48, 10], seed=1), None, spec, (xtr, ytr), global_batch=60, max_steps=STEPS)
         assert res.step == STEPS and len(res.history) == STEPS
         assert all(h["world"] == n and sum(h["shares"]) == 60 for h in res.history)
         for k in want:   # float32 tolerance: only the summation order differs
@@ -31,12 +31,12 @@ def test_slow_node_gets_a_smaller_share_and_result_is_unchanged(procs):
     model = ReferenceMLP([64, 256, 10], seed=2)
     spec = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
     nodes = start_nodes(procs, 2, throttle={1: 4})
+    want = reference_fit(model, spec, xtr, ytr, 100, 30)
     res = Cluster([d["control"] for d in nodes], SECRET, heartbeat_s=0.2).fit(
         model, None, spec, (xtr, ytr), global_batch=100, epochs=2, max_steps=30)
     assert res.step == 30
     fast, slow = res.history[-1]["shares"]
     assert fast > 2 * slow, res.history[-1]   # throttled 4x: about a fifth of the batch
-    want = reference_fit(model, spec, xtr, ytr, 100, 30)
     for k in want:
         np.testing.assert_allclose(res.params[k], want[k], rtol=5e-4, atol=5e-5)
     assert accuracy(model, res.params, xte, yte) > 0.8
