@@ -119,9 +119,10 @@ class DataLoader:
         row = self.dataset.row_bytes
         # Besides the window: prefetched and in-flight batches, and the Arrow buffers of the
         # Parquet chunks being decoded (the decoder grows buffers by doubling).
-        room = self.memory_budget - (self.prefetch + 4) * self.batch_size * row - 8 * CHUNK_BYTES
-        rows = max(int(room * 0.6) // row, self.batch_size)
         biggest = max(self._part_rows)
+        decoding = 6 * min(CHUNK_BYTES, biggest * row)
+        room = self.memory_budget - (self.prefetch + 4) * self.batch_size * row - decoding
+        rows = max(int(room * 0.6) // row, self.batch_size)
         if biggest > rows:
             warnings.warn(f"a part of {biggest} rows ({biggest * row >> 20} MiB decoded) does not fit "
                           f"memory_budget {self.memory_budget >> 20} MiB with batch_size {self.batch_size}; "
