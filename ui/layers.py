@@ -82,44 +82,56 @@ def _activations(config, weights, sample):
     return x[0], {k: v.numpy() for k, v in outputs.items()}, int(y_test[sample])
 
 
+def _match_scope(scope, names):
+    """Graph scopes carry the root module's class ("Sequential.fc1") while parameter and
+    hook names do not ("fc1"): map a scope onto a known layer name when one fits."""
+    if scope in names or not scope:
+        return scope
+    tail = scope.split(".", 1)[1] if "." in scope else ""
+    return tail if tail and tail in names else scope
+
+
 def describe(store, info, sample):
     run_id = info["id"]
-    scopes = _graph_scopes(store.graph(run_id))
-    layers, result = {}, {"run_id": run_id, "sample": sample, "activations_error": None}
-
-    def layer(name):
-        sc = scopes.get(name, {})
-        return layers.setdefault(name, {
-            "name": name, "params": [], "param_count": 0, "ops": sc.get("ops", []),
-            "kernels": sc.get("kernels", []), "output_shape": sc.get("output_shape"),
-            "activation": None})
-
-    for name in scopes:
-        if name:
-            layer(name)
-    weights = None
+    result = {"run_id": run_id, "sample": sample, "activations_error": None}
+    weights = outs = None
     try:
         weights = _load_weights(store, run_id)
     except Exception as e:  # show why instead of failing the whole page
         result["weights_error"] = f"{type(e).__name__}: {e}"
-    for pname, arr in (weights or {}).items():
-        lay = layer(_layer_of(pname))
-        lay["params"].append({"name": pname, "shape": list(arr.shape), "stats": stats(arr)})
-        lay["param_count"] += int(arr.size)
     if weights is None:
         result["activations_error"] = result.get("weights_error") or "run has no weights recorded"
     else:
         try:
             x, outs, label = _activations(info["config"], weights, sample)
-            result["input"] = {"shape": list(x.shape), "values": np.ravel(x).tolist(),
-                               "label": label}
-            for name, out in outs.items():
-                lay = layer(name)
-                lay["activation"] = {"shape": list(out.shape), "stats": stats(out),
-                                     "values": out.ravel().tolist() if out.size <= MAX_VALUES else None}
+            result["input"] = {"shape": list(x.shape), "values": np.ravel(x).tolist(), "label": label}
         except SampleError:
             raise
         except Exception as e:
             result["activations_error"] = f"{type(e).__name__}: {e}"
-    result["layers"] = [layers[k] for k in layers]
+
+    # Layer order: execution order when activations ran, else parameter order, else graph.
+    names = list(outs or {}) + [_layer_of(p) for p in weights or {}]
+    scopes = {}
+    for scope, sc in _graph_scopes(store.graph(run_id)).items():
+        name = _match_scope(scope, set(names))
+        scopes[name] = sc
+        names.append(name)
+    layers = {}
+    for name in names:
+        if name and name not in layers:
+            sc = scopes.get(name, {})
+            layers[name] = {"name": name, "params": [], "param_count": 0, "ops": sc.get("ops", []),
+                            "kernels": sc.get("kernels", []), "output_shape": sc.get("output_shape"),
+                            "activation": None}
+    for pname, arr in (weights or {}).items():
+        lay = layers[_layer_of(pname)] if _layer_of(pname) else layers.setdefault("", {
+            "name": "", "params": [], "param_count": 0, "ops": [], "kernels": [],
+            "output_shape": None, "activation": None})
+        lay["params"].append({"name": pname, "shape": list(arr.shape), "stats": stats(arr)})
+        lay["param_count"] += int(arr.size)
+    for name, out in (outs or {}).items():
+        layers[name]["activation"] = {"shape": list(out.shape), "stats": stats(out),
+                                      "values": out.ravel().tolist() if out.size <= MAX_VALUES else None}
+    result["layers"] = list(layers.values())
     return result
