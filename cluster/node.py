@@ -9,6 +9,7 @@ requests in order.  Any refused message gets an error reply and the node keeps s
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import hashlib
 import logging
 import os
@@ -75,11 +76,15 @@ class Job:
 
 class NodeDaemon:
     def __init__(self, listen: str, secret: bytes, *, device=None, data_dir=None, metrics_addr="127.0.0.1:0",
-                 throttle: float = 1.0, advertise: str | None = None, peer_timeout: float = 30.0):
+                 throttle: float = 1.0, advertise: str | None = None, peer_timeout: float = 30.0,
+                 max_message_bytes: int = wire.MAX_MESSAGE_BYTES):
+        self.max_bytes = max_message_bytes
         self.secret, self.device, self.data_dir, self.throttle = secret, device, data_dir, max(1.0, throttle)
         self.ctx = zmq.Context()
         self.control = self.ctx.socket(zmq.ROUTER)
-        self.control.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES + (1 << 20))
+        # zmq drops a connection above MAXMSGSIZE without a word; keep it well above our own
+        # limit so a merely oversized message still gets an error reply
+        self.control.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_bytes + (1 << 20))
         self.control.setsockopt(zmq.LINGER, 500)
         self.control.bind(listen)
         host = listen.rsplit(":", 1)[0]
@@ -101,6 +106,7 @@ class NodeDaemon:
         self.busy = False
         self.driver = None          # routing id of the driver, to say bye to
         self.stopping = False
+        self.n_refused = 0
         self.inbox: queue.Queue = queue.Queue()
         self.worker = threading.Thread(target=self._work, name="job-worker", daemon=True)
 
@@ -132,12 +138,17 @@ class NodeDaemon:
     def _handle(self, frames) -> None:
         ident = frames[0].bytes
         try:
-            msg = wire.decode([f.buffer for f in frames[1:]], secret=self.secret)
+            msg = wire.decode([f.buffer for f in frames[1:]], secret=self.secret, max_bytes=self.max_bytes)
             if msg.type not in QUEUED | {"hello", "ping", "abort"}:
                 raise wire.WireError("bad_request", f"a node does not accept {msg.type!r} messages")
-        except wire.WireError as e:
+        except Exception as e:   # WireError, or a decoder bug: either way refuse and keep serving
+            if not isinstance(e, wire.WireError):
+                log.exception("decoder failed")
+                e = wire.WireError("internal", f"{type(e).__name__}: {e}")
             self.metrics.bad_messages.labels(e.code).inc()
-            log.warning("refused a message from %r: %s", ident, e)
+            self.n_refused += 1
+            if self.n_refused <= 20 or self.n_refused % 1000 == 0:   # a flood must not flood the log
+                log.warning("refused a message from %r (%d so far): %s", ident, self.n_refused, e)
             self.control.send_multipart([ident, *wire.encode("error", {"code": e.code, "message": str(e)},
                                                              secret=self.secret)])
             return
@@ -189,6 +200,10 @@ class NodeDaemon:
                 code = getattr(e, "code", "bad_request")
                 self.metrics.bad_messages.labels(code).inc()
                 self._reply(ident, rid, "error", {"code": code, "message": f"{msg.type}: {e}"})
+            except Exception as e:   # a bug must not kill the worker: report it loudly and keep serving
+                log.exception("internal error on %s", msg.type)
+                self.metrics.bad_messages.labels("internal").inc()
+                self._reply(ident, rid, "error", {"code": "internal", "message": f"{msg.type}: {type(e).__name__}: {e}"})
             finally:
                 self.busy = False
 
@@ -280,6 +295,8 @@ def main(argv=None) -> int:
     ap.add_argument("--throttle", type=float, default=float(env("ENGINE_NODE_THROTTLE", "1")),
                     help="run N times slower (to test load balancing) [ENGINE_NODE_THROTTLE]")
     ap.add_argument("--peer-timeout", type=float, default=30.0, help="seconds to wait on a silent ring neighbour")
+    ap.add_argument("--max-message-mb", type=float, default=wire.MAX_MESSAGE_BYTES / 2**20,
+                    help="refuse control messages larger than this")
     a = ap.parse_args(argv)
     logging.basicConfig(filename=a.log, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     secret = env("ENGINE_NODE_SECRET")
@@ -288,9 +305,11 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     node = NodeDaemon(a.listen, secret.encode(), device=a.device, data_dir=a.data, metrics_addr=a.metrics,
-                      throttle=a.throttle, advertise=a.advertise, peer_timeout=a.peer_timeout)
+                      throttle=a.throttle, advertise=a.advertise, peer_timeout=a.peer_timeout,
+                      max_message_bytes=int(a.max_message_mb * 2**20))
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "stopping", True))
     signal.signal(signal.SIGINT, lambda *_: setattr(node, "stopping", True))
+    faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>` prints every thread's stack
     print(f"engine-node ready control={node.endpoint} data={node.links.endpoint} metrics={node.metrics_url}", flush=True)
     node.serve()
     return 0

@@ -195,8 +195,8 @@ def decode(frames, *, secret: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Mess
         raise WireError("unauthenticated", "bad MAC: wrong secret or altered message")
     try:
         h = json.loads(bytes(body[0]))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise WireError("bad_header", f"header is not JSON: {e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:   # RecursionError: [[[[...]]]]
+        raise WireError("bad_header", f"header is not JSON: {type(e).__name__}") from None
     _validate_header(h)
     metas = h.get("tensors", [])
     n_table = 1 if "table" in h else 0

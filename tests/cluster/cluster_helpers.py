@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,9 +23,12 @@ class Procs:
         self.all = []
 
     def start(self, args, **kw):
+        """stderr goes to a temporary file, not a pipe: a chatty child must never block
+        on a full pipe nobody reads.  p.log() returns what it wrote."""
+        err = tempfile.TemporaryFile("w+")
         p = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=kw.pop("env", child_env()),
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, **kw)
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, **kw)
+        p.log = lambda: (err.seek(0), err.read())[1]
         self.all.append(p)
         return p
 
@@ -53,7 +57,7 @@ def start_nodes(procs, n, throttle=None, extra_args=(), **env):
     out = []
     for p in nodes:
         line = p.stdout.readline()
-        assert line.startswith("engine-node ready"), (line, p.stderr.read() if p.poll() is not None else "")
+        assert line.startswith("engine-node ready"), (line, p.log())
         info = dict(kv.split("=", 1) for kv in line.split()[2:])
         out.append({"proc": p, **info})
     return out

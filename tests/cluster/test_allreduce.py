@@ -14,7 +14,7 @@ def run_ring(procs, tmp_path, n, length, sizes=None):
     for p in ranks:
         p.stdin.write(json.dumps(peers) + "\n")
         p.stdin.flush()
-    return [(p.wait(timeout=60), p.stderr.read()) for p in ranks]
+    return [(p.wait(timeout=60), p.log()) for p in ranks]
 
 
 @pytest.mark.parametrize("n,length", [(2, 1), (2, 10001), (3, 2), (3, 7919), (4, 4099), (5, 3), (8, 12345)])
