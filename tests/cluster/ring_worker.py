@@ -26,6 +26,7 @@ def main():
     except Exception as e:  # reported to the test through the exit code and stderr
         print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
         links.say_bye("error")
+        links.close()
         sys.exit(3)
     np.save(out, x)
     links.close()
