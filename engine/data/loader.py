@@ -130,10 +130,14 @@ class DataLoader:
         return int(max(rows, biggest))
 
     def shard(self, rank: int, world: int, shares=None) -> "DataLoader":
-        """A loader with the same order that yields rank's share of every global batch."""
-        return DataLoader(self.dataset, self.batch_size, self.shuffle, self.seed, self.drop_last,
-                          self.device, self.memory_budget, self.window, self.prefetch,
-                          rank, world, shares, self.as_numpy)
+        """A loader with the same order and position that yields rank's share of every
+        global batch. Positions count global batches, so a job that loses or gains a node
+        re-shards at a step boundary and carries on: every row still comes exactly once."""
+        other = DataLoader(self.dataset, self.batch_size, self.shuffle, self.seed, self.drop_last,
+                           self.device, self.memory_budget, self.window, self.prefetch,
+                           rank, world, shares, self.as_numpy)
+        other.epoch, other.batch = self.epoch, self.batch
+        return other
 
     # -- sizes --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -163,7 +167,8 @@ class DataLoader:
                 "shares": self.shares}
 
     def load_state_dict(self, state: dict):
-        for key in ("num_rows", "batch_size", "seed", "shuffle", "drop_last", "world", "shares"):
+        # rank / world / shares may differ: the position is in global batches.
+        for key in ("num_rows", "batch_size", "seed", "shuffle", "drop_last"):
             mine = len(self.dataset) if key == "num_rows" else getattr(self, key)
             if key in state and state[key] != mine:
                 raise ValueError(f"loader state was saved with {key}={state[key]!r} but this loader "
