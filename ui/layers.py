@@ -82,13 +82,14 @@ def _activations(config, weights, sample):
     return x[0], {k: v.numpy() for k, v in outputs.items()}, int(y_test[sample])
 
 
-def _match_scope(scope, names):
+def _match_scopes(scopes, names):
     """Graph scopes carry the root module's class ("Sequential.fc1") while parameter and
-    hook names do not ("fc1"): map a scope onto a known layer name when one fits."""
-    if scope in names or not scope:
-        return scope
-    tail = scope.split(".", 1)[1] if "." in scope else ""
-    return tail if tail and tail in names else scope
+    hook names do not ("fc1"). Where a scope's tail is a known layer name, its head is the
+    root's prefix; strip that prefix from every scope. Returns {scope: layer name}."""
+    heads = {sc.split(".", 1)[0] for sc in scopes
+             if sc not in names and "." in sc and sc.split(".", 1)[1] in names}
+    return {sc: sc.split(".", 1)[1] if "." in sc and sc.split(".", 1)[0] in heads else sc
+            for sc in scopes}
 
 
 def describe(store, info, sample):
@@ -113,9 +114,9 @@ def describe(store, info, sample):
     # Layer order: execution order when activations ran, else parameter order, else graph.
     names = list(outs or {}) + [_layer_of(p) for p in weights or {}]
     scopes = {}
-    for scope, sc in _graph_scopes(store.graph(run_id)).items():
-        name = _match_scope(scope, set(names))
-        scopes[name] = sc
+    by_scope = _graph_scopes(store.graph(run_id))
+    for scope, name in _match_scopes(by_scope, set(names)).items():
+        scopes[name] = by_scope[scope]
         names.append(name)
     layers = {}
     for name in names:

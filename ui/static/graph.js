@@ -5,7 +5,18 @@
   const PALETTE = ["#dbeafe", "#dcfce7", "#fef3c7", "#fce7f3", "#ede9fe", "#cffafe", "#fee2e2", "#ecfccb", "#e0e7ff", "#f5f5f4"];
   const layerColor = {};
   const colorOf = scope => scope ? (layerColor[scope] = layerColor[scope] || PALETTE[Object.keys(layerColor).length % PALETTE.length]) : "#ffffff";
-  let graph, profile = [];
+  let graph, profile = [], size = {W: 1, H: 1}, scale = 1;
+
+  // Big training graphs are wider than the column: start fitted, zoom with the buttons.
+  function zoom(how) {
+    const wrap = document.getElementById("graph-wrap");
+    const fit = Math.min(1, (wrap.clientWidth - 4) / size.W);
+    scale = how === "fit" ? fit : how === "in" ? Math.min(2, scale * 1.5) : how === "out" ? Math.max(0.1, scale / 1.5) : 1;
+    svg.setAttribute("width", Math.round(size.W * scale));
+    svg.setAttribute("height", Math.round(size.H * scale));
+    document.getElementById("zoom-level").textContent = Math.round(scale * 100) + " %";
+  }
+  for (const how of ["fit", "in", "out", "one"]) document.getElementById("zoom-" + how).addEventListener("click", () => zoom(how));
 
   function timing(kernel) {
     const runs = profile.filter(p => p.name === kernel.name);
@@ -19,7 +30,11 @@
     if (!k) return;
     for (const g of svg.querySelectorAll(".kernel.selected")) g.classList.remove("selected");
     const box = svg.querySelector(`.kernel[data-kernel="${index}"]`);
-    if (box) box.classList.add("selected");
+    if (box) {
+      box.classList.add("selected");
+      if (scale < 0.6) zoom("one");  // readable size, then bring the kernel into view
+      box.scrollIntoView({block: "nearest", inline: "nearest"});
+    }
     const prof = profile.find(p => p.name === k.name) || {};
     document.getElementById("kd-name").textContent = `kernel ${k.index}: ${k.name}`;
     const facts = [["Template", k.template], ["Global size", UI.shape(k.global_size)],
@@ -53,10 +68,9 @@
     }
     for (const n of graph.nodes) for (const s of n.srcs || []) if (g.hasNode("n" + s)) g.setEdge("n" + s, "n" + n.id);
     dagre.layout(g);
-    const W = g.graph().width, H = g.graph().height;
-    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
-    svg.setAttribute("width", W);
-    svg.setAttribute("height", H);
+    size = {W: g.graph().width, H: g.graph().height};
+    svg.setAttribute("viewBox", `0 0 ${size.W} ${size.H}`);
+    zoom("fit");
     const layerClusters = UI.el("g", {}), edges = UI.el("g", {}), ops = UI.el("g", {});
     for (const id of g.nodes()) {
       const d = g.node(id);
@@ -91,7 +105,7 @@
       s.ops++;
       if (n.kernel !== null && n.kernel !== undefined) s.kernels.add(n.kernel);
     }
-    const names = Object.keys(scopes).sort();
+    const names = Object.keys(scopes).sort((a, b) => (a === "") - (b === "") || a.localeCompare(b));  // unscoped last
     const swatch = name => UI.el("svg", {width: 12, height: 12, class: "swatch"}, UI.el("rect", {width: 12, height: 12, fill: colorOf(name)}));
     const entry = name => UI.el("div", {class: "layer"},
       UI.el("div", {}, swatch(name), " ", UI.el("strong", {class: "layer-name"}, name || "(outside any layer)"),
