@@ -126,6 +126,9 @@ class CheckpointManager:
         if loader is not None:
             state["loader"] = loader.state_dict()
         state["rng"] = engine.random_state()
+        # Through JSON once, so the checksum is over exactly what restore will read back
+        # (int dict keys become strings, tuples lists, numpy scalars numbers).
+        state = json.loads(json.dumps(state, default=_json_default))
         weights = st_save(tensors, metadata={"step": str(step), "format": str(FORMAT)})
         name = f"step-{step:08d}-{secrets.token_hex(4)}.safetensors"
         _write_atomic(os.path.join(self.directory, name), weights)
