@@ -100,7 +100,15 @@ def realize(targets, device, dests=None, group=False) -> list:
     """Compute ``targets`` on ``device``; returns their BUFFER nodes. ``dests`` maps a
     target to an existing Buffer to write into (in-place update of a parameter)."""
     dests = dests or {}
-    resolved = [_computed.get(t, t) for t in targets]
+    resolved = []
+    for t in targets:
+        r = _computed.get(t, t)
+        if r.op == "RESHAPE" and t not in dests:
+            # a reshape of a contiguous result is the same memory: compute the source only
+            while r.op == "RESHAPE":
+                r = r.srcs[0]
+            r = _computed.get(r, r)
+        resolved.append(r)
     for t, r in zip(targets, resolved):
         if r.op == "BUFFER" and t in dests:   # assigning an existing value: a plain copy
             device.copy(_buffers[r], dests[t], dests[t].nbytes)
@@ -131,20 +139,23 @@ def realize(targets, device, dests=None, group=False) -> list:
                 seed, offset = g.anchor.arg
                 rand = _Rand(seed, offset, g.anchor.numel)
                 args.append(rand)
-            elif role == "offset":
-                args.append(None)
         launch = Launch(ck, spec.global_size, spec.local_size, args, rand)
         run_launch(launch, device)
         if _capture is not None:
             _capture.append(launch)
     result = []
     for t, r in zip(targets, resolved):
-        if r.op == "BUFFER":
+        buf = _buffers[r] if r.op == "BUFFER" else out_of[r]
+        if r.op == "BUFFER" and r.shape == t.shape:
             result.append(r)
             continue
-        bn = ir.buffer(r.shape, r.dtype)
-        _buffers[bn] = out_of[r]
-        _computed[r] = bn
+        bn = ir.buffer(t.shape, t.dtype)
+        _buffers[bn] = buf
+        _computed[t] = bn
+        if r is not t and r.op != "BUFFER":
+            rn = ir.buffer(r.shape, r.dtype)
+            _buffers[rn] = buf
+            _computed[r] = rn
         result.append(bn)
     return result
 

@@ -19,6 +19,9 @@ from . import ir
 __all__ = ["KernelGroup", "schedule"]
 
 ANCHORS = ir.REDUCE | ir.CONTRACTION
+# An elementwise value read by several kernels is recomputed in each when its expression
+# has at most this many ops (cheaper than a round trip through memory), else stored once.
+INLINE_COST = 4
 
 
 @dataclass(frozen=True)
@@ -29,12 +32,6 @@ class KernelGroup:
     fused: tuple              # every non-leaf node computed inside the kernel
 
 
-def _is_view_of_leaf(n, is_leaf, mat) -> bool:
-    while n.op in ir.MOVEMENT and not (is_leaf(n) or n in mat):
-        n = n.srcs[0]
-    return is_leaf(n) or (n in mat)
-
-
 def schedule(targets, is_leaf, group: bool = False) -> list[KernelGroup]:
     """Kernels that compute ``targets``, in launch order. ``is_leaf(n)``: n already has a
     buffer. With ``group``, same-shaped elementwise targets share one kernel."""
@@ -43,82 +40,103 @@ def schedule(targets, is_leaf, group: bool = False) -> list[KernelGroup]:
     base_is_leaf = is_leaf
     is_leaf = lambda n: n not in tset and base_is_leaf(n)  # noqa: E731  (a target is always computed)
     order = ir.toposort(targets, stop=is_leaf)
-    consumers: dict = {n: set() for n in order}
+    consumers: dict = {n: [] for n in order}
     for n in order:
         if not is_leaf(n):
-            for s in n.srcs:
-                consumers[s].add(n)
+            for s in dict.fromkeys(n.srcs):
+                consumers[s].append(n)
 
+    GROUP, MULTI = "group", "multi"   # MULTI: a view read by several kernels, inlined in each
     grouped = set()
-    if group:
-        shapes = {t.shape for t in targets}
-        if len(shapes) == 1 and all(t.op in ir.ELEMENTWISE for t in targets):
-            grouped = tset
+    if group and len({t.shape for t in targets}) == 1 and all(t.op in ir.ELEMENTWISE for t in targets):
+        grouped = tset
 
-    mat: set = {t for t in targets if not is_leaf(t)}
-    for n in order:
-        if is_leaf(n) or n.op in ir.MOVEMENT or n.op in ("CONST", "VAR"):
-            continue
-        if n.op == "RAND":
-            mat.add(n)
-        elif n.op in ir.ELEMENTWISE and len(consumers[n]) > 1 and n not in grouped:
-            mat.add(n)
-        elif n.op == "MATMUL":
-            a, b = n.srcs
-            if not _is_view_of_leaf(a, is_leaf, mat):
-                mat.add(a)
-            if not (is_leaf(b) or b in mat):
-                mat.add(b)
-
-    # Each anchor absorbs the single-consumer, same-shaped elementwise chain above it.
-    owner: dict = {}
-    chain_top: dict = {}
-    for n in order:
-        if n.op not in ANCHORS or is_leaf(n):
-            continue
-        top = n
-        while top not in mat:
-            cons = consumers[top]
-            if len(cons) != 1:
-                break
-            c = next(iter(cons))
-            if c.op not in ir.ELEMENTWISE or c.shape != n.shape or c in owner or c in grouped:
-                break
-            owner[c] = n
-            top = c
-        mat.add(top)
-        chain_top[top] = n
-
-    kernels = []
-    done_group = False
-    for n in order:
-        if n not in mat or is_leaf(n):
+    # dest[n]: the node whose kernel computes n (n itself when n gets its own buffer).
+    # Walk consumers before producers, so every consumer's kernel is known.
+    dest: dict = {}
+    cost: dict = {}
+    pure: dict = {}      # n reaches its kernel's output through same-shape elementwise ops only
+    anchor_of: dict = {}
+    forced: set = set()
+    for n in reversed(order):
+        if is_leaf(n) or n.op in ("CONST", "VAR"):
             continue
         if n in grouped:
-            if done_group:
-                continue
-            done_group = True
-            outs = tuple(t for t in order if t in grouped)
-            kernels.append(KernelGroup("elementwise", outs, None, _fused(outs, None, is_leaf, mat, grouped)))
+            dest[n], pure[n] = GROUP, True
             continue
-        anchor = chain_top.get(n)
-        if anchor is None and n.op == "RAND":
+        cons = consumers[n]
+        dests = {dest.get(c) for c in cons}
+        if n in tset or n in forced or n.op == "RAND" or not cons:
+            dest[n] = n
+        elif (len(dests) != 1 or MULTI in dests) and (
+                n.op in ir.MOVEMENT or (n.op in ir.ELEMENTWISE and _cost(n, is_leaf, cost) <= INLINE_COST)):
+            dest[n], pure[n] = MULTI, False    # cheap enough to recompute in each kernel
+            continue
+        elif len(dests) != 1 or MULTI in dests:
+            dest[n] = n
+        elif n.op in ANCHORS:
+            (d,) = dests
+            ok = (d not in (GROUP, MULTI) and d not in anchor_of and d.op in ir.ELEMENTWISE and d.shape == n.shape
+                  and all(c.op in ir.ELEMENTWISE and c.shape == n.shape and pure.get(c) for c in cons))
+            dest[n] = d if ok else n
+            if ok:
+                anchor_of[d] = n
+        else:
+            dest[n] = next(iter(dests))
+        d = dest[n]
+        pure[n] = d is n or (n.op in ir.ELEMENTWISE and all(pure.get(c) and dest.get(c) is d for c in cons)
+                             and (d is GROUP or n.shape == d.shape))
+        if d is n and n.op in ANCHORS:
+            anchor_of[n] = n
+        if n.op == "MATMUL":
+            a, b = n.srcs
+            while a.op in ir.MOVEMENT and not is_leaf(a):
+                a = a.srcs[0]
+            if not is_leaf(a):
+                forced.add(a)      # A may be any view, but of a buffer
+            if not is_leaf(b):
+                forced.add(b)      # B is read with wide contiguous loads
+
+    kernels = []
+    if grouped:
+        outs = tuple(t for t in order if t in grouped)
+        kernels_group = KernelGroup("elementwise", outs, None, _fused(outs, None, is_leaf, dest))
+    for n in order:
+        if grouped and n is next(t for t in order if t in grouped):
+            kernels.append(kernels_group)
+        if dest.get(n) is not n:
+            continue
+        anchor = anchor_of.get(n)
+        if n.op == "RAND":
             kernels.append(KernelGroup("rand", (n,), n, (n,)))
             continue
         kind = "elementwise" if anchor is None else ("matmul" if anchor.op == "MATMUL" else "reduce")
-        kernels.append(KernelGroup(kind, (n,), anchor, _fused((n,), anchor, is_leaf, mat, ())))
+        kernels.append(KernelGroup(kind, (n,), anchor, _fused((n,), anchor, is_leaf, dest)))
     return kernels
 
 
-def _fused(outs, anchor, is_leaf, mat, grouped) -> tuple:
-    """Nodes computed inside one kernel: everything below its outputs down to leaves."""
+def _cost(n, is_leaf, memo) -> int:
+    """Ops needed to recompute n from buffers and anchors (capped just above the limit)."""
+    if n in memo:
+        return memo[n]
+    if is_leaf(n) or n.op in ("CONST", "VAR", "RAND") or n.op in ANCHORS:
+        c = 0
+    else:
+        c = (n.op in ir.ELEMENTWISE) + sum(_cost(s, is_leaf, memo) for s in n.srcs)
+    memo[n] = c = min(c, INLINE_COST + 1)
+    return c
+
+
+def _fused(outs, anchor, is_leaf, dest) -> tuple:
+    """Nodes computed inside one kernel: everything below its outputs down to leaves and
+    to nodes that have buffers of their own."""
     seen, stack, found = set(), list(outs), []
     while stack:
         n = stack.pop()
         if n in seen:
             continue
         seen.add(n)
-        if n not in outs and n is not anchor and (is_leaf(n) or (n in mat and n not in grouped)):
+        if n not in outs and (is_leaf(n) or dest.get(n) is n):
             continue
         if n.op in ("CONST", "VAR"):
             continue

@@ -1,0 +1,106 @@
+"""engine.compile: a replayed step equals the eager one; the program cache works across
+processes; build failures and template errors are reported with what is needed to act."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import engine
+import kernels
+from engine.nn import functional as F
+
+
+def _setup(seed):
+    engine.manual_seed(seed)
+    model = engine.nn.Sequential(engine.nn.Linear(12, 16), engine.nn.ReLU(), engine.nn.Dropout(0.0),
+                                 engine.nn.Linear(16, 4))
+    opt = engine.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return model, opt
+
+
+def test_compiled_step_matches_eager(rng):
+    batches = [(rng.normal(size=(8, 12)).astype(np.float32), rng.integers(0, 4, size=8)) for _ in range(5)]
+    results = []
+    for compiled in (False, True):
+        model, opt = _setup(11)
+
+        def step(x, y):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        run = engine.compile(step) if compiled else step
+        losses = [run(engine.tensor(x), engine.tensor(y)).item() for x, y in batches]
+        results.append((losses, [p.numpy() for p in model.parameters()]))
+        if compiled:
+            assert run.replays == len(batches) - 1 and len(run.launches) > 3
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_second_process_reuses_built_programs(tmp_path):
+    code = ("import time, json, engine, numpy as np\n"
+            "t0 = time.perf_counter()\n"
+            "x = engine.tensor(np.ones((5, 9), np.float32))\n"
+            "w = engine.tensor(np.ones((9, 3), np.float32))\n"
+            "v = ((x @ w).relu() * 0.731 + 0.113).sum(1).numpy()\n"
+            "d = engine.default_device()\n"
+            "print(json.dumps({**d.stats, 'first_s': time.perf_counter() - t0}))\n")
+    env = dict(os.environ, ENGINE_CACHE_DIR=str(tmp_path))
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                      check=True).stdout.strip().splitlines()[-1]) for _ in range(2)]
+    assert runs[0]["builds"] >= 2 and runs[0]["disk_hits"] == 0
+    assert runs[1]["builds"] == 0 and runs[1]["disk_hits"] == runs[0]["builds"]
+
+
+def test_template_missing_parameter_fails():
+    with pytest.raises(kernels.TemplateParameterError, match="missing a parameter"):
+        kernels.render("elementwise", name="k", numel=4)
+
+
+def test_build_failure_carries_log_template_params_and_source(tmp_path, monkeypatch):
+    from engine.codegen import KernelSpec
+    monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path))
+    spec = KernelSpec("mao_broken", "elementwise", {"numel": 1}, "__kernel void mao_broken(__global float* o) { o[0] = nope; }")
+    with pytest.raises(engine.BuildError) as ei:
+        engine.default_device().build(spec)
+    msg = str(ei.value)
+    assert "nope" in msg and "template: elementwise" in msg and '"numel": 1' in msg
+    path = msg.split("source saved to: ")[1].splitlines()[0]
+    assert open(path).read() == spec.source
+
+
+def test_step_program_roundtrip_matches_direct_gradients(rng):
+    engine.manual_seed(2)
+    model = engine.nn.Sequential(engine.nn.Linear(6, 5), engine.nn.ReLU(), engine.nn.Linear(5, 3))
+    x, y = rng.normal(size=(4, 6)).astype(np.float32), rng.integers(0, 3, size=4)
+    prog = engine.trace_training_step(model, F.cross_entropy, x, y)
+    wire = json.loads(json.dumps(prog.to_json()))
+    runner = engine.StepProgram.from_json(wire).bind()
+    params = [p.numpy() for p in model.parameters()]
+    loss, grads = runner.run(params, x, y)
+    direct = F.cross_entropy(model(engine.tensor(x)), engine.tensor(y))
+    direct.backward()
+    assert abs(loss - direct.item()) < 1e-6
+    for g, p in zip(grads, model.parameters()):
+        np.testing.assert_allclose(g, p.grad.numpy(), rtol=1e-5, atol=1e-7)
+    # new weights, same compiled program
+    loss2, _ = runner.run([p * 0.5 for p in params], x, y)
+    assert loss2 != loss
+    bad = dict(wire, v=99)
+    with pytest.raises(ValueError, match="version"):
+        engine.StepProgram.from_json(bad)
+
+
+def test_state_dict_save_load(tmp_path, rng):
+    m = engine.nn.Linear(4, 3)
+    engine.save(m.state_dict(), tmp_path / "w.safetensors")
+    m2 = engine.nn.Linear(4, 3)
+    m2.load_state_dict(engine.load(tmp_path / "w.safetensors"))
+    for a, b in zip(m.parameters(), m2.parameters()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -1,0 +1,94 @@
+"""The scheduler's promises, pinned by counting launches with engine.profile(), and the
+IR's checks (pure, no device needed for those)."""
+import numpy as np
+import pytest
+
+import engine
+from engine import ir
+from engine.nn import functional as F
+
+
+def _t(rng, *shape, grad=False):
+    return engine.tensor(rng.uniform(0.5, 1.5, size=shape).astype(np.float32), requires_grad=grad)
+
+
+def count(fn):
+    with engine.profile() as p:
+        out = fn()
+        if isinstance(out, engine.Tensor):
+            out.realize()
+    return p.kernels
+
+
+def test_elementwise_chain_is_one_kernel(rng):
+    a, b, c = _t(rng, 5, 7), _t(rng, 5, 7), _t(rng, 7)
+    ks = count(lambda: ((a + b) * c).exp().sqrt() - a / 3.0)
+    assert len(ks) == 1 and ks[0]["template"] == "elementwise"
+
+
+def test_linear_relu_is_one_gemm_kernel(rng):
+    x, w, b = _t(rng, 9, 13), _t(rng, 13, 6), _t(rng, 6)
+    ks = count(lambda: (x @ w + b).relu())
+    assert [k["template"] for k in ks] == ["gemm"]
+    assert {"ADD", "WHERE"} <= set(ks[0]["fused_ops"]) and "MATMUL" in ks[0]["fused_ops"]
+
+
+def test_reduce_absorbs_its_elementwise_input(rng):
+    x, y = _t(rng, 8, 5), _t(rng, 8, 5)
+    ks = count(lambda: ((x - y) * (x - y)).exp().sum(1))
+    assert len(ks) == 1 and ks[0]["template"] == "reduce"
+
+
+def test_views_cost_nothing(rng):
+    x = _t(rng, 4, 6)
+    ks = count(lambda: x.T.reshape(3, 8)[1:, ::2] * 2.0)
+    assert len(ks) == 1
+
+
+def test_softmax_kernels(rng):
+    x = _t(rng, 4, 10)
+    ks = count(lambda: x.softmax(1))
+    # max-reduce, then exp-sum reduce (with the exp fused), then the normalising division
+    assert [k["template"] for k in ks] == ["reduce", "reduce", "elementwise"]
+
+
+def test_optimizer_update_is_one_kernel_per_parameter(rng):
+    model = engine.nn.Linear(5, 3)
+    for opt in (engine.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), engine.optim.Adam(model.parameters())):
+        F.mse_loss(model(_t(rng, 4, 5)), _t(rng, 4, 3)).backward()
+        with engine.profile() as p:
+            opt.step()
+        assert len(p.kernels) == 2, [k["name"] for k in p.kernels]
+
+
+def test_bad_shapes_fail_at_the_users_line_with_both_shapes(rng):
+    a, b = _t(rng, 3, 4), _t(rng, 5, 6)
+    with pytest.raises(engine.ShapeError, match=r"\(3, 4\).*\(5, 6\)"):
+        a @ b
+    with pytest.raises(engine.ShapeError, match=r"\(3, 4\).*\(5, 6\)"):
+        a + b
+    with pytest.raises(engine.ShapeError, match="cannot view shape"):
+        a.reshape(5, 3)
+    with pytest.raises(engine.ShapeError, match="channels"):
+        F.conv2d(_t(rng, 1, 2, 5, 5), _t(rng, 4, 3, 3, 3))
+
+
+def test_ir_nodes_are_interned_and_verified():
+    x = ir.buffer((3, 4))
+    assert ir.unary("EXP", x) is ir.unary("EXP", x)
+    y = ir.binary("ADD", ir.unary("EXP", x), ir.const(1.0, (3, 4)))
+    ir.verify([ir.reduce("SUM", y, (1,))])
+    with pytest.raises(AttributeError):
+        y.op = "MUL"
+
+
+def test_explain_lists_kernels_without_running(rng):
+    model = engine.nn.Sequential(engine.nn.Linear(6, 4), engine.nn.ReLU(), engine.nn.Linear(4, 3))
+    x = _t(rng, 2, 6)
+    with engine.profile() as p:
+        ex = engine.explain(model, x)
+    assert len(p.kernels) == 0
+    d = ex.to_json()
+    assert len(d["kernels"]) >= 2 and all("__kernel" in k["source"] for k in d["kernels"])
+    assert any(n["op"] == "MATMUL" and n["kernel"] is not None for n in d["nodes"])
+    assert any(n["scope"].endswith(".0") for n in d["nodes"])
