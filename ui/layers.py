@@ -105,7 +105,9 @@ def describe(store, info, sample):
     else:
         try:
             x, outs, label = _activations(info["config"], weights, sample)
-            result["input"] = {"shape": list(x.shape), "values": np.ravel(x).tolist(), "label": label}
+            result["input"] = {"shape": list(x.shape), "values": np.ravel(x).tolist(), "label": label,
+                               # the model's answer: argmax of the last layer's output
+                               "prediction": int(np.argmax(list(outs.values())[-1])) if outs else None}
         except SampleError:
             raise
         except Exception as e:

@@ -7,6 +7,7 @@ from browser import CHROMIUM_ARGS, PageWatch, Server, chromium_path, screenshot
 from real_runs import train_digits_via_cli, train_hostile_names
 from ui import create_app
 from ui.layers import _match_scopes
+from engine.examples import digits
 from ui_fixtures import XSS
 
 
@@ -53,6 +54,7 @@ def test_layers_api_activations_match_a_forward_pass(site):
     c, rid = site["client"], site["runs"]["mlp"]
     r = c.get(f"/api/runs/{rid}/layers?sample=5").get_json()
     assert r["activations_error"] is None and r["input"]["shape"] == [1, 8, 8]
+    assert 0 <= r["input"]["prediction"] <= 9 and r["input"]["label"] == int(digits.load_digits()[3][5])
     layers = {lay["name"]: lay for lay in r["layers"]}
     assert list(layers)[:6] == ["flatten", "fc1", "relu1", "fc2", "relu2", "out"]
     assert layers["fc1"]["param_count"] == 64 * 128 + 128

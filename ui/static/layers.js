@@ -14,7 +14,9 @@
   }
   // Small 2-D values (the 8x8 digit, 10 logits) as a grid of shaded cells.
   function heat(values, shape) {
-    const cols = shape.length >= 2 ? shape[shape.length - 1] : values.length;
+    // an image keeps its width; a flat vector wraps at 16 so the card stays readable
+    const last = shape[shape.length - 1];
+    const cols = shape.length >= 2 && shape[shape.length - 2] > 1 && last <= 32 ? last : Math.min(16, values.length);
     const rows = Math.ceil(values.length / cols), c = 14;
     const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
     const svg = UI.el("svg", {class: "heat", width: cols * c, height: rows * c, viewBox: `0 0 ${cols * c} ${rows * c}`});
@@ -33,7 +35,7 @@
       r = await UI.json(UI.runUrl(UI.runId, "/layers?sample=" + encodeURIComponent(sample)));
       UI.showError("layers-error", r.activations_error ? new Error("activations: " + r.activations_error) : null);
     } catch (e) { UI.showError("layers-error", e); return; }
-    document.getElementById("sample-info").textContent = r.input ? `label ${r.input.label}` : "";
+    document.getElementById("sample-info").textContent = r.input ? `label ${r.input.label} · predicted ${r.input.prediction}` : "";
     const iv = document.getElementById("input-view");
     iv.replaceChildren(...(r.input ? [UI.el("h2", {}, "Input"), heat(r.input.values, r.input.shape.length >= 2 ? r.input.shape : [8, 8])] : []));
     document.getElementById("layers").replaceChildren(...r.layers.map(l => UI.el("section", {class: "layer-card", "data-layer": l.name},
