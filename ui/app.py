@@ -116,7 +116,8 @@ def main(argv=None):
     p.add_argument("--token", default=os.environ.get("ENGINE_UI_TOKEN"),
                    help="token for write requests (default $ENGINE_UI_TOKEN)")
     p.add_argument("--cluster", action="append", default=[], metavar="ADDR",
-                   help="engine-node address to show on the Nodes page (repeatable)")
+                   help="an engine-node's metrics endpoint (http://host:port, serving /healthz and "
+                        "/metrics) to show on the Nodes page; repeatable")
     args = p.parse_args(argv)
     if args.host not in LOCAL_HOSTS and not args.token:
         print(f"engine ui: refusing to listen on {args.host} without a token: anyone who can "
