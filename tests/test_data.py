@@ -372,3 +372,19 @@ def test_position_survives_a_change_of_world(tmp_path):
         loader.load_state_dict(state)
         seen += [y for _, y in loader]
     assert sorted(np.concatenate(seen)) == list(range(1000))
+
+
+def test_ipc_stream_files_and_a_bad_file_in_a_directory(tmp_path):
+    d = tmp_path / "dir"
+    d.mkdir()
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    t = pa.table({"x": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 2), "y": np.arange(20)})
+    with pa.ipc.new_stream(d / "a.arrows", t.schema) as w:
+        for batch in t.to_batches(max_chunksize=8):
+            w.write_batch(batch)
+    ds = ArrowDataset(d)
+    assert [p.num_rows for p in ds.parts] == [8, 8, 4]
+    np.testing.assert_array_equal(collect(DataLoader(ds, 6, shuffle=False, as_numpy=True))[0], x)
+    pq.write_table(pa.table({"x": [1.0], "label": [0]}), d / "b.parquet")
+    with pytest.raises(DataError, match=r"b\.parquet: no column 'y' \(columns: x, label\)"):
+        ArrowDataset(d)
