@@ -2,7 +2,7 @@
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from browser import CHROMIUM_ARGS, PageWatch, Server, chromium_path, screenshot
+from ui_browser import CHROMIUM_ARGS, PageWatch, Server, chromium_path, screenshot
 from engine.runs import RunRecorder
 from ui import create_app
 from ui.nodes import NodeSource

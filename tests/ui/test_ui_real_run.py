@@ -3,8 +3,8 @@ model whose layer name is an XSS payload. Real browser, real OpenCL device (PoCL
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from browser import CHROMIUM_ARGS, PageWatch, Server, chromium_path, screenshot
-from real_runs import train_digits_via_cli, train_hostile_names
+from ui_browser import CHROMIUM_ARGS, PageWatch, Server, chromium_path, screenshot
+from ui_real_runs import train_digits_via_cli, train_hostile_names
 from ui import create_app
 from ui.layers import _match_scopes
 from engine.examples import digits
