@@ -26,16 +26,19 @@ def _same(given, token):
 
 
 def create_app(runs_root=None, token=None, cluster_addresses=None, node_source=None,
-               token_for_reads=False):
+               token_for_reads=False, trusted_hosts=None):
     """runs_root: directory of runs (default $ENGINE_RUNS_DIR or ./runs).
     token: enables the few write endpoints for requests carrying 'Bearer <token>'.
     token_for_reads: also require it to read anything (set by main() when the UI listens
     beyond localhost); a browser passes ?token=... once and gets a cookie.
+    trusted_hosts: Host header values to accept (main() sets the loopback names when it
+    binds loopback, so a web page cannot reach the UI through DNS rebinding).
     node_source: callable returning a list of node dicts (see ui/nodes.py); default reads
     <runs_root>/nodes.json."""
     root = runs_root if runs_root is not None else default_root()
     app = Flask(__name__)
-    app.config.update(RUN_STORE=RunStore(root), UI_TOKEN=token or None, JSON_SORT_KEYS=False)
+    app.config.update(RUN_STORE=RunStore(root), UI_TOKEN=token or None, JSON_SORT_KEYS=False,
+                      TRUSTED_HOSTS=trusted_hosts)
     if node_source is None:
         node_source = nodes.default_source(root, cluster_addresses)
     elif not isinstance(node_source, nodes.NodeSource):
@@ -124,8 +127,10 @@ def main(argv=None):
               f"reach it could read your runs (with a token, every request needs it). Pass --token or set ENGINE_UI_TOKEN, or bind "
               f"127.0.0.1 and use an SSH tunnel.", file=sys.stderr)
         return 2
+    local = args.host in LOCAL_HOSTS
     app = create_app(args.runs, token=args.token, cluster_addresses=args.cluster,
-                     token_for_reads=args.host not in LOCAL_HOSTS)
+                     token_for_reads=not local,
+                     trusted_hosts=["127.0.0.1", "localhost", "::1", "[::1]"] if local else None)
     print(f"engine ui: http://{args.host}:{args.port}/  (runs: {app.config['RUN_STORE'].root})",
           file=sys.stderr)
     app.run(host=args.host, port=args.port, debug=False, use_reloader=False, threaded=True)

@@ -167,3 +167,9 @@ def test_main_serves_on_localhost(runs_root, fixture_run):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_trusted_hosts_refuse_rebinding(runs_root, fixture_run):
+    c = create_app(runs_root, trusted_hosts=["127.0.0.1", "localhost"]).test_client()
+    assert c.get("/api/runs", headers={"Host": "127.0.0.1:8050"}).status_code == 200
+    assert c.get("/api/runs", headers={"Host": "evil.example:8050"}).status_code == 400

@@ -119,3 +119,9 @@ def test_unknown_run_page_is_404(site, page):
     # the one expected error is the 404 of the document itself
     assert all("404" in e for e in page.watch.errors) and len(page.watch.errors) <= 1
     assert page.watch.dialogs == []
+
+
+def test_missing_chromium_fails_loudly(monkeypatch, tmp_path):
+    monkeypatch.setenv("ENGINE_CHROMIUM", str(tmp_path / "no-chromium"))
+    with pytest.raises(pytest.fail.Exception, match="chromium not found"):
+        chromium_path()
