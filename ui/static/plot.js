@@ -16,10 +16,21 @@ const Plot = {
     }
     let [x0, x1] = [Math.min(...pts.map(p => p[0])), Math.max(...pts.map(p => p[0]))];
     let [y0, y1] = [Math.min(...pts.map(p => p[1])), Math.max(...pts.map(p => p[1]))];
+    let off = 0;
+    if (opts.robust && pts.length >= 8) {
+      // Step times have a few huge outliers (the first step compiles kernels, epoch ends
+      // evaluate); scale to the bulk of the points and clip the rest to the frame.
+      const ys = pts.map(p => p[1]).sort((a, b) => a - b), med = ys[ys.length >> 1];
+      const mad = ys.map(y => Math.abs(y - med)).sort((a, b) => a - b)[ys.length >> 1] || Math.abs(med) * 0.05 || 1;
+      const lo = Math.max(y0, med - 8 * mad), hi = Math.min(y1, med + 8 * mad);
+      off = pts.filter(p => p[1] < lo || p[1] > hi).length;
+      if (off) [y0, y1] = [lo, hi];
+    }
     if (opts.zero) y0 = Math.min(0, y0);
     if (x1 === x0) x1 = x0 + 1;
     if (y1 === y0) { y1 += Math.abs(y0) * 0.1 || 1; y0 -= Math.abs(y0) * 0.1 || 0; }
-    const sx = x => l + (x - x0) / (x1 - x0) * w, sy = y => t + h - (y - y0) / (y1 - y0) * h;
+    const sx = x => l + (x - x0) / (x1 - x0) * w;
+    const sy = y => t + h - (Math.min(y1, Math.max(y0, y)) - y0) / (y1 - y0) * h;
     // enough decimals to tell neighbouring ticks apart, no more
     const dec = Math.max(0, Math.min(6, Math.ceil(-Math.log10((y1 - y0) / 4)) + 1));
     for (let i = 0; i <= 4; i++) {
@@ -33,6 +44,8 @@ const Plot = {
     }
     svg.append(UI.el("polyline", {class: "line", points: pts.map(p => sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1)).join(" ")}));
     if (pts.length <= 60) for (const p of pts) svg.append(UI.el("circle", {cx: sx(p[0]), cy: sy(p[1]), r: 2.5, class: "dot"}, UI.el("title", {}, p[0] + ": " + UI.num(p[1]))));
+    if (off) svg.append(UI.el("text", {x: l + w - 4, y: t + 12, "text-anchor": "end", class: "tick"},
+      `${off} point${off > 1 ? "s" : ""} off scale, clipped (max ${UI.num(Math.max(...pts.map(p => p[1])), 3)})`));
     svg.dataset.points = String(pts.length);
   },
 

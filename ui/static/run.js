@@ -8,7 +8,7 @@
     const steps = rows.map(r => r.step);
     for (const k of curves) {
       const svg = document.getElementById("plot-" + k);
-      Plot.draw(svg, steps, rows.map(r => r[k]), {zero: k === "accuracy"});
+      Plot.draw(svg, steps, rows.map(r => r[k]), {zero: k === "accuracy", robust: k === "step_time_s" || k === "samples_per_s"});
     }
   }
 
