@@ -14,6 +14,7 @@ import secrets
 import shutil
 import socket
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -56,25 +57,36 @@ def _slug(name):
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name)).strip("-.")[:40] or "run"
 
 
-def _connect(path, create=False):
+def _connect(path, create=False, any_thread=False):
     # mode=rw never creates a database by accident when a reader asks for a missing run.
     mode = "rwc" if create else "rw"
-    con = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=10)
+    con = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=10,
+                          check_same_thread=not any_thread)
     con.row_factory = sqlite3.Row
     return con
 
 
 class RunRecorder:
     """Writer side, used by the training process. Also a context manager: leaving the
-    block with an exception records the run as crashed with the error message."""
+    block with an exception records the run as crashed with the error message.
 
-    def __init__(self, root, run_id):
+    A daemon thread beats every `heartbeat_s` so a slow step is not mistaken for a dead
+    process; the beats stop when the process dies, and the UI then shows the run as stale.
+    Calls may come from any thread (a lock serialises them on the one connection)."""
+
+    def __init__(self, root, run_id, heartbeat_s=30.0):
         self.run_id = run_id
         self.path = Path(root) / run_id
-        self._con = _connect(self.path / DB_NAME, create=True)
+        self._con = _connect(self.path / DB_NAME, create=True, any_thread=True)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat = None
+        if heartbeat_s:
+            self._beat = threading.Thread(target=self._beat_loop, args=(heartbeat_s,),
+                                          name=f"run-heartbeat-{run_id}", daemon=True)
 
     @classmethod
-    def create(cls, root=None, name="run", config=None):
+    def create(cls, root=None, name="run", config=None, heartbeat_s=30.0):
         root = Path(root) if root is not None else default_root()
         root.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -85,7 +97,7 @@ class RunRecorder:
                 break
             except FileExistsError:
                 continue
-        rec = cls(root, run_id)
+        rec = cls(root, run_id, heartbeat_s)
         rec._con.execute("PRAGMA journal_mode=WAL")
         rec._con.executescript(_SCHEMA)
         now = time.time()
@@ -95,55 +107,67 @@ class RunRecorder:
                 " VALUES (?, ?, ?, 'running', ?, ?, ?, ?)",
                 (run_id, str(name), json.dumps(config or {}), now, now, os.getpid(),
                  socket.gethostname()))
+        if rec._beat:
+            rec._beat.start()
         return rec
 
-    def _write(self, sql, args=()):
-        with self._con:  # commits on success
-            self._con.execute(sql, args)
+    def _beat_loop(self, every):
+        while not self._stop.wait(every):
+            try:
+                self.heartbeat()
+            except sqlite3.Error:
+                return  # closed underneath us, or the disk went away: nothing to beat for
+
+    def _tx(self, statements):
+        """Run [(sql, args), ...] as one transaction and refresh the heartbeat."""
+        with self._lock, self._con:  # commits on success, rolls back on error
+            for sql, args in statements:
+                if isinstance(args, list):
+                    self._con.executemany(sql, args)
+                else:
+                    self._con.execute(sql, args)
             self._con.execute("UPDATE run SET heartbeat = ?", (time.time(),))
 
     def heartbeat(self):
-        self._write("SELECT 1")
+        self._tx([])
 
     def log_graph(self, explain):
-        self._write("INSERT OR REPLACE INTO graph (id, body) VALUES (0, ?)",
-                    (json.dumps(explain),))
+        self._tx([("INSERT OR REPLACE INTO graph (id, body) VALUES (0, ?)", (json.dumps(explain),))])
 
     def log_kernels(self, kernels, step=None):
         """Record the profile of one step; replaces the previous profile."""
-        with self._con:
-            self._con.execute("DELETE FROM kernel")
-            self._con.executemany("INSERT INTO kernel (idx, step, body) VALUES (?, ?, ?)",
-                                  [(i, step, json.dumps(k)) for i, k in enumerate(kernels)])
-            self._con.execute("UPDATE run SET heartbeat = ?", (time.time(),))
+        self._tx([("DELETE FROM kernel", ()),
+                  ("INSERT INTO kernel (idx, step, body) VALUES (?, ?, ?)",
+                   [(i, step, json.dumps(k, default=str)) for i, k in enumerate(kernels)])])
 
     def log_metrics(self, step, epoch=0, **values):
         now = time.time()
         rows = [(int(step), int(epoch), now, k, None if v is None else float(v))
                 for k, v in values.items()]
-        with self._con:
-            self._con.executemany(
-                "INSERT OR REPLACE INTO metric (step, epoch, t, key, value) VALUES (?,?,?,?,?)",
-                rows)
-            self._con.execute("UPDATE run SET heartbeat = ?", (now,))
+        self._tx([("INSERT OR REPLACE INTO metric (step, epoch, t, key, value) VALUES (?,?,?,?,?)",
+                   rows)])
 
     def log_weights(self, path):
         """Copy a safetensors file into the run (atomically, so a reader never sees half)."""
         tmp = self.path / (WEIGHTS_NAME + ".tmp")
         shutil.copyfile(path, tmp)
         os.replace(tmp, self.path / WEIGHTS_NAME)
-        self._write("INSERT OR REPLACE INTO weights (id, file, t) VALUES (0, ?, ?)",
-                    (WEIGHTS_NAME, time.time()))
+        self._tx([("INSERT OR REPLACE INTO weights (id, file, t) VALUES (0, ?, ?)",
+                   (WEIGHTS_NAME, time.time()))])
 
     def finish(self, status="finished", **summary):
         if status not in ("finished", "crashed"):
             raise ValueError(f"finish(status={status!r}): use 'finished' or 'crashed'")
-        now = time.time()
-        self._write("UPDATE run SET status = ?, finished = ?, summary = ?",
-                    (status, now, json.dumps(summary, default=str)))
+        self._stop.set()
+        self._tx([("UPDATE run SET status = ?, finished = ?, summary = ?",
+                   (status, time.time(), json.dumps(summary, default=str)))])
 
     def close(self):
-        self._con.close()
+        self._stop.set()
+        if self._beat and self._beat.is_alive():
+            self._beat.join()
+        with self._lock:
+            self._con.close()
 
     def __enter__(self):
         return self

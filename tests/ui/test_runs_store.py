@@ -85,3 +85,18 @@ def test_finish_rejects_unknown_status(runs_root):
     with pytest.raises(ValueError, match="finished"):
         rec.finish("done")
     rec.close()
+
+
+def test_heartbeat_thread_and_other_threads(runs_root):
+    import threading
+    rec = RunRecorder.create(runs_root, "beats", {}, heartbeat_s=0.05)
+    first = RunStore(runs_root).get(rec.run_id)["heartbeat"]
+    t = threading.Thread(target=lambda: [rec.log_metrics(s, 0, loss=1.0) for s in range(20)])
+    t.start()
+    t.join()
+    time.sleep(0.3)
+    info = RunStore(runs_root).get(rec.run_id)
+    assert info["heartbeat"] > first and info["last_step"] == 19
+    rec.finish("finished")
+    rec.close()
+    assert not rec._beat.is_alive()
