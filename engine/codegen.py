@@ -348,5 +348,5 @@ def _lower_matmul(group, args, leaf_name):
               "batch_index": batch_index, "epilogue": em.stmts, "value": _as_name(v, out.dtype)}
     display = {"M": M, "N": N, "K": K, "batch": nb, "R": R, "VN": VN,
                "epilogue_ops": [n.op for n in group.fused if n.op in ir.ELEMENTWISE]}
-    gs = ((N + VN - 1) // VN, (M + R - 1) // R, nb)
+    gs = ((M + R - 1) // R, (N + VN - 1) // VN, nb)
     return _finish(group, "gemm", params, display, args, gs, None)

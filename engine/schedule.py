@@ -59,7 +59,7 @@ def schedule(targets, is_leaf, group: bool = False) -> list[KernelGroup]:
     anchor_of: dict = {}
     forced: set = set()
     for n in reversed(order):
-        if is_leaf(n) or n.op in ("CONST", "VAR"):
+        if is_leaf(n) or (n.op in ("CONST", "VAR") and n not in tset):
             continue
         if n in grouped:
             dest[n], pure[n] = GROUP, True

@@ -11,8 +11,10 @@
 <% vt = "float%d" % VN if VN > 1 else "float" %>
 __kernel void ${name}(${ssa.params(args)})
 {
-    const int n0 = get_global_id(0) * ${VN};
-    const int m0 = get_global_id(1) * ${R};
+    // dim 0 walks rows, so neighbouring work-items (run back to back by PoCL) stream the
+    // same strip of B while it is still in cache
+    const int m0 = get_global_id(0) * ${R};
+    const int n0 = get_global_id(1) * ${VN};
     const int bz = get_global_id(2);
     if (n0 >= ${N} || m0 >= ${M}) return;
 ${ssa.block(batch_index)}
