@@ -14,7 +14,7 @@ import engine
 # Run config value -> module that provides build_model(name) and load_digits()-style data.
 EXAMPLES = {"digits": ("engine.examples.digits", "load_digits", ("mlp", "cnn"))}
 HIST_BINS = 24
-MAX_VALUES = 256  # activations up to this size are sent whole (digits: 8x8 input, 10 logits)
+MAX_VALUES = 4096  # activations up to this size are sent whole (digits CNN: 16x8x8 maps)
 
 
 class SampleError(ValueError):

@@ -12,18 +12,25 @@
     if (s && s.hist) Plot.hist(svg, s.hist);
     return svg;
   }
-  // Small 2-D values (the 8x8 digit, 10 logits) as a grid of shaded cells.
+  // Values as shaded cells: an image keeps its shape, channels [C, H, W] become a grid of
+  // H x W tiles, a flat vector wraps at 16. Cells shrink so the card keeps its width.
   function heat(values, shape) {
-    // an image keeps its width; a flat vector wraps at 16 so the card stays readable
-    const last = shape[shape.length - 1];
-    const cols = shape.length >= 2 && shape[shape.length - 2] > 1 && last <= 32 ? last : Math.min(16, values.length);
-    const rows = Math.ceil(values.length / cols), c = 14;
+    const dims = shape.filter((d, i) => !(i === 0 && d === 1 && shape.length > 1));  // drop batch 1
+    let C = 1, H = 1, W = values.length;
+    if (dims.length >= 3) [C, H, W] = [dims.slice(0, -2).reduce((a, b) => a * b, 1), dims[dims.length - 2], dims[dims.length - 1]];
+    else if (dims.length === 2) [H, W] = dims;
+    else [H, W] = [Math.ceil(values.length / Math.min(16, values.length)), Math.min(16, values.length)];
+    const per = Math.ceil(Math.sqrt(C)), rowsOfTiles = Math.ceil(C / per), gap = C > 1 ? 3 : 0;
+    const c = Math.max(2, Math.min(14, Math.floor((280 - gap * per) / (per * W))));
+    const tw = W * c + gap, th = H * c + gap;
     const lo = Math.min(...values), hi = Math.max(...values), span = hi - lo || 1;
-    const svg = UI.el("svg", {class: "heat", width: cols * c, height: rows * c, viewBox: `0 0 ${cols * c} ${rows * c}`});
+    const svg = UI.el("svg", {class: "heat", width: per * tw, height: rowsOfTiles * th, viewBox: `0 0 ${per * tw} ${rowsOfTiles * th}`});
     values.forEach((v, i) => {
+      const ch = Math.floor(i / (H * W)), j = i % (H * W);
+      const x = (ch % per) * tw + (j % W) * c, y = Math.floor(ch / per) * th + Math.floor(j / W) * c;
       const g = Math.round(255 - 215 * (v - lo) / span);
-      svg.append(UI.el("rect", {x: (i % cols) * c, y: Math.floor(i / cols) * c, width: c - 1, height: c - 1,
-        fill: `rgb(${g},${g},${Math.min(255, g + 30)})`}, UI.el("title", {}, UI.num(v))));
+      svg.append(UI.el("rect", {x, y, width: Math.max(1, c - (c > 4 ? 1 : 0)), height: Math.max(1, c - (c > 4 ? 1 : 0)),
+        fill: `rgb(${g},${g},${Math.min(255, g + 30)})`}, UI.el("title", {}, (C > 1 ? `channel ${ch}: ` : "") + UI.num(v))));
     });
     return svg;
   }
