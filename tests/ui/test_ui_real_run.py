@@ -1,10 +1,13 @@
 """The UI over runs recorded by the real engine: `engine train` on the digits MLP, and a
 model whose layer name is an XSS payload. Real browser, real OpenCL device (PoCL in CI)."""
+import re
+
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from ui_browser import CHROMIUM_ARGS, PageWatch, Server, chromium_path, screenshot
 from ui_real_runs import train_digits_via_cli, train_hostile_names
+from engine.runs import RunStore
 from ui import create_app
 from ui.layers import _match_scopes
 from engine.examples import digits
@@ -120,3 +123,26 @@ def test_hostile_layer_name_is_text_everywhere(site, page):
     expect(page.locator("#kd-ops")).to_contain_text(XSS)
     screenshot(page, "xss-graph")
     page.watch.assert_clean()
+
+
+def test_kernel_view_of_cnn_training_graph(site, page, tmp_path):
+    # the CNN's forward+backward graph is big: the page opens in the compact kernel view
+    rid = train_digits_via_cli(tmp_path, "cnn", epochs=1)
+    srv = Server(create_app(tmp_path))
+    try:
+        page.goto(f"{srv.url}/runs/{rid}/graph")
+        expect(page.locator("body")).to_have_attribute("data-ready", "1")
+        expect(page.locator("#graph-view")).to_have_value("kernels")
+        n_kernels = len(RunStore(tmp_path).graph(rid)["kernels"])
+        expect(page.locator("#graph .kernel.compact")).to_have_count(n_kernels)
+        assert page.locator("#graph path.edge").count() >= n_kernels - 1  # connected, roughly a chain
+        page.locator('#graph .kernel[data-kernel="3"]').click()
+        expect(page.locator("#kd-name")).to_have_text(re.compile(r"^kernel 3: "))
+        expect(page.locator("#kd-source")).to_contain_text("__kernel void")
+        screenshot(page, "cnn-kernels")
+        page.select_option("#graph-view", "ops")
+        expect(page.locator('#graph .kernel.selected[data-kernel="3"]')).to_have_count(1)
+        assert page.locator("#graph .op").count() > 200
+        page.watch.assert_clean()
+    finally:
+        srv.close()

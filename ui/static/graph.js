@@ -28,15 +28,19 @@
   function select(index) {
     const k = graph.kernels.find(k => k.index === index);
     if (!k) return;
+    const panel = document.getElementById("kernel-detail"), wasHidden = panel.hidden;
+    panel.hidden = false;
+    if (wasHidden && scale >= 0.5) zoom("fit");  // the graph column just got narrower
     for (const g of svg.querySelectorAll(".kernel.selected")) g.classList.remove("selected");
     const box = svg.querySelector(`.kernel[data-kernel="${index}"]`);
     if (box) {
       box.classList.add("selected");
-      if (scale < 0.6) zoom("one");  // readable size, then bring the kernel into view
+      if (scale < 0.5) zoom("one");  // readable size, then bring the kernel into view
       box.scrollIntoView({block: "nearest", inline: "nearest"});
     }
     const prof = profile.find(p => p.name === k.name) || {};
     document.getElementById("kd-name").textContent = `kernel ${k.index}: ${k.name}`;
+    document.getElementById("kd-name").dataset.kernel = k.index;
     const facts = [["Template", k.template], ["Global size", UI.shape(k.global_size)],
       ["Local size", k.local_size ? UI.shape(k.local_size) : "chosen by the driver"],
       ["Device", prof.device || graph.device || "–"], ["Measured time", timing(k)],
@@ -53,10 +57,10 @@
     code.textContent = k.source;          // text, never HTML
     delete code.dataset.highlighted;
     if (window.hljs) hljs.highlightElement(code);
-    document.getElementById("kernel-detail").hidden = false;
+
   }
 
-  function draw() {
+  function drawOps() {
     const g = new dagre.graphlib.Graph({compound: true});
     g.setGraph({rankdir: "TB", nodesep: 14, ranksep: 34, marginx: 16, marginy: 24});
     g.setDefaultEdgeLabel(() => ({}));
@@ -98,6 +102,64 @@
     svg.replaceChildren(layerClusters, edges, ops);
   }
 
+  // Kernel view: one box per kernel, an edge where a kernel reads what another wrote
+  // (through any views between them). Much smaller than the op view on training graphs.
+  function drawKernels() {
+    const byId = Object.fromEntries(graph.nodes.map(n => [n.id, n])), memo = {};
+    const producers = id => {
+      if (memo[id]) return memo[id];
+      const n = byId[id];
+      memo[id] = new Set();
+      if (!n) return memo[id];
+      if (n.kernel !== null && n.kernel !== undefined) memo[id].add(n.kernel);
+      else for (const s of n.srcs || []) for (const p of producers(s)) memo[id].add(p);
+      return memo[id];
+    };
+    const g = new dagre.graphlib.Graph();
+    g.setGraph({rankdir: "TB", nodesep: 16, ranksep: 30, marginx: 16, marginy: 16});
+    g.setDefaultEdgeLabel(() => ({}));
+    for (const k of graph.kernels) {
+      const ops = k.ops || [];
+      const label = `k${k.index} ${ops.slice(0, 4).join(" ")}${ops.length > 4 ? " …" : ""}`;
+      g.setNode("k" + k.index, {kernel: k, label, width: Math.max(90, 7 * label.length + 16), height: 28});
+    }
+    for (const k of graph.kernels) {
+      const own = new Set(k.fused_ops || []);
+      for (const id of own) for (const s of (byId[id] || {}).srcs || []) {
+        if (own.has(s)) continue;
+        for (const p of producers(s)) if (p !== k.index && g.hasNode("k" + p)) g.setEdge("k" + p, "k" + k.index);
+      }
+    }
+    dagre.layout(g);
+    size = {W: g.graph().width, H: g.graph().height};
+    svg.setAttribute("viewBox", `0 0 ${size.W} ${size.H}`);
+    zoom("fit");
+    const edges = UI.el("g", {}), boxes = UI.el("g", {});
+    for (const e of g.edges()) {
+      const pts = g.edge(e).points || [];
+      if (pts.length) edges.append(UI.el("path", {class: "edge", d: "M" + pts.map(p => `${p.x},${p.y}`).join(" L")}));
+    }
+    for (const id of g.nodes()) {
+      const d = g.node(id), k = d.kernel;
+      const scope = ((graph.nodes.find(n => n.id === k.output) || {}).scope) || "";
+      boxes.append(UI.el("g", {class: "kernel compact", "data-kernel": k.index, onclick: () => select(k.index)},
+        UI.el("rect", {x: d.x - d.width / 2, y: d.y - d.height / 2, width: d.width, height: d.height, rx: 5, fill: colorOf(scope)}),
+        UI.el("text", {x: d.x, y: d.y + 4, "text-anchor": "middle", class: "klabel"}, d.label),
+        UI.el("title", {}, `${k.name} (${k.template})\nlayer: ${scope || "(none)"} — click for source`)));
+    }
+    svg.replaceChildren(edges, boxes);
+  }
+
+  function draw() {
+    const view = document.getElementById("graph-view").value;
+    (view === "kernels" ? drawKernels : drawOps)();
+    const sel = document.querySelector("#kd-name").dataset.kernel;
+    if (sel !== undefined) {
+      const box = svg.querySelector(`.kernel[data-kernel="${sel}"]`);
+      if (box) box.classList.add("selected");
+    }
+  }
+
   function layerList() {
     const scopes = {};
     for (const n of graph.nodes) {
@@ -121,6 +183,10 @@
       profile = (await UI.json(UI.runUrl(UI.runId, "/kernels"))).kernels;
       document.getElementById("graph-device").textContent = graph.device ? "on " + graph.device : "";
       layerList();
+      // the op view of a training step runs to hundreds of boxes: start with kernels then
+      const viewSel = document.getElementById("graph-view");
+      viewSel.value = graph.nodes.length > 150 ? "kernels" : "ops";
+      viewSel.addEventListener("change", draw);
       draw();
       document.body.dataset.ready = "1";
     } catch (e) {
