@@ -81,6 +81,10 @@ def test_pages_of_recorded_digits_run(site, page):
     assert int(page.locator("#plot-accuracy").get_attribute("data-points")) == 2  # per epoch
     expect(page.locator("#kernels tbody tr").nth(5)).to_be_attached()
     screenshot(page, "real-run")
+    link = page.locator("#kernels .kernel-link").nth(1)
+    name = link.inner_text()
+    link.click()
+    expect(page.locator("#kd-name")).to_contain_text(name)  # the graph page opens on it
 
     page.goto(f"{base}/runs/{rid}/graph")
     expect(page.locator("body")).to_have_attribute("data-ready", "1")

@@ -188,6 +188,10 @@
       viewSel.value = graph.nodes.length > 150 ? "kernels" : "ops";
       viewSel.addEventListener("change", draw);
       draw();
+      // the Runs page links here as #kernel=<name>
+      const want = new URLSearchParams(location.hash.slice(1)).get("kernel");
+      const linked = want && graph.kernels.find(k => k.name === want);
+      if (linked) select(linked.index);
       document.body.dataset.ready = "1";
     } catch (e) {
       UI.showError("graph-error", e);

@@ -31,7 +31,7 @@
     const {kernels} = await UI.json(UI.runUrl(UI.runId, "/kernels"));
     const total = kernels.reduce((s, k) => s + (k.time_ns || 0), 0) || 1;
     document.querySelector("#kernels tbody").replaceChildren(...kernels.map((k, i) => UI.el("tr", {},
-      UI.el("td", {class: "num"}, i), UI.el("td", {}, UI.el("code", {}, k.name)), UI.el("td", {}, k.template),
+      UI.el("td", {class: "num"}, i), UI.el("td", {}, UI.el("a", {href: UI.pageUrl(UI.runId, "/graph") + "#kernel=" + encodeURIComponent(k.name), class: "kernel-link"}, UI.el("code", {}, k.name))), UI.el("td", {}, k.template),
       UI.el("td", {}, UI.shape(k.global_size)), UI.el("td", {}, UI.shape(k.local_size)),
       UI.el("td", {class: "num"}, UI.num((k.time_ns || 0) / 1000, 1)),
       UI.el("td", {class: "num"}, UI.num(100 * (k.time_ns || 0) / total, 1) + " %"),
