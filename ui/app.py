@@ -33,8 +33,9 @@ def create_app(runs_root=None, token=None, cluster_addresses=None, node_source=N
     beyond localhost); a browser passes ?token=... once and gets a cookie.
     trusted_hosts: Host header values to accept (main() sets the loopback names when it
     binds loopback, so a web page cannot reach the UI through DNS rebinding).
-    node_source: callable returning a list of node dicts (see ui/nodes.py); default reads
-    <runs_root>/nodes.json."""
+    cluster_addresses: engine-node metrics endpoints to poll for the Nodes page.
+    node_source: callable returning a list of node dicts (see ui/nodes.py); default polls
+    cluster_addresses, or reads <runs_root>/nodes.json when there are none."""
     root = runs_root if runs_root is not None else default_root()
     app = Flask(__name__)
     app.config.update(RUN_STORE=RunStore(root), UI_TOKEN=token or None, JSON_SORT_KEYS=False,
@@ -55,7 +56,7 @@ def create_app(runs_root=None, token=None, cluster_addresses=None, node_source=N
             return None
         if api.authenticated() or _same(request.cookies.get(COOKIE), token):
             return None
-        if _same(request.args.get("token"), token):
+        if _same(request.args.get("token"), token) and request.endpoint:
             # Trade the token in the URL for a cookie so it leaves the address bar/history.
             args = {k: v for k, v in request.args.items() if k != "token"}
             resp = redirect(url_for(request.endpoint, **(request.view_args or {}), **args))

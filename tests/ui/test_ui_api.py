@@ -173,3 +173,8 @@ def test_trusted_hosts_refuse_rebinding(runs_root, fixture_run):
     c = create_app(runs_root, trusted_hosts=["127.0.0.1", "localhost"]).test_client()
     assert c.get("/api/runs", headers={"Host": "127.0.0.1:8050"}).status_code == 200
     assert c.get("/api/runs", headers={"Host": "evil.example:8050"}).status_code == 400
+
+
+def test_token_in_url_of_unknown_page_is_404_not_500(runs_root):
+    c = create_app(runs_root, token="t0k", token_for_reads=True).test_client()
+    assert c.get("/nowhere?token=t0k").status_code == 404
