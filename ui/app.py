@@ -56,7 +56,9 @@ def create_app(runs_root=None, token=None, cluster_addresses=None, node_source=N
             return None
         if api.authenticated() or _same(request.cookies.get(COOKIE), token):
             return None
-        if _same(request.args.get("token"), token) and request.endpoint:
+        if _same(request.args.get("token"), token):
+            if not request.endpoint:
+                return None  # no such page: let routing answer 404
             # Trade the token in the URL for a cookie so it leaves the address bar/history.
             args = {k: v for k, v in request.args.items() if k != "token"}
             resp = redirect(url_for(request.endpoint, **(request.view_args or {}), **args))
