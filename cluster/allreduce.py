@@ -6,6 +6,10 @@ A segment is reduced and forwarded as soon as it arrives, so sends of one segmen
 overlap receives of the next (pipelining), and the last reduce-scatter step feeds the
 first all-gather step directly.
 
+All-gather messages name the chunk, not the ring step, so each rank forwards what it
+received byte for byte: its MAC stays valid and only the reduce-scatter pays for hashing
+twice per hop.
+
 Bitwise identity across ranks: every chunk is summed exactly once, by one walk around
 the ring, and the all-gather copies that one result to everybody.  No rank ever adds
 the same numbers in a different order.
@@ -68,7 +72,7 @@ def _bucket(links: RingLinks, buf: np.ndarray, step: int, b: int, seg: int) -> N
                 or len(m.tensors) != 1 or m.tensors[0].shape != (hi - lo,) or m.tensors[0].dtype != buf.dtype:
             raise PlanMismatch(f"{links.name}: expected {phase} step {step} bucket {b} ring step {s} "
                                f"seg {k} of {hi - lo} float32 from {links.left}, got {m.type} {f}")
-        return m.tensors[0]
+        return m
 
     def send(phase, s, k, lo, hi):
         links.send("chunk", {"step": step, "phase": phase, "b": b, "s": s, "k": k}, [buf[lo:hi]])
@@ -77,16 +81,18 @@ def _bucket(links: RingLinks, buf: np.ndarray, step: int, b: int, seg: int) -> N
         send("rs", 0, k, lo, hi)
     for s in range(n - 1):                       # reduce-scatter
         for k, (lo, hi) in enumerate(chunk[(r - s - 1) % n]):
-            np.add(buf[lo:hi], recv("rs", s, k, lo, hi), out=buf[lo:hi])
+            np.add(buf[lo:hi], recv("rs", s, k, lo, hi).tensors[0], out=buf[lo:hi])
             if s < n - 2:
                 send("rs", s + 1, k, lo, hi)
             else:                                # chunk r+1 is complete: start the all-gather
-                send("ag", 0, k, lo, hi)
-    for s in range(n - 1):                       # all-gather
-        for k, (lo, hi) in enumerate(chunk[(r - s) % n]):
-            buf[lo:hi] = recv("ag", s, k, lo, hi)
+                send("ag", (r + 1) % n, k, lo, hi)
+    for s in range(n - 1):                       # all-gather ("s" is the chunk index here)
+        c = (r - s) % n
+        for k, (lo, hi) in enumerate(chunk[c]):
+            m = recv("ag", c, k, lo, hi)
+            buf[lo:hi] = m.tensors[0]
             if s < n - 2:
-                send("ag", s + 1, k, lo, hi)
+                links.forward(m)
 
 
 def allreduce(links: RingLinks, flat: np.ndarray, step: int, *, bucket_bytes: int = BUCKET_BYTES,

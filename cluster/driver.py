@@ -51,6 +51,7 @@ class NodeLink:
         self.sock.connect(address)
         self.replies: dict[int, wire.Message] = {}
         self.last_seen, self.alive, self.why = time.monotonic(), True, ""
+        self.heard, self.missed = True, 0
         self.info, self.tp, self.batch, self.programs = None, None, 0, set()
 
     def send(self, type: str, fields=None, tensors=(), table=None) -> int:
@@ -102,9 +103,16 @@ class Cluster:
     def _pump(self, timeout_s: float) -> None:
         now = time.monotonic()
         if now >= self._next_ping:
+            # Silence is counted in pings we sent and got nothing back for, not in seconds:
+            # a driver that was itself busy (or starved of CPU) must not blame its nodes.
             for n in self.nodes:
                 if n.alive:
-                    n.send("ping", {"t": time.time()})
+                    n.missed = 0 if n.heard else n.missed + 1
+                    n.heard = False
+                    if n.missed >= self.missed:
+                        self._dead(n, f"silent for {n.missed} heartbeats ({time.monotonic() - n.last_seen:.1f}s)")
+                    else:
+                        n.send("ping", {"t": time.time()})
             self._next_ping = now + self.heartbeat_s
         poller = zmq.Poller()
         for n in self.nodes:
@@ -117,13 +125,11 @@ class Cluster:
                 except wire.WireError as e:
                     log.warning("refused a message from %s: %s", n.address, e)
                     continue
-                n.last_seen = time.monotonic()
+                n.last_seen, n.heard = time.monotonic(), True
                 if msg.type == "bye":
                     self._dead(n, f"said bye ({msg['reason']})")
                 elif "re" in msg.fields:
                     n.replies[msg["re"]] = msg
-            if n.alive and time.monotonic() - n.last_seen > self.heartbeat_s * self.missed:
-                self._dead(n, f"silent for {time.monotonic() - n.last_seen:.1f}s ({self.missed} heartbeats)")
 
     def _dead(self, n: NodeLink, why: str) -> None:
         if n.alive:

@@ -229,8 +229,8 @@ class NodeDaemon:
         if not (0 <= rank < len(peers) and all(isinstance(p, str) for p in peers) and peers[rank] == self.links.endpoint):
             raise JobError("bad_ring", f"rank {rank} of {peers} is not this node ({self.links.endpoint})")
         if job.step == step + 1 and job.prev is not None:    # the ring abandoned the step we finished
-            job.params, opt_state, job.opt.t = job.prev
-            job.opt.state = opt_state
+            job.params, job.opt.state, job.opt.t = job.prev
+            job.step = step
         elif job.step != step:
             raise JobError("bad_step", f"node is at step {job.step}, cannot resume at {step}")
         job.prev = None

@@ -78,6 +78,7 @@ class Message:
     fields: dict = field(default_factory=dict)
     tensors: list = field(default_factory=list)
     table: dict | None = None      # column name -> numpy array
+    raw: list | None = None        # the frames it came in, when a transport keeps them
 
     def __getitem__(self, key):
         return self.fields[key]

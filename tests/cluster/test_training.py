@@ -37,6 +37,7 @@ def test_slow_node_gets_a_smaller_share_and_result_is_unchanged(procs):
     assert res.step == 30
     fast, slow = res.history[-1]["shares"]
     assert fast > 2 * slow, res.history[-1]   # throttled 4x: about a fifth of the batch
+    assert any("rebalanced" in e["text"] for e in res.events)   # moved from the first guess
     for k in want:
         np.testing.assert_allclose(res.params[k], want[k], rtol=5e-4, atol=5e-5)
     assert accuracy(model, res.params, xte, yte) > 0.8
