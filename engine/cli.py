@@ -58,11 +58,13 @@ def _cmd_train(args):
         except BaseException as exc:
             if recorder:
                 recorder.finish("crashed", error=repr(exc))
+                recorder.close()
             raise
         acc = hist[-1]["test_accuracy"] if hist else float("nan")
         results[name] = acc
         if recorder:
             recorder.finish("finished", test_accuracy=acc, seconds=time.perf_counter() - t0)
+            recorder.close()
         print(f"== {name}: held-out accuracy {acc * 100:.2f}% after {args.epochs} epochs "
               f"({time.perf_counter() - t0:.1f} s)", flush=True)
     print("\nresult: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in results.items()))
