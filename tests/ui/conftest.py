@@ -1,7 +1,7 @@
 import pytest
 
 from ui import create_app
-from ui_fixtures import NODES, record_fixture_run
+from ui_fixtures import fixture_nodes, record_fixture_run
 from ui.nodes import NodeSource
 
 
@@ -18,6 +18,6 @@ def fixture_run(runs_root):
 @pytest.fixture
 def client(runs_root, fixture_run):
     app = create_app(runs_root, token="s3cret",
-                     node_source=NodeSource(lambda: NODES, "test node list"))
+                     node_source=NodeSource(fixture_nodes, "test node list"))
     app.testing = True
     return app.test_client()

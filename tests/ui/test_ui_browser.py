@@ -6,7 +6,7 @@ from ui_browser import CHROMIUM_ARGS, PageWatch, Server, chromium_path, screensh
 from engine.runs import RunRecorder
 from ui import create_app
 from ui.nodes import NodeSource
-from ui_fixtures import NODES, XSS, record_fixture_run
+from ui_fixtures import fixture_nodes, XSS, record_fixture_run
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def site(tmp_path_factory):
     run_id = record_fixture_run(root, name=f"mlp {XSS}")
     live = RunRecorder.create(root, "live run", {"example": "fixture"})
     live.log_metrics(0, 0, loss=2.0, accuracy=0.1)
-    server = Server(create_app(root, node_source=NodeSource(lambda: NODES, "test node list")))
+    server = Server(create_app(root, node_source=NodeSource(fixture_nodes, "test node list")))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         yield {"url": server.url, "run": run_id, "live": live, "browser": browser}

@@ -65,9 +65,13 @@ def record_fixture_run(root, steps=30, finish=True, name="fixture mlp"):
     return rec.run_id
 
 
-NODES = [{"address": "tcp://10.0.0.1:5555", "devices": ["NVIDIA H100"], "state": "training",
-          "heartbeat": time.time() - 0.4, "step_time_s": 0.012, "samples_per_s": 51000.0,
-          "share": 0.8, "allreduce_gbps": 9.5},
-         {"address": XSS, "devices": ["pocl cpu"], "state": "training",
-          "heartbeat": time.time() - 1.1, "step_time_s": 0.013, "samples_per_s": 12500.0,
-          "share": 0.2, "allreduce_gbps": 9.1}]
+def fixture_nodes():
+    """A node list as the cluster would report it now (heartbeats are relative to the call,
+    so a slow test session never sees them age)."""
+    now = time.time()
+    return [{"address": "tcp://10.0.0.1:5555", "devices": ["NVIDIA H100"], "state": "training",
+             "heartbeat": now - 0.4, "step_time_s": 0.012, "samples_per_s": 51000.0,
+             "share": 0.8, "allreduce_gbps": 9.5},
+            {"address": XSS, "devices": ["pocl cpu"], "state": "training",
+             "heartbeat": now - 1.1, "step_time_s": 0.013, "samples_per_s": 12500.0,
+             "share": 0.2, "allreduce_gbps": 9.1}]
