@@ -76,10 +76,11 @@ class Job:
 
 class NodeDaemon:
     def __init__(self, listen: str, secret: bytes, *, device=None, data_dir=None, metrics_addr="127.0.0.1:0",
-                 throttle: float = 1.0, advertise: str | None = None, peer_timeout: float = 30.0,
+                 throttle: float = 1.0, throttle_from: int = 0, advertise: str | None = None, peer_timeout: float = 30.0,
                  max_message_bytes: int = wire.MAX_MESSAGE_BYTES):
         self.max_bytes = max_message_bytes
         self.secret, self.device, self.data_dir, self.throttle = secret, device, data_dir, max(1.0, throttle)
+        self.throttle_from = throttle_from
         self.ctx = zmq.Context()
         self.control = self.ctx.socket(zmq.ROUTER)
         # zmq drops a connection above MAXMSGSIZE without a word; keep it well above our own
@@ -101,7 +102,7 @@ class NodeDaemon:
         mhost, mport = metrics_addr.rsplit(":", 1)
         self.http, self.metrics_port = self.metrics.serve(mhost, int(mport), self.health)
         self.metrics_url = f"http://{mhost}:{self.metrics_port}"
-        self.speed = measure_speed() / self.throttle
+        self.speed = measure_speed()   # the hardware's speed: a throttle is for the driver to discover
         self.job: Job | None = None
         self.busy = False
         self.driver = None          # routing id of the driver, to say bye to
@@ -250,7 +251,7 @@ class NodeDaemon:
         t0 = time.perf_counter()
         loss, grads = job.runners[b].run(job.params, job.x[idx], job.y[idx])
         compute = time.perf_counter() - t0
-        if self.throttle > 1:   # simulate a slower device for load-balancing tests
+        if self.throttle > 1 and job.step >= self.throttle_from:   # simulate a slower device (load-balancing tests)
             time.sleep(compute * (self.throttle - 1))
             compute *= self.throttle
         w = np.float32(msg["weight"])   # gradients weighted by samples: sum = global-batch mean
@@ -294,6 +295,7 @@ def main(argv=None) -> int:
     ap.add_argument("--advertise", default=env("ENGINE_NODE_ADVERTISE"), help="host name peers should dial")
     ap.add_argument("--throttle", type=float, default=float(env("ENGINE_NODE_THROTTLE", "1")),
                     help="run N times slower (to test load balancing) [ENGINE_NODE_THROTTLE]")
+    ap.add_argument("--throttle-from", type=int, default=0, help="throttle only from this training step on")
     ap.add_argument("--peer-timeout", type=float, default=30.0, help="seconds to wait on a silent ring neighbour")
     ap.add_argument("--max-message-mb", type=float, default=wire.MAX_MESSAGE_BYTES / 2**20,
                     help="refuse control messages larger than this")
@@ -305,7 +307,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     node = NodeDaemon(a.listen, secret.encode(), device=a.device, data_dir=a.data, metrics_addr=a.metrics,
-                      throttle=a.throttle, advertise=a.advertise, peer_timeout=a.peer_timeout,
+                      throttle=a.throttle, throttle_from=a.throttle_from, advertise=a.advertise, peer_timeout=a.peer_timeout,
                       max_message_bytes=int(a.max_message_mb * 2**20))
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "stopping", True))
     signal.signal(signal.SIGINT, lambda *_: setattr(node, "stopping", True))

@@ -44,7 +44,7 @@ class Procs:
 
 
 
-def start_nodes(procs, n, throttle=None, extra_args=(), **env):
+def start_nodes(procs, n, throttle=None, throttle_from=0, extra_args=(), **env):
     """Start n engine-node daemons on free loopback ports; returns their ready info."""
     nodes = []
     for i in range(n):
@@ -52,7 +52,7 @@ def start_nodes(procs, n, throttle=None, extra_args=(), **env):
         if throttle and throttle.get(i):
             e["ENGINE_NODE_THROTTLE"] = str(throttle[i])
         p = procs.start(["-m", "cluster.node", "--listen", "tcp://127.0.0.1:*", "--metrics", "127.0.0.1:0",
-                         "--peer-timeout", "10", *extra_args], env=e)
+                         "--peer-timeout", "10", "--throttle-from", str(throttle_from), *extra_args], env=e)
         nodes.append(p)
     out = []
     for p in nodes:

@@ -26,18 +26,20 @@ def test_one_two_four_nodes_match_single_process(procs, spec):
             np.testing.assert_allclose(res.params[k], want[k], rtol=2e-4, atol=2e-5, err_msg=f"{n} nodes, {k}")
 
 
-def test_slow_node_gets_a_smaller_share_and_result_is_unchanged(procs):
+def test_share_follows_measured_speed_when_a_node_slows_down(procs):
     xtr, ytr, xte, yte = DATA
-    model = ReferenceMLP([64, 256, 10], seed=2)
+    model = ReferenceMLP([64, 512, 10], seed=2)
     spec = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
-    nodes = start_nodes(procs, 2, throttle={1: 4})
-    want = reference_fit(model, spec, xtr, ytr, 100, 30)
+    want = reference_fit(model, spec, xtr, ytr, 200, 30)
+    # node 1 runs 4x slower from step 12 on; its matmul benchmark cannot know that
+    nodes = start_nodes(procs, 2, throttle={1: 4}, throttle_from=12)
     res = Cluster([d["control"] for d in nodes], SECRET, heartbeat_s=0.2).fit(
-        model, None, spec, (xtr, ytr), global_batch=100, epochs=2, max_steps=30)
+        model, None, spec, (xtr, ytr), global_batch=200, epochs=4, max_steps=30)
     assert res.step == 30
+    assert min(res.history[11]["shares"]) >= 40, res.history[11]   # same speed: about even
     fast, slow = res.history[-1]["shares"]
     assert fast > 2 * slow, res.history[-1]   # throttled 4x: about a fifth of the batch
-    assert any("rebalanced" in e["text"] for e in res.events)   # moved from the first guess
-    for k in want:
+    assert any("rebalanced" in e["text"] for e in res.events)
+    for k in want:   # sample-weighted gradients: the split does not change the result
         np.testing.assert_allclose(res.params[k], want[k], rtol=5e-4, atol=5e-5)
     assert accuracy(model, res.params, xte, yte) > 0.8
