@@ -15,7 +15,6 @@ import kernels
 
 from . import ir
 from .schedule import KernelGroup
-from .tune import gemm_params
 
 __all__ = ["KernelSpec", "lower", "strides_of"]
 
@@ -321,32 +320,36 @@ def _lower_reduce(group, args, leaf_name):
 
 def _lower_matmul(group, args, leaf_name):
     anchor, out = group.anchor, group.outputs[0]
-    a, b = anchor.srcs
-    *batch, M, K = a.shape
-    N = b.shape[-1]
+    a, bp = anchor.srcs
+    M, N, K, R_packed = anchor.arg
+    W = bp.shape[-1]
+    batch = anchor.shape[:-2]
     nb = math.prod(batch)
-    tp = gemm_params(M, N, K)
-    R, VN = tp["R"], tp["VN"]
-    b_name = leaf_name(b)
-    assert b_name is not None, "scheduler must materialise B"
+    a_packed = R_packed > 0
+    R = R_packed if a_packed else min(8, M)
+    b_name = leaf_name(bp)
+    a_name = leaf_name(a) if a_packed else None
+    assert b_name is not None and (a_name is not None or not a_packed), "scheduler must materialise the panels"
 
     em = _Emitter(leaf_name)
     bidx = em.unflatten("bz", tuple(batch)) if batch else ()
     batch_index, em.stmts = em.stmts, []
     a_rows = []
-    for r in range(R):
-        em.memo = {}
-        em.stmts = []
-        v = em.value(a, tuple(bidx) + (f"am{r}", "k"))
-        em.stmts.append((f"a{r}", "CAST", (v,), "float32"))
-        a_rows.append(em.stmts)
+    if not a_packed:
+        for r in range(R):
+            em.memo, em.stmts = {}, []
+            v = em.value(a, tuple(bidx) + (f"am{r}", "k"))
+            em.stmts.append((f"a{r}", "CAST", (v,), "float32"))
+            a_rows.append(em.stmts)
     em.memo, em.stmts = {}, []
     em.anchor, em.anchor_value = anchor, "e_acc"
     v = "e_acc" if out is anchor else _compute(em, out, tuple(bidx) + ("e_m", "e_n"))
-    params = {"M": M, "N": N, "K": K, "R": R, "VN": VN, "args": args.decl, "b_name": b_name,
-              "b_batch_stride": K * N, "out_name": args.names[("out", out)], "a_rows": a_rows,
-              "batch_index": batch_index, "epilogue": em.stmts, "value": _as_name(v, out.dtype)}
-    display = {"M": M, "N": N, "K": K, "batch": nb, "R": R, "VN": VN,
+    Mb, Nb = -(-M // R), bp.shape[-3]
+    params = {"M": M, "N": N, "K": K, "R": R, "NV": W // 16, "Mb": Mb, "Nb": Nb, "args": args.decl,
+              "a_packed": a_packed, "a_name": a_name, "a_rows": a_rows, "b_name": b_name,
+              "out_name": args.names[("out", out)], "batch_index": batch_index, "epilogue": em.stmts,
+              "value": _as_name(v, out.dtype)}
+    display = {"M": M, "N": N, "K": K, "batch": nb, "R": R, "W": W, "a_packed": a_packed,
                "epilogue_ops": [n.op for n in group.fused if n.op in ir.ELEMENTWISE]}
-    gs = ((M + R - 1) // R, (N + VN - 1) // VN, nb)
-    return _finish(group, "gemm", params, display, args, gs, None)
+    local = (4, 1, 1) if Mb % 4 == 0 else None
+    return _finish(group, "gemm", params, display, args, (Mb, Nb, nb), local)

@@ -114,7 +114,7 @@ def _rebuild(op, srcs, arg, shape, dtype):
     if op in ir.REDUCE:
         return ir.reduce(op, srcs[0], arg)
     if op == "MATMUL":
-        return ir.matmul(*srcs)
+        return ir.gemm(*srcs, arg)
     return {"RESHAPE": ir.reshape, "PERMUTE": ir.permute, "EXPAND": ir.expand, "SHRINK": ir.shrink,
             "PAD": ir.pad}.get(op, lambda x, a: ir.window(x, *a))(srcs[0], arg)
 

@@ -145,14 +145,41 @@ def reduce(op: str, x: Node, axes) -> Node:
     return Node(op, (cast(x, dtype),), axes, shape, dtype)
 
 
-def matmul(a: Node, b: Node) -> Node:
-    """Batched matmul: a [*B, M, K] @ b [*B, K, N] -> [*B, M, N] (batch dims equal)."""
+def matmul(a: Node, b: Node, tile=(8, 32), pack_a=True) -> Node:
+    """Batched matmul a [*B, M, K] @ b [*B, K, N] -> [*B, M, N] (batch dims equal).
+
+    The operands are re-laid out as views the GEMM streams contiguously: B as panels
+    [*B, N/W, K, W] (W columns side by side for each k) and, with ``pack_a``, A as panels
+    [*B, M/R, K, R]; without it A is read through its own view (implicit GEMM, e.g. the
+    im2col window of a convolution). M and N are zero-padded up to whole tiles."""
     if len(a.shape) < 2 or len(b.shape) < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
         raise ShapeError(f"matmul: shapes {a.shape} and {b.shape} do not fit "
                          f"(need [..., M, K] @ [..., K, N] with equal batch dims)")
     if a.dtype != "float32" or b.dtype != "float32":
         raise ShapeError(f"matmul: float32 only, got {a.dtype} and {b.dtype}")
-    return Node("MATMUL", (a, b), None, a.shape[:-1] + (b.shape[-1],), "float32")
+    *batch, M, K = a.shape
+    N = b.shape[-1]
+    R, W = tile
+    nb = len(batch)
+    keep = ((0, 0),) * nb
+    lead = tuple(range(nb))
+    bp = pad(b, keep + ((0, 0), (0, -N % W)))
+    bp = permute(reshape(bp, tuple(batch) + (K, bp.shape[-1] // W, W)), lead + (nb + 1, nb, nb + 2))
+    if pack_a:
+        ap = pad(a, keep + ((0, -M % R), (0, 0)))
+        a = permute(reshape(ap, tuple(batch) + (ap.shape[-2] // R, R, K)), lead + (nb, nb + 2, nb + 1))
+    return gemm(a, bp, (M, N, K, R if pack_a else 0))
+
+
+def gemm(a: Node, bp: Node, dims) -> Node:
+    """The contraction node itself, over operands already laid out by ``matmul``."""
+    M, N, K, R = (int(d) for d in dims)
+    batch = bp.shape[:-3]
+    ok_b = len(bp.shape) >= 3 and bp.shape[-2] == K and bp.shape[-3] * bp.shape[-1] >= N
+    ok_a = (a.shape == batch + (-(-M // R), K, R)) if R else (a.shape == batch + (M, K))
+    if not (ok_a and ok_b) or a.dtype != "float32" or bp.dtype != "float32":
+        raise ShapeError(f"gemm: operand layouts {a.shape} / {bp.shape} do not fit M={M} N={N} K={K} R={R}")
+    return Node("MATMUL", (a, bp), (M, N, K, R), batch + (M, N), "float32")
 
 
 # --- movement (views: index maps, never copies by themselves) ----------------------------

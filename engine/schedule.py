@@ -7,8 +7,9 @@ Rules (pinned by tests through ``engine.profile``):
 - a reduce absorbs its elementwise input (prologue);
 - a reduce or matmul (an *anchor*) absorbs the elementwise chain after it (epilogue),
   so ``relu(x @ W + b)`` is one kernel;
-- a matmul reads A through any view (implicit GEMM for convolution) but needs B
-  contiguous, so a B that is not a plain buffer is materialised first.
+- a matmul reads B (and usually A) as packed panels, stored by a packing kernel that
+  absorbs the operand's own elementwise prologue; an implicit-GEMM A (a convolution's
+  im2col window) is read through its view instead.
 """
 from __future__ import annotations
 
@@ -90,12 +91,15 @@ def schedule(targets, is_leaf, group: bool = False) -> list[KernelGroup]:
             anchor_of[n] = n
         if n.op == "MATMUL":
             a, b = n.srcs
-            while a.op in ir.MOVEMENT and not is_leaf(a):
-                a = a.srcs[0]
-            if not is_leaf(a):
-                forced.add(a)      # A may be any view, but of a buffer
+            if n.arg[3]:           # packed A panels are stored by a packing kernel
+                forced.add(a)
+            else:                  # implicit A: any view, but of a buffer
+                while a.op in ir.MOVEMENT and not is_leaf(a):
+                    a = a.srcs[0]
+                if not is_leaf(a):
+                    forced.add(a)
             if not is_leaf(b):
-                forced.add(b)      # B is read with wide contiguous loads
+                forced.add(b)      # B panels are read with wide contiguous loads
 
     kernels = []
     if grouped:

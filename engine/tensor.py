@@ -14,6 +14,7 @@ import numpy as np
 from . import ir, realize as rz
 from .autograd import backward_pass
 from .runtime import NP_DTYPES, get_device
+from .tune import gemm_tile
 
 __all__ = ["Tensor", "tensor", "empty", "zeros", "ones", "full", "arange", "rand", "randn", "zeros_like",
            "ones_like", "cat", "stack", "where", "no_grad", "manual_seed", "random_state",
@@ -328,7 +329,7 @@ class Tensor:
         out = Tensor._make("RMAX", ir.reduce("RMAX", self.node, axes), (self,), axes)
         return out if keepdim else out.reshape(tuple(s for i, s in enumerate(out.shape) if i not in axes))
 
-    def matmul(self, other) -> "Tensor":
+    def matmul(self, other, _pack_a=True) -> "Tensor":
         other = self._lift(other)
         a, b = self, other
         if a.ndim == 1:
@@ -340,11 +341,12 @@ class Tensor:
                                 f"(inner dims {a.shape[-1]} and {b.shape[-2]})")
         if b.ndim == 2 and a.ndim > 2:   # [*B, M, K] @ [K, N]: one 2-D GEMM over all rows
             lead = a.shape[:-1]
-            return a.reshape((math.prod(lead), a.shape[-1])).matmul(b).reshape(lead + (b.shape[-1],))
+            return a.reshape((math.prod(lead), a.shape[-1])).matmul(b, _pack_a).reshape(lead + (b.shape[-1],))
         batch = _broadcast_shape(a.shape[:-2], b.shape[:-2])
         a = a._expand_to(batch + a.shape[-2:])
         b = b._expand_to(batch + b.shape[-2:])
-        return Tensor._make("MATMUL", ir.matmul(a.node, b.node), (a, b))
+        tile = gemm_tile(a.shape[-2], b.shape[-1], a.shape[-1], self.device.kind)
+        return Tensor._make("MATMUL", ir.matmul(a.node, b.node, tile, pack_a=_pack_a), (a, b))
 
     __matmul__ = matmul
 

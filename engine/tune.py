@@ -1,34 +1,33 @@
 """Tile parameters of the contraction templates, per device kind.
 
-PoCL rewards a work-item that owns a register block of R rows x VN columns with wide
-vector loads (POCL.md). The table below is the measured default; ``bench/gemm.py
---tune`` searches around it and records the best per device in the on-disk database.
+PoCL rewards a work-item that owns a register block of R rows x W columns of C with wide
+vector loads from packed panels (POCL.md; bench/NOTES.md has the measurements behind
+these defaults). ``set_device`` loads tuned values from the on-disk database.
 """
 from __future__ import annotations
 
 import json
 import os
 
-__all__ = ["gemm_params", "set_device", "DEFAULT_CPU"]
+__all__ = ["gemm_tile", "set_device", "DEFAULTS"]
 
-DEFAULT_CPU = {"R": 6, "VN": 16}
-_current: dict = dict(DEFAULT_CPU)
+# kind -> (R rows, W columns) per work-item; W is a multiple of 16 (float16 vectors)
+DEFAULTS = {"cpu": (8, 32), "gpu": (8, 32), "accelerator": (8, 32), "other": (8, 32)}
+_tuned: dict = {}
 
 
 def set_device(device_key: str, db_path: str | None = None) -> dict:
-    """Load the tuned parameters for ``device_key`` (falls back to the defaults)."""
-    global _current
-    _current = dict(DEFAULT_CPU)
+    """Load tuned tiles for ``device_key`` from the JSON database (if it has any)."""
+    _tuned.clear()
     if db_path and os.path.exists(db_path):
         with open(db_path) as f:
-            _current.update(json.load(f).get(device_key, {}).get("gemm", {}))
-    return _current
+            _tuned.update({k: tuple(v) for k, v in json.load(f).get(device_key, {}).get("gemm", {}).items()})
+    return dict(_tuned)
 
 
-def gemm_params(M: int, N: int, K: int) -> dict:
-    p = dict(_current)
-    # narrow outputs waste most of a 16-wide vector: use a narrower one
-    while p["VN"] > 4 and N <= p["VN"] // 2:
-        p["VN"] //= 2
-    p["R"] = max(1, min(p["R"], M))
-    return p
+def gemm_tile(M: int, N: int, K: int, kind: str) -> tuple:
+    R, W = _tuned.get(kind) or DEFAULTS.get(kind, DEFAULTS["other"])
+    # narrow outputs would waste most of a wide tile
+    if N <= 16:
+        W = 16
+    return (min(R, max(M, 1)) if M < R else R), W

@@ -34,7 +34,7 @@ def conv2d(x: Tensor, weight: Tensor, bias=None, stride=1, padding=0, dilation=1
     win = xp.window((kh, kw), stride, dilation)                 # [N, C, OH, OW, KH, KW]
     oh, ow = win.shape[2], win.shape[3]
     cols = win.permute(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
-    out = cols @ weight.reshape(o, c * kh * kw).T               # [N*OH*OW, O]
+    out = cols.matmul(weight.reshape(o, c * kh * kw).T, _pack_a=False)   # [N*OH*OW, O]
     out = out.reshape(n, oh, ow, o).permute(0, 3, 1, 2)
     return out + bias.reshape(1, o, 1, 1) if bias is not None else out
 
