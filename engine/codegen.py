@@ -180,12 +180,34 @@ class _Emitter:
         raise NotImplementedError(f"codegen: {op} cannot be computed inside a kernel here")
 
     def _reshape_index(self, idx, out_shape, in_shape):
-        # Fast path: only size-1 dims inserted or removed.
-        a = [(i, s) for i, s in zip(idx, out_shape) if s != 1]
-        if [s for _, s in a] == [s for s in in_shape if s != 1]:
-            it = iter(i for i, _ in a)
-            return tuple(0 if s == 1 else next(it) for s in in_shape)
-        return self.unflatten(self.flatten(idx, out_shape), in_shape, bounded=False)
+        """Map an index through a reshape group by group: dims are matched into runs with
+        equal products, so splitting or merging a dim costs one multiply-add, and div/mod
+        appear only where a run really regroups."""
+        src, i, j = [], 0, 0
+        no, ni = len(out_shape), len(in_shape)
+        while i < no or j < ni:
+            gi, gj = [i], [j]
+            po = out_shape[i] if i < no else 1
+            pi = in_shape[j] if j < ni else 1
+            i, j = i + 1, j + 1
+            while po != pi:
+                if po < pi:
+                    po *= out_shape[i]
+                    gi.append(i)
+                    i += 1
+                else:
+                    pi *= in_shape[j]
+                    gj.append(j)
+                    j += 1
+            gi = [d for d in gi if d < no]
+            gj = [d for d in gj if d < ni]
+            sub_out = tuple(out_shape[d] for d in gi)
+            flat = self.flatten(tuple(idx[d] for d in gi), sub_out) if gi else 0
+            if len(gj) == 1:
+                src.append(flat)
+            elif gj:
+                src.extend(self.unflatten(flat, tuple(in_shape[d] for d in gj), bounded=True))
+        return tuple(src)
 
 
 def _kernel_name(kind, fused, source_key):
