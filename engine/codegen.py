@@ -231,8 +231,9 @@ class _Args:
         return self.names[key]
 
 
-def lower(group: KernelGroup, is_leaf, materialized) -> KernelSpec:
-    """``materialized(n)``: n is stored in a buffer by another kernel of this schedule."""
+def lower(group: KernelGroup, is_leaf, materialized, kind: str = "cpu") -> KernelSpec:
+    """``materialized(n)``: n is stored in a buffer by another kernel of this schedule;
+    ``kind``: the device kind ("cpu", "gpu", ...), which picks the GEMM template."""
     args = _Args()
     for out in group.outputs:
         args.add("out", out, readonly=False)
@@ -260,7 +261,7 @@ def lower(group: KernelGroup, is_leaf, materialized) -> KernelSpec:
         return _lower_elementwise(group, args, leaf_name)
     if group.kind == "reduce":
         return _lower_reduce(group, args, leaf_name)
-    return _lower_matmul(group, args, leaf_name)
+    return _lower_matmul(group, args, leaf_name, kind)
 
 
 def _round_up(x, m):
@@ -340,7 +341,7 @@ def _lower_reduce(group, args, leaf_name):
     return _finish(group, "reduce", params, display, args, (_round_up(numel, 16),))
 
 
-def _lower_matmul(group, args, leaf_name):
+def _lower_matmul(group, args, leaf_name, kind):
     anchor, out = group.anchor, group.outputs[0]
     a, bp = anchor.srcs
     M, N, K, R_packed = anchor.arg
@@ -357,6 +358,8 @@ def _lower_matmul(group, args, leaf_name):
     bidx = em.unflatten("bz", tuple(batch)) if batch else ()
     batch_index, em.stmts = em.stmts, []
     a_rows = []
+    if kind == "gpu":
+        return _lower_matmul_tiled(group, args, leaf_name, em, bidx, batch_index)
     if not a_packed:
         for r in range(R):
             em.memo, em.stmts = {}, []
@@ -375,3 +378,31 @@ def _lower_matmul(group, args, leaf_name):
                "epilogue_ops": [n.op for n in group.fused if n.op in ir.ELEMENTWISE]}
     local = (4, 1, 1) if Mb % 4 == 0 else None
     return _finish(group, "gemm", params, display, args, (Mb, Nb, nb), local)
+
+
+def _lower_matmul_tiled(group, args, leaf_name, em, bidx, batch_index):
+    """GPU variant: local-memory tiles; the panel widths are the tile sizes."""
+    anchor, out = group.anchor, group.outputs[0]
+    a, bp = anchor.srcs
+    M, N, K, R_packed = anchor.arg
+    TN = bp.shape[-1]
+    a_packed = R_packed > 0
+    TM = R_packed if a_packed else 128
+    nb = math.prod(anchor.shape[:-2])
+    a_load = []
+    if not a_packed:
+        em.memo, em.stmts = {}, []
+        v = em.value(a, tuple(bidx) + ("am", "ak"))
+        em.stmts.append(("a_val", "CAST", (v,), "float32"))
+        a_load = em.stmts
+    em.memo, em.stmts = {}, []
+    em.anchor, em.anchor_value = anchor, "e_acc"
+    v = "e_acc" if out is anchor else _compute(em, out, tuple(bidx) + ("e_m", "e_n"))
+    Mb, Nb = -(-M // TM), bp.shape[-3]
+    params = {"M": M, "N": N, "K": K, "TM": TM, "TN": TN, "KB": 16, "Mb": Mb, "Nb": Nb, "args": args.decl,
+              "a_packed": a_packed, "a_name": leaf_name(a) if a_packed else None, "a_load": a_load,
+              "b_name": leaf_name(bp), "out_name": args.names[("out", out)], "batch_index": batch_index,
+              "epilogue": em.stmts, "value": _as_name(v, out.dtype)}
+    display = {"M": M, "N": N, "K": K, "batch": nb, "TM": TM, "TN": TN, "KB": 16, "a_packed": a_packed,
+               "epilogue_ops": [n.op for n in group.fused if n.op in ir.ELEMENTWISE]}
+    return _finish(group, "gemm_tiled", params, display, args, (Nb * 16, Mb * 16, nb), (16, 16, 1))

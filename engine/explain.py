@@ -14,7 +14,7 @@ class Explanation:
     def __init__(self, outputs, device):
         self.outputs = [t.node for t in outputs]
         self.device = device
-        self.plan = rz.plan(self.outputs)
+        self.plan = rz.plan(self.outputs, device.kind if device else "cpu")
         leaf = lambda n: n.op in ("BUFFER", "CONST", "VAR") or rz._computed.get(n) is not None  # noqa: E731
         self.nodes = ir.toposort(self.outputs, stop=leaf)
         self.ids = {n: i for i, n in enumerate(self.nodes)}

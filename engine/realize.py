@@ -117,7 +117,7 @@ def realize(targets, device, dests=None, group=False) -> list:
     out_of: dict = {}
     materialized = {o for g in groups for o in g.outputs}
     for g in groups:
-        spec = lower(g, _is_leaf, materialized.__contains__)
+        spec = lower(g, _is_leaf, materialized.__contains__, device.kind)
         ck = device.build(spec)
         args, rand = [], None
         for a in spec.args:
@@ -193,9 +193,9 @@ def replay(items, device):
             it()
 
 
-def plan(targets):
+def plan(targets, kind="cpu"):
     """Schedule and lower ``targets`` without building or launching: [(group, spec)]."""
     resolved = [_computed.get(t, t) for t in targets]
     groups = schedule([r for r in resolved if r.op != "BUFFER"], _is_leaf)
     materialized = {o for g in groups for o in g.outputs}
-    return [(g, lower(g, _is_leaf, materialized.__contains__)) for g in groups]
+    return [(g, lower(g, _is_leaf, materialized.__contains__, kind)) for g in groups]

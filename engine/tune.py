@@ -12,7 +12,7 @@ import os
 __all__ = ["gemm_tile", "set_device", "DEFAULTS"]
 
 # kind -> (R rows, W columns) per work-item; W is a multiple of 16 (float16 vectors)
-DEFAULTS = {"cpu": (8, 32), "gpu": (8, 32), "accelerator": (8, 32), "other": (8, 32)}
+DEFAULTS = {"cpu": (8, 32), "gpu": (128, 128), "accelerator": (8, 32), "other": (8, 32)}
 _tuned: dict = {}
 
 
@@ -27,6 +27,8 @@ def set_device(device_key: str, db_path: str | None = None) -> dict:
 
 def gemm_tile(M: int, N: int, K: int, kind: str) -> tuple:
     R, W = _tuned.get(kind) or DEFAULTS.get(kind, DEFAULTS["other"])
+    if kind == "gpu":
+        return R, W        # the tiled template needs whole 16 x 16 work-group tiles
     # narrow outputs would waste most of a wide tile
     if N <= 16:
         W = 16
