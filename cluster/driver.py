@@ -34,6 +34,10 @@ class ClusterError(RuntimeError):
     pass
 
 
+class WeightsDiverged(ClusterError):
+    """Nodes hold different weights after a step: a bug, never retried."""
+
+
 class NodesLost(Exception):
     def __init__(self, nodes):
         super().__init__(", ".join(n.address for n in nodes))
@@ -219,9 +223,11 @@ class Cluster:
         self._event(f"ring gen {self.gen} at step {step}: {len(live)} node(s), shares {[n.batch for n in live]}")
 
     def _ship_job(self, nodes, params: list, state: list, step: int) -> None:
-        self._call(nodes, "job", lambda n: {"job": self.job, "optimizer": self.optimizer, "step": step,
-                                            "names": self.names, "n_state": len(state)},
-                   tensors_of=lambda n: [*params, *state], table={"x": self.x, "y": self.y})
+        fields = {"job": self.job, "optimizer": self.optimizer, "step": step, "names": self.names, "n_state": len(state)}
+        if self.dataset_name:   # nodes read their own copy; the hash proves it is the same
+            fields["dataset"] = {"name": self.dataset_name, "digest": wire.table_digest({"x": self.x, "y": self.y})}
+        self._call(nodes, "job", lambda n: fields, tensors_of=lambda n: [*params, *state],
+                   table=None if self.dataset_name else {"x": self.x, "y": self.y})
 
     def _state(self) -> tuple[list, list, int]:
         n = self.nodes[0]
@@ -268,7 +274,7 @@ class Cluster:
             raise ClusterError(f"step {step} failed on {bad}")
         digests = {m["digest"] for m in replies.values()}
         if len(digests) != 1:
-            raise ClusterError(f"step {step}: weights diverged across nodes: {digests}")
+            raise WeightsDiverged(f"step {step}: weights diverged across nodes: {digests}")
         for n, m in replies.items():
             t = max(m["compute_s"], 1e-6)
             n.tp = n.batch / t if n.tp is None else 0.5 * n.tp + 0.5 * n.batch / t
@@ -289,7 +295,14 @@ class Cluster:
         raise ClusterError(f"could not re-form the ring at step {step}")
 
     def fit(self, model, loss_fn, optimizer_spec: dict, dataset_arrays, *, epochs: int = 1, global_batch: int = 64,
-            max_steps: int | None = None, on_step=None) -> FitResult:
+            max_steps: int | None = None, on_step=None, dataset_name: str | None = None) -> FitResult:
+        """Train `model` data-parallel; returns the final weights (also loaded into the model).
+
+        dataset_arrays: (x, y) or {"x": x, "y": y}.  Its rows travel to every node in the
+        job as Arrow IPC, unless dataset_name is given: then each node reads
+        <ENGINE_NODE_DATA>/<dataset_name>.arrow (see wire.save_table) and checks its hash.
+        on_step(record) runs after every step, in the driver (it may call self.add)."""
+        self.dataset_name = dataset_name
         x, y = (dataset_arrays["x"], dataset_arrays["y"]) if isinstance(dataset_arrays, dict) else dataset_arrays
         self.x, self.y = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.int64)
         self.model, self.loss_fn, self.B = model, loss_fn, int(global_batch)
@@ -301,14 +314,15 @@ class Cluster:
         total = min(epochs * per_epoch, max_steps or epochs * per_epoch)
         if per_epoch == 0:
             raise ClusterError(f"global batch {self.B} is larger than the dataset ({len(self.x)})")
-        for a in self.addresses:
-            self._hello(a)
-        if self.B < len(self.nodes):
-            raise ClusterError(f"global batch {self.B} < {len(self.nodes)} nodes")
-        self._ship_job(self.nodes, list(params.values()), [], 0)
-        self._form_ring(0)
         history, step, perm = [], 0, None
+        self.nodes, self.events = [], []
         try:
+            for a in self.addresses:
+                self._hello(a)
+            if self.B < len(self.nodes):
+                raise ClusterError(f"global batch {self.B} < {len(self.nodes)} nodes")
+            self._ship_job(self.nodes, list(params.values()), [], 0)
+            self._form_ring(0)
             while step < total:
                 epoch, i = divmod(step, per_epoch)
                 if i == 0 or perm is None:
@@ -319,7 +333,7 @@ class Cluster:
                         rec = self._step(step, idx)
                         break
                     except (NodesLost, ClusterError) as e:
-                        if attempt == self.max_retries or (isinstance(e, ClusterError) and "diverged" in str(e)):
+                        if attempt == self.max_retries or isinstance(e, WeightsDiverged):
                             raise
                         self._recover(step, e)
                 step += 1

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import queue
+import re
 import signal
 import sys
 import threading
@@ -48,12 +49,34 @@ def measure_speed(seconds: float = 0.1) -> float:
     return 2 * 256 ** 3 * n / (time.perf_counter() - t0) / 1e9
 
 
+DATASET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+
+
+def local_dataset(data_dir: str | None, spec: dict) -> dict:
+    """The job's rows from this node's data directory: <data_dir>/<name>.arrow, checked
+    against the driver's content hash so every node trains on the same rows."""
+    name, digest = spec.get("name"), spec.get("digest")
+    if set(spec) != {"name", "digest"} or not isinstance(name, str) or not DATASET_NAME.fullmatch(name):
+        raise JobError("bad_job", f"dataset must be {{name, digest}} with a plain file name, got {spec!r}")
+    if not data_dir:
+        raise JobError("no_dataset", f"job names dataset {name!r} but this node has no data directory "
+                       "(set ENGINE_NODE_DATA)")
+    path = os.path.join(data_dir, name + ".arrow")
+    if not os.path.isfile(path):
+        raise JobError("no_dataset", f"dataset {name!r} not found: {path}")
+    table = wire.load_table(path)
+    if wire.table_digest(table) != digest:
+        raise JobError("bad_dataset", f"{path} differs from the driver's dataset {name!r} (content hash)")
+    return table
+
+
 class Job:
-    def __init__(self, msg: wire.Message):
+    def __init__(self, msg: wire.Message, data_dir: str | None = None):
         names, n_state = msg["names"], msg["n_state"]
         if not all(isinstance(n, str) for n in names) or len(msg.tensors) != len(names) + n_state:
             raise JobError("bad_job", f"{len(msg.tensors)} tensors for {len(names)} params + {n_state} state")
-        if msg.table is None or set(msg.table) != {"x", "y"} or len(msg.table["x"]) != len(msg.table["y"]):
+        table = local_dataset(data_dir, msg["dataset"]) if "dataset" in msg.fields else msg.table
+        if table is None or set(table) != {"x", "y"} or len(table["x"]) != len(table["y"]):
             raise JobError("bad_job", "job needs a table with columns x and y of equal length")
         self.id, self.names, self.step = msg["job"], names, msg["step"]
         self.params = [np.array(t, np.float32) for t in msg.tensors[:len(names)]]
@@ -63,7 +86,7 @@ class Job:
             self.opt.load(msg.tensors[len(names):], self.step)
         else:
             self.opt.t = self.step
-        self.x, self.y = msg.table["x"], msg.table["y"]
+        self.x, self.y = table["x"], table["y"]
         self.runners: dict[int, object] = {}
         self.prev = None   # state before the last update, to roll back a step the ring abandoned
 
@@ -214,7 +237,7 @@ class NodeDaemon:
         return self.job
 
     def _on_job(self, msg):
-        self.job = Job(msg)
+        self.job = Job(msg, self.data_dir)
         return "ok", {"step": self.job.step}
 
     def _on_program(self, msg):
@@ -288,7 +311,8 @@ def main(argv=None) -> int:
     ap.add_argument("--listen", default=env("ENGINE_NODE_LISTEN", "tcp://127.0.0.1:7070"),
                     help="control endpoint; tcp://127.0.0.1:* picks a free port [ENGINE_NODE_LISTEN]")
     ap.add_argument("--device", default=env("ENGINE_NODE_DEVICE"), help="OpenCL device index or name [ENGINE_NODE_DEVICE]")
-    ap.add_argument("--data", default=env("ENGINE_NODE_DATA"), help="local data directory [ENGINE_NODE_DATA]")
+    ap.add_argument("--data", default=env("ENGINE_NODE_DATA"),
+                    help="directory of datasets (NAME.arrow) a job may name instead of shipping rows [ENGINE_NODE_DATA]")
     ap.add_argument("--log", default=env("ENGINE_NODE_LOG"), help="log file (default stderr) [ENGINE_NODE_LOG]")
     ap.add_argument("--metrics", default=env("ENGINE_NODE_METRICS", "127.0.0.1:9100"),
                     help="host:port of /healthz and /metrics; port 0 picks one [ENGINE_NODE_METRICS]")

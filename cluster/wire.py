@@ -35,7 +35,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "hello": {},
     "ping": {"t": (_NUM, True)},
     "job": {"job": ((str,), True), "optimizer": ((dict,), True), "step": ((int,), True),
-            "names": ((list,), True), "n_state": ((int,), True)},
+            "names": ((list,), True), "n_state": ((int,), True), "dataset": ((dict,), False)},
     "program": {"job": ((str,), True), "batch": ((int,), True), "program": ((dict,), True)},
     "ring": {"job": ((str,), True), "gen": ((int,), True), "rank": ((int,), True),
              "peers": ((list,), True), "step": ((int,), True)},
@@ -214,6 +214,37 @@ def decode(frames, *, secret: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Mess
     table = _read_table(body[-1], h["table"]) if n_table else None
     fields = {k: v for k, v in h.items() if k not in ("v", "type", "tensors", "table")}
     return Message(h["type"], fields, tensors, table)
+
+
+def save_table(path: str, table: dict) -> None:
+    """Write a table as one Arrow IPC stream, column shapes in the schema metadata
+    (a node's ENGINE_NODE_DATA directory holds these)."""
+    blob, metas = _table_frame(table)
+    t = pa.ipc.open_stream(pa.py_buffer(blob)).read_all()
+    t = t.replace_schema_metadata({b"many-as-one": json.dumps(metas).encode()})
+    with pa.OSFile(path, "wb") as f, pa.ipc.new_stream(f, t.schema) as w:
+        w.write_table(t)
+
+
+def load_table(path: str) -> dict:
+    with open(path, "rb") as f:
+        blob = f.read()
+    try:
+        meta = pa.ipc.open_stream(pa.py_buffer(blob)).schema.metadata or {}
+        metas = json.loads(meta[b"many-as-one"])
+    except (pa.ArrowException, KeyError, ValueError) as e:
+        raise WireError("bad_table", f"{path}: not a table written by save_table ({type(e).__name__})") from None
+    return _read_table(blob, metas)
+
+
+def table_digest(table: dict) -> str:
+    """Content hash, so every node can prove it trains on the same rows."""
+    h = hashlib.sha256()
+    for name in sorted(table):
+        a = np.ascontiguousarray(table[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def _read_table(frame, metas) -> dict:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from cluster import Cluster, ReferenceMLP
+from cluster import Cluster, ClusterError, ReferenceMLP
 from cluster.reference import blobs
 from cluster_helpers import SECRET, accuracy, reference_fit, start_nodes
 
@@ -43,3 +43,23 @@ def test_share_follows_measured_speed_when_a_node_slows_down(procs):
     for k in want:   # sample-weighted gradients: the split does not change the result
         np.testing.assert_allclose(res.params[k], want[k], rtol=5e-4, atol=5e-5)
     assert accuracy(model, res.params, xte, yte) > 0.8
+
+
+def test_nodes_read_a_named_dataset_from_their_data_directory(procs, tmp_path):
+    from cluster import wire
+    xtr, ytr, _, _ = DATA
+    wire.save_table(str(tmp_path / "blobs.arrow"), {"x": xtr, "y": ytr})
+    spec = {"name": "sgd", "lr": 0.1}
+    nodes = start_nodes(procs, 2, ENGINE_NODE_DATA=tmp_path)
+    res = Cluster([d["control"] for d in nodes], SECRET).fit(
+        ReferenceMLP([64, 16, 10]), None, spec, (xtr, ytr), global_batch=64, max_steps=5, dataset_name="blobs")
+    want = reference_fit(ReferenceMLP([64, 16, 10]), spec, xtr, ytr, 64, 5)
+    for k in want:
+        np.testing.assert_allclose(res.params[k], want[k], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ClusterError, match="differs from the driver's dataset"):   # other rows: refused
+        Cluster([d["control"] for d in nodes], SECRET).fit(
+            ReferenceMLP([64, 16, 10]), None, spec, (xtr[1:], ytr[1:]), global_batch=64, max_steps=1,
+            dataset_name="blobs")
+    with pytest.raises(ClusterError, match="not found"):
+        Cluster([d["control"] for d in nodes], SECRET).fit(
+            ReferenceMLP([64, 16, 10]), None, spec, (xtr, ytr), global_batch=64, max_steps=1, dataset_name="nope")
