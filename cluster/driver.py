@@ -341,8 +341,11 @@ class Cluster:
                 history.append(rec)
                 if on_step:
                     on_step(rec)
-                self._admit(step)
-                self._rebalance()
+                try:
+                    self._admit(step)
+                    self._rebalance()
+                except NodesLost as e:   # lost one while reshaping: re-form without it
+                    self._recover(step, e)
             params_out, _, at = self._state()
             self._call(self.nodes, "stop", lambda n: {})
             model.load_state_dict(dict(zip(self.names, params_out)))

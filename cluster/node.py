@@ -298,7 +298,7 @@ class NodeDaemon:
     def _on_state(self, msg):
         job = self._need_job(msg)
         return "state_data", {"step": job.step, "names": job.names, "n_state": len(job.opt.state)}, \
-            [*job.params, *job.opt.state]
+            [a.copy() for a in (*job.params, *job.opt.state)]   # sent zero-copy; the next step mutates in place
 
     def _on_stop(self, msg):
         self.job = None

@@ -118,9 +118,9 @@ def _table_frame(table: dict) -> tuple[bytes, list]:
 
 
 def encode(type: str, fields: dict | None = None, tensors=(), table: dict | None = None,
-           *, secret: bytes, copy_tensors: bool = False) -> list:
+           *, secret: bytes) -> list:
     """Message -> frames.  Tensors are sent from their own memory (no copy) when
-    contiguous little-endian; set copy_tensors if the caller will mutate them."""
+    contiguous little-endian: the caller must not mutate them until sent."""
     header = {"v": VERSION, "type": type, **(fields or {})}
     frames = []
     metas = []
@@ -128,7 +128,7 @@ def encode(type: str, fields: dict | None = None, tensors=(), table: dict | None
         a = np.ascontiguousarray(t)
         metas.append({"dtype": _dtype_name(a), "shape": list(a.shape)})
         a = a.astype(DTYPES[metas[-1]["dtype"]], copy=False)
-        frames.append(a.tobytes() if copy_tensors else memoryview(a).cast("B"))
+        frames.append(memoryview(a).cast("B"))
     if metas:
         header["tensors"] = metas
     if table is not None:
