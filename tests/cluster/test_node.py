@@ -125,3 +125,18 @@ def test_stranger_is_refused(procs):
     reply = wire.decode(sock.recv_multipart(), secret=S)
     assert reply.type == "error" and reply["code"] == "unauthenticated"
     assert "devices" not in reply.fields      # nothing about the node leaks to a stranger
+
+
+def test_hello_reports_devices_speed_and_data_endpoint(procs):
+    node = start_nodes(procs, 1)[0]
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(node["control"])
+    sock.send_multipart(wire.encode("hello", {"id": 7}, secret=S))
+    assert sock.poll(5000)
+    info = wire.decode(sock.recv_multipart(), secret=S)
+    assert info.type == "info" and info["re"] == 7
+    assert info["node"] == node["control"] and info["data"] == node["data"]
+    assert info["speed"] > 0 and info["devices"] and all("name" in d for d in info["devices"])
+    node["proc"].terminate()                  # SIGTERM: a clean exit
+    assert node["proc"].wait(10) == 0
