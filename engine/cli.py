@@ -121,6 +121,21 @@ def _cmd_kernels(args):
     model = digits.build_model(args.model)
     opt = Adam(model.parameters())
     xb, yb = tensor(x[:args.batch_size]), tensor(y[:args.batch_size])
+    if args.bundle:
+        from .jit import compile as jit_compile
+
+        @jit_compile
+        def step(a, b):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(a), b)
+            loss.backward()
+            opt.step()
+            return loss
+        step(xb, yb)
+        m = step.export_bundle(args.bundle)
+        print(f"wrote {len(m['kernels'])} kernels ({len(m['launches'])} launches per step) to "
+              f"{os.path.join(args.bundle, 'kernels.cl')} and manifest.json")
+        return 0
     with profile() as p:
         opt.zero_grad()
         loss = F.cross_entropy(model(xb), yb)
@@ -168,6 +183,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--brief", action="store_true", help="omit the sources")
+    p.add_argument("--bundle", metavar="DIR", help="write the step's kernels as one .cl + manifest.json (offline compilers)")
     p.add_argument("--json", action="store_true")
     sub.add_parser("data", help="data tools: engine data convert|digits ... (see engine data --help)")
     sub.add_parser("ui", help="serve the web UI: engine ui [--host H --port P --runs DIR --token T]")

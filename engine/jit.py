@@ -103,6 +103,11 @@ class CompiledStep:
             res.append(c)
         return res
 
+    def export_bundle(self, directory) -> dict:
+        """All kernels of this step as one .cl file + manifest.json (see engine.bundle)."""
+        from .bundle import export_bundle
+        return export_bundle(self, directory)
+
     @property
     def launches(self):
         return [it for it in (self.items or []) if isinstance(it, rz.Launch)]

@@ -57,6 +57,13 @@ class CompiledKernel:
         self.spec, self.kernel, self.device = spec, kernel, device
 
 
+class _BundledSpec:
+    """The description of a kernel that came from a bundle rather than from codegen."""
+
+    def __init__(self, name, source):
+        self.name, self.source, self.template, self.params = name, source, "bundle", {}
+
+
 class Device:
     """One OpenCL device: context, in-order profiling queue, buffer pool, program cache."""
 
@@ -191,6 +198,19 @@ class Device:
             os.replace(tmp, path)
         except Exception as exc:  # the cache is an optimisation; never fail a run over it
             warnings.warn(f"could not store program binary in {path}: {exc}")
+
+    def register_program(self, sources: dict, whole_source: str, binary: bytes | None = None,
+                         options: str = "") -> int:
+        """Build one program holding many kernels (from ``binary`` when given, in place of
+        the source) and serve each kernel from it as if its own source had been built."""
+        if binary is not None:
+            program = cl.Program(self.context, [self.cl_device], [binary]).build(options)
+        else:
+            program = cl.Program(self.context, whole_source).build(options)
+        for name, src in sources.items():
+            spec = _BundledSpec(name, src)
+            self._programs[self._cache_key(src, options)] = CompiledKernel(spec, getattr(program, name), self)
+        return len(sources)
 
     def launch(self, ck: CompiledKernel, global_size, local_size, args):
         return ck.kernel(self.queue, tuple(global_size), None if local_size is None else tuple(local_size), *args)
