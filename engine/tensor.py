@@ -21,6 +21,7 @@ __all__ = ["Tensor", "tensor", "empty", "zeros", "ones", "full", "arange", "rand
            "set_random_state", "realize_all", "scope", "scope_of", "maximum", "minimum"]
 
 _state = threading.local()
+SPLIT_REDUCE_AT = 1 << 15     # reductions at least this long run as two kernels
 _scopes: "weakref.WeakKeyDictionary[ir.Node, str]" = weakref.WeakKeyDictionary()
 _rng = np.random.Generator(np.random.PCG64(0))
 
@@ -316,18 +317,37 @@ class Tensor:
         return Tensor._make("WHERE", ir.where(c.node, a.node, b.node), (c, a, b))
 
     def sum(self, dim=None, keepdim=False):
-        axes = _axes(dim, self.ndim)
-        if not axes:
-            return self
-        out = Tensor._make("SUM", ir.reduce("SUM", self.node, axes), (self,), axes)
-        return out if keepdim else out.reshape(tuple(s for i, s in enumerate(out.shape) if i not in axes))
+        return self._reduce("SUM", dim, keepdim)
 
     def max(self, dim=None, keepdim=False):
+        return self._reduce("RMAX", dim, keepdim)
+
+    def _reduce(self, op, dim, keepdim):
         axes = _axes(dim, self.ndim)
         if not axes:
             return self
-        out = Tensor._make("RMAX", ir.reduce("RMAX", self.node, axes), (self,), axes)
+        extent = math.prod(self.shape[a] for a in axes)
+        if extent >= SPLIT_REDUCE_AT and self.numel() // max(extent, 1) <= 64:
+            out = self._reduce_in_two(op, axes)
+        else:
+            out = Tensor._make(op, ir.reduce(op, self.node, axes), (self,), axes)
         return out if keepdim else out.reshape(tuple(s for i, s in enumerate(out.shape) if i not in axes))
+
+    def _reduce_in_two(self, op, axes):
+        """A long reduction as two: chunks first, then the partial results, so a GPU (or
+        both PoCL threads) has many work-items instead of one per output."""
+        keep = [d for d in range(self.ndim) if d not in axes]
+        extent = math.prod(self.shape[a] for a in axes)
+        x = self.permute(keep + list(axes)).reshape(tuple(self.shape[d] for d in keep) + (extent,))
+        chunk = 1024
+        if extent % chunk:
+            if op != "SUM":   # zero padding would change a max: split only where it divides
+                return Tensor._make(op, ir.reduce(op, self.node, axes), (self,), axes)
+            x = x.pad(((0, 0),) * len(keep) + ((0, -extent % chunk),))
+        x = x.reshape(x.shape[:-1] + (x.shape[-1] // chunk, chunk))
+        part = Tensor._make(op, ir.reduce(op, x.node, (x.ndim - 1,)), (x,), (x.ndim - 1,))
+        total = Tensor._make(op, ir.reduce(op, part.node, (x.ndim - 2,)), (part,), (x.ndim - 2,))
+        return total.reshape(tuple(1 if i in axes else s for i, s in enumerate(self.shape)))
 
     def matmul(self, other, _pack_a=True) -> "Tensor":
         other = self._lift(other)

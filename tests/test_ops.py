@@ -199,3 +199,19 @@ def test_grad_accumulates_for_reused_value(rng):
     t = engine.tensor(x.astype(np.float32), requires_grad=True)
     ((t * t) + t.exp() * t).sum().backward()
     np.testing.assert_allclose(t.grad.numpy(), 2 * x + np.exp(x) * (1 + x), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [40000, 1 << 16])
+@pytest.mark.parametrize("op", ["sum", "max", "mean"])
+def test_long_reductions_split_in_two(rng, op, n):
+    x = random_input(rng, (n,))
+    ref = {"sum": np.sum, "max": np.max, "mean": np.mean}[op]
+    check_op(lambda t: getattr(t, op)(), lambda a: ref(a), [x], rtol=2e-5, grad=False)
+    t = engine.tensor(x.astype(np.float32), requires_grad=True)
+    getattr(t, op)().backward()
+    g = t.grad.numpy()
+    want = {"sum": np.ones(n), "mean": np.full(n, 1.0 / n), "max": (x.astype(np.float32) == x.astype(np.float32).max()).astype(float)}[op]
+    np.testing.assert_allclose(g, want, rtol=1e-6)
+    with engine.profile() as p:
+        getattr(engine.tensor(x.astype(np.float32)), op)().realize()
+    assert sum(k["template"] == "reduce" for k in p.kernels) == (2 if op != "max" or n % 1024 == 0 else 1)
