@@ -349,7 +349,7 @@ class Tensor:
         total = Tensor._make(op, ir.reduce(op, part.node, (x.ndim - 2,)), (part,), (x.ndim - 2,))
         return total.reshape(tuple(1 if i in axes else s for i, s in enumerate(self.shape)))
 
-    def matmul(self, other, _pack_a=True) -> "Tensor":
+    def matmul(self, other, _pack_a=False) -> "Tensor":
         other = self._lift(other)
         a, b = self, other
         if a.ndim == 1:

@@ -34,15 +34,15 @@ def test_linear_relu_is_one_gemm_kernel(rng):
     ks = count(lambda: (x @ w + b).relu())
     gemms = [k for k in ks if k["template"].startswith("gemm")]
     assert len(gemms) == 1 and {"ADD", "WHERE", "MATMUL"} <= set(gemms[0]["fused_ops"])
-    # everything else only lays the operands out as panels: no arithmetic outside the GEMM
+    # the one other kernel lays B out as panels: no arithmetic outside the GEMM
     others = [k for k in ks if not k["template"].startswith("gemm")]
-    assert len(others) == 2 and all(set(k["fused_ops"]) <= MOVES for k in others), others
+    assert len(others) == 1 and set(others[0]["fused_ops"]) <= MOVES, others
 
 
 def test_transposed_operand_is_packed_in_the_same_copy(rng):
     x, w = _t(rng, 9, 13), _t(rng, 6, 13)
     ks = count(lambda: (x @ w.T).sigmoid())
-    assert sum(k["template"].startswith("gemm") for k in ks) == 1 and len(ks) == 3
+    assert sum(k["template"].startswith("gemm") for k in ks) == 1 and len(ks) == 2
 
 
 def test_reduce_absorbs_its_elementwise_input(rng):
