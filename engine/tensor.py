@@ -349,7 +349,7 @@ class Tensor:
         total = Tensor._make(op, ir.reduce(op, part.node, (x.ndim - 2,)), (part,), (x.ndim - 2,))
         return total.reshape(tuple(1 if i in axes else s for i, s in enumerate(self.shape)))
 
-    def matmul(self, other, _pack_a=False) -> "Tensor":
+    def matmul(self, other, _pack_a=None) -> "Tensor":
         other = self._lift(other)
         a, b = self, other
         if a.ndim == 1:
@@ -366,6 +366,10 @@ class Tensor:
         a = a._expand_to(batch + a.shape[-2:])
         b = b._expand_to(batch + b.shape[-2:])
         tile = gemm_tile(a.shape[-2], b.shape[-1], a.shape[-1], self.device.kind)
+        if _pack_a is None:
+            # a CPU streams A's rows in place as fast as packed panels; a GPU work-group
+            # needs A contiguous along its rows for coalesced tile loads
+            _pack_a = self.device.kind == "gpu"
         return Tensor._make("MATMUL", ir.matmul(a.node, b.node, tile, pack_a=_pack_a), (a, b))
 
     __matmul__ = matmul
