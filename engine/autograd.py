@@ -68,6 +68,8 @@ GRADS = {
     "SQRT": lambda c, g: (g * 0.5 / c.out,),
     "RECIP": lambda c, g: (-g * c.out * c.out,),
     "TANH": lambda c, g: (g * (1.0 - c.out * c.out),),
+    # from the output, so the pre-activation need not outlive the forward kernel
+    "RELU": lambda c, g: ((c.out > 0).where_(g, 0.0),),
     "ERF": lambda c, g: (g * (2.0 / math.sqrt(math.pi)) * (-(c.parents[0] * c.parents[0])).exp(),),
     "CAST": lambda c, g: (g.cast(c.parents[0].dtype),),
     "ADD": lambda c, g: (g, g),

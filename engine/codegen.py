@@ -211,9 +211,10 @@ class _Emitter:
 
 
 def _kernel_name(kind, fused, source_key):
-    ops = [n.op.lower() for n in fused if n.op in ir.ELEMENTWISE | ir.REDUCE | ir.CONTRACTION]
-    label = "_".join(dict.fromkeys(ops))[:40] or "copy"
-    return f"mao_{kind}_{label}_{hashlib.sha1(source_key.encode()).hexdigest()[:8]}"
+    ops = [n.op.lower() for n in fused if n.op in ir.ELEMENTWISE | ir.REDUCE]
+    label = "_".join(dict.fromkeys(ops))[:40] or ("" if kind in ("matmul", "rand") else "copy")
+    kind = "gemm" if kind == "matmul" else kind
+    return f"mao_{kind}_{label}_{hashlib.sha1(source_key.encode()).hexdigest()[:8]}".replace("__", "_")
 
 
 class _Args:

@@ -17,7 +17,7 @@ __all__ = ["Node", "UNARY", "BINARY", "TERNARY", "ELEMENTWISE", "REDUCE", "MOVEM
 
 # The primitive ops, grouped by arity. Everything else is composed from these.
 SOURCE = frozenset({"BUFFER", "CONST", "VAR", "RAND"})
-UNARY = frozenset({"NEG", "EXP", "LOG", "SQRT", "RECIP", "TANH", "ERF", "CAST"})
+UNARY = frozenset({"NEG", "EXP", "LOG", "SQRT", "RECIP", "TANH", "ERF", "RELU", "CAST"})
 BINARY = frozenset({"ADD", "MUL", "MAX", "CMPLT", "CMPEQ"})
 TERNARY = frozenset({"WHERE"})
 ELEMENTWISE = UNARY | BINARY | TERNARY
@@ -106,7 +106,7 @@ def rand(shape, seed: int, offset: int) -> Node:
 
 def unary(op: str, x: Node) -> Node:
     assert op in UNARY and op != "CAST", op
-    dtype = x.dtype if op == "NEG" else "float32"
+    dtype = x.dtype if op in ("NEG", "RELU") else "float32"
     return Node(op, (x,), None, x.shape, dtype)
 
 

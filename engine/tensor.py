@@ -215,7 +215,7 @@ class Tensor:
 
     # --- primitive ops (each has a rule in autograd.GRADS) -----------------------------
     def _unary(self, op) -> "Tensor":
-        return Tensor._make(op, ir.unary(op, self.node if op == "NEG" else ir.cast(self.node, "float32")), (self,))
+        return Tensor._make(op, ir.unary(op, self.node if op in ("NEG", "RELU") else ir.cast(self.node, "float32")), (self,))
 
     def _binary(self, op, other, reverse=False) -> "Tensor":
         a, b = self._broadcast(other)
@@ -458,7 +458,7 @@ class Tensor:
         return (self < 0).where_(-self, self)
 
     def relu(self):
-        return (self > 0).where_(self, 0.0)
+        return self._unary("RELU")
 
     def sigmoid(self):
         return (1.0 + (-self).exp()).reciprocal()

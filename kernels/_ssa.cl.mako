@@ -53,6 +53,8 @@ const ${t} ${name} = sqrt(${a[0]});
 const ${t} ${name} = 1.0f / ${a[0]};
 % elif op == "TANH":
 const ${t} ${name} = tanh(${a[0]});
+% elif op == "RELU":
+const ${t} ${name} = ${a[0]} > 0 ? ${a[0]} : 0;
 % elif op == "ERF":
 const ${t} ${name} = erf(${a[0]});
 % elif op == "CAST":

@@ -34,7 +34,7 @@ def test_linear_relu_is_one_gemm_kernel(rng):
     x, w, b = _t(rng, 9, 13), _t(rng, 13, 6), _t(rng, 6)
     ks = count(lambda: (x @ w + b).relu())
     gemms = [k for k in ks if k["template"].startswith("gemm")]
-    assert len(gemms) == 1 and {"ADD", "WHERE", "MATMUL"} <= set(gemms[0]["fused_ops"])
+    assert len(gemms) == 1 and {"ADD", "RELU", "MATMUL"} <= set(gemms[0]["fused_ops"])
     # the other kernels only lay operands out as panels (B; on a GPU also A): no arithmetic
     others = [k for k in ks if not k["template"].startswith("gemm")]
     assert len(others) == PACKED_OPERANDS and all(set(k["fused_ops"]) <= MOVES for k in others), others
@@ -105,3 +105,14 @@ def test_explain_lists_kernels_without_running(rng):
     assert len(d["kernels"]) >= 2 and all("__kernel" in k["source"] for k in d["kernels"])
     assert any(n["op"] == "MATMUL" and n["kernel"] is not None for n in d["nodes"])
     assert any(n["scope"].endswith(".0") for n in d["nodes"])
+
+
+def test_training_step_keeps_bias_and_relu_in_the_gemm(rng):
+    """In a whole training step (forward + backward), each hidden layer's GEMM still
+    carries its bias and ReLU: the backward pass reads the mask from the stored output."""
+    model = engine.nn.Sequential(engine.nn.Linear(12, 16), engine.nn.ReLU(), engine.nn.Linear(16, 4))
+    x, y = _t(rng, 8, 12), engine.tensor(rng.integers(0, 4, 8))
+    with engine.profile() as p:
+        F.cross_entropy(model(x), y).backward()
+    fused = [set(k["fused_ops"]) for k in p.kernels if k["template"].startswith("gemm")]
+    assert {"MATMUL", "ADD", "RELU"} in [f & {"MATMUL", "ADD", "RELU"} for f in fused]
