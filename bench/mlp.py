@@ -6,6 +6,9 @@ step against PyTorch CPU (where installed), side by side in one run.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import time
 
 import numpy as np
@@ -49,41 +52,41 @@ def engine_rate(dev, steps, batch):
     return steps * batch / (time.perf_counter() - t0), first
 
 
-def torch_rate(torch, steps, batch):
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
-                                torch.nn.ReLU(), torch.nn.Linear(512, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.randn(batch, 784), torch.randint(0, 10, (batch,))
-    for i in range(steps + 3):
-        if i == 3:
-            t0 = time.perf_counter()
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-    loss.item()
-    return steps * batch / (time.perf_counter() - t0)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--torch-python", default=None, help="an interpreter with torch, if this one has none")
+    ap.add_argument("--repeat", type=int, default=3, help="alternate engine and torch this many times")
     args = ap.parse_args(argv)
     dev = engine.runtime.get_device(args.device)
     print(header(dev))
-    rate, first = engine_rate(dev, args.steps, args.batch)
-    print(f"engine: {rate:9.0f} samples/s   (time to first step {first:.2f} s; "
-          f"programs built {dev.stats['builds']}, loaded from disk {dev.stats['disk_hits']})")
-    torch = try_torch()
-    if torch is None:
-        print("torch: not installed (pip install torch==2.13.0 to compare)")
-        return
-    torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
-    t = torch_rate(torch, args.steps, args.batch)
-    print(f"torch CPU: {t:9.0f} samples/s   engine/torch = {rate / t:.2f}")
+    for i in range(args.repeat):   # interleaved, so both see the same machine load
+        rate, first = engine_rate(dev, args.steps, args.batch)
+        line = f"engine: {rate:9.0f} samples/s"
+        if i == 0:
+            line += (f"   (time to first step {first:.2f} s; programs built {dev.stats['builds']}, "
+                     f"loaded from disk {dev.stats['disk_hits']})")
+        print(line, flush=True)
+        t = _torch(args)
+        if t is None:
+            print("torch: not installed (pip install torch==2.13.0, or pass --torch-python)")
+            return
+        print(f"torch {t[1]} CPU: {t[0]:9.0f} samples/s   engine/torch = {rate / t[0]:.2f}", flush=True)
+
+
+def _torch(args):
+    if args.torch_python:
+        out = subprocess.run([args.torch_python, os.path.join(os.path.dirname(__file__), "mlp_torch.py"),
+                              "--steps", str(args.steps), "--batch", str(args.batch)],
+                             capture_output=True, text=True, check=True).stdout
+        d = json.loads(out.strip().splitlines()[-1])
+        return d["samples_per_s"], d["torch"]
+    if try_torch() is None:
+        return None
+    from bench.mlp_torch import torch_rate
+    return torch_rate(args.steps, args.batch)
 
 
 if __name__ == "__main__":
