@@ -157,6 +157,17 @@ def _cmd_kernels(args):
     return 0
 
 
+def _cmd_tune(args):
+    from .autotune import search
+    from .runtime import default_device
+    dev = default_device()
+    print(f"tuning GEMM tiles on {dev.platform} / {dev.name} (driver {dev.driver}) ...", flush=True)
+    res = search(dev, repeat=args.repeat)
+    b = res["best"]
+    print(f"best: {b['R']} x {b['W']} ({b['gflops']:.1f} GFLOP/s); saved in {res['path']}")
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["data"]:
@@ -185,10 +196,12 @@ def main(argv=None) -> int:
     p.add_argument("--brief", action="store_true", help="omit the sources")
     p.add_argument("--bundle", metavar="DIR", help="write the step's kernels as one .cl + manifest.json (offline compilers)")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("tune", help="measure GEMM tile shapes on the default device and remember the best")
+    p.add_argument("--repeat", type=int, default=3)
     sub.add_parser("data", help="data tools: engine data convert|digits ... (see engine data --help)")
     sub.add_parser("ui", help="serve the web UI: engine ui [--host H --port P --runs DIR --token T]")
     args = ap.parse_args(argv)
-    return {"devices": _cmd_devices, "train": _cmd_train, "kernels": _cmd_kernels}[args.cmd](args)
+    return {"devices": _cmd_devices, "train": _cmd_train, "kernels": _cmd_kernels, "tune": _cmd_tune}[args.cmd](args)
 
 
 if __name__ == "__main__":

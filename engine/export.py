@@ -1,6 +1,9 @@
 """Training steps as data: the forward and backward IR of one step, serialised to
 versioned JSON so another process (an engine-node) can compile and run it for its own
 device without receiving any Python code.
+
+The JSON is device-neutral: a matmul is stored as its two operands, and each device lays
+them out as the panels its own GEMM template wants when the program is bound to it.
 """
 from __future__ import annotations
 
@@ -11,11 +14,17 @@ from .autograd import backward_pass
 from .jit import CompiledStep
 from .runtime import NP_DTYPES, get_device
 from .tensor import Tensor, no_grad, tensor
+from .tune import gemm_tile
 
 __all__ = ["trace_training_step", "StepProgram", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _MAX_EMBEDDED = 1 << 16   # constants (e.g. class indices) travel inside the JSON
+_OPS = ir.ELEMENTWISE | ir.REDUCE | ir.MOVEMENT | {"MATMUL", "BUFFER", "CONST", "RAND"}
+
+
+def _canonical_srcs(n):
+    return ir.matmul_operands(n) if n.op == "MATMUL" else n.srcs
 
 
 def _arg_to_json(arg):
@@ -30,73 +39,73 @@ def _arg_from_json(arg):
     return arg
 
 
-class StepProgram:
-    """IR of loss and gradients as functions of named inputs (params, x, y)."""
-
-    def __init__(self, nodes: list, inputs: dict, outputs: list, param_names: list, param_shapes: list,
-                 constants: dict):
-        self.nodes, self.inputs, self.outputs = nodes, inputs, outputs
-        self.param_names, self.param_shapes = param_names, param_shapes
-        self.constants = constants
-
-    def to_json(self) -> dict:
-        ids = {n: i for i, n in enumerate(self.nodes)}
-        inputs = {ids[n]: name for n, name in self.inputs.items()}
-        out = []
-        for n in self.nodes:
-            d = {"op": n.op, "srcs": [ids[s] for s in n.srcs], "shape": list(n.shape), "dtype": n.dtype}
-            if n.op == "BUFFER":
-                if ids[n] in inputs:
-                    d["input"] = inputs[ids[n]]
-                else:
-                    d["data"] = self.constants[n].reshape(-1).tolist()
+def _serialise(outputs, inputs: dict, constants: dict, param_names, param_shapes) -> dict:
+    order, seen = [], set()
+    for root in outputs + list(inputs):
+        stack = [(root, False)]
+        while stack:
+            n, done = stack.pop()
+            if done:
+                order.append(n)
+            elif n not in seen:
+                seen.add(n)
+                stack.append((n, True))
+                stack.extend((s, False) for s in reversed(_canonical_srcs(n)))
+    ids = {n: i for i, n in enumerate(order)}
+    out = []
+    for n in order:
+        d = {"op": n.op, "srcs": [ids[s] for s in _canonical_srcs(n)], "shape": list(n.shape), "dtype": n.dtype}
+        if n.op == "BUFFER":
+            if n in inputs:
+                d["input"] = inputs[n]
             else:
-                d["arg"] = _arg_to_json(n.arg)
-            out.append(d)
-        return {"format": "many-as-one/step", "v": FORMAT_VERSION, "nodes": out,
-                "outputs": [ids[n] for n in self.outputs], "param_names": self.param_names,
-                "param_shapes": [list(s) for s in self.param_shapes]}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "StepProgram":
-        """Rebuild the IR, checking every node as it is built (shapes, dtypes, ops)."""
-        if not isinstance(d, dict) or d.get("format") != "many-as-one/step":
-            raise ValueError("not a step program (missing format 'many-as-one/step')")
-        if d.get("v") != FORMAT_VERSION:
-            raise ValueError(f"step program version {d.get('v')!r} is not supported (want {FORMAT_VERSION})")
-        nodes, inputs, constants = [], {}, {}
-        known = ir.ELEMENTWISE | ir.REDUCE | ir.MOVEMENT | {"MATMUL", "BUFFER", "CONST", "RAND"}
-        for i, nd in enumerate(d["nodes"]):
-            op = nd.get("op")
-            if op not in known:
-                raise ValueError(f"node {i}: unknown op {op!r}")
-            srcs = [nodes[j] for j in nd.get("srcs", []) if isinstance(j, int) and 0 <= j < i]
-            if len(srcs) != len(nd.get("srcs", [])):
-                raise ValueError(f"node {i}: sources must refer to earlier nodes")
-            shape, dtype = tuple(int(s) for s in nd["shape"]), nd["dtype"]
-            if dtype not in ir.DTYPES:
-                raise ValueError(f"node {i}: unknown dtype {dtype!r}")
-            arg = _arg_from_json(nd.get("arg"))
-            n = _rebuild(op, srcs, arg, shape, dtype)
-            if n.shape != shape or n.dtype != dtype:
-                raise ValueError(f"node {i} ({op}): declared shape/dtype {shape}/{dtype} but it computes {n.shape}/{n.dtype}")
-            if op == "BUFFER":
-                if "input" in nd:
-                    inputs[n] = str(nd["input"])
-                else:
-                    data = np.asarray(nd["data"], dtype=NP_DTYPES[dtype])
-                    if data.size != n.numel:
-                        raise ValueError(f"node {i}: embedded constant has {data.size} values for shape {shape}")
-                    constants[n] = data.reshape(shape)
-            nodes.append(n)
-        outputs = [nodes[i] for i in d["outputs"]]
-        return cls(nodes, inputs, outputs, list(d["param_names"]), [tuple(s) for s in d["param_shapes"]], constants)
-
-    def bind(self, device=None) -> "StepRunner":
-        return StepRunner(self, get_device(device))
+                d["data"] = constants[n].reshape(-1).tolist()
+        elif n.op != "MATMUL":
+            d["arg"] = _arg_to_json(n.arg)
+        out.append(d)
+    return {"format": "many-as-one/step", "v": FORMAT_VERSION, "nodes": out,
+            "outputs": [ids[n] for n in outputs], "param_names": list(param_names),
+            "param_shapes": [list(s) for s in param_shapes]}
 
 
-def _rebuild(op, srcs, arg, shape, dtype):
+def _build(doc: dict, device):
+    """IR nodes from a step document, checking every node as it is built."""
+    if not isinstance(doc, dict) or doc.get("format") != "many-as-one/step":
+        raise ValueError("not a step program (missing format 'many-as-one/step')")
+    if doc.get("v") != FORMAT_VERSION:
+        raise ValueError(f"step program version {doc.get('v')!r} is not supported (want {FORMAT_VERSION})")
+    nodes, inputs, constants = [], {}, {}
+    for i, nd in enumerate(doc["nodes"]):
+        op = nd.get("op")
+        if op not in _OPS:
+            raise ValueError(f"node {i}: unknown op {op!r}")
+        src_ids = nd.get("srcs", [])
+        if not all(isinstance(j, int) and 0 <= j < i for j in src_ids):
+            raise ValueError(f"node {i}: sources must refer to earlier nodes")
+        srcs = [nodes[j] for j in src_ids]
+        shape, dtype = tuple(int(s) for s in nd["shape"]), nd["dtype"]
+        if dtype not in ir.DTYPES:
+            raise ValueError(f"node {i}: unknown dtype {dtype!r}")
+        try:
+            n = _rebuild(op, srcs, _arg_from_json(nd.get("arg")), shape, dtype, device)
+        except (TypeError, IndexError, ValueError) as exc:
+            raise ValueError(f"node {i} ({op}): {exc}") from exc
+        if n.shape != shape or n.dtype != dtype:
+            raise ValueError(f"node {i} ({op}): declared shape/dtype {shape}/{dtype} but it computes {n.shape}/{n.dtype}")
+        if op == "BUFFER":
+            if "input" in nd:
+                inputs[n] = str(nd["input"])
+            else:
+                data = np.asarray(nd["data"], dtype=NP_DTYPES[dtype])
+                if data.size != n.numel:
+                    raise ValueError(f"node {i}: embedded constant has {data.size} values for shape {shape}")
+                constants[n] = data.reshape(shape)
+        nodes.append(n)
+    outputs = [nodes[i] for i in doc["outputs"]]
+    return nodes, inputs, outputs, constants
+
+
+def _rebuild(op, srcs, arg, shape, dtype, device):
     if op == "BUFFER":
         return ir.buffer(shape, dtype)
     if op == "CONST":
@@ -114,9 +123,33 @@ def _rebuild(op, srcs, arg, shape, dtype):
     if op in ir.REDUCE:
         return ir.reduce(op, srcs[0], arg)
     if op == "MATMUL":
-        return ir.gemm(*srcs, arg)
+        a, b = srcs
+        tile = gemm_tile(a.shape[-2], b.shape[-1], a.shape[-1], device)
+        return ir.matmul(a, b, tile, pack_a=device.kind == "gpu")
     return {"RESHAPE": ir.reshape, "PERMUTE": ir.permute, "EXPAND": ir.expand, "SHRINK": ir.shrink,
             "PAD": ir.pad}.get(op, lambda x, a: ir.window(x, *a))(srcs[0], arg)
+
+
+class StepProgram:
+    """IR of loss and gradients as functions of named inputs (params, x, y)."""
+
+    def __init__(self, doc: dict):
+        self.doc = doc
+        # building once checks the whole document before anything is bound to a device
+        self.nodes, self.inputs, self.outputs, self.constants = _build(doc, get_device(None))
+        self.param_names = list(doc["param_names"])
+        self.param_shapes = [tuple(s) for s in doc["param_shapes"]]
+
+    def to_json(self) -> dict:
+        return self.doc
+
+    @classmethod
+    def from_json(cls, d: dict) -> "StepProgram":
+        """Validate a step document (shapes, dtypes, ops, references); never runs code."""
+        return cls(d)
+
+    def bind(self, device=None) -> "StepRunner":
+        return StepRunner(self, get_device(device))
 
 
 class StepRunner:
@@ -124,14 +157,14 @@ class StepRunner:
 
     def __init__(self, prog: StepProgram, device):
         self.prog, self.device = prog, device
+        nodes, inputs, outputs, constants = _build(prog.doc, device)
         self.slots = {}
-        for n, name in prog.inputs.items():
-            t = Tensor(n, device)
+        for n, name in inputs.items():
             rz.bind_buffer(n, device.alloc(n.numel * np.dtype(NP_DTYPES[n.dtype]).itemsize))
-            self.slots[name] = t
-        for n, data in prog.constants.items():
+            self.slots[name] = Tensor(n, device)
+        for n, data in constants.items():
             rz.bind_buffer(n, device.upload(data))
-        self.outs = [Tensor(n, device) for n in prog.outputs]
+        self.outs = [Tensor(n, device) for n in outputs]
         self.step = CompiledStep(lambda: self.outs)
 
     def run(self, params, x, y):
@@ -161,24 +194,16 @@ def trace_training_step(model, loss_fn, x_example, y_example) -> StepProgram:
         p.grad = None
     with no_grad():
         backward_pass(loss, Tensor(ir.const(1.0, loss.shape), dev))
-    grads = []
-    for p in params:
-        g = p.grad if p.grad is not None else Tensor(ir.const(0.0, p.shape), dev)
-        grads.append(g)
+    grads = [p.grad if p.grad is not None else Tensor(ir.const(0.0, p.shape), dev) for p in params]
     for p, s in zip(params, saved):
         p.grad = s
     outputs = [loss.node] + [g.node for g in grads]
-    nodes = ir.toposort(outputs)
     inputs = {p.node: f"param:{i}" for i, p in enumerate(params)}
     inputs[x.node], inputs[y.node] = "x", "y"
     constants = {}
-    for n in nodes:
+    for n in ir.toposort(outputs):
         if n.op == "BUFFER" and n not in inputs:
-            buf = rz.buffer_of(n)
             if n.numel > _MAX_EMBEDDED:
                 raise ValueError(f"step program would embed a {n.shape} constant; pass it as an input instead")
-            constants[n] = dev.download(buf, n.shape, n.dtype)
-    for p in params:
-        if p.node not in set(nodes):
-            nodes.insert(0, p.node)
-    return StepProgram(nodes, inputs, outputs, names, [p.shape for p in params], constants)
+            constants[n] = dev.download(rz.buffer_of(n), n.shape, n.dtype)
+    return StepProgram(_serialise(outputs, inputs, constants, names, [p.shape for p in params]))

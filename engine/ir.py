@@ -13,7 +13,7 @@ import weakref
 __all__ = ["Node", "UNARY", "BINARY", "TERNARY", "ELEMENTWISE", "REDUCE", "MOVEMENT",
            "SOURCE", "DTYPES", "ShapeError", "buffer", "const", "var", "rand", "unary",
            "binary", "where", "cast", "reduce", "matmul", "reshape", "permute", "expand",
-           "shrink", "pad", "window", "toposort", "verify", "result_dtype"]
+           "shrink", "pad", "window", "toposort", "verify", "result_dtype", "gemm", "matmul_operands"]
 
 # The primitive ops, grouped by arity. Everything else is composed from these.
 SOURCE = frozenset({"BUFFER", "CONST", "VAR", "RAND"})
@@ -180,6 +180,25 @@ def gemm(a: Node, bp: Node, dims) -> Node:
     if not (ok_a and ok_b) or a.dtype != "float32" or bp.dtype != "float32":
         raise ShapeError(f"gemm: operand layouts {a.shape} / {bp.shape} do not fit M={M} N={N} K={K} R={R}")
     return Node("MATMUL", (a, bp), (M, N, K, R), batch + (M, N), "float32")
+
+
+def matmul_operands(n: Node) -> tuple:
+    """The (a, b) a MATMUL node was made from, before ``matmul`` laid them out as panels
+    (so a graph can be re-tiled for another device)."""
+    a, bp = n.srcs
+    M, N, K, R = n.arg
+    batch = n.shape[:-2]
+    return _unpanel(a, batch + (M, K)) if R else a, _unpanel(bp, batch + (K, N))
+
+
+def _unpanel(x: Node, shape) -> Node:
+    if x.op == "PERMUTE":
+        x = x.srcs[0]
+    if x.op == "RESHAPE":
+        x = x.srcs[0]
+    if x.op == "PAD" and x.shape != shape and x.srcs[0].numel == math.prod(shape):
+        x = x.srcs[0]
+    return x if x.shape == shape else reshape(x, shape)
 
 
 # --- movement (views: index maps, never copies by themselves) ----------------------------

@@ -365,7 +365,7 @@ class Tensor:
         batch = _broadcast_shape(a.shape[:-2], b.shape[:-2])
         a = a._expand_to(batch + a.shape[-2:])
         b = b._expand_to(batch + b.shape[-2:])
-        tile = gemm_tile(a.shape[-2], b.shape[-1], a.shape[-1], self.device.kind)
+        tile = gemm_tile(a.shape[-2], b.shape[-1], a.shape[-1], self.device)
         if _pack_a is None:
             # a CPU streams A's rows in place as fast as packed panels; a GPU work-group
             # needs A contiguous along its rows for coalesced tile loads
