@@ -4,7 +4,9 @@ Frames: [header JSON, tensor frames..., (Arrow IPC table), MAC].  Frame 0 is a J
 header {"v": 1, "type": ..., ...}; each tensor travels as raw little-endian bytes whose
 dtype and shape are in the header; a table travels as one Arrow IPC stream.  The last
 frame is HMAC-SHA256 over every other frame (length-prefixed so frame boundaries cannot
-be shifted), keyed by the cluster's shared secret.  Nothing is ever unpickled: a peer
+be shifted), keyed by the cluster's shared secret.  Ring data-plane messages have no
+MAC frame (`secret=None`): their connection was authenticated once (auth.py).  Nothing
+is ever unpickled: a peer
 can only make us parse JSON, copy bytes into numpy arrays of an allowed dtype, and read
 Arrow IPC, all of which are checked before use.
 """
@@ -118,9 +120,10 @@ def _table_frame(table: dict) -> tuple[bytes, list]:
 
 
 def encode(type: str, fields: dict | None = None, tensors=(), table: dict | None = None,
-           *, secret: bytes) -> list:
+           *, secret: bytes | None) -> list:
     """Message -> frames.  Tensors are sent from their own memory (no copy) when
-    contiguous little-endian: the caller must not mutate them until sent."""
+    contiguous little-endian: the caller must not mutate them until sent.  secret=None
+    adds no MAC: only for connections authenticated by auth.py."""
     header = {"v": VERSION, "type": type, **(fields or {})}
     frames = []
     metas = []
@@ -137,7 +140,8 @@ def encode(type: str, fields: dict | None = None, tensors=(), table: dict | None
     head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     _validate_header(header)   # never send what the peer would refuse
     frames.insert(0, head)
-    frames.append(_mac(secret, frames))
+    if secret is not None:
+        frames.append(_mac(secret, frames))
     return frames
 
 
@@ -181,19 +185,24 @@ def _validate_header(h) -> None:
         raise WireError("bad_header", "table must be a non-empty list of columns")
 
 
-def decode(frames, *, secret: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+def decode(frames, *, secret: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     """Frames -> Message, or WireError naming what is wrong.  The MAC is checked before
-    the header is parsed, so a stranger's bytes never reach the JSON parser."""
-    if len(frames) < 2:
-        raise WireError("truncated", f"{len(frames)} frame(s); need at least header and MAC")
+    the header is parsed, so a stranger's bytes never reach the JSON parser.
+    secret=None expects no MAC: only for connections authenticated by auth.py."""
+    if len(frames) < (1 if secret is None else 2):
+        raise WireError("truncated", f"{len(frames)} frame(s); need at least a header"
+                        + (" and a MAC" if secret is not None else ""))
     sizes = [memoryview(f).nbytes for f in frames]
     if sum(sizes) > max_bytes:
         raise WireError("too_large", f"{sum(sizes)} bytes > limit {max_bytes}")
     if sizes[0] > MAX_HEADER_BYTES:
         raise WireError("too_large", f"header of {sizes[0]} bytes > {MAX_HEADER_BYTES}")
-    body, mac = frames[:-1], bytes(frames[-1])
-    if len(mac) != MAC_BYTES or not hmac.compare_digest(mac, _mac(secret, body)):
-        raise WireError("unauthenticated", "bad MAC: wrong secret or altered message")
+    if secret is None:
+        body = frames
+    else:
+        body, mac = frames[:-1], bytes(frames[-1])
+        if len(mac) != MAC_BYTES or not hmac.compare_digest(mac, _mac(secret, body)):
+            raise WireError("unauthenticated", "bad MAC: wrong secret or altered message")
     try:
         h = json.loads(bytes(body[0]))
     except (ValueError, UnicodeDecodeError, RecursionError) as e:   # RecursionError: [[[[...]]]]
