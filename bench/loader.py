@@ -66,15 +66,7 @@ def make_step(device):
     engine.manual_seed(0)
     model = build_mlp(device)
     opt = engine.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step(x, y):
-        opt.zero_grad()
-        loss = engine.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    return engine.compile(step)
+    return engine.training_step(model, engine.nn.functional.cross_entropy, opt)
 
 
 def step_rate(device, batch: int, steps: int) -> float:

@@ -28,13 +28,7 @@ def engine_rate(dev, steps, batch):
     model = engine.nn.Sequential(*layers[:-1])
     opt = engine.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-    @engine.compile
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = engine.training_step(model, F.cross_entropy, opt)
 
     rng = np.random.default_rng(0)
     xs = [engine.tensor(rng.standard_normal((batch, 784), dtype=np.float32), device=dev) for _ in range(4)]

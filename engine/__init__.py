@@ -9,7 +9,7 @@ from .tensor import (Tensor, tensor, empty, zeros, ones, full, arange, rand, ran
                      cat, stack, where, maximum, minimum, no_grad, manual_seed, random_state,
                      set_random_state, realize_all)
 from . import nn, optim
-from .jit import compile, CompiledStep
+from .jit import compile, CompiledStep, training_step
 from .profile import profile
 from .explain import explain, Explanation
 from .io import save, load
@@ -20,5 +20,5 @@ __all__ = ["ShapeError", "Device", "BuildError", "DeviceNotFound", "devices", "d
            "set_default_device", "Tensor", "tensor", "empty", "zeros", "ones", "full", "arange", "rand",
            "randn", "zeros_like", "ones_like", "cat", "stack", "where", "maximum", "minimum",
            "no_grad", "manual_seed", "random_state", "set_random_state", "realize_all", "nn", "optim",
-           "compile", "CompiledStep", "profile", "explain", "Explanation", "save", "load",
+           "compile", "CompiledStep", "training_step", "profile", "explain", "Explanation", "save", "load",
            "trace_training_step", "StepProgram", "examples"]

@@ -122,15 +122,8 @@ def _cmd_kernels(args):
     opt = Adam(model.parameters())
     xb, yb = tensor(x[:args.batch_size]), tensor(y[:args.batch_size])
     if args.bundle:
-        from .jit import compile as jit_compile
-
-        @jit_compile
-        def step(a, b):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(a), b)
-            loss.backward()
-            opt.step()
-            return loss
+        from .jit import training_step
+        step = training_step(model, F.cross_entropy, opt)
         step(xb, yb)
         m = step.export_bundle(args.bundle)
         print(f"wrote {len(m['kernels'])} kernels ({len(m['launches'])} launches per step) to "

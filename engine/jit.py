@@ -14,7 +14,7 @@ from . import realize as rz
 from .runtime import NP_DTYPES
 from .tensor import Tensor, empty, tensor, realize_all
 
-__all__ = ["compile", "CompiledStep"]
+__all__ = ["compile", "CompiledStep", "training_step"]
 
 
 def _flatten(out):
@@ -111,6 +111,18 @@ class CompiledStep:
     @property
     def launches(self):
         return [it for it in (self.items or []) if isinstance(it, rz.Launch)]
+
+
+def training_step(model, loss_fn, optimizer, compiled=True):
+    """The usual step, ``loss_fn(model(x), y)`` then backward and an optimizer update,
+    as one callable ``step(x, y) -> loss`` (traced once and replayed when ``compiled``)."""
+    def step(x, y):
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return compile(step) if compiled else step
 
 
 def compile(fn):  # noqa: A001  (the PyTorch name)

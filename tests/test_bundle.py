@@ -17,13 +17,7 @@ def _traced_step(tmp_path):
     model = engine.nn.Sequential(engine.nn.Linear(10, 7), engine.nn.GELU(), engine.nn.Linear(7, 3))
     opt = engine.optim.Adam(model.parameters(), lr=0.01)
 
-    @engine.compile
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = engine.training_step(model, F.cross_entropy, opt)
     rng = np.random.default_rng(0)
     step(engine.tensor(rng.normal(size=(5, 10)).astype(np.float32)), engine.tensor(rng.integers(0, 3, 5)))
     return step

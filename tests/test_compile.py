@@ -26,14 +26,7 @@ def test_compiled_step_matches_eager(rng):
     results = []
     for compiled in (False, True):
         model, opt = _setup(11)
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
-        run = engine.compile(step) if compiled else step
+        run = engine.training_step(model, F.cross_entropy, opt, compiled=compiled)
         losses = [run(engine.tensor(x), engine.tensor(y)).item() for x, y in batches]
         results.append((losses, [p.numpy() for p in model.parameters()]))
         if compiled:

@@ -16,13 +16,7 @@ def test_train_digits_from_parquet(tmp_path):
     model = digits.build_model("mlp")
     opt = engine.optim.Adam(model.parameters(), lr=2e-3)
 
-    @engine.compile
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = engine.training_step(model, F.cross_entropy, opt)
 
     loader = DataLoader(ArrowDataset(path), batch_size=64, shuffle=True, seed=0, drop_last=True)
     epoch_losses = []

@@ -62,7 +62,7 @@ def train(model_name="mlp", epochs=30, batch_size=64, lr=2e-3, seed=0, device=No
     ``on_epoch(model, record)``; ``checkpoints``: a CheckpointManager saved every epoch,
     and restored first when ``resume``."""
     from tqdm import tqdm
-    from ..jit import compile as jit_compile
+    from ..jit import training_step
     from ..optim import Adam
 
     manual_seed(seed)
@@ -70,14 +70,7 @@ def train(model_name="mlp", epochs=30, batch_size=64, lr=2e-3, seed=0, device=No
     model = build_model(model_name, device=device)
     opt = Adam(model.parameters(), lr=lr)
 
-    def step(x, y):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-
-    run_step = jit_compile(step) if compiled else step
+    run_step = training_step(model, F.cross_entropy, opt, compiled=compiled)
     history, gstep, first_epoch = [], 0, 0
     if resume and checkpoints is not None:
         state = checkpoints.restore(model, opt)
