@@ -49,9 +49,9 @@ def worker_ours(rank: int, sizes_mb, bucket_mb: float, segment_kb: float) -> Non
         x = np.ones(int(mb * 2**20) // 4, np.float32)
         times = []
         for r in range(reps_for(mb) + 1):           # the first repetition warms up
+            buf = x.copy()                              # before the barrier: page faults are not timed
             step += 1
             allreduce(links, np.zeros(1, np.float32), step)    # barrier
-            buf = x.copy()
             t = time.perf_counter()
             step += 1
             allreduce(links, buf, step, bucket_bytes=int(bucket_mb * 2**20), segment_bytes=int(segment_kb * 1024))
@@ -72,8 +72,8 @@ def worker_gloo(rank: int, world: int, port: int, sizes_mb) -> None:
         x = torch.ones(int(mb * 2**20) // 4, dtype=torch.float32)
         times = []
         for r in range(reps_for(mb) + 1):
-            dist.barrier()
             buf = x.clone()
+            dist.barrier()
             t = time.perf_counter()
             dist.all_reduce(buf)
             times.append(time.perf_counter() - t)

@@ -20,8 +20,8 @@ import numpy as np
 
 from .ring import PeerLost, RingLinks
 
-BUCKET_BYTES = 4 << 20
-SEGMENT_BYTES = 512 << 10
+BUCKET_BYTES = 64 << 20
+SEGMENT_BYTES = 4 << 20
 
 
 class PlanMismatch(RuntimeError):
