@@ -93,11 +93,12 @@ def schedule(targets, is_leaf, group: bool = False) -> list[KernelGroup]:
             a, b = n.srcs
             if n.arg[3]:           # packed A panels are stored by a packing kernel
                 forced.add(a)
-            else:                  # implicit A: any view, but of a buffer
-                while a.op in ir.MOVEMENT and not is_leaf(a):
-                    a = a.srcs[0]
-                if not is_leaf(a):
-                    forced.add(a)
+            # the value under A's views gets a buffer too: it is what the GEMM (or the
+            # packing copy) streams, and what a backward pass reads again
+            while a.op in ir.MOVEMENT and not is_leaf(a):
+                a = a.srcs[0]
+            if not is_leaf(a):
+                forced.add(a)
             if not is_leaf(b):
                 forced.add(b)      # B panels are read with wide contiguous loads
 

@@ -74,7 +74,9 @@ def gemm_tile(M: int, N: int, K: int, device) -> tuple:
         tuned = load_db().get(device_key(device), {}).get("gemm")
         R, W = (tuned["R"], tuned["W"]) if tuned else DEFAULTS.get(kind, DEFAULTS["other"])
     if kind == "gpu":
-        return R, W        # the tiled template needs whole 16 x 16 work-group tiles
+        if R % 16 or W % 16:
+            raise ValueError(f"GPU GEMM tiles must be multiples of 16 (one 16 x 16 work-group), got {R} x {W}")
+        return R, W
     if N <= 16:            # narrow outputs would waste most of a wide tile
         W = 16
     return (min(R, max(M, 1)) if M < R else R), W
