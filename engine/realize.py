@@ -116,15 +116,26 @@ def realize(targets, device, dests=None, group=False) -> list:
     groups = schedule([r for r in resolved if r.op != "BUFFER"], _is_leaf, group=group)
     out_of: dict = {}
     materialized = {o for g in groups for o in g.outputs}
-    for g in groups:
-        spec = lower(g, _is_leaf, materialized.__contains__, device.kind)
+    specs = [lower(g, _is_leaf, materialized.__contains__, device.kind) for g in groups]
+    # Memory plan: an intermediate's buffer goes back to a free list right after the last
+    # kernel that reads it, and a later kernel of this schedule takes it from there (the
+    # queue is in order, so the reuse is safe; a replayed step reuses it the same way).
+    last_read = {}
+    for i, spec in enumerate(specs):
+        for a in spec.args:
+            if a[0] == "in":
+                last_read[a[1]] = i
+    keep = set(resolved)
+    free: dict = {}
+    for i, (g, spec) in enumerate(zip(groups, specs)):
         ck = device.build(spec)
         args, rand = [], None
         for a in spec.args:
             role = a[0]
             if role == "out":
                 n = a[1]
-                buf = dests.get(n) or device.alloc(n.numel * np.dtype(NP_DTYPES[n.dtype]).itemsize)
+                nbytes = n.numel * np.dtype(NP_DTYPES[n.dtype]).itemsize
+                buf = dests.get(n) or (free.get(nbytes) or [None]).pop() or device.alloc(nbytes)
                 out_of[n] = buf
                 args.append(buf)
             elif role == "in":
@@ -143,6 +154,10 @@ def realize(targets, device, dests=None, group=False) -> list:
         run_launch(launch, device)
         if _capture is not None:
             _capture.append(launch)
+        for a in spec.args:
+            n = a[1] if a[0] == "in" else None
+            if n in out_of and last_read.get(n) == i and n not in keep and n not in dests:
+                free.setdefault(out_of[n].nbytes, []).append(out_of[n])
     result = []
     for t, r in zip(targets, resolved):
         buf = _buffers[r] if r.op == "BUFFER" else out_of[r]
