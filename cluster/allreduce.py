@@ -91,9 +91,9 @@ def _bucket(links: RingLinks, buf: np.ndarray, step: int, b: int, seg: int) -> N
         c = (r - s) % n
         for k, (lo, hi) in enumerate(chunk[c]):
             m = recv("ag", c, k, lo, hi)
-            buf[lo:hi] = m.tensors[0]
             if s < n - 2:
                 links.forward(m)
+            buf[lo:hi] = m.tensors[0]
 
 
 def allreduce(links: RingLinks, flat: np.ndarray, step: int, *, bucket_bytes: int = BUCKET_BYTES,
