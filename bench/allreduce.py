@@ -175,7 +175,8 @@ def torch_ok(py) -> str | None:
 def machine() -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    return f"{time.strftime('%Y-%m-%d')}, commit {commit}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, loopback"
+    return (f"{time.strftime('%Y-%m-%d')}, commit {commit}, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"loopback, load average {os.getloadavg()[0]:.1f} at start")
 
 
 def main(argv=None):
@@ -192,7 +193,7 @@ def main(argv=None):
     ap.add_argument("--bucket-mb", type=float, default=BUCKET_BYTES / 2**20)
     ap.add_argument("--segment-kb", type=float, default=SEGMENT_BYTES / 2**10)
     ap.add_argument("--torch-python", default=sys.executable)
-    ap.add_argument("--notes", help="append the results as a '## All-reduce' section to this file")
+    ap.add_argument("--notes", help="put the results at the top of this file's '## All-reduce' section")
     a = ap.parse_args(argv)
     sizes = [int(s) if float(s).is_integer() else s for s in a.sizes_mb]
     tv = torch_ok(a.torch_python)
@@ -216,9 +217,12 @@ def main(argv=None):
             print(lines[-1], flush=True)
     text = "\n".join(lines)
     print("\n" + text)
-    if a.notes:
-        with open(a.notes, "a") as f:
-            f.write("\n## All-reduce\n\n" + text + "\n")
+    if a.notes:   # newest run first under the existing heading; other sections untouched
+        notes = open(a.notes).read() if os.path.exists(a.notes) else ""
+        head = "\n## All-reduce\n\n"
+        notes = notes.replace(head, head + text + "\n\n", 1) if head in notes else notes + head + text + "\n"
+        with open(a.notes, "w") as f:
+            f.write(notes)
 
 
 if __name__ == "__main__":
