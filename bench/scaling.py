@@ -73,8 +73,7 @@ def main(argv=None):
     ap.add_argument("--skip-engine", action="store_true", help="only the numpy reference workload")
     ap.add_argument("--notes", help="append the tables under the '## All-reduce' section's scaling heading")
     a = ap.parse_args(argv)
-    load = os.getloadavg()[0]
-    lines = [f"### Scaling (`./dev bench scaling`, {machine()}, load average {load:.1f} at start)", ""]
+    lines = [f"### Scaling (`./dev bench scaling`, {machine()})", ""]   # machine() gives the load average
     if not a.skip_engine:
         import engine
         from engine.examples import digits
