@@ -59,7 +59,12 @@ class RingLinks:
         auth.ZapHandler.register(ctx, self.domain, self.gate)     # before the first peer can knock
         self.pull.setsockopt(zmq.PLAIN_SERVER, 1)
         self.pull.setsockopt_string(zmq.ZAP_DOMAIN, self.domain)
-        self.pull.bind(bind)
+        try:
+            self.pull.bind(bind)
+        except zmq.ZMQError:
+            self.pull.close(linger=0)
+            auth.ZapHandler.unregister(ctx, self.domain)   # else the context could never terminate
+            raise
         self.endpoint = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
         self.ctx, self.push = ctx, None
         self.gen, self.rank, self.world, self.peers = -1, 0, 1, [self.endpoint]
