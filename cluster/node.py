@@ -138,7 +138,8 @@ class NodeDaemon:
     def health(self) -> dict:
         return {"status": "ok", "node": self.endpoint, "data": self.links.endpoint, "busy": self.busy,
                 "job": self.job.id if self.job else None, "step": self.job.step if self.job else None,
-                "heartbeat_age_s": time.monotonic() - self.metrics.last_heard, "data_dir": self.data_dir}
+                "heartbeat_age_s": time.monotonic() - self.metrics.last_heard, "data_dir": self.data_dir,
+                "devices": [f"{d.get('name', '?')} ({d.get('kind', '?')})" for d in self.devices()]}
 
     def _reply(self, ident: bytes, rid, type: str, fields=None, tensors=(), *, worker: bool = True) -> None:
         """Sockets are single-threaded: the worker's replies go via the main thread."""

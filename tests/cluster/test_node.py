@@ -116,6 +116,7 @@ def test_node_survives_1000_hostile_messages_then_trains(procs):
     assert bad >= 1000
     health = json.loads(urllib.request.urlopen(nodes[0]["metrics"] + "/healthz", timeout=5).read())
     assert health["status"] == "ok" and health["node"] == nodes[0]["control"]
+    assert health["devices"] and all(isinstance(d, str) and "(" in d for d in health["devices"])   # for the UI
 
 
 def test_stranger_is_refused(procs):
