@@ -82,7 +82,7 @@ def _recording_hooks(recorder, name, args, dev):
     from .nn import functional as F
     from .profile import profile
     from .tensor import tensor
-    state = {"t": time.perf_counter(), "logged_graph": False}
+    state = {"t": time.perf_counter(), "logged_graph": False, "step": 0}
 
     def on_step(step, epoch, metrics):
         now = time.perf_counter()
