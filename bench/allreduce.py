@@ -59,7 +59,8 @@ def worker_ours(rank: int, sizes_mb, bucket_mb: float, segment_kb: float) -> Non
             assert buf[0] == links.world and buf[-1] == links.world
         out[str(mb)] = times[1:]
     print(json.dumps(out), flush=True)
-    links.close()
+    links.close(linger_ms=60_000)   # the last forwards may still be queued for a slower right
+    ctx.term()                      # neighbour: exiting now would lose them and hang it
 
 
 def worker_gloo(rank: int, world: int, port: int, sizes_mb) -> None:

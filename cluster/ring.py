@@ -140,8 +140,10 @@ class RingLinks:
             except zmq.ZMQError:
                 pass  # nobody listening: nothing to tell
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 200) -> None:
+        """`linger_ms`: how long ctx.term() may wait for queued sends (the last segments
+        of a collective can still be queued for a slower right neighbour)."""
         if self.push is not None:
-            self.push.close(linger=200)
+            self.push.close(linger=linger_ms)
         self.pull.close(linger=0)
         auth.ZapHandler.unregister(self.ctx, self.domain)
