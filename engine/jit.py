@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import realize as rz
+from .bundle import export_bundle
 from .runtime import NP_DTYPES
 from .tensor import Tensor, empty, tensor, realize_all
 
@@ -105,7 +106,6 @@ class CompiledStep:
 
     def export_bundle(self, directory) -> dict:
         """All kernels of this step as one .cl file + manifest.json (see engine.bundle)."""
-        from .bundle import export_bundle
         return export_bundle(self, directory)
 
     @property

@@ -5,8 +5,11 @@ import time
 from collections import OrderedDict
 
 import numpy as np
+from tqdm import tqdm
 
 from .. import nn
+from ..jit import training_step
+from ..optim import Adam
 from ..nn import functional as F
 from ..tensor import tensor, no_grad, manual_seed
 
@@ -61,9 +64,6 @@ def train(model_name="mlp", epochs=30, batch_size=64, lr=2e-3, seed=0, device=No
     """Train on the digits; returns (model, history). ``on_step(step, epoch, metrics)``,
     ``on_epoch(model, record)``; ``checkpoints``: a CheckpointManager saved every epoch,
     and restored first when ``resume``."""
-    from tqdm import tqdm
-    from ..jit import training_step
-    from ..optim import Adam
 
     manual_seed(seed)
     xtr, ytr, xte, yte = load_digits()
