@@ -127,7 +127,7 @@ class _Emitter:
             return self.anchor_value
         leaf = self.leaf_name(n)
         if leaf is not None:
-            if n.op in ("VAR",):
+            if n.op == "VAR":
                 return leaf
             return self.emit("LOAD", (leaf, self.flatten(idx, n.shape)), n.dtype)
         op = n.op
@@ -342,6 +342,22 @@ def _lower_reduce(group, args, leaf_name):
     return _finish(group, "reduce", params, display, args, (_round_up(numel, 16),))
 
 
+def _a_load(em, a, bidx, row, col, name):
+    """SSA reading A at (batch, row, col) through its view into ``name`` (implicit GEMM)."""
+    em.memo, em.stmts = {}, []
+    v = em.value(a, tuple(bidx) + (row, col))
+    em.stmts.append((name, "CAST", (v,), "float32"))
+    return em.stmts
+
+
+def _gemm_epilogue(em, anchor, out, bidx):
+    """SSA of the fused epilogue at (batch, e_m, e_n) with the accumulator as e_acc."""
+    em.memo, em.stmts = {}, []
+    em.anchor, em.anchor_value = anchor, "e_acc"
+    v = "e_acc" if out is anchor else _compute(em, out, tuple(bidx) + ("e_m", "e_n"))
+    return em.stmts, _as_name(v, out.dtype)
+
+
 def _lower_matmul(group, args, leaf_name, kind):
     anchor, out = group.anchor, group.outputs[0]
     a, bp = anchor.srcs
@@ -350,60 +366,31 @@ def _lower_matmul(group, args, leaf_name, kind):
     batch = anchor.shape[:-2]
     nb = math.prod(batch)
     a_packed = R_packed > 0
-    R = R_packed if a_packed else min(8, M)
     b_name = leaf_name(bp)
     a_name = leaf_name(a) if a_packed else None
     assert b_name is not None and (a_name is not None or not a_packed), "scheduler must materialise the panels"
-
     em = _Emitter(leaf_name)
     bidx = em.unflatten("bz", tuple(batch)) if batch else ()
     batch_index, em.stmts = em.stmts, []
-    a_rows = []
-    if kind == "gpu":
-        return _lower_matmul_tiled(group, args, leaf_name, em, bidx, batch_index)
-    if not a_packed:
-        for r in range(R):
-            em.memo, em.stmts = {}, []
-            v = em.value(a, tuple(bidx) + (f"am{r}", "k"))
-            em.stmts.append((f"a{r}", "CAST", (v,), "float32"))
-            a_rows.append(em.stmts)
-    em.memo, em.stmts = {}, []
-    em.anchor, em.anchor_value = anchor, "e_acc"
-    v = "e_acc" if out is anchor else _compute(em, out, tuple(bidx) + ("e_m", "e_n"))
-    Mb, Nb = -(-M // R), bp.shape[-3]
-    params = {"M": M, "N": N, "K": K, "R": R, "NV": W // 16, "Mb": Mb, "Nb": Nb, "args": args.decl,
-              "a_packed": a_packed, "a_name": a_name, "a_rows": a_rows, "b_name": b_name,
-              "out_name": args.names[("out", out)], "batch_index": batch_index, "epilogue": em.stmts,
-              "value": _as_name(v, out.dtype)}
-    display = {"M": M, "N": N, "K": K, "batch": nb, "R": R, "W": W, "a_packed": a_packed,
+    common = {"M": M, "N": N, "K": K, "args": args.decl, "a_packed": a_packed, "a_name": a_name,
+              "b_name": b_name, "out_name": args.names[("out", out)], "batch_index": batch_index}
+    display = {"M": M, "N": N, "K": K, "batch": nb, "a_packed": a_packed,
                "epilogue_ops": [n.op for n in group.fused if n.op in ir.ELEMENTWISE]}
+    Nb = bp.shape[-3]
+
+    if kind == "gpu":   # local-memory tiles; the panel widths are the tile sizes
+        TM = R_packed if a_packed else 128
+        Mb = -(-M // TM)
+        a_load = [] if a_packed else _a_load(em, a, bidx, "am", "ak", "a_val")
+        epilogue, value = _gemm_epilogue(em, anchor, out, bidx)
+        params = dict(common, TM=TM, TN=W, KB=16, Mb=Mb, Nb=Nb, a_load=a_load, epilogue=epilogue, value=value)
+        return _finish(group, "gemm_tiled", params, dict(display, TM=TM, TN=W, KB=16), args,
+                       (Nb * 16, Mb * 16, nb), (16, 16, 1))
+
+    R = R_packed if a_packed else min(8, M)
+    Mb = -(-M // R)
+    a_rows = [] if a_packed else [_a_load(em, a, bidx, f"am{r}", "k", f"a{r}") for r in range(R)]
+    epilogue, value = _gemm_epilogue(em, anchor, out, bidx)
+    params = dict(common, R=R, NV=W // 16, Mb=Mb, Nb=Nb, a_rows=a_rows, epilogue=epilogue, value=value)
     local = (4, 1, 1) if Mb % 4 == 0 else None
-    return _finish(group, "gemm", params, display, args, (Mb, Nb, nb), local)
-
-
-def _lower_matmul_tiled(group, args, leaf_name, em, bidx, batch_index):
-    """GPU variant: local-memory tiles; the panel widths are the tile sizes."""
-    anchor, out = group.anchor, group.outputs[0]
-    a, bp = anchor.srcs
-    M, N, K, R_packed = anchor.arg
-    TN = bp.shape[-1]
-    a_packed = R_packed > 0
-    TM = R_packed if a_packed else 128
-    nb = math.prod(anchor.shape[:-2])
-    a_load = []
-    if not a_packed:
-        em.memo, em.stmts = {}, []
-        v = em.value(a, tuple(bidx) + ("am", "ak"))
-        em.stmts.append(("a_val", "CAST", (v,), "float32"))
-        a_load = em.stmts
-    em.memo, em.stmts = {}, []
-    em.anchor, em.anchor_value = anchor, "e_acc"
-    v = "e_acc" if out is anchor else _compute(em, out, tuple(bidx) + ("e_m", "e_n"))
-    Mb, Nb = -(-M // TM), bp.shape[-3]
-    params = {"M": M, "N": N, "K": K, "TM": TM, "TN": TN, "KB": 16, "Mb": Mb, "Nb": Nb, "args": args.decl,
-              "a_packed": a_packed, "a_name": leaf_name(a) if a_packed else None, "a_load": a_load,
-              "b_name": leaf_name(bp), "out_name": args.names[("out", out)], "batch_index": batch_index,
-              "epilogue": em.stmts, "value": _as_name(v, out.dtype)}
-    display = {"M": M, "N": N, "K": K, "batch": nb, "TM": TM, "TN": TN, "KB": 16, "a_packed": a_packed,
-               "epilogue_ops": [n.op for n in group.fused if n.op in ir.ELEMENTWISE]}
-    return _finish(group, "gemm_tiled", params, display, args, (Nb * 16, Mb * 16, nb), (16, 16, 1))
+    return _finish(group, "gemm", params, dict(display, R=R, W=W), args, (Mb, Nb, nb), local)

@@ -40,17 +40,7 @@ def _arg_from_json(arg):
 
 
 def _serialise(outputs, inputs: dict, constants: dict, param_names, param_shapes) -> dict:
-    order, seen = [], set()
-    for root in outputs + list(inputs):
-        stack = [(root, False)]
-        while stack:
-            n, done = stack.pop()
-            if done:
-                order.append(n)
-            elif n not in seen:
-                seen.add(n)
-                stack.append((n, True))
-                stack.extend((s, False) for s in reversed(_canonical_srcs(n)))
+    order = ir.toposort(outputs + list(inputs), srcs=_canonical_srcs)
     ids = {n: i for i, n in enumerate(order)}
     out = []
     for n in order:

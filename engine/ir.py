@@ -269,8 +269,9 @@ def window(x: Node, kernel, stride, dilation=None) -> Node:
 
 # --- graph utilities ---------------------------------------------------------------------
 
-def toposort(roots, stop=lambda n: False) -> list:
-    """Nodes reachable from roots, sources first; ``stop(n)`` cuts the walk below n."""
+def toposort(roots, stop=lambda n: False, srcs=lambda n: n.srcs) -> list:
+    """Nodes reachable from roots, sources first; ``stop(n)`` cuts the walk below n;
+    ``srcs(n)`` names the inputs to follow (by default the node's own)."""
     order, seen = [], set()
     for root in roots:
         stack = [(root, False)]
@@ -284,7 +285,7 @@ def toposort(roots, stop=lambda n: False) -> list:
             seen.add(node)
             stack.append((node, True))
             if not stop(node):
-                stack.extend((s, False) for s in reversed(node.srcs) if s not in seen)
+                stack.extend((s, False) for s in reversed(srcs(node)) if s not in seen)
     return order
 
 

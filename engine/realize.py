@@ -113,10 +113,10 @@ def realize(targets, device, dests=None, group=False) -> list:
         if r.op == "BUFFER" and t in dests:   # assigning an existing value: a plain copy
             device.copy(_buffers[r], dests[t], dests[t].nbytes)
     dests = {_computed.get(t, t): b for t, b in dests.items()}
-    groups = schedule([r for r in resolved if r.op != "BUFFER"], _is_leaf, group=group)
+    lowered = plan([r for r in resolved if r.op != "BUFFER"], device.kind, group)
+    groups = [g for g, _ in lowered]
+    specs = [spec for _, spec in lowered]
     out_of: dict = {}
-    materialized = {o for g in groups for o in g.outputs}
-    specs = [lower(g, _is_leaf, materialized.__contains__, device.kind) for g in groups]
     # Memory plan: an intermediate's buffer goes back to a free list right after the last
     # kernel that reads it, and a later kernel of this schedule takes it from there (the
     # queue is in order, so the reuse is safe; a replayed step reuses it the same way).
@@ -208,9 +208,9 @@ def replay(items, device):
             it()
 
 
-def plan(targets, kind="cpu"):
+def plan(targets, kind="cpu", group=False):
     """Schedule and lower ``targets`` without building or launching: [(group, spec)]."""
     resolved = [_computed.get(t, t) for t in targets]
-    groups = schedule([r for r in resolved if r.op != "BUFFER"], _is_leaf)
+    groups = schedule([r for r in resolved if r.op != "BUFFER"], _is_leaf, group=group)
     materialized = {o for g in groups for o in g.outputs}
     return [(g, lower(g, _is_leaf, materialized.__contains__, kind)) for g in groups]

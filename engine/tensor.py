@@ -184,9 +184,12 @@ class Tensor:
             if x.device is not self.device:
                 raise RuntimeError(f"tensors on different devices: {self.device.name} and {x.device.name}")
             return x
-        dtype = self.dtype if isinstance(x, (int, bool)) and not isinstance(x, float) and self.dtype != "bool" else "float32"
         if isinstance(x, bool):
-            dtype = "bool" if self.dtype == "bool" else self.dtype
+            dtype = self.dtype
+        elif isinstance(x, int) and self.dtype != "bool":
+            dtype = self.dtype      # an int keeps an integer tensor integer
+        else:
+            dtype = "float32"
         return Tensor(ir.const(x, (), dtype), self.device)
 
     @staticmethod
@@ -308,10 +311,7 @@ class Tensor:
 
     def where_(self, a, b) -> "Tensor":
         """self is the condition: where(self, a, b)."""
-        a = self._lift(a) if not isinstance(a, Tensor) else a
-        b = self._lift(b) if not isinstance(b, Tensor) else b
-        if not isinstance(a, Tensor) or a.node.op == "CONST":
-            a = Tensor(ir.const(a.node.arg, (), "float32" if isinstance(a.node.arg, float) else a.dtype), self.device)
+        a, b = self._lift(a), self._lift(b)
         shape = _broadcast_shape(_broadcast_shape(self.shape, a.shape), b.shape)
         c, a, b = self._expand_to(shape), a._expand_to(shape), b._expand_to(shape)
         return Tensor._make("WHERE", ir.where(c.node, a.node, b.node), (c, a, b))

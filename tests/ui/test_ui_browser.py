@@ -2,7 +2,7 @@
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from ui_browser import CHROMIUM_ARGS, PageWatch, Server, chromium_path, screenshot
+from ui_browser import CHROMIUM_ARGS, Server, browser_page, chromium_path, screenshot
 from engine.runs import RunRecorder
 from ui import create_app
 from ui.nodes import NodeSource
@@ -26,12 +26,8 @@ def site(tmp_path_factory):
 
 @pytest.fixture
 def page(site):
-    ctx = site["browser"].new_context(viewport={"width": 1400, "height": 900})
-    pg = ctx.new_page()
-    pg.set_default_timeout(10000)
-    pg.watch = PageWatch(pg)
-    yield pg
-    ctx.close()
+    with browser_page(site["browser"], 10000) as pg:
+        yield pg
 
 
 def test_runs_page_lists_run_with_escaped_name(site, page):

@@ -5,7 +5,7 @@ import re
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from ui_browser import CHROMIUM_ARGS, PageWatch, Server, chromium_path, screenshot
+from ui_browser import CHROMIUM_ARGS, Server, browser_page, chromium_path, screenshot
 from ui_real_runs import train_digits_via_cli, train_hostile_names
 from engine.runs import RunStore
 from ui import create_app
@@ -29,12 +29,8 @@ def site(tmp_path_factory):
 
 @pytest.fixture
 def page(site):
-    ctx = site["browser"].new_context(viewport={"width": 1400, "height": 900})
-    pg = ctx.new_page()
-    pg.set_default_timeout(15000)
-    pg.watch = PageWatch(pg)
-    yield pg
-    ctx.close()
+    with browser_page(site["browser"], 15000) as pg:
+        yield pg
 
 
 def test_api_of_recorded_digits_run(site):

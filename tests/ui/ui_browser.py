@@ -2,6 +2,7 @@
 
 Never downloads a browser: CI installs /usr/bin/chromium via ./dev (ensure_system_packages).
 A missing chromium is a test failure, not a skip, so the UI can't silently go untested."""
+import contextlib
 import os
 import shutil
 import threading
@@ -47,6 +48,19 @@ class PageWatch:
     def assert_clean(self):
         assert self.dialogs == [], f"a dialog fired (escaping failed?): {self.dialogs}"
         assert self.errors == [], f"browser console errors: {self.errors}"
+
+
+@contextlib.contextmanager
+def browser_page(browser, timeout_ms):
+    """A fresh context and page at the tests' viewport, with console/dialog watching."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = ctx.new_page()
+    pg.set_default_timeout(timeout_ms)
+    pg.watch = PageWatch(pg)
+    try:
+        yield pg
+    finally:
+        ctx.close()
 
 
 def screenshot(page, name):
