@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from cluster.allreduce import BUCKET_BYTES, SEGMENT_BYTES
+from cluster.allreduce import BUCKET_BYTES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -33,14 +33,14 @@ SECRET = b"bench-secret"
 
 
 def reps_for(mb: float) -> int:
-    return 10 if mb <= 1 else 5 if mb <= 16 else 3
+    return 20 if mb <= 1 else 10 if mb <= 16 else 5
 
 
 # --- workers (each in its own process) ----------------------------------------------------
 def worker_ours(rank: int, sizes_mb, bucket_mb: float, segment_kb: float) -> None:
     import zmq
-    from cluster import RingLinks, allreduce
-    ctx = zmq.Context()
+    from cluster import RingLinks, allreduce, ring
+    ctx = ring.context() if os.environ.get("RING_IO_THREADS", "2") == "2" else zmq.Context()
     links = RingLinks(ctx, "tcp://127.0.0.1:*", SECRET, name=f"rank{rank}", timeout_s=120)
     print(links.endpoint, flush=True)
     links.connect(1, rank, json.loads(sys.stdin.readline()))
@@ -54,7 +54,7 @@ def worker_ours(rank: int, sizes_mb, bucket_mb: float, segment_kb: float) -> Non
             allreduce(links, np.zeros(1, np.float32), step)    # barrier
             t = time.perf_counter()
             step += 1
-            allreduce(links, buf, step, bucket_bytes=int(bucket_mb * 2**20), segment_bytes=int(segment_kb * 1024))
+            allreduce(links, buf, step, bucket_bytes=int(bucket_mb * 2**20), segment_bytes=int(segment_kb * 1024) or None)
             times.append(time.perf_counter() - t)
             assert buf[0] == links.world and buf[-1] == links.world
         out[str(mb)] = times[1:]
@@ -115,8 +115,11 @@ def worker_stream(role: str, endpoint: str, mb_total: int, msg_mb: int, mac: boo
 
 
 # --- orchestration -------------------------------------------------------------------------
-def env():
-    return dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+def env(**extra):
+    """Workers import this checkout first, then whatever PYTHONPATH already holds (the GPU
+    machine's packages live there)."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", **extra)
 
 
 def spawn(py, args):
@@ -192,14 +195,14 @@ def main(argv=None):
     ap.add_argument("--sizes-mb", type=float, nargs="+", default=[1, 16, 128])
     ap.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--bucket-mb", type=float, default=BUCKET_BYTES / 2**20)
-    ap.add_argument("--segment-kb", type=float, default=SEGMENT_BYTES / 2**10)
+    ap.add_argument("--segment-kb", type=float, default=0, help="fixed segment size (default: a quarter of a chunk, 256 KB-4 MB)")
     ap.add_argument("--torch-python", default=sys.executable)
     ap.add_argument("--notes", help="put the results at the top of this file's '## All-reduce' section")
     a = ap.parse_args(argv)
     sizes = [int(s) if float(s).is_integer() else s for s in a.sizes_mb]
     tv = torch_ok(a.torch_python)
     ceil_raw, ceil_mac = run_stream(False), run_stream(True)
-    lines = [f"`./dev bench allreduce` ({machine()}; bucket {a.bucket_mb} MB, segment {a.segment_kb:g} KB; "
+    lines = [f"`./dev bench allreduce` ({machine()}; bucket {a.bucket_mb} MB, segment {f'{a.segment_kb:g} KB' if a.segment_kb else 'auto'}; ring I/O threads {os.environ.get('RING_IO_THREADS', '2')}; "
              f"torch {tv or 'not importable: gloo column empty'})", "",
              f"One raw ZeroMQ stream (PUSH->PULL, 4 MB messages): {ceil_raw:.2f} GB/s; "
              f"with HMAC-SHA256 per message on both ends: {ceil_mac:.2f} GB/s.", "",

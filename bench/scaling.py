@@ -21,14 +21,14 @@ import time
 
 import numpy as np
 
-from bench.allreduce import machine
+from bench.allreduce import env as worker_env, machine
 from cluster import Cluster, ReferenceMLP
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def start_nodes(n: int, secret: str):
-    env = dict(os.environ, PYTHONPATH=ROOT, ENGINE_NODE_SECRET=secret, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env = worker_env(ENGINE_NODE_SECRET=secret)
     procs = [subprocess.Popen([sys.executable, "-m", "cluster.node", "--listen", "tcp://127.0.0.1:*",
                                "--metrics", "127.0.0.1:0"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True) for _ in range(n)]

@@ -8,8 +8,9 @@ first all-gather step directly.
 
 All-gather messages name the chunk, not the ring step, so each rank forwards the frames
 it received unchanged (zero-copy).  Messages carry no MAC: the ring's connections are
-authenticated once (auth.py).  Segments are large (4 MB) because each message costs a
-fixed ~60 us of Python and ZeroMQ work, and a bucket boundary drains the pipeline.
+authenticated once (auth.py).  A chunk is cut into about four segments, so the next hop
+starts after a quarter of it, but no segment is smaller than 256 KB or larger than 4 MB:
+each message costs a fixed ~60 us of Python and ZeroMQ work (bench/NOTES.md).
 
 Bitwise identity across ranks: every chunk is summed exactly once, by one walk around
 the ring, and the all-gather copies that one result to everybody.  No rank ever adds
@@ -22,7 +23,9 @@ import numpy as np
 from .ring import PeerLost, RingLinks
 
 BUCKET_BYTES = 64 << 20
-SEGMENT_BYTES = 4 << 20
+SEGMENT_BYTES = 4 << 20          # the largest segment
+MIN_SEGMENT_BYTES = 256 << 10
+SEGMENTS_PER_CHUNK = 4
 
 
 class PlanMismatch(RuntimeError):
@@ -62,6 +65,12 @@ def _segments(lo: int, hi: int, seg: int):
     return [(a, min(a + seg, hi)) for a in range(lo, hi, seg)]
 
 
+def segment_elems(bucket_elems: int, world: int, itemsize: int = 4, largest: int = SEGMENT_BYTES) -> int:
+    """Elements per segment for one bucket: a quarter of a chunk, within [256 KB, `largest`]."""
+    chunk_bytes = bucket_elems * itemsize // max(1, world)
+    return max(1, min(largest, max(MIN_SEGMENT_BYTES, chunk_bytes // SEGMENTS_PER_CHUNK)) // itemsize)
+
+
 def _bucket(links: RingLinks, buf: np.ndarray, step: int, b: int, seg: int) -> None:
     n, r, L = links.world, links.rank, len(buf)
     chunk = [_segments(c * L // n, (c + 1) * L // n, seg) for c in range(n)]
@@ -97,18 +106,20 @@ def _bucket(links: RingLinks, buf: np.ndarray, step: int, b: int, seg: int) -> N
 
 
 def allreduce(links: RingLinks, flat: np.ndarray, step: int, *, bucket_bytes: int = BUCKET_BYTES,
-              segment_bytes: int = SEGMENT_BYTES) -> np.ndarray:
+              segment_bytes: int | None = None) -> np.ndarray:
     """Sum `flat` (float32, 1-D, owned by the caller and not reused while in flight)
-    over the ring in place; returns it.  Raises PeerLost or PlanMismatch."""
+    over the ring in place; returns it.  `segment_bytes` fixes the segment size instead
+    of deriving it from the chunk (segment_elems).  Raises PeerLost or PlanMismatch."""
     if flat.dtype != np.float32 or flat.ndim != 1 or not flat.flags.c_contiguous:
         raise TypeError("allreduce wants a contiguous 1-D float32 buffer")
     agree(links, step, [len(flat)])
     if links.world == 1:
         return flat
     per_bucket = max(1, bucket_bytes // 4)
-    seg = max(1, segment_bytes // 4)
     for b, lo in enumerate(range(0, len(flat), per_bucket)):
-        _bucket(links, flat[lo:lo + per_bucket], step, b, seg)
+        part = flat[lo:lo + per_bucket]
+        seg = max(1, segment_bytes // 4) if segment_bytes else segment_elems(len(part), links.world)
+        _bucket(links, part, step, b, seg)
     return flat
 
 

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import zmq
 
-from . import program, wire
+from . import program, ring, wire
 from .allreduce import PlanMismatch, allreduce, pack, unpack
 from .metrics import NodeMetrics
 from .optimizer import HostOptimizer, OptimizerError
@@ -104,7 +104,7 @@ class NodeDaemon:
         self.max_bytes = max_message_bytes
         self.secret, self.device, self.data_dir, self.throttle = secret, device, data_dir, max(1.0, throttle)
         self.throttle_from = throttle_from
-        self.ctx = zmq.Context()
+        self.ctx = ring.context()
         self.control = self.ctx.socket(zmq.ROUTER)
         # zmq drops a connection above MAXMSGSIZE without a word; keep it well above our own
         # limit so a merely oversized message still gets an error reply

@@ -41,6 +41,24 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 
         return False
 
 
+IO_THREADS = 2
+
+
+def context() -> zmq.Context:
+    """A context whose two I/O threads let a rank receive from its left neighbour while
+    it sends to its right one: with one thread both directions' kernel copies queue behind
+    each other and a link carries about half of what one TCP stream can
+    (bench/NOTES.md, "## All-reduce")."""
+    return zmq.Context(io_threads=IO_THREADS)
+
+
+def _pin(sock: zmq.Socket, ctx: zmq.Context, thread: int) -> None:
+    """Put `sock`'s I/O on `thread` (bit mask ZMQ_AFFINITY); a context with fewer
+    threads keeps libzmq's choice, as a mask naming no existing thread is invalid."""
+    if ctx.get(zmq.IO_THREADS) > thread:
+        sock.setsockopt(zmq.AFFINITY, 1 << thread)
+
+
 class PeerLost(RuntimeError):
     """The ring cannot make progress: a neighbour left, went silent, or we were told to abort."""
 
@@ -54,6 +72,7 @@ class RingLinks:
         self.pull = ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES + (1 << 20))
         self.pull.setsockopt(zmq.RCVHWM, 0)
+        _pin(self.pull, ctx, 0)
         self.domain = f"ring-{id(self)}"
         self.gate = auth.Gate(secret, lambda: self.endpoint)
         auth.ZapHandler.register(ctx, self.domain, self.gate)     # before the first peer can knock
@@ -81,6 +100,7 @@ class RingLinks:
             self.push = self.ctx.socket(zmq.PUSH)
             self.push.setsockopt(zmq.SNDHWM, 0)
             self.push.setsockopt(zmq.LINGER, 0)
+            _pin(self.push, self.ctx, 1)
             auth.client(self.push, self.secret, self.endpoint, self.right)
             self.push.connect(self.right)
 

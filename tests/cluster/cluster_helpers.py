@@ -10,7 +10,8 @@ SECRET = "test-secret-0123456789"
 
 
 def child_env(**extra):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
                OPENBLAS_NUM_THREADS="1")
     env.update({k: str(v) for k, v in extra.items()})
     return env
