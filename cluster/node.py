@@ -100,7 +100,7 @@ class Job:
 class NodeDaemon:
     def __init__(self, listen: str, secret: bytes, *, device=None, data_dir=None, metrics_addr="127.0.0.1:0",
                  throttle: float = 1.0, throttle_from: int = 0, advertise: str | None = None, peer_timeout: float = 30.0,
-                 max_message_bytes: int = wire.MAX_MESSAGE_BYTES):
+                 max_message_bytes: int = wire.MAX_MESSAGE_BYTES, data_port: int | None = None):
         self.max_bytes = max_message_bytes
         self.secret, self.device, self.data_dir, self.throttle = secret, device, data_dir, max(1.0, throttle)
         self.throttle_from = throttle_from
@@ -112,7 +112,13 @@ class NodeDaemon:
         self.control.setsockopt(zmq.LINGER, 500)
         self.control.bind(listen)
         host = listen.rsplit(":", 1)[0]
-        self.links = RingLinks(self.ctx, f"{host}:*", secret, timeout_s=peer_timeout)
+        # a fixed data port is what a firewall, a NetworkPolicy or a Kubernetes containerPort can name
+        try:
+            self.links = RingLinks(self.ctx, f"{host}:{data_port or '*'}", secret, timeout_s=peer_timeout)
+        except zmq.ZMQError as e:
+            self.control.close(linger=0)
+            raise zmq.ZMQError(e.errno, f"cannot bind the ring data socket {host}:{data_port}: {os.strerror(e.errno)} "
+                                        "(another process on that port? pick another --data-port)") from None
         self.endpoint = self.control.getsockopt_string(zmq.LAST_ENDPOINT)
         if advertise:   # bound to 0.0.0.0 (e.g. in Kubernetes): tell peers a routable name
             self.endpoint = f"tcp://{advertise}:{self.endpoint.rsplit(':', 1)[1]}"
@@ -317,7 +323,11 @@ def main(argv=None) -> int:
     ap.add_argument("--log", default=env("ENGINE_NODE_LOG"), help="log file (default stderr) [ENGINE_NODE_LOG]")
     ap.add_argument("--metrics", default=env("ENGINE_NODE_METRICS", "127.0.0.1:9100"),
                     help="host:port of /healthz and /metrics; port 0 picks one [ENGINE_NODE_METRICS]")
-    ap.add_argument("--advertise", default=env("ENGINE_NODE_ADVERTISE"), help="host name peers should dial")
+    ap.add_argument("--data-port", type=int, default=env("ENGINE_NODE_DATA_PORT"),
+                    help="port of the ring data socket, on --listen's host; default (or 0) picks a free one "
+                         "[ENGINE_NODE_DATA_PORT]")
+    ap.add_argument("--advertise", default=env("ENGINE_NODE_ADVERTISE"),
+                    help="host name peers and the driver should dial, when bound to 0.0.0.0 [ENGINE_NODE_ADVERTISE]")
     ap.add_argument("--throttle", type=float, default=float(env("ENGINE_NODE_THROTTLE", "1")),
                     help="run N times slower (to test load balancing) [ENGINE_NODE_THROTTLE]")
     ap.add_argument("--throttle-from", type=int, default=0, help="throttle only from this training step on")
@@ -333,7 +343,7 @@ def main(argv=None) -> int:
         return 2
     node = NodeDaemon(a.listen, secret.encode(), device=a.device, data_dir=a.data, metrics_addr=a.metrics,
                       throttle=a.throttle, throttle_from=a.throttle_from, advertise=a.advertise, peer_timeout=a.peer_timeout,
-                      max_message_bytes=int(a.max_message_mb * 2**20))
+                      max_message_bytes=int(a.max_message_mb * 2**20), data_port=a.data_port)
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "stopping", True))
     signal.signal(signal.SIGINT, lambda *_: setattr(node, "stopping", True))
     faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>` prints every thread's stack
