@@ -50,17 +50,23 @@ def measure(n, build, loss_fn, data, B, steps, warmup):
         for p in procs:
             p.wait(10)
     t = stamps[-1] - stamps[warmup - 1]
-    ar = np.median([h["allreduce_s"] for h in res.history[warmup:]])
-    return (steps - warmup) * B / t, ar
+    timed = res.history[warmup:]
+    compute = np.median([max(h["compute_s"]) for h in timed])
+    ar = np.median([h["allreduce_s"] for h in timed])
+    return (steps - warmup) * B / t, t / len(timed), compute, ar
 
 
 def table(title, nodes, run):
-    lines = [f"**{title}**", "", "| nodes | samples/s | efficiency | median all-reduce |", "|---|---|---|---|"]
+    lines = [f"**{title}**", "",
+             "| nodes | samples/s | efficiency | step | compute (slowest node) | all-reduce | rest |",
+             "|---|---|---|---|---|---|---|"]
     base = None
-    for n in nodes:
-        sps, ar = run(n)
+    for n in nodes:   # step = wall time per step; rest = step - compute - all-reduce (driver, optimizer, checks)
+        sps, step, compute, ar = run(n)
         base = base or sps
-        lines.append(f"| {n} | {sps:,.0f} | {sps / (n * base) * 100:.0f}% | {ar * 1e3:.2f} ms |")
+        ms = lambda s: f"{s * 1e3:.1f} ms"
+        lines.append(f"| {n} | {sps:,.0f} | {sps / (n * base) * 100:.0f}% | {ms(step)} | {ms(compute)} | {ms(ar)} "
+                     f"| {ms(step - compute - ar)} |")
         print(lines[-1], flush=True)
     return lines + [""]
 

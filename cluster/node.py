@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import hashlib
 import logging
 import os
 import queue
@@ -19,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 
 import numpy as np
 import zmq
@@ -91,10 +91,13 @@ class Job:
         self.prev = None   # state before the last update, to roll back a step the ring abandoned
 
     def digest(self) -> str:
-        h = hashlib.sha256()
+        """Checksum of the weights, compared across nodes after every step.  It guards
+        against bugs and nondeterminism, not attackers (peers are authenticated), so
+        CRC-32 will do: 1.9 ms for 7 MB of weights here, SHA-256 took 5.9 ms a step."""
+        c = 0
         for p in self.params:
-            h.update(p.tobytes())
-        return h.hexdigest()[:16]
+            c = zlib.crc32(memoryview(np.ascontiguousarray(p)).cast("B"), c)
+        return f"{c:08x}"
 
 
 class NodeDaemon:
@@ -285,7 +288,8 @@ class NodeDaemon:
             time.sleep(compute * (self.throttle - 1))
             compute *= self.throttle
         w = np.float32(msg["weight"])   # gradients weighted by samples: sum = global-batch mean
-        flat = pack([np.asarray(g, np.float32) * w for g in grads] + [np.float32([loss]) * w])
+        flat = pack([*grads, np.float32([loss])])
+        flat *= w
         t1, sent0 = time.perf_counter(), self.links.bytes_sent
         allreduce(self.links, flat, job.step)
         ar = time.perf_counter() - t1
