@@ -17,6 +17,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -27,12 +28,29 @@ from cluster import Cluster, ReferenceMLP
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_nodes(n: int, secret: str):
+def start_nodes(n: int, secret: str, devices=None):
+    """n engine-node processes on free loopback ports; devices[i], if given, is node i's
+    --device.  A node that fails to start raises with what it wrote to stderr."""
     env = worker_env(ENGINE_NODE_SECRET=secret)
-    procs = [subprocess.Popen([sys.executable, "-m", "cluster.node", "--listen", "tcp://127.0.0.1:*",
-                               "--metrics", "127.0.0.1:0"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True) for _ in range(n)]
-    addrs = [dict(kv.split("=", 1) for kv in p.stdout.readline().split()[2:])["control"] for p in procs]
+    procs = []
+    for i in range(n):
+        dev = ["--device", devices[i]] if devices else []
+        err = tempfile.TemporaryFile("w+")   # a file, not a pipe nobody reads
+        p = subprocess.Popen([sys.executable, "-m", "cluster.node", "--listen", "tcp://127.0.0.1:*",
+                              "--metrics", "127.0.0.1:0", *dev], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=err, text=True)
+        p.err = err
+        procs.append(p)
+    addrs = []
+    for p in procs:
+        line = p.stdout.readline()
+        if not line.startswith("engine-node ready"):
+            for q in procs:
+                q.kill()
+            p.wait(10)
+            p.err.seek(0)
+            raise RuntimeError(f"engine-node {' '.join(p.args[3:])} did not start: {line!r}\n{p.err.read()[-2000:]}")
+        addrs.append(dict(kv.split("=", 1) for kv in line.split()[2:])["control"])
     return procs, addrs
 
 

@@ -2,10 +2,10 @@
 from .allreduce import PlanMismatch, agree, allreduce, pack, unpack
 from .driver import Cluster, ClusterError, FitResult
 from .optimizer import HostOptimizer
-from .reference import ReferenceMLP, ReferenceProgram
+from .reference import ReferenceMLP, ReferenceProgram, reference_fit
 from .ring import PeerLost, RingLinks
 from .wire import Message, WireError, decode, encode
 
-__all__ = ["Cluster", "ClusterError", "FitResult", "HostOptimizer", "ReferenceMLP", "ReferenceProgram",
+__all__ = ["Cluster", "ClusterError", "FitResult", "HostOptimizer", "ReferenceMLP", "ReferenceProgram", "reference_fit",
            "Message", "WireError", "decode", "encode", "RingLinks", "PeerLost", "PlanMismatch",
            "agree", "allreduce", "pack", "unpack"]

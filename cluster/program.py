@@ -47,6 +47,18 @@ def load(d: dict):
         raise ProgramError(f"program refused: {type(e).__name__}: {e}") from None
 
 
+def check_device(selector: str) -> str:
+    """Resolve a node's --device now, so a typo fails at startup with the list of devices
+    instead of at the first job.  Returns "platform / name"; raises ProgramError."""
+    if _runtime is None:
+        raise ProgramError(f"--device {selector!r}: the engine's OpenCL runtime is not available here")
+    try:
+        d = _runtime.get_device(selector)
+    except Exception as e:   # DeviceNotFound names every device there is
+        raise ProgramError(f"--device {selector!r}: {e}") from None
+    return f"{d.platform} / {d.name}"
+
+
 def params_of(model) -> dict:
     """name -> float32 numpy array, from an engine module or a reference model."""
     out = {}

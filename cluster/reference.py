@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .optimizer import HostOptimizer
+
 FORMAT = "reference-mlp/1"
 MAX_WIDTH = 1 << 16
 
@@ -95,3 +97,19 @@ def blobs(n=2000, dim=64, classes=10, seed=0):
     x = (centers[y] + rng.standard_normal((n, dim)).astype(np.float32)).astype(np.float32)
     k = n * 4 // 5
     return x[:k], y[:k], x[k:], y[k:]
+
+
+def reference_fit(model: ReferenceMLP, spec: dict, x, y, global_batch: int, steps: int, seed: int = 0) -> dict:
+    """Single-process training on the same global batches as Cluster.fit (same epoch
+    order, same host optimizer): the result distributed training must reproduce."""
+    from .driver import epoch_order   # here, not at the top: driver -> program -> this module
+    params = [np.array(v, np.float32) for v in model.state_dict().values()]
+    opt = HostOptimizer(spec, [p.shape for p in params])
+    prog = ReferenceProgram(model.sizes, global_batch)
+    per_epoch = len(x) // global_batch
+    for step in range(steps):
+        epoch, i = divmod(step, per_epoch)
+        idx = epoch_order(len(x), seed, epoch)[i * global_batch:(i + 1) * global_batch]
+        _, grads = prog.run(params, x[idx], y[idx])
+        opt.update(params, grads)
+    return dict(zip(model.state_dict(), params))

@@ -5,6 +5,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cluster.reference import reference_fit  # noqa: F401  (the tests import it from here)
+
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "test-secret-0123456789"
 
@@ -62,23 +64,6 @@ def start_nodes(procs, n, throttle=None, throttle_from=0, extra_args=(), **env):
         info = dict(kv.split("=", 1) for kv in line.split()[2:])
         out.append({"proc": p, **info})
     return out
-
-
-def reference_fit(model, spec, x, y, global_batch, steps, seed=0):
-    """Single-process training on the same global batches, with the same host optimizer."""
-    import numpy as np
-    from cluster import HostOptimizer, ReferenceProgram
-    from cluster.driver import epoch_order
-    params = [np.array(v, np.float32) for v in model.state_dict().values()]
-    opt = HostOptimizer(spec, [p.shape for p in params])
-    prog = ReferenceProgram(model.sizes, global_batch)
-    per_epoch = len(x) // global_batch
-    for step in range(steps):
-        epoch, i = divmod(step, per_epoch)
-        idx = epoch_order(len(x), seed, epoch)[i * global_batch:(i + 1) * global_batch]
-        _, grads = prog.run(params, x[idx], y[idx])
-        opt.update(params, grads)
-    return dict(zip(model.state_dict(), params))
 
 
 def accuracy(model, params, x, y):

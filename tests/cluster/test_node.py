@@ -8,7 +8,7 @@ import zmq
 
 from cluster import Cluster, ReferenceMLP, wire
 from cluster.reference import blobs
-from cluster_helpers import SECRET, accuracy, reference_fit, start_nodes
+from cluster_helpers import SECRET, accuracy, child_env, reference_fit, start_nodes
 
 S = SECRET.encode()
 
@@ -144,3 +144,11 @@ def test_hello_reports_devices_speed_and_data_endpoint(procs):
     assert info["speed"] > 0 and info["devices"] and all("name" in d for d in info["devices"])
     node["proc"].terminate()                  # SIGTERM: a clean exit
     assert node["proc"].wait(10) == 0
+
+
+def test_unknown_device_is_a_startup_error_that_lists_the_devices(procs):
+    p = procs.start(["-m", "cluster.node", "--listen", "tcp://127.0.0.1:*", "--metrics", "127.0.0.1:0",
+                     "--device", "no-such-accelerator"], env=child_env(ENGINE_NODE_SECRET=SECRET))
+    assert p.wait(timeout=60) == 2 and p.stdout.read() == ""
+    err = p.log()
+    assert "no-such-accelerator" in err and "found:" in err, err
