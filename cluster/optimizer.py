@@ -41,6 +41,13 @@ class HostOptimizer:
         self.t = 0
         n_slots = {"sgd": 1 if spec.get("momentum", 0) else 0, "adam": 2}[self.name]
         self.state = [np.zeros(s, F) for _ in range(n_slots) for s in shapes]
+        self._tmp = None
+
+    def _scratch(self, like: np.ndarray):
+        """Two float32 arrays shaped like `like`, views of buffers kept between steps."""
+        if self._tmp is None or self._tmp[0].size < like.size:
+            self._tmp = [np.empty(like.size, F), np.empty(like.size, F)]
+        return [t[:like.size].reshape(like.shape) for t in self._tmp]
 
     def load(self, state: list, t: int) -> None:
         if len(state) != len(self.state) or any(a.shape != b.shape for a, b in zip(state, self.state)):
@@ -65,16 +72,25 @@ class HostOptimizer:
                         buf *= mom
                         buf += g
                     g = g + mom * buf if s.get("nesterov") else buf
-                p -= lr * g
+                p -= np.multiply(g, lr, out=self._scratch(p)[0])
             else:
                 b1, b2 = (F(b) for b in s.get("betas", (0.9, 0.999)))
                 m, v = self.state[i], self.state[n + i]
+                # the same float32 operations as m = b1*m + (1-b1)*g etc., written into two
+                # scratch arrays: temporaries were half of a step's host time (bench/NOTES.md)
+                t1, t2 = self._scratch(p)
                 m *= b1
-                m += (F(1) - b1) * g
+                m += np.multiply(g, F(1) - b1, out=t1)
                 v *= b2
-                v += (F(1) - b2) * (g * g)
+                np.multiply(g, g, out=t1)
+                t1 *= F(1) - b2
+                v += t1
                 # bias corrections are scalars: computed once in float64, then rounded
                 bc1 = F(1 - s.get("betas", (0.9, 0.999))[0] ** self.t)
                 bc2_sqrt = F(math.sqrt(1 - s.get("betas", (0.9, 0.999))[1] ** self.t))
-                denom = np.sqrt(v) / bc2_sqrt + F(s.get("eps", 1e-8))
-                p -= (lr / bc1) * m / denom
+                denom = np.sqrt(v, out=t1)
+                denom /= bc2_sqrt
+                denom += F(s.get("eps", 1e-8))
+                step = np.multiply(m, lr / bc1, out=t2)
+                step /= denom
+                p -= step
