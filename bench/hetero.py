@@ -2,6 +2,7 @@
 (say its NVIDIA GPU and its PoCL CPU) train one model together.
 
     python -m bench.hetero [--devices nvidia portable] [--hidden 1024] [--global-batch 512] [--steps 60]
+                           [--optimizer adam|sgd]
 
 First each device alone (one node), then all of them in one ring.  The model is the
 digits MLP widened to 64-H-H-10, so a step is real work for a CPU.  For the joint run it
@@ -25,7 +26,7 @@ from bench.allreduce import machine
 from bench.scaling import start_nodes
 from cluster import Cluster, ReferenceMLP, reference_fit
 
-SPEC = {"name": "adam", "lr": 1e-3}
+OPTIMIZERS = {"adam": {"name": "adam", "lr": 1e-3}, "sgd": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}
 
 
 def build(hidden: int):
@@ -35,14 +36,14 @@ def build(hidden: int):
         ("fc2", nn.Linear(hidden, hidden)), ("relu2", nn.ReLU()), ("out", nn.Linear(hidden, 10))]))
 
 
-def train(devices, model, data, B: int, steps: int, multiple: int):
+def train(devices, model, spec: dict, data, B: int, steps: int, multiple: int):
     secret = secrets.token_hex(8)
     procs, addrs = start_nodes(len(devices), secret, devices)
     stamps = []
     try:
         import engine
         res = Cluster(addrs, secret, heartbeat_s=1.0, missed=30, batch_multiple=multiple).fit(
-            model, engine.nn.functional.cross_entropy, SPEC, data, epochs=10**6, global_batch=B,
+            model, engine.nn.functional.cross_entropy, spec, data, epochs=10**6, global_batch=B,
             max_steps=steps, on_step=lambda rec: stamps.append(time.perf_counter()))
     finally:
         for p in procs:
@@ -61,12 +62,14 @@ def main(argv=None):
     ap.add_argument("--global-batch", type=int, default=512)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-multiple", type=int, default=32, help="shares are multiples of this")
+    ap.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
     a = ap.parse_args(argv)
+    spec = OPTIMIZERS[a.optimizer]
     from engine.examples import digits
     xtr, ytr, xte, yte = digits.load_digits()
     B = a.global_batch
     print(f"## Heterogeneous training ({machine()}; digits MLP 64-{a.hidden}-{a.hidden}-10, "
-          f"global batch {B}, {a.steps} steps, Adam lr {SPEC['lr']})\n", flush=True)
+          f"global batch {B}, {a.steps} steps, {spec})\n", flush=True)
     init = {k: v.numpy().copy() for k, v in build(a.hidden).state_dict().items()}
 
     def fresh():
@@ -77,9 +80,9 @@ def main(argv=None):
     print("| nodes (devices) | samples/s |\n|---|---|", flush=True)
     alone = {}
     for d in a.devices:
-        _, alone[d] = train([d], fresh(), (xtr, ytr), B, a.steps, a.batch_multiple)
+        _, alone[d] = train([d], fresh(), spec, (xtr, ytr), B, a.steps, a.batch_multiple)
         print(f"| 1 ({d}) | {alone[d]:,.0f} |", flush=True)
-    res, together = train(a.devices, fresh(), (xtr, ytr), B, a.steps, a.batch_multiple)
+    res, together = train(a.devices, fresh(), spec, (xtr, ytr), B, a.steps, a.batch_multiple)
     print(f"| {len(a.devices)} ({' + '.join(a.devices)}) | {together:,.0f} |\n", flush=True)
     print(f"Together / fastest alone: {together / max(alone.values()):.2f}x; "
           f"together / sum of alone: {together / sum(alone.values()):.2f}\n")
@@ -93,7 +96,7 @@ def main(argv=None):
 
     ref = ReferenceMLP([64, a.hidden, a.hidden, 10])
     ref.params = {f"{i // 2}.{'weight' if i % 2 == 0 else 'bias'}": init[k] for i, k in enumerate(init)}
-    want = reference_fit(ref, SPEC, xtr, ytr, B, res.step)
+    want = reference_fit(ref, spec, xtr, ytr, B, res.step)
     got = dict(zip(want, res.params.values()))
     diff = max(float(np.abs(got[k] - w).max()) for k, w in want.items())
     scale = max(float(np.abs(w).max()) for w in want.values())
