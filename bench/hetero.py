@@ -16,15 +16,13 @@ result independent of the shares, up to float32 rounding of each device.
 from __future__ import annotations
 
 import argparse
-import secrets
-import time
 from collections import OrderedDict
 
 import numpy as np
 
 from bench.allreduce import machine
-from bench.scaling import start_nodes
-from cluster import Cluster, ReferenceMLP, reference_fit
+from bench.scaling import fit_on_nodes
+from cluster import ReferenceMLP, reference_fit
 
 OPTIMIZERS = {"adam": {"name": "adam", "lr": 1e-3}, "sgd": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}
 
@@ -37,19 +35,9 @@ def build(hidden: int):
 
 
 def train(devices, model, spec: dict, data, B: int, steps: int, multiple: int):
-    secret = secrets.token_hex(8)
-    procs, addrs = start_nodes(len(devices), secret, devices)
-    stamps = []
-    try:
-        import engine
-        res = Cluster(addrs, secret, heartbeat_s=1.0, missed=30, batch_multiple=multiple).fit(
-            model, engine.nn.functional.cross_entropy, spec, data, epochs=10**6, global_batch=B,
-            max_steps=steps, on_step=lambda rec: stamps.append(time.perf_counter()))
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
+    import engine
+    res, stamps = fit_on_nodes(devices, model, engine.nn.functional.cross_entropy, spec, data, B, steps,
+                               batch_multiple=multiple)
     step_s = float(np.median(np.diff(stamps[len(stamps) // 2:])))   # second half: after the warm-up builds
     return res, B / step_s
 

@@ -30,11 +30,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def start_nodes(n: int, secret: str, devices=None):
     """n engine-node processes on free loopback ports; devices[i], if given, is node i's
-    --device.  A node that fails to start raises with what it wrote to stderr."""
+    --device (None: the default device).  A node that fails to start raises with what it wrote to stderr."""
     env = worker_env(ENGINE_NODE_SECRET=secret)
     procs = []
     for i in range(n):
-        dev = ["--device", devices[i]] if devices else []
+        dev = ["--device", devices[i]] if devices and devices[i] else []
         err = tempfile.TemporaryFile("w+")   # a file, not a pipe nobody reads
         p = subprocess.Popen([sys.executable, "-m", "cluster.node", "--listen", "tcp://127.0.0.1:*",
                               "--metrics", "127.0.0.1:0", *dev], env=env, cwd=ROOT, stdout=subprocess.PIPE,
@@ -54,19 +54,27 @@ def start_nodes(n: int, secret: str, devices=None):
     return procs, addrs
 
 
-def measure(n, build, loss_fn, data, B, steps, warmup):
+def fit_on_nodes(devices, model, loss_fn, spec: dict, data, B: int, steps: int, **cluster_kw):
+    """Train on fresh engine-node processes, one per entry of `devices`; returns the
+    FitResult and the wall-clock time at the end of each step."""
     secret = secrets.token_hex(8)
-    procs, addrs = start_nodes(n, secret)
+    procs, addrs = start_nodes(len(devices), secret, devices)
     stamps = []
     try:
-        res = Cluster(addrs, secret, heartbeat_s=1.0, missed=30, batch_multiple=B // n, rebalance_tolerance=1.0).fit(
-            build(), loss_fn, {"name": "sgd", "lr": 0.01, "momentum": 0.9}, data, epochs=10**6, global_batch=B,
-            max_steps=steps, on_step=lambda rec: stamps.append(time.perf_counter()))
+        res = Cluster(addrs, secret, heartbeat_s=1.0, missed=30, **cluster_kw).fit(
+            model, loss_fn, spec, data, epochs=10**6, global_batch=B, max_steps=steps,
+            on_step=lambda rec: stamps.append(time.perf_counter()))
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(10)
+    return res, stamps
+
+
+def measure(n, build, loss_fn, data, B, steps, warmup):
+    res, stamps = fit_on_nodes([None] * n, build(), loss_fn, {"name": "sgd", "lr": 0.01, "momentum": 0.9}, data, B,
+                               steps, batch_multiple=B // n, rebalance_tolerance=1.0)
     t = stamps[-1] - stamps[warmup - 1]
     timed = res.history[warmup:]
     compute = np.median([max(h["compute_s"]) for h in timed])
