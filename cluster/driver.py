@@ -235,6 +235,14 @@ class Cluster:
         k = len(m["names"])
         return [np.array(t) for t in m.tensors[:k]], [np.array(t) for t in m.tensors[k:]], m["step"]
 
+    def params(self) -> dict:
+        """The job's current weights, name -> array, fetched from a node.  Call it between
+        steps, e.g. from fit's on_step (to evaluate or checkpoint while training)."""
+        if not self.nodes:
+            raise ClusterError("no job is running: params() is for use inside fit (on_step)")
+        params, _, _ = self._state()
+        return dict(zip(self.names, params))
+
     def _admit(self, step: int) -> None:
         with self._lock:
             joining, self._joining = self._joining, []

@@ -32,6 +32,8 @@ def _cmd_devices(args):
 def _cmd_train(args):
     from .examples import digits
     from .runtime import default_device
+    if args.nodes:
+        return _cmd_train_on_nodes(args)
     dev = default_device()
     print(f"device: {dev.platform} / {dev.name} ({dev.kind}, driver {dev.driver})", flush=True)
     models = digits.MODELS if args.model == "all" else (args.model,)
@@ -67,6 +69,86 @@ def _cmd_train(args):
             recorder.close()
         print(f"== {name}: held-out accuracy {acc * 100:.2f}% after {args.epochs} epochs "
               f"({time.perf_counter() - t0:.1f} s)", flush=True)
+    print("\nresult: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in results.items()))
+    if not args.no_record:
+        print(f"see the runs with: ./dev engine ui --runs {args.runs}   (then open http://127.0.0.1:8050)")
+    return 0
+
+
+def _cmd_train_on_nodes(args):
+    """engine train --nodes A,B: the same example, data-parallel over running engine-nodes
+    (cluster.Cluster); held-out accuracy after every epoch from the nodes' weights."""
+    from cluster import Cluster, ClusterError   # noqa: the CLI sits above every layer
+    from tqdm import tqdm
+    from .examples import digits
+    from .nn import functional as F
+    from .runtime import default_device
+    from .tensor import manual_seed
+    secret = os.environ.get("ENGINE_NODE_SECRET")
+    if not secret:
+        print("engine train --nodes: set ENGINE_NODE_SECRET to the cluster's shared secret", file=sys.stderr)
+        return 2
+    addresses = [a.strip() for a in args.nodes.split(",") if a.strip()]
+    if args.checkpoint_dir or args.resume:
+        print("engine train --nodes: checkpoints are not supported across nodes yet", file=sys.stderr)
+        return 2
+    dev = default_device()   # the driver traces the step and evaluates here; nodes train on their own devices
+    xtr, ytr, xte, yte = digits.load_digits()
+    per_epoch = len(xtr) // args.batch_size
+    models = digits.MODELS if args.model == "all" else (args.model,)
+    results = {}
+    for name in models:
+        manual_seed(args.seed)
+        model = digits.build_model(name)
+        recorder, t0 = None, time.perf_counter()
+        if not args.no_record:
+            from .runs import RunRecorder
+            recorder = RunRecorder.create(args.runs, name=f"digits-{name}-cluster", config={
+                "example": "digits", "model": name, "epochs": args.epochs, "nodes": addresses,
+                "global_batch": args.batch_size, "lr": args.lr})
+        print(f"\n== {name}: training on {len(addresses)} engine-node(s)"
+              + (f"; run http://127.0.0.1:8050/runs/{recorder.run_id}" if recorder else ""), flush=True)
+        log_step, log_epoch = _recording_hooks(recorder, name, args, dev)
+        # shares in steps of 1/8 of an even split: each new local batch size is one more
+        # program for a node to build, so shares should not move by a sample at a time
+        unit = max(1, args.batch_size // (8 * len(addresses)))
+        cl = Cluster(addresses, secret, batch_multiple=unit)
+        bar = tqdm(total=args.epochs * per_epoch, unit="step", mininterval=0.5)
+
+        def on_step(rec):
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", nodes=rec["world"], shares=rec["shares"], refresh=False)
+            if log_step:
+                log_step(rec["step"], rec["epoch"], {"loss": rec["loss"]})
+            if rec["step"] % per_epoch == 0:
+                model.load_state_dict(cl.params())
+                acc = digits.evaluate(model, xte, yte, dev)
+                bar.write(f"epoch {rec['epoch'] + 1}/{args.epochs}: loss {rec['loss']:.4f}, "
+                          f"held-out accuracy {acc * 100:.2f}%, shares {rec['shares']}")
+                if log_epoch:
+                    log_epoch(model, {"epoch": rec["epoch"] + 1, "test_accuracy": acc})
+        try:
+            res = cl.fit(model, F.cross_entropy, {"name": "adam", "lr": args.lr}, (xtr, ytr), epochs=args.epochs,
+                         global_batch=args.batch_size, on_step=on_step)
+        except BaseException as exc:
+            bar.close()
+            if recorder:
+                recorder.finish("crashed", error=repr(exc))
+                recorder.close()
+            if isinstance(exc, ClusterError):
+                print(f"engine train --nodes: {exc}", file=sys.stderr)
+                return 1
+            raise
+        bar.close()
+        for e in res.events:
+            print(f"  {e['text']}")
+        acc = digits.evaluate(model, xte, yte, dev)   # fit left the final weights in the model
+        results[name] = acc
+        if recorder:
+            recorder.finish("finished", test_accuracy=acc, seconds=time.perf_counter() - t0)
+            recorder.close()
+        print(f"== {name}: held-out accuracy {acc * 100:.2f}% after {args.epochs} epochs on "
+              f"{len(addresses)} node(s) ({time.perf_counter() - t0:.1f} s)", flush=True)
     print("\nresult: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in results.items()))
     if not args.no_record:
         print(f"see the runs with: ./dev engine ui --runs {args.runs}   (then open http://127.0.0.1:8050)")
@@ -183,6 +265,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-record", action="store_true", help="do not record the run for the UI")
     p.add_argument("--checkpoint-dir", default=None, help="save a checkpoint every epoch here")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
+    p.add_argument("--nodes", default=os.environ.get("ENGINE_NODES"),
+                   help="comma-separated engine-node control addresses (tcp://host:7070,...): train data-parallel "
+                        "on them; the secret comes from ENGINE_NODE_SECRET [ENGINE_NODES]")
     p = sub.add_parser("kernels", help="print the generated kernels of the example's training step")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     p.add_argument("--batch-size", type=int, default=64)

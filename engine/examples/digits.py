@@ -91,7 +91,7 @@ def train(model_name="mlp", epochs=30, batch_size=64, lr=2e-3, seed=0, device=No
             loss = run_step(tensor(xtr[idx], device=device), tensor(ytr[idx], device=device))
             losses.append(loss.item())
             gstep += 1
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)   # redrawn at most every mininterval
             if on_step:
                 on_step(gstep, epoch, {"loss": losses[-1]})
         dt = time.perf_counter() - t0
