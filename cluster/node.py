@@ -39,15 +39,23 @@ class JobError(RuntimeError):
         self.code = code
 
 
-def measure_speed(windows: int = 5, seconds: float = 0.03) -> float:
-    """GFLOP/s of a float32 matmul: a relative speed for the first load balance.  The best
-    of several short windows, so a neighbour starting up on the same host at the same
-    moment does not make this node look slow (the driver re-measures during training)."""
+def measure_speed(device=None) -> float:
+    """GFLOP/s of a float32 matmul on the node's OpenCL device: a relative speed for the
+    first load balance (the driver re-measures samples/s during training).  Where the
+    engine cannot run, numpy's matmul on the host, best of five short windows so a
+    neighbour starting at the same moment does not make this node look slow."""
+    try:
+        gflops = program.device_gflops(device)
+    except Exception as e:   # a broken OpenCL driver must not keep the daemon from serving
+        log.warning("device speed not measured (%s: %s); using the host's", type(e).__name__, e)
+        gflops = None
+    if gflops:
+        return gflops
     a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
     best = 0.0
-    for _ in range(windows):
+    for _ in range(5):
         n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
+        while time.perf_counter() - t0 < 0.03:
             a @ a
             n += 1
         best = max(best, 2 * 256 ** 3 * n / (time.perf_counter() - t0) / 1e9)
@@ -139,7 +147,7 @@ class NodeDaemon:
         mhost, mport = metrics_addr.rsplit(":", 1)
         self.http, self.metrics_port = self.metrics.serve(mhost, int(mport), self.health)
         self.metrics_url = f"http://{mhost}:{self.metrics_port}"
-        self.speed = measure_speed()   # the hardware's speed: a throttle is for the driver to discover
+        self.speed = measure_speed(device)   # the hardware's speed: a throttle is for the driver to discover
         self.job: Job | None = None
         self.busy = False
         self.driver = None          # routing id of the driver, to say bye to

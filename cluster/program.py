@@ -59,6 +59,25 @@ def check_device(selector: str) -> str:
     return f"{d.platform} / {d.name}"
 
 
+def device_gflops(selector=None, n: int = 1024, windows: int = 3) -> float | None:
+    """GFLOP/s of an n x n float32 matmul through the engine on the node's device, the one
+    its training steps will run on; None where the engine cannot run.  The first product
+    builds the kernel (cached on disk for the next start); the best window counts."""
+    if _ENGINE_ERROR or _runtime is None:
+        return None
+    from time import perf_counter
+    from engine.tensor import tensor
+    dev, data = _runtime.get_device(selector), np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    best = 0.0
+    for i in range(windows + 1):
+        a = tensor(data, device=dev)   # a fresh input each time: a realized product is never recomputed
+        t0 = perf_counter()
+        (a @ a).numpy()
+        if i:
+            best = max(best, 2 * n ** 3 / (perf_counter() - t0) / 1e9)
+    return best
+
+
 def params_of(model) -> dict:
     """name -> float32 numpy array, from an engine module or a reference model."""
     out = {}
