@@ -270,7 +270,7 @@ class NodeDaemon:
             raise JobError("bad_program", "program parameters do not match the job's")
         b, t0 = msg["batch"], time.perf_counter()
         runner = prog.bind(device=self.device)
-        if b > 0:   # build every kernel now: a step's compute time then measures the device, not the compiler
+        if b > 0 and len(job.x):   # build every kernel now: a step's compute time then measures the device, not the compiler
             idx = np.arange(b) % len(job.x)
             runner.run(job.params, job.x[idx], job.y[idx])
         job.runners[b] = runner
