@@ -9,27 +9,31 @@ import sys
 import numpy as np
 import zmq
 
-from cluster import RingLinks, allreduce
+from cluster import RingLinks, allreduce, ring
 
 
 def main():
     rank, length, out, secret = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4].encode()
     size_override = int(sys.argv[5]) if len(sys.argv) > 5 else length
-    ctx = zmq.Context()
+    production = len(sys.argv) > 6 and sys.argv[6] == "production"   # engine-node's context and sizes
+    ctx = ring.context() if production else zmq.Context()
     links = RingLinks(ctx, "tcp://127.0.0.1:*", secret, name=f"rank{rank}", timeout_s=20)
     print(links.endpoint, flush=True)
     peers = json.loads(sys.stdin.readline())
     links.connect(1, rank, peers)
     x = np.random.default_rng(rank).standard_normal(size_override).astype(np.float32)
     try:
-        allreduce(links, x, step=7, bucket_bytes=4096, segment_bytes=1000)
+        if production:
+            allreduce(links, x, step=7)
+        else:
+            allreduce(links, x, step=7, bucket_bytes=4096, segment_bytes=1000)
     except Exception as e:  # reported to the test through the exit code and stderr
         print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
         links.say_bye("error")
         links.close()
         sys.exit(3)
     np.save(out, x)
-    links.close()
+    links.close(linger_ms=20_000)   # our last forwards may still be queued for a slower neighbour
     ctx.term()
 
 

@@ -6,9 +6,9 @@ import pytest
 from cluster_helpers import SECRET
 
 
-def run_ring(procs, tmp_path, n, length, sizes=None):
+def run_ring(procs, tmp_path, n, length, sizes=None, mode="small"):
     ranks = [procs.start(["tests/cluster/ring_worker.py", str(r), str(length), str(tmp_path / f"r{r}.npy"),
-                          SECRET, str((sizes or {}).get(r, length))]) for r in range(n)]
+                          SECRET, str((sizes or {}).get(r, length)), mode]) for r in range(n)]
     peers = [p.stdout.readline().strip() for p in ranks]
     assert all(e.startswith("tcp://127.0.0.1:") for e in peers), peers
     for p in ranks:
@@ -17,9 +17,12 @@ def run_ring(procs, tmp_path, n, length, sizes=None):
     return [(p.wait(timeout=60), p.log()) for p in ranks]
 
 
-@pytest.mark.parametrize("n,length", [(2, 1), (2, 10001), (3, 2), (3, 7919), (4, 4099), (5, 3), (8, 12345)])
-def test_ring_allreduce_sums_and_ranks_agree_bitwise(procs, tmp_path, n, length):
-    results = run_ring(procs, tmp_path, n, length)
+@pytest.mark.parametrize("n,length,mode", [(2, 1, "small"), (2, 10001, "small"), (3, 2, "small"), (3, 7919, "small"),
+                                           (4, 4099, "small"), (5, 3, "small"), (8, 12345, "small"),
+                                           # engine-node's settings: two I/O threads, ~4 segments a chunk
+                                           (3, 1_000_003, "production"), (4, 600_001, "production")])
+def test_ring_allreduce_sums_and_ranks_agree_bitwise(procs, tmp_path, n, length, mode):
+    results = run_ring(procs, tmp_path, n, length, mode=mode)
     assert [rc for rc, _ in results] == [0] * n, results
     outs = [np.load(tmp_path / f"r{r}.npy", allow_pickle=False) for r in range(n)]
     want = sum(np.random.default_rng(r).standard_normal(length).astype(np.float32).astype(np.float64)
