@@ -51,7 +51,9 @@ def worker_ours(rank: int, sizes_mb, bucket_mb: float, segment_kb: float) -> Non
         for r in range(reps_for(mb) + 1):           # the first repetition warms up
             buf = x.copy()                              # before the barrier: page faults are not timed
             step += 1
-            allreduce(links, np.zeros(1, np.float32), step)    # barrier
+            # barrier: one element per rank, so every chunk is non-empty and every rank waits
+            # for every other (with one element, ranks with empty chunks would run ahead)
+            allreduce(links, np.zeros(links.world, np.float32), step)
             t = time.perf_counter()
             step += 1
             allreduce(links, buf, step, bucket_bytes=int(bucket_mb * 2**20), segment_bytes=int(segment_kb * 1024) or None)
