@@ -1,6 +1,7 @@
 """Many hosts as one: wire format, ring all-reduce, engine-node daemon, driver API."""
 from .allreduce import PlanMismatch, agree, allreduce, pack, unpack
 from .driver import Cluster, ClusterError, FitResult
+from . import hostpool
 from .optimizer import HostOptimizer
 from .reference import ReferenceMLP, ReferenceProgram, reference_fit
 from .ring import PeerLost, RingLinks

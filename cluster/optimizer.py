@@ -8,10 +8,21 @@ Formulas follow torch.optim.SGD and torch.optim.Adam.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
+from . import hostpool
+
 F = np.float32
+_local = threading.local()
+
+
+def _scratch(n: int) -> list[np.ndarray]:
+    """Two float32 scratch arrays of n elements, kept per thread between steps."""
+    if getattr(_local, "size", 0) < n:
+        _local.size, _local.bufs = n, [np.empty(n, F), np.empty(n, F)]
+    return [b[:n] for b in _local.bufs]
 
 
 class OptimizerError(ValueError):
@@ -41,13 +52,6 @@ class HostOptimizer:
         self.t = 0
         n_slots = {"sgd": 1 if spec.get("momentum", 0) else 0, "adam": 2}[self.name]
         self.state = [np.zeros(s, F) for _ in range(n_slots) for s in shapes]
-        self._tmp = None
-
-    def _scratch(self, like: np.ndarray):
-        """Two float32 arrays shaped like `like`, views of buffers kept between steps."""
-        if self._tmp is None or self._tmp[0].size < like.size:
-            self._tmp = [np.empty(like.size, F), np.empty(like.size, F)]
-        return [t[:like.size].reshape(like.shape) for t in self._tmp]
 
     def load(self, state: list, t: int) -> None:
         if len(state) != len(self.state) or any(a.shape != b.shape for a, b in zip(state, self.state)):
@@ -55,42 +59,52 @@ class HostOptimizer:
         self.state, self.t = [np.array(a, F) for a in state], int(t)
 
     def update(self, params: list, grads: list) -> None:
-        """In place."""
+        """In place.  Element-wise, so it runs on fixed pieces of the tensors in parallel
+        (hostpool), with results identical to one pass over each whole tensor."""
         self.t += 1
-        s = self.spec
-        lr, wd = F(s["lr"]), F(s.get("weight_decay", 0.0))
-        n = len(params)
-        for i, (p, g) in enumerate(zip(params, grads)):
-            g = g + wd * p if wd else g
-            if self.name == "sgd":
-                mom = F(s.get("momentum", 0.0))
-                if mom:
-                    buf = self.state[i]
-                    if self.t == 1:
-                        buf[...] = g
-                    else:
-                        buf *= mom
-                        buf += g
-                    g = g + mom * buf if s.get("nesterov") else buf
-                p -= np.multiply(g, lr, out=self._scratch(p)[0])
-            else:
-                b1, b2 = (F(b) for b in s.get("betas", (0.9, 0.999)))
-                m, v = self.state[i], self.state[n + i]
-                # the same float32 operations as m = b1*m + (1-b1)*g etc., written into two
-                # scratch arrays: temporaries were half of a step's host time (bench/NOTES.md)
-                t1, t2 = self._scratch(p)
-                m *= b1
-                m += np.multiply(g, F(1) - b1, out=t1)
-                v *= b2
-                np.multiply(g, g, out=t1)
-                t1 *= F(1) - b2
-                v += t1
-                # bias corrections are scalars: computed once in float64, then rounded
-                bc1 = F(1 - s.get("betas", (0.9, 0.999))[0] ** self.t)
-                bc2_sqrt = F(math.sqrt(1 - s.get("betas", (0.9, 0.999))[1] ** self.t))
-                denom = np.sqrt(v, out=t1)
-                denom /= bc2_sqrt
-                denom += F(s.get("eps", 1e-8))
-                step = np.multiply(m, lr / bc1, out=t2)
-                step /= denom
-                p -= step
+        s, n = self.spec, len(params)
+        if self.name == "sgd":
+            k = {"lr": F(s["lr"]), "wd": F(s.get("weight_decay", 0.0)), "mom": F(s.get("momentum", 0.0)),
+                 "nesterov": bool(s.get("nesterov")), "first": self.t == 1}
+            slots = [(self.state[i],) if k["mom"] else () for i in range(n)]
+            work = _sgd
+        else:
+            b1, b2 = s.get("betas", (0.9, 0.999))
+            # bias corrections are scalars: computed once in float64, then rounded
+            k = {"lr": F(s["lr"]), "wd": F(s.get("weight_decay", 0.0)), "b1": F(b1), "b2": F(b2),
+                 "eps": F(s.get("eps", 1e-8)), "bc1": F(1 - b1 ** self.t), "bc2_sqrt": F(math.sqrt(1 - b2 ** self.t))}
+            slots = [(self.state[i], self.state[n + i]) for i in range(n)]
+            work = _adam
+        hostpool.run(lambda piece: work(k, *piece),
+                     [piece for p, g, st in zip(params, grads, slots) for piece in hostpool.split(p, g, *st)])
+
+
+def _sgd(k, p, g, buf=None):
+    g = g + k["wd"] * p if k["wd"] else g
+    if buf is not None:
+        if k["first"]:
+            buf[...] = g
+        else:
+            buf *= k["mom"]
+            buf += g
+        g = g + k["mom"] * buf if k["nesterov"] else buf
+    p -= np.multiply(g, k["lr"], out=_scratch(p.size)[0])
+
+
+def _adam(k, p, g, m, v):
+    g = g + k["wd"] * p if k["wd"] else g
+    # the same float32 operations as m = b1*m + (1-b1)*g etc., written into two scratch
+    # arrays: temporaries were half of a step's host time (bench/NOTES.md)
+    t1, t2 = _scratch(p.size)
+    m *= k["b1"]
+    m += np.multiply(g, F(1) - k["b1"], out=t1)
+    v *= k["b2"]
+    np.multiply(g, g, out=t1)
+    t1 *= F(1) - k["b2"]
+    v += t1
+    denom = np.sqrt(v, out=t1)
+    denom /= k["bc2_sqrt"]
+    denom += k["eps"]
+    step = np.multiply(m, k["lr"] / k["bc1"], out=t2)
+    step /= denom
+    p -= step

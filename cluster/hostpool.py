@@ -1,0 +1,61 @@
+"""A node's per-step host work (optimizer update, rollback copy, weights checksum) split
+into fixed pieces and run on a few threads.
+
+numpy's element-wise loops and zlib.crc32 release the GIL on large buffers, so on a
+multi-core host this takes a fraction of the single-thread time (bench/NOTES.md,
+"rest" of a step).  The pieces are fixed by size, never by the thread count, so every
+result, checksums included, is the same on every node whatever its core count.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+PIECE = 1 << 18          # elements per piece (1 MB of float32): big enough to amortise a task
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def threads() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def pieces(n: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + PIECE, n)) for lo in range(0, n, PIECE)] or [(0, 0)]
+
+
+def run(fn, items) -> list:
+    """fn(item) for every item, on the pool when there is more than one; in order."""
+    items = list(items)
+    if len(items) < 2 or threads() == 1:
+        return [fn(x) for x in items]
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(threads(), thread_name_prefix="host-work")
+    return list(_pool.map(fn, items))
+
+
+def split(*arrays) -> list[tuple]:
+    """Pieces of equally shaped arrays: [(a[lo:hi], b[lo:hi], ...)] over their flat views."""
+    if not all(a.flags.c_contiguous for a in arrays):
+        raise ValueError("hostpool works on contiguous arrays (a flat view must not be a copy)")
+    flats = [a.reshape(-1) for a in arrays]
+    return [tuple(f[lo:hi] for f in flats) for lo, hi in pieces(flats[0].size)]
+
+
+def copy(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    out = [np.empty_like(a) for a in arrays]
+    run(lambda pair: np.copyto(pair[1], pair[0]), [p for a, o in zip(arrays, out) for p in split(a, o)])
+    return out
+
+
+def checksum(arrays: list[np.ndarray]) -> str:
+    """CRC-32 of each fixed piece, then CRC-32 of those: the same value on any core count."""
+    crcs = run(lambda piece: zlib.crc32(memoryview(np.ascontiguousarray(piece[0])).cast("B")),
+               [p for a in arrays for p in split(a)])
+    return f"{zlib.crc32(np.array(crcs, '<u4').tobytes()):08x}"
