@@ -5,7 +5,7 @@ import pytest
 
 from cluster import HostOptimizer, hostpool
 
-SHAPES = [(700, 600), (600,), (10, 700), (3,), (1,)]   # the first spans two hostpool pieces
+SHAPES = [(800, 700), (700,), (10, 800), (3,), (1,)]   # over two hostpool pieces: the pool runs
 
 
 def reference(spec, params, grads_per_step):
@@ -73,5 +73,9 @@ def test_checksum_sees_any_changed_element():
     rng = np.random.default_rng(2)
     p = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
     before = hostpool.checksum(p)
-    p[0][699, 599] = np.nextafter(p[0][699, 599], np.float32(np.inf))
+    p[0][799, 699] = np.nextafter(p[0][799, 699], np.float32(np.inf))
     assert hostpool.checksum(p) != before
+
+
+def test_the_thread_count_test_really_uses_the_pool():
+    assert sum(int(np.prod(s)) for s in SHAPES) >= 2 * hostpool.PIECE
