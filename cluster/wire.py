@@ -59,7 +59,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "bye": {"node": ((str,), True), "reason": ((str,), True)},
     # node -> node (ring)
     "plan": {"gen": ((int,), True), "step": ((int,), True), "sizes": ((list,), True),
-             "dtype": ((str,), True), "world": ((int,), True)},
+             "dtype": ((str,), True), "world": ((int,), True), "algo": ((str,), False)},
     "chunk": {"gen": ((int,), True), "step": ((int,), True), "phase": ((str,), True),
               "b": ((int,), True), "s": ((int,), True), "k": ((int,), True)},
 }
