@@ -174,7 +174,9 @@ class Cluster:
         except (ClusterError, NodesLost) as e:
             self.nodes.remove(n)
             n.close()
-            raise ClusterError(f"node {address} did not answer hello: {e}") from None
+            why = f"silent for {self.heartbeat_s * self.missed:.1f}s" if isinstance(e, NodesLost) else str(e)
+            raise ClusterError(f"node {address} did not answer hello ({why}): is engine-node running there, "
+                               "reachable, and started with the same ENGINE_NODE_SECRET?") from None
         return n
 
     def _shares(self, nodes, B: int) -> list[int]:
