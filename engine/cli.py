@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -29,6 +30,26 @@ def _cmd_devices(args):
     return 0
 
 
+def _recorded(args, run_name, config):
+    """The UI's record of one run, or None with --no-record.  RunRecorder's context marks
+    the run crashed if the body raises, and closes it."""
+    if args.no_record:
+        return contextlib.nullcontext()
+    from .runs import RunRecorder
+    return RunRecorder.create(args.runs, name=run_name, config=config)
+
+
+def _announce(recorder, what):
+    url = f"http://127.0.0.1:8050/runs/{recorder.run_id}" if recorder else None
+    print(f"\n== {what}" + (f"; run {url}" if url else ""), flush=True)
+
+
+def _print_results(args, results):
+    print("\nresult: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in results.items()))
+    if not args.no_record:
+        print(f"see the runs with: ./dev engine ui --runs {args.runs}   (then open http://127.0.0.1:8050)")
+
+
 def _cmd_train(args):
     from .examples import digits
     from .runtime import default_device
@@ -40,38 +61,25 @@ def _cmd_train(args):
     results = {}
     for name in models:
         t0 = time.perf_counter()
-        recorder, url = None, None
         ckpt = None
         if args.checkpoint_dir or args.resume:
             from .checkpoint import CheckpointManager
             ckpt = CheckpointManager(os.path.join(args.checkpoint_dir or "checkpoints", name), keep=3)
-        if not args.no_record:
-            from .runs import RunRecorder
-            recorder = RunRecorder.create(args.runs, name=f"digits-{name}",
-                                          config={"example": "digits", "model": name, "epochs": args.epochs,
-                                                  "device": dev.name, "batch_size": args.batch_size, "lr": args.lr})
-            url = f"http://127.0.0.1:8050/runs/{recorder.run_id}"
-        print(f"\n== {name}: training on scikit-learn digits" + (f"; run {url}" if url else ""), flush=True)
-        on_step, on_epoch = _recording_hooks(recorder, name, args, dev)
-        try:
+        config = {"example": "digits", "model": name, "epochs": args.epochs, "device": dev.name,
+                  "batch_size": args.batch_size, "lr": args.lr}
+        with _recorded(args, f"digits-{name}", config) as recorder:
+            _announce(recorder, f"{name}: training on scikit-learn digits")
+            on_step, on_epoch = _recording_hooks(recorder, name, args, dev)
             model, hist = digits.train(name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                        seed=args.seed, progress=True, on_step=on_step, on_epoch=on_epoch,
                                        checkpoints=ckpt, resume=args.resume)
-        except BaseException as exc:
+            acc = hist[-1]["test_accuracy"] if hist else float("nan")
             if recorder:
-                recorder.finish("crashed", error=repr(exc))
-                recorder.close()
-            raise
-        acc = hist[-1]["test_accuracy"] if hist else float("nan")
+                recorder.finish("finished", test_accuracy=acc, seconds=time.perf_counter() - t0)
         results[name] = acc
-        if recorder:
-            recorder.finish("finished", test_accuracy=acc, seconds=time.perf_counter() - t0)
-            recorder.close()
         print(f"== {name}: held-out accuracy {acc * 100:.2f}% after {args.epochs} epochs "
               f"({time.perf_counter() - t0:.1f} s)", flush=True)
-    print("\nresult: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in results.items()))
-    if not args.no_record:
-        print(f"see the runs with: ./dev engine ui --runs {args.runs}   (then open http://127.0.0.1:8050)")
+    _print_results(args, results)
     return 0
 
 
@@ -100,58 +108,46 @@ def _cmd_train_on_nodes(args):
     for name in models:
         manual_seed(args.seed)
         model = digits.build_model(name)
-        recorder, t0 = None, time.perf_counter()
-        if not args.no_record:
-            from .runs import RunRecorder
-            recorder = RunRecorder.create(args.runs, name=f"digits-{name}-cluster", config={
-                "example": "digits", "model": name, "epochs": args.epochs, "nodes": addresses,
-                "global_batch": args.batch_size, "lr": args.lr})
-        print(f"\n== {name}: training on {len(addresses)} engine-node(s)"
-              + (f"; run http://127.0.0.1:8050/runs/{recorder.run_id}" if recorder else ""), flush=True)
-        log_step, log_epoch = _recording_hooks(recorder, name, args, dev)
-        # shares in steps of 1/8 of an even split: each new local batch size is one more
-        # program for a node to build, so shares should not move by a sample at a time
-        unit = max(1, args.batch_size // (8 * len(addresses)))
-        cl = Cluster(addresses, secret, batch_multiple=unit)
-        bar = tqdm(total=args.epochs * per_epoch, unit="step", mininterval=0.5)
-
-        def on_step(rec):
-            bar.update(1)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", nodes=rec["world"], shares=rec["shares"], refresh=False)
-            if log_step:
-                log_step(rec["step"], rec["epoch"], {"loss": rec["loss"]})
-            if rec["step"] % per_epoch == 0:
-                model.load_state_dict(cl.params())
-                acc = digits.evaluate(model, xte, yte, dev)
-                bar.write(f"epoch {rec['epoch'] + 1}/{args.epochs}: loss {rec['loss']:.4f}, "
-                          f"held-out accuracy {acc * 100:.2f}%, shares {rec['shares']}")
-                if log_epoch:
-                    log_epoch(model, {"epoch": rec["epoch"] + 1, "test_accuracy": acc})
+        t0 = time.perf_counter()
+        config = {"example": "digits", "model": name, "epochs": args.epochs, "nodes": addresses,
+                  "global_batch": args.batch_size, "lr": args.lr}
         try:
-            res = cl.fit(model, F.cross_entropy, {"name": "adam", "lr": args.lr}, (xtr, ytr), epochs=args.epochs,
-                         global_batch=args.batch_size, on_step=on_step)
-        except BaseException as exc:
-            bar.close()
-            if recorder:
-                recorder.finish("crashed", error=repr(exc))
-                recorder.close()
-            if isinstance(exc, ClusterError):
-                print(f"engine train --nodes: {exc}", file=sys.stderr)
-                return 1
-            raise
-        bar.close()
+            with _recorded(args, f"digits-{name}-cluster", config) as recorder, \
+                    tqdm(total=args.epochs * per_epoch, unit="step", mininterval=0.5) as bar:
+                _announce(recorder, f"{name}: training on {len(addresses)} engine-node(s)")
+                log_step, log_epoch = _recording_hooks(recorder, name, args, dev)
+                # shares in steps of 1/8 of an even split: each new local batch size is one more
+                # program for a node to build, so shares should not move by a sample at a time
+                unit = max(1, args.batch_size // (8 * len(addresses)))
+                cl = Cluster(addresses, secret, batch_multiple=unit)
+
+                def on_step(rec):
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", nodes=rec["world"], shares=rec["shares"], refresh=False)
+                    if log_step:
+                        log_step(rec["step"], rec["epoch"], {"loss": rec["loss"]})
+                    if rec["step"] % per_epoch == 0:
+                        model.load_state_dict(cl.params())
+                        acc = digits.evaluate(model, xte, yte, dev)
+                        bar.write(f"epoch {rec['epoch'] + 1}/{args.epochs}: loss {rec['loss']:.4f}, "
+                                  f"held-out accuracy {acc * 100:.2f}%, shares {rec['shares']}")
+                        if log_epoch:
+                            log_epoch(model, {"epoch": rec["epoch"] + 1, "test_accuracy": acc})
+
+                res = cl.fit(model, F.cross_entropy, {"name": "adam", "lr": args.lr}, (xtr, ytr),
+                             epochs=args.epochs, global_batch=args.batch_size, on_step=on_step)
+                acc = digits.evaluate(model, xte, yte, dev)   # fit left the final weights in the model
+                if recorder:
+                    recorder.finish("finished", test_accuracy=acc, seconds=time.perf_counter() - t0)
+        except ClusterError as exc:   # the run is already recorded as crashed
+            print(f"engine train --nodes: {exc}", file=sys.stderr)
+            return 1
         for e in res.events:
             print(f"  {e['text']}")
-        acc = digits.evaluate(model, xte, yte, dev)   # fit left the final weights in the model
         results[name] = acc
-        if recorder:
-            recorder.finish("finished", test_accuracy=acc, seconds=time.perf_counter() - t0)
-            recorder.close()
         print(f"== {name}: held-out accuracy {acc * 100:.2f}% after {args.epochs} epochs on "
               f"{len(addresses)} node(s) ({time.perf_counter() - t0:.1f} s)", flush=True)
-    print("\nresult: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in results.items()))
-    if not args.no_record:
-        print(f"see the runs with: ./dev engine ui --runs {args.runs}   (then open http://127.0.0.1:8050)")
+    _print_results(args, results)
     return 0
 
 

@@ -1,8 +1,8 @@
 """Real-browser tests of every page against a recorded run (fixture-shaped data)."""
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from ui_browser import CHROMIUM_ARGS, Server, browser_page, chromium_path, screenshot
+from ui_browser import browser_page, chromium_path, screenshot, serve_with_browser
 from engine.runs import RunRecorder
 from ui import create_app
 from ui.nodes import NodeSource
@@ -15,12 +15,8 @@ def site(tmp_path_factory):
     run_id = record_fixture_run(root, name=f"mlp {XSS}")
     live = RunRecorder.create(root, "live run", {"example": "fixture"})
     live.log_metrics(0, 0, loss=2.0, accuracy=0.1)
-    server = Server(create_app(root, node_source=NodeSource(fixture_nodes, "test node list")))
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        yield {"url": server.url, "run": run_id, "live": live, "browser": browser}
-        browser.close()
-    server.close()
+    with serve_with_browser(create_app(root, node_source=NodeSource(fixture_nodes, "test node list"))) as (url, browser):
+        yield {"url": url, "run": run_id, "live": live, "browser": browser}
     live.close()
 
 

@@ -3,9 +3,9 @@ model whose layer name is an XSS payload. Real browser, real OpenCL device (PoCL
 import re
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from ui_browser import CHROMIUM_ARGS, Server, browser_page, chromium_path, screenshot
+from ui_browser import Server, browser_page, screenshot, serve_with_browser
 from ui_real_runs import train_digits_via_cli, train_hostile_names
 from engine.runs import RunStore
 from ui import create_app
@@ -19,12 +19,8 @@ def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     runs = {"mlp": train_digits_via_cli(root, "mlp", epochs=2), "xss": train_hostile_names(root)}
     app = create_app(root)
-    server = Server(app)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        yield {"url": server.url, "runs": runs, "browser": browser, "client": app.test_client()}
-        browser.close()
-    server.close()
+    with serve_with_browser(app) as (url, browser):
+        yield {"url": url, "runs": runs, "browser": browser, "client": app.test_client()}
 
 
 @pytest.fixture

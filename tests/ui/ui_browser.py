@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import sync_playwright
 from werkzeug.serving import make_server
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -34,6 +35,21 @@ class Server:
 
     def close(self):
         self.httpd.shutdown()
+
+
+@contextlib.contextmanager
+def serve_with_browser(app):
+    """`app` on a free port and Debian's chromium under Playwright: yields (url, browser)."""
+    server = Server(app)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            try:
+                yield server.url, browser
+            finally:
+                browser.close()
+    finally:
+        server.close()
 
 
 class PageWatch:
