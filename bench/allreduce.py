@@ -32,6 +32,12 @@ ROOT = os.path.dirname(HERE)
 SECRET = b"bench-secret"
 
 
+def io_threads() -> int:
+    """The ring's ZeroMQ I/O threads; RING_IO_THREADS=1 reproduces the one-thread ring."""
+    from cluster.ring import IO_THREADS
+    return int(os.environ.get("RING_IO_THREADS", IO_THREADS))
+
+
 def reps_for(mb: float) -> int:
     return 20 if mb <= 1 else 10 if mb <= 16 else 5
 
@@ -39,8 +45,8 @@ def reps_for(mb: float) -> int:
 # --- workers (each in its own process) ----------------------------------------------------
 def worker_ours(rank: int, sizes_mb, bucket_mb: float, segment_kb: float) -> None:
     import zmq
-    from cluster import RingLinks, allreduce, ring
-    ctx = ring.context() if os.environ.get("RING_IO_THREADS", "2") == "2" else zmq.Context()
+    from cluster import RingLinks, allreduce
+    ctx = zmq.Context(io_threads=io_threads())   # RingLinks pins its sockets apart when there are two
     links = RingLinks(ctx, "tcp://127.0.0.1:*", SECRET, name=f"rank{rank}", timeout_s=120)
     print(links.endpoint, flush=True)
     links.connect(1, rank, json.loads(sys.stdin.readline()))
@@ -204,7 +210,7 @@ def main(argv=None):
     sizes = [int(s) if float(s).is_integer() else s for s in a.sizes_mb]
     tv = torch_ok(a.torch_python)
     ceil_raw, ceil_mac = run_stream(False), run_stream(True)
-    lines = [f"`./dev bench allreduce` ({machine()}; bucket {a.bucket_mb} MB, segment {f'{a.segment_kb:g} KB' if a.segment_kb else 'auto'}; ring I/O threads {os.environ.get('RING_IO_THREADS', '2')}; "
+    lines = [f"`./dev bench allreduce` ({machine()}; bucket {a.bucket_mb} MB, segment {f'{a.segment_kb:g} KB' if a.segment_kb else 'auto'}; ring I/O threads {io_threads()}; "
              f"torch {tv or 'not importable: gloo column empty'})", "",
              f"One raw ZeroMQ stream (PUSH->PULL, 4 MB messages): {ceil_raw:.2f} GB/s; "
              f"with HMAC-SHA256 per message on both ends: {ceil_mac:.2f} GB/s.", "",

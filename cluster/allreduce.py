@@ -117,7 +117,6 @@ def _gather_sum(links: RingLinks, buf: np.ndarray, step: int) -> None:
     parts[r] = buf
     # a copy goes out: the sum is written into buf, possibly before ZeroMQ has sent it
     links.send("chunk", {"step": step, "phase": "gs", "b": 0, "s": r, "k": 0}, [buf.copy()])
-    held = []
     for j in range(1, n):
         origin = (r - j) % n
         m = links.recv(f"whole buffer of rank {origin} (step {step})")
@@ -128,8 +127,7 @@ def _gather_sum(links: RingLinks, buf: np.ndarray, step: int) -> None:
                                f"({len(buf)} float32) from {links.left}, got {m.type} {f}")
         if j < n - 1:
             links.forward(m)
-        parts[origin] = m.tensors[0]
-        held.append(m)            # its frames back parts[origin]
+        parts[origin] = m.tensors[0]      # a view that keeps its ZeroMQ frame alive
     total = parts[0].copy()
     for p in parts[1:]:
         total += p
