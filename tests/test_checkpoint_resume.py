@@ -8,7 +8,7 @@ import textwrap
 
 import numpy as np
 
-from engine.data_cli import main as data_main
+from engine.data.cli import main as data_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,9 +1,9 @@
-"""`engine data convert|digits|info` (engine.data_cli.main) writes files the loader reads."""
+"""`engine data convert|digits|info` (engine.data.cli.main) writes files the loader reads."""
 import numpy as np
 import pytest
 
 from engine.data import ArrowDataset, DataLoader
-from engine.data_cli import main
+from engine.data.cli import main
 
 
 def test_digits_writes_all_samples_with_image_shape(tmp_path, capsys):

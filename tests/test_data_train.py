@@ -4,7 +4,7 @@ import numpy as np
 
 import engine
 from engine.data import ArrowDataset, DataLoader
-from engine.data_cli import main
+from engine.data.cli import main
 from engine.examples import digits
 from engine.nn import functional as F
 

@@ -1,4 +1,5 @@
-"""Arrow / Parquet data: datasets read a part at a time, a streaming loader, converters.
+"""Arrow / Parquet data: datasets read a part at a time, a streaming loader, converters,
+and the `engine data` command (engine/data/cli.py, not imported here: it needs scikit-learn).
 
 pyarrow is imported only inside this package (house style: one module per heavy dependency).
 """

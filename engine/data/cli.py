@@ -15,8 +15,8 @@ import sys
 import numpy as np
 from sklearn.datasets import load_digits
 
-from .data import DataError, convert, describe, write_parquet
-from .data.convert import DEFAULT_ROW_GROUP_SIZE
+from .convert import DEFAULT_ROW_GROUP_SIZE, convert, describe, write_parquet
+from .dataset import DataError
 
 __all__ = ["main", "build_parser"]
 
