@@ -12,8 +12,9 @@ import sys
 from flask import Flask, abort, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from engine.runs import RunStore, default_root
+from engine.runs import default_root
 from ui import api, nodes
+from ui.runs import RunStore
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")

@@ -9,7 +9,7 @@ import pytest
 from cluster_helpers import ROOT, SECRET, child_env, start_nodes
 
 pytest.importorskip("engine.examples.digits", reason="the engine and its example are required")
-from engine.runs import RunStore  # noqa: E402
+from ui.runs import RunStore  # noqa: E402
 
 TRAIN = [sys.executable, "-c", "import sys; from engine.cli import main; sys.exit(main(sys.argv[1:]))", "train"]
 

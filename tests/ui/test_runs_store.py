@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from engine.runs import RunRecorder, RunStore
+from engine.runs import RunRecorder
+from ui.runs import RunStore
 from ui_fixtures import explain_dict, profile, record_fixture_run
 
 

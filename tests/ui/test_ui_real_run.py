@@ -7,7 +7,7 @@ from playwright.sync_api import expect
 
 from ui_browser import Server, browser_page, screenshot, serve_with_browser
 from ui_real_runs import train_digits_via_cli, train_hostile_names
-from engine.runs import RunStore
+from ui.runs import RunStore
 from ui import create_app
 from ui.layers import _match_scopes
 from engine.examples import digits

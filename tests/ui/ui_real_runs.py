@@ -14,7 +14,8 @@ import engine
 from engine import nn
 from engine.examples import digits
 from engine.nn import functional as F
-from engine.runs import RunRecorder, RunStore
+from engine.runs import RunRecorder
+from ui.runs import RunStore
 from ui_fixtures import XSS
 
 REPO = Path(__file__).resolve().parents[2]
