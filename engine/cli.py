@@ -1,4 +1,13 @@
-"""The ``engine`` command: devices, train, kernels, data, ui."""
+"""The ``engine`` command: devices, train, kernels, tune, data, and the commands other
+installed packages add.
+
+engine/ imports nothing from cluster/ or ui/. Those packages add to this command line
+through entry points of the group ``many_as_one.commands`` (setup.cfg): an entry point
+is named after the command it adds or extends and loads to ``register(commands)``, which
+receives the `Commands` below. ``engine ui`` comes from ui/commands.py and ``engine train
+--nodes`` from cluster/commands.py. Where a package is not installed, or its entry point
+fails to load (said on stderr), its commands are absent and the rest keep working.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +16,75 @@ import json
 import os
 import sys
 import time
+from importlib.metadata import entry_points
 
-__all__ = ["main"]
+__all__ = ["main", "Commands", "COMMANDS_GROUP", "recorded", "announce", "print_results", "recording_hooks"]
+
+COMMANDS_GROUP = "many_as_one.commands"
+
+
+class Commands:
+    """The ``engine`` command line as an extension sees it:
+
+    - ``add(name, main, help)``: a command that parses its own arguments; ``engine NAME
+      ARGS...`` returns ``main(ARGS)``.
+    - ``parser(name)``: the argparse parser of one of the engine's commands, to add options.
+    - ``handle(name, when, run)``: ``run(args)`` serves the command instead of its own
+      handler whenever ``when(args)`` is true.
+    """
+
+    def __init__(self):
+        self.argparser = argparse.ArgumentParser(
+            prog="engine", description="Many as One: one engine for every OpenCL device")
+        self._sub = self.argparser.add_subparsers(dest="cmd", required=True)
+        self._parsers = {}     # name -> argparse parser of a command parsed here
+        self._own_argv = {}    # name -> main(argv) of a command that parses its own arguments
+        self._handlers = {}    # name -> [(when, run)], tried before the command's own handler
+
+    def command(self, name, run, help) -> argparse.ArgumentParser:
+        """A command parsed here; ``run(args)`` serves it. Returns its parser."""
+        p = self._parsers[name] = self._sub.add_parser(name, help=help)
+        p.set_defaults(run=run)
+        return p
+
+    def add(self, name, main, help):
+        self._sub.add_parser(name, help=help, add_help=False)
+        self._own_argv[name] = main
+
+    def parser(self, name) -> argparse.ArgumentParser:
+        return self._parsers[name]
+
+    def handle(self, name, when, run):
+        self._handlers.setdefault(name, []).append((when, run))
+
+    @property
+    def names(self):
+        return set(self._parsers) | set(self._own_argv)
+
+    def load_extensions(self, argv):
+        """Register the entry points of COMMANDS_GROUP: only those named after the command
+        being run, or all of them when argv names none (help, a typo)."""
+        found = list(entry_points(group=COMMANDS_GROUP))
+        wanted = argv[0] if argv and argv[0] in self.names | {ep.name for ep in found} else None
+        for ep in found:
+            if wanted is not None and ep.name != wanted:
+                continue
+            try:
+                register = ep.load()
+            except Exception as exc:   # a broken or half-installed package must not take the engine down
+                print(f"engine: the {ep.name!r} commands of {ep.value} are unavailable: "
+                      f"{type(exc).__name__}: {exc}", file=sys.stderr)
+                continue
+            register(self)
+
+    def run(self, argv) -> int:
+        if argv[:1] and argv[0] in self._own_argv:
+            return self._own_argv[argv[0]](argv[1:])
+        args = self.argparser.parse_args(argv)
+        for when, run in self._handlers.get(args.cmd, ()):
+            if when(args):
+                return run(args)
+        return args.run(args)
 
 
 def _cmd_devices(args):
@@ -30,7 +106,7 @@ def _cmd_devices(args):
     return 0
 
 
-def _recorded(args, run_name, config):
+def recorded(args, run_name, config):
     """The UI's record of one run, or None with --no-record.  RunRecorder's context marks
     the run crashed if the body raises, and closes it."""
     if args.no_record:
@@ -39,12 +115,12 @@ def _recorded(args, run_name, config):
     return RunRecorder.create(args.runs, name=run_name, config=config)
 
 
-def _announce(recorder, what):
+def announce(recorder, what):
     url = f"http://127.0.0.1:8050/runs/{recorder.run_id}" if recorder else None
     print(f"\n== {what}" + (f"; run {url}" if url else ""), flush=True)
 
 
-def _print_results(args, results):
+def print_results(args, results):
     print("\nresult: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in results.items()))
     if not args.no_record:
         print(f"see the runs with: ./dev engine ui --runs {args.runs}   (then open http://127.0.0.1:8050)")
@@ -53,8 +129,6 @@ def _print_results(args, results):
 def _cmd_train(args):
     from .examples import digits
     from .runtime import default_device
-    if args.nodes:
-        return _cmd_train_on_nodes(args)
     dev = default_device()
     print(f"device: {dev.platform} / {dev.name} ({dev.kind}, driver {dev.driver})", flush=True)
     models = digits.MODELS if args.model == "all" else (args.model,)
@@ -67,9 +141,9 @@ def _cmd_train(args):
             ckpt = CheckpointManager(os.path.join(args.checkpoint_dir or "checkpoints", name), keep=3)
         config = {"example": "digits", "model": name, "epochs": args.epochs, "device": dev.name,
                   "batch_size": args.batch_size, "lr": args.lr}
-        with _recorded(args, f"digits-{name}", config) as recorder:
-            _announce(recorder, f"{name}: training on scikit-learn digits")
-            on_step, on_epoch = _recording_hooks(recorder, name, args, dev)
+        with recorded(args, f"digits-{name}", config) as recorder:
+            announce(recorder, f"{name}: training on scikit-learn digits")
+            on_step, on_epoch = recording_hooks(recorder, name, args, dev)
             model, hist = digits.train(name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                        seed=args.seed, progress=True, on_step=on_step, on_epoch=on_epoch,
                                        checkpoints=ckpt, resume=args.resume)
@@ -79,79 +153,12 @@ def _cmd_train(args):
         results[name] = acc
         print(f"== {name}: held-out accuracy {acc * 100:.2f}% after {args.epochs} epochs "
               f"({time.perf_counter() - t0:.1f} s)", flush=True)
-    _print_results(args, results)
+    print_results(args, results)
     return 0
 
 
-def _cmd_train_on_nodes(args):
-    """engine train --nodes A,B: the same example, data-parallel over running engine-nodes
-    (cluster.Cluster); held-out accuracy after every epoch from the nodes' weights."""
-    from cluster import Cluster, ClusterError   # noqa: the CLI sits above every layer
-    from tqdm import tqdm
-    from .examples import digits
-    from .nn import functional as F
-    from .runtime import default_device
-    from .tensor import manual_seed
-    secret = os.environ.get("ENGINE_NODE_SECRET")
-    if not secret:
-        print("engine train --nodes: set ENGINE_NODE_SECRET to the cluster's shared secret", file=sys.stderr)
-        return 2
-    addresses = [a.strip() for a in args.nodes.split(",") if a.strip()]
-    if args.checkpoint_dir or args.resume:
-        print("engine train --nodes: checkpoints are not supported across nodes yet", file=sys.stderr)
-        return 2
-    dev = default_device()   # the driver traces the step and evaluates here; nodes train on their own devices
-    xtr, ytr, xte, yte = digits.load_digits()
-    per_epoch = len(xtr) // args.batch_size
-    models = digits.MODELS if args.model == "all" else (args.model,)
-    results = {}
-    for name in models:
-        manual_seed(args.seed)
-        model = digits.build_model(name)
-        t0 = time.perf_counter()
-        config = {"example": "digits", "model": name, "epochs": args.epochs, "nodes": addresses,
-                  "global_batch": args.batch_size, "lr": args.lr}
-        try:
-            with _recorded(args, f"digits-{name}-cluster", config) as recorder, \
-                    tqdm(total=args.epochs * per_epoch, unit="step", mininterval=0.5) as bar:
-                _announce(recorder, f"{name}: training on {len(addresses)} engine-node(s)")
-                log_step, log_epoch = _recording_hooks(recorder, name, args, dev)
-                # shares in steps of 1/8 of an even split: each new local batch size is one more
-                # program for a node to build, so shares should not move by a sample at a time
-                unit = max(1, args.batch_size // (8 * len(addresses)))
-                cl = Cluster(addresses, secret, batch_multiple=unit)
-
-                def on_step(rec):
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", nodes=rec["world"], shares=rec["shares"], refresh=False)
-                    if log_step:
-                        log_step(rec["step"], rec["epoch"], {"loss": rec["loss"]})
-                    if rec["step"] % per_epoch == 0:
-                        model.load_state_dict(cl.params())
-                        acc = digits.evaluate(model, xte, yte, dev)
-                        bar.write(f"epoch {rec['epoch'] + 1}/{args.epochs}: loss {rec['loss']:.4f}, "
-                                  f"held-out accuracy {acc * 100:.2f}%, shares {rec['shares']}")
-                        if log_epoch:
-                            log_epoch(model, {"epoch": rec["epoch"] + 1, "test_accuracy": acc})
-
-                res = cl.fit(model, F.cross_entropy, {"name": "adam", "lr": args.lr}, (xtr, ytr),
-                             epochs=args.epochs, global_batch=args.batch_size, on_step=on_step)
-                acc = digits.evaluate(model, xte, yte, dev)   # fit left the final weights in the model
-                if recorder:
-                    recorder.finish("finished", test_accuracy=acc, seconds=time.perf_counter() - t0)
-        except ClusterError as exc:   # the run is already recorded as crashed
-            print(f"engine train --nodes: {exc}", file=sys.stderr)
-            return 1
-        for e in res.events:
-            print(f"  {e['text']}")
-        results[name] = acc
-        print(f"== {name}: held-out accuracy {acc * 100:.2f}% after {args.epochs} epochs on "
-              f"{len(addresses)} node(s) ({time.perf_counter() - t0:.1f} s)", flush=True)
-    _print_results(args, results)
-    return 0
-
-
-def _recording_hooks(recorder, name, args, dev):
+def recording_hooks(recorder, name, args, dev):
+    """(on_step, on_epoch) that log a digits training into `recorder` (None, None without one)."""
     if recorder is None:
         return None, None
     from .explain import explain
@@ -239,19 +246,17 @@ def _cmd_tune(args):
     return 0
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["data"]:
-        from .data_cli import main as data_main
-        return data_main(argv[1:])
-    if argv[:1] == ["ui"]:
-        from ui.app import main as ui_main   # noqa: the CLI sits above every layer
-        return ui_main(argv[1:])
-    ap = argparse.ArgumentParser(prog="engine", description="Many as One: one engine for every OpenCL device")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("devices", help="list every OpenCL platform and device")
+def _cmd_data(argv):
+    from .data.cli import main as data_main   # pyarrow and scikit-learn load only for this command
+    return data_main(argv)
+
+
+def build_commands() -> Commands:
+    """The engine's own commands, before any extension is registered."""
+    c = Commands()
+    p = c.command("devices", _cmd_devices, help="list every OpenCL platform and device")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("train", help="train the bundled digits example (MLP and CNN) and show the result")
+    p = c.command("train", _cmd_train, help="train the bundled digits example (MLP and CNN) and show the result")
     p.add_argument("--model", choices=("all", "mlp", "cnn"), default="all")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=64)
@@ -261,21 +266,23 @@ def main(argv=None) -> int:
     p.add_argument("--no-record", action="store_true", help="do not record the run for the UI")
     p.add_argument("--checkpoint-dir", default=None, help="save a checkpoint every epoch here")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
-    p.add_argument("--nodes", default=os.environ.get("ENGINE_NODES"),
-                   help="comma-separated engine-node control addresses (tcp://host:7070,...): train data-parallel "
-                        "on them; the secret comes from ENGINE_NODE_SECRET [ENGINE_NODES]")
-    p = sub.add_parser("kernels", help="print the generated kernels of the example's training step")
+    p = c.command("kernels", _cmd_kernels, help="print the generated kernels of the example's training step")
     p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--brief", action="store_true", help="omit the sources")
     p.add_argument("--bundle", metavar="DIR", help="write the step's kernels as one .cl + manifest.json (offline compilers)")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("tune", help="measure GEMM tile shapes on the default device and remember the best")
+    p = c.command("tune", _cmd_tune, help="measure GEMM tile shapes on the default device and remember the best")
     p.add_argument("--repeat", type=int, default=3)
-    sub.add_parser("data", help="data tools: engine data convert|digits ... (see engine data --help)")
-    sub.add_parser("ui", help="serve the web UI: engine ui [--host H --port P --runs DIR --token T]")
-    args = ap.parse_args(argv)
-    return {"devices": _cmd_devices, "train": _cmd_train, "kernels": _cmd_kernels, "tune": _cmd_tune}[args.cmd](args)
+    c.add("data", _cmd_data, help="data tools: engine data convert|digits|info ... (see engine data --help)")
+    return c
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = build_commands()
+    commands.load_extensions(argv)
+    return commands.run(argv)
 
 
 if __name__ == "__main__":
