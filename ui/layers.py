@@ -5,14 +5,13 @@ Activations need the model itself. The UI never runs code from a run: it rebuild
 the known example models by name (whitelist below), loads the run's weights into it and
 feeds one sample of that example's own test set through it with forward hooks.
 """
-import importlib
-
 import numpy as np
 
 import engine
+from engine.examples import digits
 
-# Run config value -> module that provides build_model(name) and load_digits()-style data.
-EXAMPLES = {"digits": ("engine.examples.digits", "load_digits", ("mlp", "cnn"))}
+# Run config value "example" -> (build_model(name), () -> (x_train, y_train, x_test, y_test), model names).
+EXAMPLES = {"digits": (digits.build_model, digits.load_digits, digits.MODELS)}
 HIST_BINS = 24
 MAX_VALUES = 4096  # activations up to this size are sent whole (digits CNN: 16x8x8 maps)
 
@@ -62,11 +61,11 @@ def _activations(config, weights, sample):
     if spec is None or model_name not in spec[2]:
         raise LookupError(f"activations are available for the known examples only "
                           f"({', '.join(EXAMPLES)}); this run's config is {config!r}")
-    module = importlib.import_module(spec[0])  # a fixed name from EXAMPLES, never from the run
-    _, _, x_test, y_test = getattr(module, spec[1])()
+    build_model, load_data, _ = spec   # fixed functions from EXAMPLES, never anything named by the run
+    _, _, x_test, y_test = load_data()
     if not 0 <= sample < len(x_test):
         raise SampleError(f"sample must be in [0, {len(x_test) - 1}], got {sample}")
-    model = module.build_model(model_name)
+    model = build_model(model_name)
     model.load_state_dict({k: engine.tensor(v) for k, v in weights.items()})
     outputs, handles = {}, []
     for name, mod in model.named_modules():
