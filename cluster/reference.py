@@ -99,10 +99,16 @@ def blobs(n=2000, dim=64, classes=10, seed=0):
     return x[:k], y[:k], x[k:], y[k:]
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """Sample order of one epoch; global batch i is order[i*B:(i+1)*B] (drop last).  It lives
+    here, below the driver that deals its batches in this order, so reference_fit needs no
+    import of the driver (driver -> program -> this module)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def reference_fit(model: ReferenceMLP, spec: dict, x, y, global_batch: int, steps: int, seed: int = 0) -> dict:
     """Single-process training on the same global batches as Cluster.fit (same epoch
     order, same host optimizer): the result distributed training must reproduce."""
-    from .driver import epoch_order   # here, not at the top: driver -> program -> this module
     params = [np.array(v, np.float32) for v in model.state_dict().values()]
     opt = HostOptimizer(spec, [p.shape for p in params])
     prog = ReferenceProgram(model.sizes, global_batch)
