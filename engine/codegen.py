@@ -16,7 +16,11 @@ import kernels
 from . import ir
 from .schedule import KernelGroup
 
-__all__ = ["KernelSpec", "lower", "strides_of"]
+__all__ = ["KernelSpec", "lower", "strides_of", "with_vector_width", "GEMM_VECTOR_WIDTHS"]
+
+# float vector widths the CPU GEMM template can use, widest (fastest on PoCL) first; a
+# device whose compiler cannot build or run one falls back to the next (engine/runtime.py)
+GEMM_VECTOR_WIDTHS = (16, 8, 4, 1)
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class KernelSpec:
     global_size: tuple = ()
     local_size: tuple | None = None
     fused: tuple = ()         # IR nodes computed inside
+    render: dict | None = field(default=None, hash=False, compare=False, repr=False)  # full template params
 
     @property
     def ops(self) -> list:
@@ -232,9 +237,11 @@ class _Args:
         return self.names[key]
 
 
-def lower(group: KernelGroup, is_leaf, materialized, kind: str = "cpu") -> KernelSpec:
+def lower(group: KernelGroup, is_leaf, materialized, kind: str = "cpu", vector_width: int = 16) -> KernelSpec:
     """``materialized(n)``: n is stored in a buffer by another kernel of this schedule;
-    ``kind``: the device kind ("cpu", "gpu", ...), which picks the GEMM template."""
+    ``kind``: the device kind ("cpu", "gpu", ...), which picks the GEMM template;
+    ``vector_width``: float vector width of the CPU GEMM (16, 8, 4 or 1; the runtime
+    narrows it further where the device's compiler needs that, see with_vector_width)."""
     args = _Args()
     for out in group.outputs:
         args.add("out", out, readonly=False)
@@ -262,7 +269,7 @@ def lower(group: KernelGroup, is_leaf, materialized, kind: str = "cpu") -> Kerne
         return _lower_elementwise(group, args, leaf_name)
     if group.kind == "reduce":
         return _lower_reduce(group, args, leaf_name)
-    return _lower_matmul(group, args, leaf_name, kind)
+    return _lower_matmul(group, args, leaf_name, kind, vector_width)
 
 
 def _round_up(x, m):
@@ -275,7 +282,19 @@ def _finish(group, template, params, display, args, global_size, local_size=None
     source = key.replace("mao_kernel", name, 1)
     display = dict(display, name=name)
     return KernelSpec(name, template, display, source, tuple(args.entries), group.outputs,
-                      tuple(global_size), local_size, group.fused)
+                      tuple(global_size), local_size, group.fused, dict(params, name=name))
+
+
+def with_vector_width(spec: KernelSpec, vector_width: int) -> KernelSpec:
+    """The same CPU GEMM kernel (name, arguments, launch sizes, panel layout) written with
+    ``vector_width``-wide float vectors: the safer variant for a compiler that cannot take
+    the wider one. Other kernels, and a GEMM already that narrow, come back unchanged."""
+    if spec.template != "gemm" or spec.render is None or spec.render["VW"] <= vector_width:
+        return spec
+    W = spec.render["VW"] * spec.render["NV"]
+    params = dict(spec.render, VW=vector_width, NV=W // vector_width)
+    return KernelSpec(spec.name, spec.template, dict(spec.params, VW=vector_width), kernels.render("gemm", **params),
+                      spec.args, spec.outputs, spec.global_size, spec.local_size, spec.fused, params)
 
 
 def _lower_elementwise(group, args, leaf_name):
@@ -358,7 +377,7 @@ def _gemm_epilogue(em, anchor, out, bidx):
     return em.stmts, _as_name(v, out.dtype)
 
 
-def _lower_matmul(group, args, leaf_name, kind):
+def _lower_matmul(group, args, leaf_name, kind, vector_width=16):
     anchor, out = group.anchor, group.outputs[0]
     a, bp = anchor.srcs
     M, N, K, R_packed = anchor.arg
@@ -391,6 +410,7 @@ def _lower_matmul(group, args, leaf_name, kind):
     Mb = -(-M // R)
     a_rows = [] if a_packed else [_a_load(em, a, bidx, f"am{r}", "k", f"a{r}") for r in range(R)]
     epilogue, value = _gemm_epilogue(em, anchor, out, bidx)
-    params = dict(common, R=R, NV=W // 16, Mb=Mb, Nb=Nb, a_rows=a_rows, epilogue=epilogue, value=value)
+    VW = next(v for v in GEMM_VECTOR_WIDTHS if v <= vector_width and W % v == 0)
+    params = dict(common, R=R, VW=VW, NV=W // VW, Mb=Mb, Nb=Nb, a_rows=a_rows, epilogue=epilogue, value=value)
     local = (4, 1, 1) if Mb % 4 == 0 else None
-    return _finish(group, "gemm", params, dict(display, R=R, W=W), args, (Mb, Nb, nb), local)
+    return _finish(group, "gemm", params, dict(display, R=R, W=W, VW=VW), args, (Mb, Nb, nb), local)

@@ -1,14 +1,26 @@
 ## Register-blocked GEMM for CPU-like OpenCL devices (PoCL): C[b] = A[b] @ B[b] (+ epilogue).
-## A work-item owns R rows x W = 16*NV columns of C as R*NV float16 accumulators. B comes
-## as panels [Nb][K][W] and (when a_packed) A as panels [Mb][K][R], so each k step is NV
-## contiguous vector loads plus R scalars; plain `acc += a * b` (not fma/mad) because that
-## is what PoCL turns into vector FMAs (POCL.md). Without a_packed, A is read through its
+## A work-item owns R rows x W = VW*NV columns of C as R*NV accumulators of VW floats
+## (float16 where the compiler takes it; float8, float4 or plain float where the device
+## probe found that it crashes or hangs on wider vectors, e.g. the PoCL 3.0 wheel on AMD
+## Zen 4 aborts in LLVM on float16). B comes as panels [Nb][K][W] and (when a_packed) A as
+## panels [Mb][K][R], so each k step is NV contiguous vector loads plus R scalars; plain
+## `acc += a * b` (not fma/mad) because PoCL turns that into vector FMAs while its fma()
+## and mad() builtins measured about 10x slower. Without a_packed, A is read through its
 ## fused index expression (implicit GEMM: a convolution's im2col window is never stored).
-## params: name, M, N, K, R, NV, Mb, Nb, args, a_packed, a_name, a_rows (R SSA blocks
-##         defining a<r> from am<r> and k), b_name, out_name, batch_index (SSA from bz),
-##         epilogue (SSA using e_acc, e_m, e_n), value
+## params: name, M, N, K, R, VW (16, 8, 4 or 1), NV, Mb, Nb, args, a_packed, a_name, a_rows
+##         (R SSA blocks defining a<r> from am<r> and k), b_name, out_name, batch_index
+##         (SSA from bz), epilogue (SSA using e_acc, e_m, e_n), value
 <%namespace name="ssa" file="_ssa.cl.mako"/>
-<% W = 16 * NV %>
+<%
+    W = VW * NV
+    if VW not in (1, 4, 8, 16):
+        raise ValueError("gemm: vector width VW must be 16, 8, 4 or 1, got %r" % (VW,))
+    vt = "float" if VW == 1 else "float%d" % VW
+    def vload(v):
+        return ("bp[%d]" % v) if VW == 1 else ("vload%d(%d, bp)" % (VW, v))
+    def vstore(x, v):
+        return ("ct[%d] = %s;" % (v, x)) if VW == 1 else ("vstore%d(%s, %d, ct);" % (VW, x, v))
+%>
 __kernel void ${name}(${ssa.params(args)})
 {
     const int mb = get_global_id(0);
@@ -27,12 +39,12 @@ ${ssa.block(batch_index)}
     __global const float* bp = ${b_name} + (bz * ${Nb} + nb) * ${K * W};
 % for r in range(R):
 % for v in range(NV):
-    float16 acc${r}_${v} = (float16)(0.0f);
+    ${vt} acc${r}_${v} = (${vt})(0.0f);
 % endfor
 % endfor
     for (int k = 0; k < ${K}; ++k) {
 % for v in range(NV):
-        const float16 b${v} = vload16(${v}, bp);
+        const ${vt} b${v} = ${vload(v)};
 % endfor
 % if a_packed:
 % for r in range(R):
@@ -56,7 +68,7 @@ ${ssa.block(a_rows[r], indent='        ')}
     if (m0 + ${r} < ${M}) {
         const int e_m = m0 + ${r};
 % for v in range(NV):
-        vstore16(acc${r}_${v}, ${v}, ct);
+        ${vstore("acc%d_%d" % (r, v), v)}
 % endfor
         for (int j = 0; j < ${W}; ++j) {
             const int e_n = n0 + j;
