@@ -1,5 +1,6 @@
 """Offline-compilation support: a compiled step's kernels as one .cl bundle + manifest,
-and a precompiled program binary loaded back in place of the source (no build)."""
+and a precompiled program binary loaded back in place of the source (no build), only
+when the manifest records it for that source, options and device."""
 import json
 import os
 import subprocess
@@ -7,8 +8,10 @@ import sys
 
 import numpy as np
 import pyopencl as cl
+import pytest
 
 import engine
+from engine.bundle import BundleError, add_binary, load_bundle
 from engine.nn import functional as F
 
 
@@ -41,7 +44,9 @@ def test_precompiled_binary_replaces_the_source(tmp_path):
     step.export_bundle(tmp_path / "b")
     dev = engine.default_device()
     prog = cl.Program(dev.context, (tmp_path / "b" / "kernels.cl").read_text()).build()
-    (tmp_path / "b" / "kernels.bin").write_bytes(prog.get_info(cl.program_info.BINARIES)[0])
+    binary = prog.get_info(cl.program_info.BINARIES)[0]
+    (tmp_path / "b" / "kernels.bin").write_bytes(binary)
+    add_binary(tmp_path / "b", binary, dev)
     code = f"""
 import json, numpy as np, engine
 from engine.bundle import load_bundle
@@ -63,3 +68,43 @@ print(json.dumps({{"registered": n, "loss": loss.item(), **dev.stats}}))
     # every kernel of the step came from the binary: nothing was compiled, nothing read from the disk cache
     assert out["builds"] == 0 and out["disk_hits"] == 0 and out["memory_hits"] >= out["registered"]
     assert np.isfinite(out["loss"])
+
+
+def _binary_of(dev, source):
+    return cl.Program(dev.context, source).build().get_info(cl.program_info.BINARIES)[0]
+
+
+def test_unrecorded_truncated_swapped_or_foreign_binaries_are_refused(tmp_path):
+    """Issue 12: a binary of other source gave NaN, a truncated one segfaulted. Now the
+    manifest's hashes decide before the driver sees the bytes."""
+    step = _traced_step(tmp_path)
+    step.export_bundle(tmp_path / "b")
+    dev = engine.default_device()
+    good = _binary_of(dev, (tmp_path / "b" / "kernels.cl").read_text())
+    other = _binary_of(dev, "__kernel void mao_other(__global float* o) { o[0] = 42.0f; }")
+    with pytest.raises(BundleError, match="does not record"):          # never recorded
+        load_bundle(dev, tmp_path / "b", good)
+    add_binary(tmp_path / "b", good, dev)
+    with pytest.raises(BundleError, match="does not record"):          # truncated
+        load_bundle(dev, tmp_path / "b", good[: len(good) // 2])
+    with pytest.raises(BundleError, match="does not record"):          # another program's binary
+        load_bundle(dev, tmp_path / "b", other)
+    # a recorded file swapped on disk for another program's binary
+    rec = json.loads((tmp_path / "b" / "manifest.json").read_text())["binaries"][0]
+    (tmp_path / "b" / rec["file"]).write_bytes(other)
+    with pytest.raises(BundleError, match="does not record"):
+        load_bundle(dev, tmp_path / "b")
+    # recorded for this device, but kernels.cl changed since: its manifest hash catches it
+    (tmp_path / "b" / rec["file"]).write_bytes(good)
+    assert load_bundle(dev, tmp_path / "b") >= 5          # the recorded binary, found by the manifest
+    cl_text = (tmp_path / "b" / "kernels.cl").read_text()
+    (tmp_path / "b" / "kernels.cl").write_text(cl_text.replace("0.0f", "1.0f", 1))
+    with pytest.raises(BundleError, match="kernels.cl does not match"):
+        load_bundle(dev, tmp_path / "b")
+    (tmp_path / "b" / "kernels.cl").write_text(cl_text)
+    # recorded for another device or driver: refused, naming what differs
+    m = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    m["binaries"][0]["device"]["driver"] = "0.0-other"
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="device"):
+        load_bundle(dev, tmp_path / "b", good)
