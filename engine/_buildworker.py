@@ -15,7 +15,8 @@ per line on stdin with one JSON line on stdout:
    | {"ok": false, "error": build log or launch error}   (an ordinary failure, not a crash)
 
 ENGINE_BUILD_FAULT is a test hook (used by tests/test_probe.py only): comma-separated
-``action:needle`` rules; when a request's source contains ``needle`` the worker does
+``action:needle`` rules; when a request's source contains ``needle`` (every part of it, if
+``&`` joins several) the worker does
 ``action`` (abort | segv | hang | exit) where the driver would compile it, as a crashing
 or hanging OpenCL compiler would.
 """
@@ -30,7 +31,7 @@ def _fault(source: str):
     rules = os.environ.get("ENGINE_BUILD_FAULT", "")
     for rule in filter(None, (r.strip() for r in rules.split(","))):
         action, _, needle = rule.partition(":")
-        if needle and needle in source:
+        if needle and all(part in source for part in needle.split("&")):
             sys.stderr.write(f"ENGINE_BUILD_FAULT: injected {action} (source contains {needle!r})\n")
             sys.stderr.flush()
             if action == "abort":

@@ -785,9 +785,11 @@ def _probe(device) -> dict:
     prof["probe_s"] = round(time.perf_counter() - t0, 3)
     for d in prof["dropped"]:
         last = d["detail"].strip().splitlines()[-1] if d["detail"].strip() else "no output"
+        instead = (f"using {label(prof[field])} instead" if d["variant"] != "elementwise+reduce"
+                   else "kernels of these kinds will fail to build on it")
         _warn_once(device, d["variant"],
                    f"the OpenCL compiler of {device.name} ({device.platform}, driver {device.driver}) {d['why']} on "
-                   f"{d['variant']} kernels ({last}); using {label(prof[field])} instead "
+                   f"{d['variant']} kernels ({last}); {instead} "
                    f"(found by the device probe, remembered in {_profile_path()})")
     return prof
 
