@@ -1,0 +1,61 @@
+"""ENGINE_DEVICE matches what users type (issue 9): an index, an alias (pocl, nvidia, amd,
+intel, oclgrind, cpu, gpu) or, case-insensitively, any part of the device's line in
+`engine devices`; an unknown name lists the devices and names the variable."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import engine
+from engine import runtime
+
+
+def _fresh_pick(monkeypatch, value):
+    monkeypatch.setenv("ENGINE_DEVICE", value)
+    monkeypatch.setattr(runtime, "_default", None)
+    return runtime.default_device()
+
+
+def test_every_part_of_the_device_line_selects_it(monkeypatch):
+    devs = engine.devices()
+    d = devs[-1]
+    first_with = lambda text: next(x for x in devs if text.lower() in x.selector_text())
+    for part in (d.platform, d.name, d.vendor, d.driver, d.platform.upper(), d.name.lower()[3:12],
+                 f"  {d.name.swapcase()} "):
+        assert _fresh_pick(monkeypatch, part) is first_with(part.strip())
+    assert _fresh_pick(monkeypatch, str(d.index)) is d
+
+
+def test_aliases(monkeypatch):
+    devs = engine.devices()
+    for d in devs:
+        for alias in d.aliases():
+            got = _fresh_pick(monkeypatch, alias.upper())
+            assert alias in got.aliases() and got.index <= d.index
+    pocl = [d for d in devs if d.is_pocl]
+    if pocl:   # "Portable Computing Language" does not contain "pocl"; the alias does
+        assert _fresh_pick(monkeypatch, "pocl") is pocl[0] and _fresh_pick(monkeypatch, "PoCL") is pocl[0]
+    assert set(runtime.DEVICE_ALIASES) == {"pocl", "nvidia", "amd", "intel", "oclgrind", "cpu", "gpu"}
+
+
+def test_unknown_name_or_index_lists_devices_and_names_the_variable(monkeypatch):
+    for bad in ("no-such-accelerator", "99"):
+        with pytest.raises(engine.DeviceNotFound) as exc:
+            _fresh_pick(monkeypatch, bad)
+        msg = str(exc.value)
+        assert "ENGINE_DEVICE" in msg and repr(bad) in msg
+        for d in engine.devices():
+            assert d.name in msg and d.platform in msg
+        assert "pocl, nvidia, amd, intel, oclgrind, cpu, gpu" in msg
+
+
+def test_engine_devices_and_a_typo_from_the_command_line():
+    env = dict(os.environ, ENGINE_DEVICE="definitely-not-a-device")
+    p = subprocess.run([sys.executable, "-m", "engine.cli", "devices"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode != 0 and "ENGINE_DEVICE='definitely-not-a-device' matches no OpenCL device" in p.stderr
+    env["ENGINE_DEVICE"] = "pocl" if any(d.is_pocl for d in engine.devices()) else "0"
+    p = subprocess.run([sys.executable, "-m", "engine.cli", "devices"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and "*" in p.stdout
