@@ -1,6 +1,7 @@
 """The repository's shape (docs/ARCHITECTURE.md): nothing it tracks refers to files outside
 it, and the packages import down the layers only, counting imports inside functions."""
 import ast
+import re
 import subprocess
 from pathlib import Path
 
@@ -37,6 +38,23 @@ def test_no_tracked_file_refers_to_the_shared_folder_outside_the_repository():
                 offenders.append(f"{rel}:{i}: {line.decode(errors='replace').strip()[:120]}")
     assert not offenders, ("files outside the repository are not there for a user who clones it; "
                            "point to docs/ instead:\n" + "\n".join(offenders))
+
+
+def test_every_document_a_tracked_file_names_is_in_the_repository():
+    """`DESIGN.md`, `POCL.md`...: a document named without a path must be one of ours."""
+    files = tracked_files()
+    ours = {Path(p).name for p in files}
+    offenders = []
+    for rel in files:
+        path = ROOT / rel
+        if rel == THIS or not path.is_file():
+            continue
+        text = path.read_bytes().decode(errors="replace")
+        for i, line in enumerate(text.split("\n"), 1):
+            for name in re.findall(r"\b[\w-]+\.md\b", line):
+                if name not in ours:
+                    offenders.append(f"{rel}:{i}: {name}")
+    assert not offenders, "documents that are not in the repository:\n" + "\n".join(offenders)
 
 
 def imported_packages(tree, module_parts):
