@@ -1,8 +1,6 @@
 """Neural-network layers (PyTorch-shaped)."""
-from . import functional
-from .modules import (Parameter, Module, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, ReLU, GELU,
-                      Tanh, Sigmoid, Dropout, LayerNorm, BatchNorm1d, BatchNorm2d, Sequential, Identity)
+from . import functional, utils
+from .modules import *  # noqa: F401,F403
+from .modules import __all__ as _modules_all
 
-__all__ = ["functional", "Parameter", "Module", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten",
-           "ReLU", "GELU", "Tanh", "Sigmoid", "Dropout", "LayerNorm", "BatchNorm1d", "BatchNorm2d",
-           "Sequential", "Identity"]
+__all__ = ["functional", "utils"] + list(_modules_all)
