@@ -114,6 +114,9 @@ class Device:
         self._probe_lock = threading.Lock()
         self._caps = None
         self._build_worker = None
+        # e.g. -cl-opt-disable under Oclgrind, whose uninitialised-value check cannot follow
+        # the `freeze` instructions LLVM's optimiser emits
+        self._extra_options = os.environ.get("ENGINE_BUILD_OPTIONS", "").strip()
         self.stats = {"builds": 0, "disk_hits": 0, "memory_hits": 0, "build_s": 0.0, "rejected": 0}
 
     def __repr__(self):
@@ -201,7 +204,10 @@ class Device:
 
     def build(self, spec, options: str = "") -> CompiledKernel:
         """Build ``spec`` (a codegen.KernelSpec); memory cache, then disk cache, then compile
-        (in the build child, falling back to a safer variant if the compiler crashes)."""
+        (in the build child, falling back to a safer variant if the compiler crashes).
+        ENGINE_BUILD_OPTIONS (read when the device is first listed) is appended to ``options``."""
+        if self._extra_options:
+            options = f"{options} {self._extra_options}".strip()
         key = self._cache_key(spec.source, options)
         hit = self._programs.get(key)
         if hit is not None:
@@ -218,7 +224,7 @@ class Device:
             self._store_binary(spec, options, self._cache_key(spec.source, options), binary)
             self.stats["builds"] += 1
         self.stats["build_s"] += time.perf_counter() - t0
-        ck = CompiledKernel(spec, getattr(program, spec.name), self)
+        ck = CompiledKernel(spec, cl.Kernel(program, spec.name), self)
         self._programs[key] = ck
         return ck
 
@@ -264,10 +270,17 @@ class Device:
             self._reject(path, "does not match " + ", ".join(bad))
             return None
         try:
-            return cl.Program(self.context, [self.cl_device], [binary]).build(options)
+            return self._from_binary(binary, options)
         except Exception as exc:  # a binary this driver will not take after all: rebuild from source
             self._reject(path, f"not loadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
             return None
+
+    def _from_binary(self, binary, options):
+        # pyopencl's low-level program: its Python wrapper probes a kernel named '_source' on
+        # binary programs, which Oclgrind's API check reports as an error
+        program = cl._cl._Program(self.context, [self.cl_device], [binary])
+        program.build(options.encode(), [self.cl_device])
+        return program
 
     def _reject(self, path, why):
         self.stats["rejected"] = self.stats.get("rejected", 0) + 1
@@ -327,7 +340,7 @@ class Device:
                 return self._compile(cand, options, key), cand, None   # raises BuildError with the log
             binary = base64.b64decode(resp["binary"])
             try:
-                program = cl.Program(self.context, [self.cl_device], [binary]).build(options)
+                program = self._from_binary(binary, options)
             except Exception:   # a driver whose binaries do not round-trip: the child proved the source safe
                 program = self._compile(cand, options, key)
                 binary = _binary_of(program)
@@ -407,13 +420,13 @@ class Device:
         The caller (engine/bundle.py) has checked that the binary belongs to this source,
         options and device."""
         if binary is not None:
-            program = cl.Program(self.context, [self.cl_device], [binary]).build(options)
+            program = self._from_binary(binary, options)
         else:
             spec = _BundledSpec("bundle", whole_source)
             program, _, _ = self._build_new(spec, options, self._cache_key(whole_source, options))
         for name, src in sources.items():
             spec = _BundledSpec(name, src)
-            self._programs[self._cache_key(src, options)] = CompiledKernel(spec, getattr(program, name), self)
+            self._programs[self._cache_key(src, options)] = CompiledKernel(spec, cl.Kernel(program, name), self)
         return len(sources)
 
     def launch(self, ck: CompiledKernel, global_size, local_size, args):
@@ -726,7 +739,7 @@ def _probe_try(device, probes, timeout) -> tuple | None:
     """Build the probe kernels as one program and run each; None, or (kind, detail) of the failure."""
     source = "\n".join(p[0] for p in probes)
     try:
-        resp = device._worker().request(source, "", [p[1] for p in probes], timeout=timeout)
+        resp = device._worker().request(source, device._extra_options, [p[1] for p in probes], timeout=timeout)
     except _ChildFailed as f:
         return f.kind, f.detail
     if not resp["ok"]:
