@@ -3,7 +3,8 @@
 ## TM/16 x TN/16 outputs), staging KB-deep slices of the A and B panels in local memory.
 ## The panels are contiguous along k (B: [Nb][K][TN], packed A: [Mb][K][TM]), so the
 ## cooperative loads are fully coalesced. Fixed work-group size, compile-time shapes and
-## no dynamic local memory, as FPGA and GPU compilers like (DESIGN.md).
+## no dynamic local memory: FPGA offline compilers need all three to size the hardware
+## they generate, and GPU compilers unroll and allocate registers better with them.
 ## params: name, M, N, K, TM, TN, KB, Mb, Nb, args, a_packed, a_name, a_load (SSA defining
 ##         a_val from am and ak, used when not a_packed), b_name, out_name, batch_index,
 ##         epilogue (SSA using e_acc, e_m, e_n), value
