@@ -97,6 +97,8 @@ GRADS = {
 SAVES = {"EXP": ("out",), "SQRT": ("out",), "RECIP": ("out",), "TANH": ("out",), "RELU": ("out",),
          "LOG": (0,), "ERF": (0,), "MUL": (0, 1), "MAX": (0, 1), "WHERE": (0,), "RMAX": (0, "out"),
          "MATMUL": (0, 1)}
+# a product's gradient for one factor reads only the other one
+_CROSS = frozenset({"MUL", "MATMUL"})
 GRADS["CLONE"] = lambda c, g: (g,)
 
 
@@ -115,6 +117,8 @@ class Ctx:
         self.out = from_(out.node, out.device)
         self.edges = tuple((p._ctx if p._ctx is not None else p) if p.requires_grad else None for p in parents)
         saved = SAVES.get(op, ())
+        if op in _CROSS:
+            saved = tuple(k for k in saved if parents[1 - k].requires_grad)
         self._saved_versions = tuple(
             (s, s.version) for s in ((out if k == "out" else parents[k])._storage for k in saved))
         self._freed = False
@@ -136,6 +140,9 @@ class Ctx:
                     f"one of the variables needed for gradient computation has been modified by an inplace "
                     f"operation: the input of {self.name()} is at version {storage.version}; expected version "
                     f"{version} instead")
+
+    def refresh_version(self, storage):
+        self._saved_versions = tuple((s, s.version if s is storage else v) for s, v in self._saved_versions)
 
     def free(self):
         self.parents, self.out, self._freed = (), None, True

@@ -91,12 +91,13 @@ class Tensor:
     """A lazy value. Its data lives in a ``Storage`` (shared with its views); ``node`` is
     the IR node of its current value, recomputed from the storage after an in-place write."""
     __slots__ = ("_storage", "_view", "_strides", "_vnode", "device", "requires_grad", "grad", "_ctx",
-                 "__weakref__")
+                 "_leaf_view", "__weakref__")
     __array_priority__ = 1000
 
     def __init__(self, node: ir.Node, device, requires_grad=False, ctx=None):
         self._storage = Storage(node)
         self._view, self._strides, self._vnode = (), None, None
+        self._leaf_view = False     # a view of a leaf that requires grad
         self.device = device
         self.requires_grad = requires_grad
         self.grad = None
@@ -184,6 +185,7 @@ class Tensor:
         t = Tensor.__new__(Tensor)
         t._storage, t._view, t._strides, t._vnode = self._storage, self._view, self._strides, self._vnode
         t.device, t.requires_grad, t.grad, t._ctx = self.device, requires_grad, None, None
+        t._leaf_view = False
         return t
 
     @property
@@ -230,8 +232,8 @@ class Tensor:
         """Make ``value`` (already this tensor's shape and dtype) this tensor's content, in
         its storage, so every view of the storage sees it and its version goes up."""
         if _grad_enabled():
-            if self.requires_grad and self._ctx is None:
-                kind = "a view of a leaf Variable" if self._view else "a leaf Variable"
+            if self.requires_grad and (self._ctx is None or self._leaf_view):
+                kind = "a view of a leaf Variable" if self._leaf_view else "a leaf Variable"
                 raise RuntimeError(f"{kind} that requires grad is being used in an in-place operation "
                                    "(wrap it in engine.no_grad(), or use an out-of-place op)")
             if value.requires_grad or self.requires_grad:
@@ -251,6 +253,9 @@ class Tensor:
         else:
             store.node = new_base
             store.version += 1
+        if self._ctx is not None:
+            # the op that made the new value read this tensor before the write, by design
+            self._ctx.refresh_version(store)
         return self
 
     def _value_like(self, v) -> "Tensor":
@@ -383,6 +388,7 @@ class Tensor:
         if _grad_enabled() and self.requires_grad:
             t.requires_grad = True
             t._ctx = Ctx(op, (self,), arg, t)
+            t._leaf_view = self._ctx is None or self._leaf_view
         if node not in _scopes:
             stack = getattr(_state, "scope", None)
             if stack:
