@@ -7,7 +7,9 @@ from __future__ import annotations
 import itertools
 import math
 
-__all__ = ["GRADS", "backward_pass"]
+from .ir import toposort
+
+__all__ = ["GRADS", "SAVES", "Ctx", "backward_pass"]
 
 
 def _unbroadcast_sum(g, axes):
@@ -90,42 +92,102 @@ GRADS = {
 }
 
 
-def backward_pass(root, grad):
+# What each rule reads besides the incoming gradient: parents by index, and "out". A write
+# into one of these after the forward op makes its gradient wrong, so backward refuses.
+SAVES = {"EXP": ("out",), "SQRT": ("out",), "RECIP": ("out",), "TANH": ("out",), "RELU": ("out",),
+         "LOG": (0,), "ERF": (0,), "MUL": (0, 1), "MAX": (0, 1), "WHERE": (0,), "RMAX": (0, "out"),
+         "MATMUL": (0, 1)}
+# a product's gradient for one factor reads only the other one
+_CROSS = frozenset({"MUL", "MATMUL"})
+GRADS["CLONE"] = lambda c, g: (g,)
+
+
+class Ctx:
+    """One recorded op (PyTorch's grad_fn): its inputs' values as they were when it ran,
+    the edges gradients flow along (the inputs' own Ctx, or the leaf tensor itself), and
+    the storage versions of the values its rule reads."""
+    __slots__ = ("op", "arg", "parents", "out", "edges", "_saved_versions", "_freed")
+
+    def __init__(self, op, parents, arg, out):
+        from_ = type(out)
+        self.op, self.arg = op, arg
+        # values frozen at the op: a later in-place write to an input changes its storage,
+        # not these (they hold the input's node of that moment)
+        self.parents = tuple(from_(p.node, p.device) for p in parents)
+        self.out = from_(out.node, out.device)
+        self.edges = tuple((p._ctx if p._ctx is not None else p) if p.requires_grad else None for p in parents)
+        saved = SAVES.get(op, ())
+        if op in _CROSS:
+            saved = tuple(k for k in saved if parents[1 - k].requires_grad)
+        self._saved_versions = tuple(
+            (s, s.version) for s in ((out if k == "out" else parents[k])._storage for k in saved))
+        self._freed = False
+
+    def name(self) -> str:
+        return f"{self.op.title()}Backward"
+
+    def __repr__(self):
+        return f"<{self.name()}>"
+
+    def check_saved(self):
+        if self._freed:
+            raise RuntimeError("Trying to backward through the graph a second time (or directly access saved "
+                               "tensors after they have already been freed). Specify retain_graph=True "
+                               "if you need to backward through the graph a second time.")
+        for storage, version in self._saved_versions:
+            if storage.version != version:
+                raise RuntimeError(
+                    f"one of the variables needed for gradient computation has been modified by an inplace "
+                    f"operation: the input of {self.name()} is at version {storage.version}; expected version "
+                    f"{version} instead")
+
+    def refresh_version(self, storage):
+        self._saved_versions = tuple((s, s.version if s is storage else v) for s, v in self._saved_versions)
+
+    def free(self):
+        self.parents, self.out, self._freed = (), None, True
+
+
+def _is_ctx(e) -> bool:
+    return isinstance(e, Ctx)
+
+
+def backward_pass(root, grad, retain_graph=False):
     """Accumulate d(root)/d(leaf) into ``leaf.grad`` for every leaf that requires grad;
-    returns the list of leaves that got a gradient."""
-    order, seen = [], set()
-    stack = [(root, False)]
-    while stack:
-        t, done = stack.pop()
-        if done:
-            order.append(t)
-            continue
-        if id(t) in seen or t._ctx is None:
-            if t._ctx is None and id(t) not in seen:
-                seen.add(id(t))
-                order.append(t)
-            continue
-        seen.add(id(t))
-        stack.append((t, True))
-        stack.extend((p, False) for p in t._ctx.parents if p.requires_grad)
-    grads = {id(root): grad}
-    leaves = []
-    for t in reversed(order):
-        g = grads.pop(id(t), None)
+    returns the list of leaves that got a gradient. Walks the recorded ops (Ctx), so a
+    tensor written in place after being used routes its gradient to the op it was used as."""
+    if root._ctx is None:
+        if root.requires_grad:
+            root.grad = grad if root.grad is None else root.grad + grad
+            return [root]
+        return []
+    order = toposort([root._ctx], srcs=lambda c: tuple(e for e in c.edges if _is_ctx(e)))
+    grads = {id(root._ctx): grad}
+    leaf_grads: dict = {}
+    for ctx in reversed(order):
+        g = grads.pop(id(ctx), None)
         if g is None:
             continue
-        if t._ctx is None:
-            if t.requires_grad:
-                t.grad = g if t.grad is None else t.grad + g
-                leaves.append(t)
-            continue
-        rule = GRADS.get(t._ctx.op)
+        ctx.check_saved()
+        rule = GRADS.get(ctx.op)
         if rule is None:
-            raise NotImplementedError(f"no gradient rule for primitive {t._ctx.op}")
-        for p, pg in zip(t._ctx.parents, rule(t._ctx, g)):
-            if pg is None or not p.requires_grad:
+            raise NotImplementedError(f"no gradient rule for primitive {ctx.op}")
+        for p, e, pg in zip(ctx.parents, ctx.edges, rule(ctx, g)):
+            if pg is None or e is None:
                 continue
             if pg.shape != p.shape:
-                raise AssertionError(f"gradient rule of {t._ctx.op} gave shape {pg.shape} for a parent of shape {p.shape}")
-            grads[id(p)] = pg if id(p) not in grads else grads[id(p)] + pg
+                raise AssertionError(f"gradient rule of {ctx.op} gave shape {pg.shape} for a parent of shape {p.shape}")
+            table = grads if _is_ctx(e) else leaf_grads
+            k = id(e)
+            if k in table:
+                table[k] = (table[k][0], table[k][1] + pg) if table is leaf_grads else table[k] + pg
+            else:
+                table[k] = (e, pg) if table is leaf_grads else pg
+    if not retain_graph:
+        for ctx in order:
+            ctx.free()
+    leaves = []
+    for leaf, g in leaf_grads.values():
+        leaf.grad = g if leaf.grad is None else leaf.grad + g
+        leaves.append(leaf)
     return leaves

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import ir, realize as rz
 from .autograd import backward_pass
+from .buffers import is_leaf
 from .tensor import Tensor, no_grad, scope_of
 from .jit import _flatten
 
@@ -15,8 +16,7 @@ class Explanation:
         self.outputs = [t.node for t in outputs]
         self.device = device
         self.plan = rz.plan(self.outputs, device.kind if device else "cpu")
-        leaf = lambda n: n.op in ("BUFFER", "CONST", "VAR") or rz._computed.get(n) is not None  # noqa: E731
-        self.nodes = ir.toposort(self.outputs, stop=leaf)
+        self.nodes = ir.toposort(self.outputs, stop=is_leaf)
         self.ids = {n: i for i, n in enumerate(self.nodes)}
 
     @property

@@ -53,10 +53,21 @@ class Optimizer:
             for i, p in enumerate(self.params):
                 if p.grad is None:
                     continue
-                updates = self._update(i, p, p.grad)
-                targets = [new.node for _, new in updates]
-                dests = {new.node: rz.buffer_of(t.node) for t, new in updates}
-                rz.realize(targets, p.device, dests=dests, group=True)
+                self._write(self._update(i, p, p.grad), p.device)
+
+    @staticmethod
+    def _write(updates, device):
+        """One fused kernel writes every new value; each tensor's storage takes its value
+        in place (a new version), so nothing computed from the old values is reused."""
+        pairs = []
+        for t, new in updates:
+            if t._view:
+                raise RuntimeError("optimizer: a parameter or state tensor is a view; pass the base tensor")
+            if not t._storage.realized:
+                t.realize()
+            pairs.append((t._storage, new.node))
+        del updates
+        rz.write_storages(pairs, device, group=True)
 
     def _advance(self):
         """One step on the host: count it and set the step's scalars. A replayed compiled

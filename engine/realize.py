@@ -4,23 +4,20 @@ capture that ``engine.compile`` replays, and the profiler's hook.
 from __future__ import annotations
 
 import itertools
-import time
 import weakref
 
 import numpy as np
 
 from . import ir
+from .buffers import bind_buffer, buffer_of, computed_as, is_leaf as _is_leaf, remember
 from .codegen import lower
 from .runtime import Buffer, NP_DTYPES
 from .schedule import schedule
+from .storage import commit
 
 __all__ = ["realize", "buffer_of", "bind_buffer", "Var", "capture", "Launch", "record_host_action",
-           "add_listener", "remove_listener"]
+           "add_listener", "remove_listener", "write_storages"]
 
-# A BUFFER node keeps its device buffer alive as long as any graph or tensor holds the node.
-_buffers: "weakref.WeakKeyDictionary[ir.Node, Buffer]" = weakref.WeakKeyDictionary()
-# A node computed earlier -> the BUFFER node holding its value (so it is never recomputed).
-_computed: "weakref.WeakKeyDictionary[ir.Node, ir.Node]" = weakref.WeakKeyDictionary()
 _vars: "weakref.WeakValueDictionary[int, Var]" = weakref.WeakValueDictionary()
 _var_ids = itertools.count(1)
 _listeners: list = []   # profilers: called with (spec, device, event)
@@ -75,19 +72,6 @@ def remove_listener(fn):
     _listeners.remove(fn)
 
 
-def bind_buffer(node: ir.Node, buf: Buffer):
-    _buffers[node] = buf
-
-
-def buffer_of(node: ir.Node):
-    n = _computed.get(node, node)
-    return _buffers.get(n)
-
-
-def _is_leaf(n):
-    return n.op in ("BUFFER", "CONST", "VAR") or n in _computed
-
-
 class _Rand:
     """Seed and offset of a RAND node; replays draw fresh numbers by advancing the offset."""
     __slots__ = ("seed", "offset", "numel")
@@ -100,19 +84,21 @@ def realize(targets, device, dests=None, group=False) -> list:
     """Compute ``targets`` on ``device``; returns their BUFFER nodes. ``dests`` maps a
     target to an existing Buffer to write into (in-place update of a parameter)."""
     dests = dests or {}
+    dests_in = set(dests)
     resolved = []
     for t in targets:
-        r = _computed.get(t, t)
+        r = computed_as(t)
         if r.op == "RESHAPE" and t not in dests:
             # a reshape of a contiguous result is the same memory: compute the source only
             while r.op == "RESHAPE":
                 r = r.srcs[0]
-            r = _computed.get(r, r)
+            r = computed_as(r)
         resolved.append(r)
     for t, r in zip(targets, resolved):
         if r.op == "BUFFER" and t in dests:   # assigning an existing value: a plain copy
-            device.copy(_buffers[r], dests[t], dests[t].nbytes)
-    dests = {_computed.get(t, t): b for t, b in dests.items()}
+            src, dst = buffer_of(r), dests[t]
+            record_host_action(lambda src=src, dst=dst: device.copy(src, dst, dst.nbytes))
+    dests = {computed_as(t): b for t, b in dests.items()}
     lowered = plan([r for r in resolved if r.op != "BUFFER"], device.kind, group)
     groups = [g for g, _ in lowered]
     specs = [spec for _, spec in lowered]
@@ -160,17 +146,20 @@ def realize(targets, device, dests=None, group=False) -> list:
                 free.setdefault(out_of[n].nbytes, []).append(out_of[n])
     result = []
     for t, r in zip(targets, resolved):
-        buf = _buffers[r] if r.op == "BUFFER" else out_of[r]
+        buf = buffer_of(r) if r.op == "BUFFER" else out_of[r]
         if r.op == "BUFFER" and r.shape == t.shape:
             result.append(r)
             continue
         bn = ir.buffer(t.shape, t.dtype)
-        _buffers[bn] = buf
-        _computed[t] = bn
-        if r is not t and r.op != "BUFFER":
-            rn = ir.buffer(r.shape, r.dtype)
-            _buffers[rn] = buf
-            _computed[r] = rn
+        bind_buffer(bn, buf)
+        if t not in dests_in:
+            # a value written into a scratch buffer for an in-place commit is not kept
+            # under its expression: the scratch's memory changes owner at the commit
+            remember(t, bn)
+            if r is not t and r.op != "BUFFER":
+                rn = ir.buffer(r.shape, r.dtype)
+                bind_buffer(rn, buf)
+                remember(r, rn)
         result.append(bn)
     return result
 
@@ -210,7 +199,34 @@ def replay(items, device):
 
 def plan(targets, kind="cpu", group=False):
     """Schedule and lower ``targets`` without building or launching: [(group, spec)]."""
-    resolved = [_computed.get(t, t) for t in targets]
+    resolved = [computed_as(t) for t in targets]
     groups = schedule([r for r in resolved if r.op != "BUFFER"], _is_leaf, group=group)
     materialized = {o for g in groups for o in g.outputs}
     return [(g, lower(g, _is_leaf, materialized.__contains__, kind)) for g in groups]
+
+
+def write_storages(pairs, device, group=False) -> None:
+    """In-place writes: each ``(storage, value_node)`` of a realized storage gets the
+    value, computed in one schedule (``group``: same-shaped values share a kernel) into
+    scratch buffers, then committed (see ``storage.commit``). The commit is a host action,
+    so a replayed compiled step swaps the same buffers again."""
+    scratch = _compute_into_scratch([v for _, v in pairs], device, group)
+    storages = [s for s, _ in pairs]
+    pairs.clear()   # the value graphs must not keep the old versions alive at the commit
+    for s, buf in zip(storages, scratch):
+        record_host_action(lambda s=s, buf=buf: commit(s, buf))
+
+
+def _compute_into_scratch(values, device, group):
+    scratch, dests, twins = [], {}, []
+    for v in values:
+        buf = device.alloc(v.numel * np.dtype(NP_DTYPES[v.dtype]).itemsize)
+        if v in dests:      # the same value for two storages: computed once, copied
+            twins.append((dests[v], buf))
+        else:
+            dests[v] = buf
+        scratch.append(buf)
+    realize(list(dests), device, dests=dests, group=group)
+    for a, b in twins:
+        record_host_action(lambda a=a, b=b: device.copy(a, b, b.nbytes))
+    return scratch

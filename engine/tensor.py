@@ -12,8 +12,10 @@ import weakref
 import numpy as np
 
 from . import ir, realize as rz
-from .autograd import backward_pass
+from .autograd import Ctx, backward_pass
+from .buffers import bind_buffer, buffer_of
 from .runtime import NP_DTYPES, get_device
+from .storage import Storage, apply_view, contiguous_strides, unview, view_strides
 from .tune import gemm_tile
 
 __all__ = ["Tensor", "tensor", "empty", "zeros", "ones", "full", "arange", "rand", "randn", "zeros_like",
@@ -73,13 +75,6 @@ def set_random_state(state: dict):
     _rng.bit_generator.state = state
 
 
-class _Ctx:
-    __slots__ = ("op", "parents", "arg", "out")
-
-    def __init__(self, op, parents, arg, out):
-        self.op, self.parents, self.arg, self.out = op, parents, arg, out
-
-
 def _infer_dtype(arr: np.ndarray) -> str:
     if arr.dtype == np.bool_:
         return "bool"
@@ -93,11 +88,17 @@ def _infer_dtype(arr: np.ndarray) -> str:
 
 
 class Tensor:
-    __slots__ = ("node", "device", "requires_grad", "grad", "_ctx", "__weakref__")
+    """A lazy value. Its data lives in a ``Storage`` (shared with its views); ``node`` is
+    the IR node of its current value, recomputed from the storage after an in-place write."""
+    __slots__ = ("_storage", "_view", "_strides", "_vnode", "device", "requires_grad", "grad", "_ctx",
+                 "_leaf_view", "__weakref__")
     __array_priority__ = 1000
 
     def __init__(self, node: ir.Node, device, requires_grad=False, ctx=None):
-        self.node, self.device = node, device
+        self._storage = Storage(node)
+        self._view, self._strides, self._vnode = (), None, None
+        self._leaf_view = False     # a view of a leaf that requires grad
+        self.device = device
         self.requires_grad = requires_grad
         self.grad = None
         self._ctx = ctx
@@ -105,6 +106,33 @@ class Tensor:
             stack = getattr(_state, "scope", None)
             if stack:
                 _scopes[node] = ".".join(stack)
+
+    @property
+    def node(self) -> ir.Node:
+        base = self._storage.node
+        if not self._view:
+            return base
+        cached = self._vnode
+        if cached is not None and cached[0] is base:
+            return cached[1]
+        node = apply_view(base, self._view)
+        self._vnode = (base, node)
+        return node
+
+    @property
+    def _version(self) -> int:
+        return self._storage.version
+
+    def _is_view(self) -> bool:
+        return bool(self._view)
+
+    def _layout_strides(self) -> tuple:
+        return self._strides if self._strides is not None else contiguous_strides(self.shape)
+
+    def is_contiguous(self) -> bool:
+        if self._strides is None:
+            return True
+        return all(a == b for a, b, n in zip(self._strides, contiguous_strides(self.shape), self.shape) if n != 1)
 
     # --- basic properties ---------------------------------------------------------------
     @property
@@ -139,7 +167,7 @@ class Tensor:
 
     def numpy(self) -> np.ndarray:
         self.realize()
-        return self.device.download(rz.buffer_of(self.node), self.shape, self.dtype)
+        return self.device.download(buffer_of(self.node), self.shape, self.dtype)
 
     def item(self):
         if self.numel() != 1:
@@ -150,13 +178,43 @@ class Tensor:
         return self.numpy().tolist()
 
     def detach(self) -> "Tensor":
-        return Tensor(self.node, self.device)
+        """The same storage and view, outside autograd (like PyTorch, writes show in both)."""
+        return self._alias(requires_grad=False)
+
+    def _alias(self, requires_grad) -> "Tensor":
+        t = Tensor.__new__(Tensor)
+        t._storage, t._view, t._strides, t._vnode = self._storage, self._view, self._strides, self._vnode
+        t.device, t.requires_grad, t.grad, t._ctx = self.device, requires_grad, None, None
+        t._leaf_view = False
+        return t
+
+    @property
+    def data(self) -> "Tensor":
+        return self.detach()
+
+    @data.setter
+    def data(self, other: "Tensor"):
+        if not isinstance(other, Tensor):
+            raise TypeError(f"data must be a Tensor, got {type(other).__name__}")
+        if other.device is not self.device:
+            raise RuntimeError(f"data: tensors on different devices: {self.device.name} and {other.device.name}")
+        self._storage, self._view, self._strides, self._vnode = other._storage, other._view, other._strides, other._vnode
 
     def requires_grad_(self, flag=True) -> "Tensor":
+        if self._ctx is not None and not flag:
+            raise RuntimeError("requires_grad_(False): only leaf tensors can stop requiring grad; use detach()")
         self.requires_grad = flag
         return self
 
-    def backward(self, gradient=None):
+    @property
+    def is_leaf(self) -> bool:
+        return self._ctx is None
+
+    @property
+    def grad_fn(self):
+        return self._ctx
+
+    def backward(self, gradient=None, retain_graph=False):
         if not self.requires_grad:
             raise RuntimeError("backward(): this tensor does not require grad (no input had requires_grad=True)")
         if gradient is None:
@@ -164,21 +222,138 @@ class Tensor:
                 raise RuntimeError(f"backward(): grad can be implicitly created only for scalars, got shape {self.shape}")
             gradient = Tensor(ir.const(1.0, self.shape), self.device)
         with no_grad():
-            leaves = backward_pass(self, gradient)
+            leaves = backward_pass(self, gradient, retain_graph=retain_graph)
         # One schedule computes the loss and every gradient together, so the forward pass
         # is not run twice.
         realize_all(self, *[t.grad for t in leaves])
 
-    def assign_(self, value) -> "Tensor":
-        """Write ``value`` into this tensor's existing buffer (in-place parameter update)."""
-        value = self._lift(value)
-        if value.shape != self.shape:
-            raise ir.ShapeError(f"assign_: value shape {value.shape} differs from {self.shape}")
-        self.realize()
-        rz.realize([value.node], self.device, dests={value.node: rz.buffer_of(self.node)})
+    # --- in-place writes (see engine/storage.py) ------------------------------------------
+    def _write(self, value: "Tensor") -> "Tensor":
+        """Make ``value`` (already this tensor's shape and dtype) this tensor's content, in
+        its storage, so every view of the storage sees it and its version goes up."""
+        if _grad_enabled():
+            if self.requires_grad and (self._ctx is None or self._leaf_view):
+                kind = "a view of a leaf Variable" if self._leaf_view else "a leaf Variable"
+                raise RuntimeError(f"{kind} that requires grad is being used in an in-place operation "
+                                   "(wrap it in engine.no_grad(), or use an out-of-place op)")
+            if value.requires_grad or self.requires_grad:
+                if self._view:
+                    raise NotImplementedError("in-place write into a view of a tensor that requires grad "
+                                              "(with grad enabled); write out of place, e.g. with where()")
+                # this tensor's history now ends in the op that made ``value``
+                self._ctx, self.requires_grad = value._ctx, True
+        node = value.node
+        if node.dtype != self.dtype:
+            node = ir.cast(node, self.dtype)
+        store = self._storage
+        new_base = unview(store.node, self._view, node) if self._view else node
+        del value, node
+        if store.realized:
+            rz.write_storages([(store, new_base)], self.device)
+        else:
+            store.node = new_base
+            store.version += 1
+        if self._ctx is not None:
+            # the op that made the new value read this tensor before the write, by design
+            self._ctx.refresh_version(store)
         return self
 
-    # --- construction helpers -----------------------------------------------------------
+    def _value_like(self, v) -> "Tensor":
+        v = self._lift(v)
+        if v.device is not self.device:
+            raise RuntimeError(f"tensors on different devices: {self.device.name} and {v.device.name}")
+        if _broadcast_shape(self.shape, v.shape) != self.shape:
+            raise ir.ShapeError(f"in-place: a value of shape {v.shape} cannot be written into shape {self.shape}")
+        return v._expand_to(self.shape)
+
+    def _check_inplace_dtype(self, value, op):
+        if value.dtype == "float32" and self.dtype != "float32":
+            raise RuntimeError(f"{op}: result type float32 can't be cast to the desired output type {self.dtype}")
+
+    def copy_(self, src) -> "Tensor":
+        return self._write(self._value_like(src))
+
+    def assign_(self, value) -> "Tensor":
+        """Write ``value`` into this tensor's storage, outside autograd (optimizers, buffers)."""
+        with no_grad():
+            return self._write(self._value_like(value))
+
+    def fill_(self, value) -> "Tensor":
+        return self._write(Tensor(ir.const(value, self.shape, self.dtype), self.device))
+
+    def zero_(self) -> "Tensor":
+        return self.fill_(0)
+
+    def add_(self, other, alpha=1) -> "Tensor":
+        other = self._lift(other)
+        res = self + (other * alpha if alpha != 1 else other)
+        self._check_inplace_dtype(res, "add_")
+        return self._write(res)
+
+    def sub_(self, other, alpha=1) -> "Tensor":
+        other = self._lift(other)
+        res = self - (other * alpha if alpha != 1 else other)
+        self._check_inplace_dtype(res, "sub_")
+        return self._write(res)
+
+    def mul_(self, other) -> "Tensor":
+        res = self * other
+        self._check_inplace_dtype(res, "mul_")
+        return self._write(res)
+
+    def div_(self, other) -> "Tensor":
+        res = self / other
+        self._check_inplace_dtype(res, "div_")
+        return self._write(res)
+
+    def clamp_(self, min=None, max=None) -> "Tensor":  # noqa: A002  (PyTorch's names)
+        return self._write(self.clamp(min, max))
+
+    def masked_fill_(self, mask, value) -> "Tensor":
+        return self._write(self.masked_fill(mask, value))
+
+    def __iadd__(self, other):
+        return self.add_(other)
+
+    def __isub__(self, other):
+        return self.sub_(other)
+
+    def __imul__(self, other):
+        return self.mul_(other)
+
+    def __itruediv__(self, other):
+        return self.div_(other)
+
+    def __setitem__(self, key, value):
+        if isinstance(key, Tensor) and key.dtype == "bool":
+            self.masked_fill_(key, value)
+            return
+        view = self[key]
+        if not view._view and view._storage is not self._storage:
+            raise TypeError(f"unsupported index {key!r} for assignment: use ints, slices, None, ... or a bool mask")
+        view._write(view._value_like(value))
+
+    def clamp(self, min=None, max=None) -> "Tensor":  # noqa: A002
+        out = self
+        if min is not None:
+            out = out.maximum(min)
+        if max is not None:
+            out = out.minimum(max)
+        return out
+
+    def masked_fill(self, mask, value) -> "Tensor":
+        mask = self._lift(mask)
+        if mask.dtype != "bool":
+            raise TypeError(f"masked_fill: the mask must be bool, got {mask.dtype}")
+        v = self._lift(value)
+        if v.dtype != self.dtype:
+            v = v.cast(self.dtype)
+        return mask.where_(v, self)
+
+    def clone(self) -> "Tensor":
+        return Tensor._make("CLONE", self.node, (self,))
+
+        # --- construction helpers -----------------------------------------------------------
     def _lift(self, x) -> "Tensor":
         if isinstance(x, Tensor):
             if x.device is not self.device:
@@ -198,7 +373,26 @@ class Tensor:
         rg = _grad_enabled() and any(p.requires_grad for p in parents)
         t = Tensor(node, dev, requires_grad=rg)
         if rg:
-            t._ctx = _Ctx(op, tuple(parents), arg, Tensor(node, dev))
+            t._ctx = Ctx(op, parents, arg, t)
+        return t
+
+    def _view_op(self, op, node, arg) -> "Tensor":
+        """A view: shares this tensor's storage (writes through it reach the base), unless
+        its elements cannot be addressed as strides of the same memory (then a copy, as a
+        PyTorch reshape is)."""
+        strides = view_strides(op, arg, self.shape, self._layout_strides())
+        if strides is None:
+            return Tensor._make(op, node, (self,), arg)
+        t = self._alias(requires_grad=False)
+        t._view, t._strides, t._vnode = self._view + ((op, arg),), strides, (self._storage.node, node)
+        if _grad_enabled() and self.requires_grad:
+            t.requires_grad = True
+            t._ctx = Ctx(op, (self,), arg, t)
+            t._leaf_view = self._ctx is None or self._leaf_view
+        if node not in _scopes:
+            stack = getattr(_state, "scope", None)
+            if stack:
+                _scopes[node] = ".".join(stack)
         return t
 
     def _broadcast(self, other) -> tuple:
@@ -386,13 +580,19 @@ class Tensor:
             shape = tuple(self.numel() // known if s == -1 else s for s in shape)
         if shape == self.shape:
             return self
-        return Tensor._make("RESHAPE", ir.reshape(self.node, shape), (self,), shape)
+        return self._view_op("RESHAPE", ir.reshape(self.node, shape), shape)
 
-    view = reshape
+    def view(self, *shape) -> "Tensor":
+        out = self.reshape(*shape)
+        if out is not self and out._storage is not self._storage:
+            raise RuntimeError(f"view size is not compatible with input tensor's size and stride "
+                               f"(shape {self.shape} -> {out.shape}); use .reshape(...) instead")
+        return out
 
     def permute(self, *order) -> "Tensor":
         order = tuple(o % self.ndim for o in _shape_arg(order))
-        return Tensor._make("PERMUTE", ir.permute(self.node, order), (self,), order)
+        node = ir.permute(self.node, order)
+        return self if node is self.node else self._view_op("PERMUTE", node, order)
 
     def expand(self, *shape) -> "Tensor":
         shape = _shape_arg(shape)
@@ -401,11 +601,11 @@ class Tensor:
             return self.reshape((1,) * (len(shape) - self.ndim) + self.shape).expand(shape)
         if shape == self.shape:
             return self
-        return Tensor._make("EXPAND", ir.expand(self.node, shape), (self,), shape)
+        return self._view_op("EXPAND", ir.expand(self.node, shape), shape)
 
     def shrink(self, bounds) -> "Tensor":
         node = ir.shrink(self.node, bounds)
-        return self if node is self.node else Tensor._make("SHRINK", node, (self,), node.arg)
+        return self if node is self.node else self._view_op("SHRINK", node, node.arg)
 
     def pad(self, widths) -> "Tensor":
         node = ir.pad(self.node, widths)
@@ -530,7 +730,7 @@ class Tensor:
         return self.reshape(self.shape[:s] + (math.prod(self.shape[s:e + 1]),) + self.shape[e + 1:])
 
     def contiguous(self):
-        return self
+        return self if self.is_contiguous() else self.clone()
 
     def __getitem__(self, key):
         if not isinstance(key, tuple):
@@ -618,7 +818,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
         raise TypeError(f"unsupported dtype {dt!r}; supported: {list(NP_DTYPES)}")
     arr = np.ascontiguousarray(arr, dtype=NP_DTYPES[dt])
     node = ir.buffer(arr.shape, dt)
-    rz.bind_buffer(node, dev.upload(arr))
+    bind_buffer(node, dev.upload(arr))
     return Tensor(node, dev, requires_grad=requires_grad)
 
 
@@ -626,7 +826,7 @@ def empty(shape, dtype="float32", device=None) -> Tensor:
     """A tensor backed by a fresh, uninitialised device buffer."""
     dev = get_device(device)
     node = ir.buffer(_shape_arg(shape if isinstance(shape, tuple) else (shape,)), dtype)
-    rz.bind_buffer(node, dev.alloc(node.numel * np.dtype(NP_DTYPES[dtype]).itemsize))
+    bind_buffer(node, dev.alloc(node.numel * np.dtype(NP_DTYPES[dtype]).itemsize))
     return Tensor(node, dev)
 
 
@@ -719,6 +919,10 @@ def realize_all(*tensors) -> None:
     for t in todo:
         by_dev.setdefault(t.device, []).append(t)
     for dev, ts in by_dev.items():
-        nodes = rz.realize([t.node for t in ts], dev)
-        for t, n in zip(ts, nodes):
-            t.node = n
+        wanted = [t.node for t in ts]
+        nodes = rz.realize(wanted, dev)
+        for t, want, n in zip(ts, wanted, nodes):
+            # a base tensor's storage now holds the value itself; a view's value is kept
+            # under its node by the buffer registry
+            if not t._view and t._storage.node is want:
+                t._storage.node = n

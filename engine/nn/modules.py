@@ -29,8 +29,12 @@ class Parameter(Tensor):
 
     def __init__(self, data, device=None):
         src = data if isinstance(data, Tensor) else tensor(np.asarray(data, dtype=np.float32), device=device)
+        if src._view:
+            src = src.clone().detach()
         src.realize()
         super().__init__(src.node, src.device, requires_grad=True)
+        # like torch.nn.Parameter(t): the parameter shares t's storage
+        self._storage = src._storage
 
 
 def _uniform(shape, bound, device):
