@@ -114,6 +114,7 @@ class Device:
         self._probe_lock = threading.Lock()
         self._caps = None
         self._build_worker = None
+        self._no_worker = False
         # e.g. -cl-opt-disable under Oclgrind, whose uninitialised-value check cannot follow
         # the `freeze` instructions LLVM's optimiser emits
         self._extra_options = os.environ.get("ENGINE_BUILD_OPTIONS", "").strip()
@@ -331,6 +332,7 @@ class Device:
                     self._remember_gemm_failure(cand.render["VW"], f)
                 continue
             except _WorkerUnavailable as exc:
+                self._no_worker = True      # for the rest of this process
                 warnings.warn(f"{exc}; building in this process, unprotected", CompilerFallbackWarning, stacklevel=4)
                 program = self._compile(cand, options, key)
                 return program, cand, _binary_of(program)
@@ -389,7 +391,7 @@ class Device:
 
     # --- the build child and the device probe -----------------------------------------------
     def _worker(self) -> "_BuildWorker":
-        if self._build_worker is None:
+        if self._build_worker is None or self._build_worker.owner != os.getpid():   # none yet, or forked
             self._build_worker = _BuildWorker(self)
         return self._build_worker
 
@@ -403,7 +405,8 @@ class Device:
                     prof = _load_profiles().get(_profile_key(self))
                     if prof is None:
                         prof = _probe(self)
-                        _save_profile(self, prof)
+                        if not prof.get("transient"):
+                            _save_profile(self, prof)
                     self._caps = prof
         return self._caps
 
@@ -463,7 +466,7 @@ def _safe_mode(device) -> str:
     builds and launches once: drivers such as PoCL compile the kernel at its first launch).
     Default: launch on PoCL, build elsewhere."""
     v = (os.environ.get("ENGINE_SAFE_BUILD") or "").strip().lower()
-    if v in ("0", "off", "no", "false"):
+    if v in ("0", "off", "no", "false") or device._no_worker:
         return "off"
     if v in ("build", "launch"):
         return v
@@ -514,6 +517,7 @@ class _BuildWorker:
 
     def __init__(self, device):
         self.sel = {"index": device.index, "platform": device.platform, "name": device.name}
+        self.owner = os.getpid()
         self.proc = None
         self.err = None
         self.lock = threading.Lock()
@@ -604,7 +608,7 @@ class _BuildWorker:
 
 def _close_workers():
     for d in _devices or ():
-        if d._build_worker is not None:
+        if d._build_worker is not None and d._build_worker.owner == os.getpid():
             d._build_worker.close()
 
 
@@ -792,9 +796,13 @@ def _probe(device) -> dict:
                 prof[field] = chain[-1]
         if family == "tiled":
             prof["local_memory"] = any(w.startswith("tiled") for w in prof["works"])
-    except _WorkerUnavailable as exc:
+    except _WorkerUnavailable as exc:   # not remembered on disk: the next process tries again
+        device._no_worker = True
+        warnings.warn(f"{exc}; the device probe did not run and programs are built in this process, "
+                      f"unprotected from compiler crashes", CompilerFallbackWarning, stacklevel=4)
         prof["probe"] = f"not run: {exc}"
         prof["safe_build"] = "off"
+        prof["transient"] = True
     prof["probe_s"] = round(time.perf_counter() - t0, 3)
     for d in prof["dropped"]:
         last = d["detail"].strip().splitlines()[-1] if d["detail"].strip() else "no output"

@@ -115,3 +115,21 @@ print(json.dumps({"worker": d._build_worker is not None, **d.stats}))
 """
     out, _ = _run(tmp_path, "", code=code)
     assert out["worker"] is False and out["builds"] == 0 and out["disk_hits"] >= 1
+
+
+def test_no_build_child_means_unprotected_in_process_builds_with_a_warning(tmp_path, monkeypatch):
+    """Where a child process cannot be started (or dies before it is ready), builds still
+    work, in this process, and the user is told they are unprotected; nothing is remembered
+    on disk, so the next process tries the child again."""
+    broken = tmp_path / "broken_worker.py"
+    broken.write_text("import sys; sys.exit(7)\n")
+    monkeypatch.setattr(runtime, "_WORKER_SCRIPT", str(broken))
+    monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("ENGINE_SAFE_BUILD", raising=False)
+    d = engine.default_device()
+    dev = runtime.Device(d.cl_device, d.index)
+    spec = runtime._BundledSpec("mao_seven", "__kernel void mao_seven(__global float* o) { o[0] = 7.0f; }")
+    with pytest.warns(runtime.CompilerFallbackWarning, match="did not start"):
+        ck = dev.build(spec)
+    assert dev._no_worker and dev.stats["builds"] == 1 and ck.kernel.function_name == "mao_seven"
+    assert "transient" in dev.capabilities() and not (tmp_path / "cache" / "devices.json").exists()
