@@ -336,10 +336,8 @@ class Device:
                 warnings.warn(f"{exc}; building in this process, unprotected", CompilerFallbackWarning, stacklevel=4)
                 program = self._compile(cand, options, key)
                 return program, cand, _binary_of(program)
-            if not resp["ok"]:
-                if resp["error"].startswith("launch failed"):   # built, but would not run: say so, as a build error
-                    raise self._build_error(cand, options, key, resp["error"])
-                return self._compile(cand, options, key), cand, None   # raises BuildError with the log
+            if not resp["ok"]:      # an ordinary build error (with its log), or built but would not launch
+                raise self._build_error(cand, options, key, resp["error"])
             binary = base64.b64decode(resp["binary"])
             try:
                 program = self._from_binary(binary, options)
