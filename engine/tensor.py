@@ -1,93 +1,33 @@
 """The user-facing Tensor: lazy, PyTorch-shaped. Each op records one IR node and, when an
-input requires grad, the context its gradient rule (``autograd.GRADS``) needs. Nothing
-runs until a value is needed.
+input requires grad, the op (``autograd.Ctx``) its gradient rule needs. Nothing runs until
+a value is needed. Values live in storages (``engine/storage.py``); composed ops and the
+public in-place API are in ``engine/tensor_math.py``, creation in ``engine/creation.py``.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-import weakref
 
 import numpy as np
 
 from . import ir, realize as rz
 from .autograd import Ctx, backward_pass
 from .buffers import bind_buffer, buffer_of
-from .runtime import NP_DTYPES, get_device
+from .context import (grad_enabled as _grad_enabled, host_rng, label, manual_seed, no_grad, random_state, scope,
+                      scope_of, set_random_state)
+from .runtime import NP_DTYPES
+from .shapes import axes_of as _axes, broadcast_shape as _broadcast_shape, shape_arg as _shape_arg
 from .storage import Storage, apply_view, contiguous_strides, unview, view_strides
+from .tensor_math import TensorMath
 from .tune import gemm_tile
 
 __all__ = ["Tensor", "tensor", "empty", "zeros", "ones", "full", "arange", "rand", "randn", "zeros_like",
            "ones_like", "cat", "stack", "where", "no_grad", "manual_seed", "random_state",
-           "set_random_state", "realize_all", "scope", "scope_of", "maximum", "minimum"]
+           "set_random_state", "realize_all", "scope", "scope_of", "maximum", "minimum", "host_rng"]
 
-_state = threading.local()
 SPLIT_REDUCE_AT = 1 << 15     # reductions at least this long run as two kernels
-_scopes: "weakref.WeakKeyDictionary[ir.Node, str]" = weakref.WeakKeyDictionary()
-_rng = np.random.Generator(np.random.PCG64(0))
 
 
-def _grad_enabled():
-    return getattr(_state, "grad", True)
-
-
-@contextlib.contextmanager
-def no_grad():
-    prev = _grad_enabled()
-    _state.grad = False
-    try:
-        yield
-    finally:
-        _state.grad = prev
-
-
-@contextlib.contextmanager
-def scope(name: str):
-    """Label nodes built inside with a module path (shown by explain and the UI)."""
-    stack = getattr(_state, "scope", [])
-    _state.scope = stack + [name] if name else stack
-    try:
-        yield
-    finally:
-        _state.scope = stack
-
-
-def scope_of(node) -> str:
-    return _scopes.get(node, "")
-
-
-def manual_seed(seed: int):
-    global _rng
-    _rng = np.random.Generator(np.random.PCG64(int(seed)))
-
-
-def host_rng() -> np.random.Generator:
-    """The engine's host RNG (parameter init, dropout seeds); reseeded by manual_seed."""
-    return _rng
-
-
-def random_state() -> dict:
-    return _rng.bit_generator.state
-
-
-def set_random_state(state: dict):
-    _rng.bit_generator.state = state
-
-
-def _infer_dtype(arr: np.ndarray) -> str:
-    if arr.dtype == np.bool_:
-        return "bool"
-    if np.issubdtype(arr.dtype, np.floating):
-        return "float32"
-    if arr.dtype == np.int32:
-        return "int32"
-    if np.issubdtype(arr.dtype, np.integer):
-        return "int64"
-    raise TypeError(f"unsupported dtype {arr.dtype}")
-
-
-class Tensor:
+class Tensor(TensorMath):
     """A lazy value. Its data lives in a ``Storage`` (shared with its views); ``node`` is
     the IR node of its current value, recomputed from the storage after an in-place write."""
     __slots__ = ("_storage", "_view", "_strides", "_vnode", "device", "requires_grad", "grad", "_ctx",
@@ -102,10 +42,7 @@ class Tensor:
         self.requires_grad = requires_grad
         self.grad = None
         self._ctx = ctx
-        if node not in _scopes:
-            stack = getattr(_state, "scope", None)
-            if stack:
-                _scopes[node] = ".".join(stack)
+        label(node)
 
     @property
     def node(self) -> ir.Node:
@@ -258,102 +195,7 @@ class Tensor:
             self._ctx.refresh_version(store)
         return self
 
-    def _value_like(self, v) -> "Tensor":
-        v = self._lift(v)
-        if v.device is not self.device:
-            raise RuntimeError(f"tensors on different devices: {self.device.name} and {v.device.name}")
-        if _broadcast_shape(self.shape, v.shape) != self.shape:
-            raise ir.ShapeError(f"in-place: a value of shape {v.shape} cannot be written into shape {self.shape}")
-        return v._expand_to(self.shape)
-
-    def _check_inplace_dtype(self, value, op):
-        if value.dtype == "float32" and self.dtype != "float32":
-            raise RuntimeError(f"{op}: result type float32 can't be cast to the desired output type {self.dtype}")
-
-    def copy_(self, src) -> "Tensor":
-        return self._write(self._value_like(src))
-
-    def assign_(self, value) -> "Tensor":
-        """Write ``value`` into this tensor's storage, outside autograd (optimizers, buffers)."""
-        with no_grad():
-            return self._write(self._value_like(value))
-
-    def fill_(self, value) -> "Tensor":
-        return self._write(Tensor(ir.const(value, self.shape, self.dtype), self.device))
-
-    def zero_(self) -> "Tensor":
-        return self.fill_(0)
-
-    def add_(self, other, alpha=1) -> "Tensor":
-        other = self._lift(other)
-        res = self + (other * alpha if alpha != 1 else other)
-        self._check_inplace_dtype(res, "add_")
-        return self._write(res)
-
-    def sub_(self, other, alpha=1) -> "Tensor":
-        other = self._lift(other)
-        res = self - (other * alpha if alpha != 1 else other)
-        self._check_inplace_dtype(res, "sub_")
-        return self._write(res)
-
-    def mul_(self, other) -> "Tensor":
-        res = self * other
-        self._check_inplace_dtype(res, "mul_")
-        return self._write(res)
-
-    def div_(self, other) -> "Tensor":
-        res = self / other
-        self._check_inplace_dtype(res, "div_")
-        return self._write(res)
-
-    def clamp_(self, min=None, max=None) -> "Tensor":  # noqa: A002  (PyTorch's names)
-        return self._write(self.clamp(min, max))
-
-    def masked_fill_(self, mask, value) -> "Tensor":
-        return self._write(self.masked_fill(mask, value))
-
-    def __iadd__(self, other):
-        return self.add_(other)
-
-    def __isub__(self, other):
-        return self.sub_(other)
-
-    def __imul__(self, other):
-        return self.mul_(other)
-
-    def __itruediv__(self, other):
-        return self.div_(other)
-
-    def __setitem__(self, key, value):
-        if isinstance(key, Tensor) and key.dtype == "bool":
-            self.masked_fill_(key, value)
-            return
-        view = self[key]
-        if not view._view and view._storage is not self._storage:
-            raise TypeError(f"unsupported index {key!r} for assignment: use ints, slices, None, ... or a bool mask")
-        view._write(view._value_like(value))
-
-    def clamp(self, min=None, max=None) -> "Tensor":  # noqa: A002
-        out = self
-        if min is not None:
-            out = out.maximum(min)
-        if max is not None:
-            out = out.minimum(max)
-        return out
-
-    def masked_fill(self, mask, value) -> "Tensor":
-        mask = self._lift(mask)
-        if mask.dtype != "bool":
-            raise TypeError(f"masked_fill: the mask must be bool, got {mask.dtype}")
-        v = self._lift(value)
-        if v.dtype != self.dtype:
-            v = v.cast(self.dtype)
-        return mask.where_(v, self)
-
-    def clone(self) -> "Tensor":
-        return Tensor._make("CLONE", self.node, (self,))
-
-        # --- construction helpers -----------------------------------------------------------
+    # --- construction helpers -----------------------------------------------------------
     def _lift(self, x) -> "Tensor":
         if isinstance(x, Tensor):
             if x.device is not self.device:
@@ -366,6 +208,12 @@ class Tensor:
         else:
             dtype = "float32"
         return Tensor(ir.const(x, (), dtype), self.device)
+
+    def _host(self, array: np.ndarray) -> "Tensor":
+        """A host array as a tensor on this tensor's device."""
+        node = ir.buffer(array.shape, "float32" if array.dtype.kind == "f" else "int64")
+        bind_buffer(node, self.device.upload(np.ascontiguousarray(array, dtype=NP_DTYPES[node.dtype])))
+        return Tensor(node, self.device)
 
     @staticmethod
     def _make(op, node, parents, arg=None) -> "Tensor":
@@ -389,10 +237,7 @@ class Tensor:
             t.requires_grad = True
             t._ctx = Ctx(op, (self,), arg, t)
             t._leaf_view = self._ctx is None or self._leaf_view
-        if node not in _scopes:
-            stack = getattr(_state, "scope", None)
-            if stack:
-                _scopes[node] = ".".join(stack)
+        label(node)
         return t
 
     def _broadcast(self, other) -> tuple:
@@ -615,300 +460,6 @@ class Tensor:
         node = ir.window(self.node, kernel, stride, dilation)
         return Tensor._make("WINDOW", node, (self,), node.arg)
 
-    # --- composed ops -------------------------------------------------------------------
-    def __neg__(self):
-        return self.neg()
-
-    def __sub__(self, o):
-        return self + (-self._lift(o))
-
-    def __rsub__(self, o):
-        return self._lift(o) + (-self)
-
-    def __truediv__(self, o):
-        o = self._lift(o)
-        if o.node.op == "CONST" and o.dtype == "float32":
-            return self * (1.0 / o.node.arg)
-        return self * o.float().reciprocal()
-
-    def __rtruediv__(self, o):
-        return self._lift(o) * self.float().reciprocal()
-
-    def __pow__(self, p):
-        if isinstance(p, (int, float)):
-            if p == 2:
-                return self * self
-            if p == 1:
-                return self
-            if p == 0.5:
-                return self.sqrt()
-            if p == -1:
-                return self.reciprocal()
-            if float(p).is_integer() and 0 < p <= 8:
-                out = self
-                for _ in range(int(p) - 1):
-                    out = out * self
-                return out
-        return (self.log() * p).exp()
-
-    def __rpow__(self, base):
-        return (self * math.log(base)).exp()
-
-    def abs(self):
-        return (self < 0).where_(-self, self)
-
-    def relu(self):
-        return self._unary("RELU")
-
-    def sigmoid(self):
-        return (1.0 + (-self).exp()).reciprocal()
-
-    def gelu(self):
-        return 0.5 * self * (1.0 + (self * (1.0 / math.sqrt(2.0))).erf())
-
-    def mean(self, dim=None, keepdim=False):
-        axes = _axes(dim, self.ndim)
-        n = math.prod(self.shape[a] for a in axes) if axes else 1
-        return self.sum(dim, keepdim) * (1.0 / n)
-
-    def var(self, dim=None, keepdim=False, unbiased=True):
-        axes = _axes(dim, self.ndim)
-        n = math.prod(self.shape[a] for a in axes)
-        d = self - self.mean(axes, keepdim=True)
-        return (d * d).sum(dim, keepdim) * (1.0 / max(n - (1 if unbiased else 0), 1))
-
-    def min(self, dim=None, keepdim=False):
-        return -((-self).max(dim, keepdim))
-
-    def argmax(self, dim=None, keepdim=False):
-        x = self.detach()
-        if dim is None:
-            x, dim = x.reshape(-1), 0
-        dim = dim % x.ndim
-        n = x.shape[dim]
-        pos = arange(n, device=self.device, dtype="float32").reshape(
-            tuple(n if i == dim else 1 for i in range(x.ndim)))._expand_to(x.shape)
-        hit = x.eq(x.max(dim, keepdim=True)._expand_to(x.shape))
-        return hit.where_(pos, float(n)).min(dim, keepdim).long()
-
-    def argmin(self, dim=None, keepdim=False):
-        return (-self).argmax(dim, keepdim)
-
-    def softmax(self, dim=-1):
-        e = (self - self.max(dim, keepdim=True).detach()).exp()
-        return e / e.sum(dim, keepdim=True)
-
-    def log_softmax(self, dim=-1):
-        z = self - self.max(dim, keepdim=True).detach()
-        return z - z.exp().sum(dim, keepdim=True).log()
-
-    def transpose(self, d0=-2, d1=-1):
-        order = list(range(self.ndim))
-        order[d0], order[d1] = order[d1], order[d0]
-        return self.permute(order)
-
-    @property
-    def T(self):
-        return self.permute(tuple(reversed(range(self.ndim))))
-
-    def unsqueeze(self, dim):
-        dim = dim % (self.ndim + 1)
-        return self.reshape(self.shape[:dim] + (1,) + self.shape[dim:])
-
-    def squeeze(self, dim=None):
-        if dim is None:
-            return self.reshape(tuple(s for s in self.shape if s != 1))
-        dim = dim % self.ndim
-        if self.shape[dim] != 1:
-            return self
-        return self.reshape(self.shape[:dim] + self.shape[dim + 1:])
-
-    def flatten(self, start_dim=0, end_dim=-1):
-        if self.ndim == 0:
-            return self.reshape(1)
-        s, e = start_dim % self.ndim, end_dim % self.ndim
-        return self.reshape(self.shape[:s] + (math.prod(self.shape[s:e + 1]),) + self.shape[e + 1:])
-
-    def contiguous(self):
-        return self if self.is_contiguous() else self.clone()
-
-    def __getitem__(self, key):
-        if not isinstance(key, tuple):
-            key = (key,)
-        if any(k is Ellipsis for k in key):
-            i = key.index(Ellipsis)
-            fill = self.ndim - (len(key) - 1 - sum(k is None for k in key))
-            key = key[:i] + (slice(None),) * fill + key[i + 1:]
-        bounds, out_shape, dim = [], [], 0
-        for k in key:
-            if k is None:
-                out_shape.append(1)
-                continue
-            if dim >= self.ndim:
-                raise IndexError(f"too many indices for tensor of shape {self.shape}")
-            size = self.shape[dim]
-            if isinstance(k, (int, np.integer)):
-                k = int(k)
-                if not -size <= k < size:
-                    raise IndexError(f"index {k} is out of bounds for dim {dim} of size {size}")
-                k %= size
-                bounds.append((k, k + 1, 1))
-            elif isinstance(k, slice):
-                start, stop, step = k.indices(size)
-                if step < 1:
-                    raise IndexError("negative slice steps are not supported")
-                stop = max(start, stop)
-                bounds.append((start, stop, step))
-                out_shape.append(len(range(start, stop, step)))
-            else:
-                raise TypeError(f"unsupported index {k!r}: use ints, slices, None and ...")
-            dim += 1
-        for d in range(dim, self.ndim):
-            bounds.append((0, self.shape[d], 1))
-            out_shape.append(self.shape[d])
-        return self.shrink(bounds).reshape(tuple(out_shape))
-
-    # numpy-style conveniences used by nn
-    def __bool__(self):
-        if self.numel() != 1:
-            raise RuntimeError("the truth value of a tensor with more than one element is ambiguous")
-        return bool(self.item())
-
-    def __float__(self):
-        return float(self.item())
-
-
-def _broadcast_shape(a, b) -> tuple:
-    n = max(len(a), len(b))
-    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
-    out = []
-    for x, y in zip(a, b):
-        if x != y and x != 1 and y != 1:
-            raise ir.ShapeError(f"shapes {a} and {b} cannot be broadcast together")
-        out.append(max(x, y) if x != 0 and y != 0 else 0)
-    return tuple(out)
-
-
-def _axes(dim, ndim) -> tuple:
-    if dim is None:
-        return tuple(range(ndim))
-    if isinstance(dim, int):
-        dim = (dim,)
-    for d in dim:
-        if not -max(ndim, 1) <= d < max(ndim, 1):
-            raise IndexError(f"dim {d} out of range for a tensor of {ndim} dims")
-    return tuple(sorted(d % ndim for d in dim))
-
-
-def _shape_arg(shape) -> tuple:
-    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-        shape = shape[0]
-    return tuple(int(s) for s in shape)
-
-
-# --- creation ------------------------------------------------------------------------------
-
-def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
-    dev = get_device(device)
-    if isinstance(data, Tensor):
-        data = data.numpy()
-    arr = np.asarray(data)
-    dt = dtype or _infer_dtype(arr)
-    if dt not in NP_DTYPES:
-        raise TypeError(f"unsupported dtype {dt!r}; supported: {list(NP_DTYPES)}")
-    arr = np.ascontiguousarray(arr, dtype=NP_DTYPES[dt])
-    node = ir.buffer(arr.shape, dt)
-    bind_buffer(node, dev.upload(arr))
-    return Tensor(node, dev, requires_grad=requires_grad)
-
-
-def empty(shape, dtype="float32", device=None) -> Tensor:
-    """A tensor backed by a fresh, uninitialised device buffer."""
-    dev = get_device(device)
-    node = ir.buffer(_shape_arg(shape if isinstance(shape, tuple) else (shape,)), dtype)
-    bind_buffer(node, dev.alloc(node.numel * np.dtype(NP_DTYPES[dtype]).itemsize))
-    return Tensor(node, dev)
-
-
-def full(shape, value, dtype="float32", device=None, requires_grad=False) -> Tensor:
-    shape = _shape_arg(shape if isinstance(shape, tuple) else (shape,))
-    t = Tensor(ir.const(value, shape, dtype), get_device(device), requires_grad=requires_grad)
-    return t.realize() if requires_grad else t
-
-
-def zeros(*shape, dtype="float32", device=None, requires_grad=False) -> Tensor:
-    return full(_shape_arg(shape), 0, dtype, device, requires_grad)
-
-
-def ones(*shape, dtype="float32", device=None, requires_grad=False) -> Tensor:
-    return full(_shape_arg(shape), 1, dtype, device, requires_grad)
-
-
-def zeros_like(t: Tensor) -> Tensor:
-    return full(t.shape, 0, t.dtype, t.device)
-
-
-def ones_like(t: Tensor) -> Tensor:
-    return full(t.shape, 1, t.dtype, t.device)
-
-
-def arange(start, end=None, step=1, dtype=None, device=None) -> Tensor:
-    if end is None:
-        start, end = 0, start
-    arr = np.arange(start, end, step)
-    return tensor(arr, dtype=dtype or ("float32" if arr.dtype.kind == "f" else "int64"), device=device)
-
-
-def rand(*shape, device=None, requires_grad=False) -> Tensor:
-    return tensor(_rng.random(_shape_arg(shape), dtype=np.float32), device=device, requires_grad=requires_grad)
-
-
-def randn(*shape, device=None, requires_grad=False) -> Tensor:
-    return tensor(_rng.standard_normal(_shape_arg(shape), dtype=np.float32), device=device, requires_grad=requires_grad)
-
-
-def device_rand(shape, device) -> Tensor:
-    """Uniform [0, 1) generated on the device (dropout masks); seeded from the engine RNG."""
-    seed = int(_rng.integers(0, 2**31 - 1))
-    return Tensor(ir.rand(shape, seed, 0), device)
-
-
-def where(cond: Tensor, a, b) -> Tensor:
-    return cond.where_(a, b)
-
-
-def maximum(a: Tensor, b) -> Tensor:
-    return a.maximum(b)
-
-
-def minimum(a: Tensor, b) -> Tensor:
-    return a.minimum(b)
-
-
-def cat(tensors, dim=0) -> Tensor:
-    tensors = list(tensors)
-    if not tensors:
-        raise ValueError("cat() needs at least one tensor")
-    first = tensors[0]
-    dim = dim % first.ndim
-    for t in tensors[1:]:
-        if t.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(t.shape, first.shape)) if i != dim):
-            raise ir.ShapeError(f"cat: shapes {first.shape} and {t.shape} differ outside dim {dim}")
-    total = sum(t.shape[dim] for t in tensors)
-    out, offset = None, 0
-    for t in tensors:
-        widths = [(0, 0)] * t.ndim
-        widths[dim] = (offset, total - offset - t.shape[dim])
-        part = t.float().pad(widths) if t.dtype != first.dtype else t.pad(widths)
-        out = part if out is None else out + part
-        offset += t.shape[dim]
-    return out
-
-
-def stack(tensors, dim=0) -> Tensor:
-    tensors = list(tensors)
-    return cat([t.unsqueeze(dim) for t in tensors], dim)
-
 
 def realize_all(*tensors) -> None:
     """Compute several tensors in one schedule (shared work is done once)."""
@@ -926,3 +477,9 @@ def realize_all(*tensors) -> None:
             # under its node by the buffer registry
             if not t._view and t._storage.node is want:
                 t._storage.node = n
+
+
+# ``engine.tensor`` stays the one import place of the tensor API; creation needs the Tensor
+# class, so it comes after it.
+from .creation import (arange, cat, device_rand, empty, full, maximum, minimum, ones,  # noqa: E402,F401
+                       ones_like, rand, randn, stack, tensor, where, zeros, zeros_like)
