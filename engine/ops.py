@@ -1150,8 +1150,8 @@ def repeat_interleave(x: Tensor, repeats: builtins.int, dim=None) -> Tensor:
 
 
 def clone(x: Tensor) -> Tensor:
-    """A tensor with the same value (and gradient path); views are never written in place."""
-    return x + 0 if x.dtype != "bool" else x.eq(True)
+    """A copy with the same value and gradient path (Tensor.clone)."""
+    return x.clone()
 
 
 def type_as(x: Tensor, other: Tensor) -> Tensor:
@@ -1280,7 +1280,7 @@ TENSOR_METHODS = {
     "__rpow__": lambda a, b: pow(b, a), "log2": log2, "log10": log10, "log1p": log1p, "expm1": expm1,
     "rsqrt": rsqrt, "square": square, "prod": prod, "logsumexp": logsumexp, "norm": norm, "all": all,
     "any": any, "flip": flip, "roll": roll, "repeat": repeat, "tile": tile,
-    "repeat_interleave": repeat_interleave, "t": t, "to": to, "type_as": type_as, "clone": clone,
+    "repeat_interleave": repeat_interleave, "t": t, "to": to, "type_as": type_as,
     "lerp": lerp, "mean": mean, "sum": sum, "__getitem__": getitem,
     "bool": lambda x: _as_bool(x), "new_zeros": lambda x, *s, **k: full(_shape_of(s), 0, k.get("dtype") or x.dtype, x.device),
     "new_ones": lambda x, *s, **k: full(_shape_of(s), 1, k.get("dtype") or x.dtype, x.device),

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import dtypes as _dtypes
 from ..runtime import NP_DTYPES
-from ..tensor import Tensor, host_rng, scope, tensor
+from ..tensor import Tensor, full, host_rng, scope, tensor
 from . import functional as F
 
 __all__ = ["Parameter", "Module", "Linear", "Conv1d", "Conv2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
@@ -175,8 +175,9 @@ class Module:
                 raise ValueError(f"load_state_dict: {k} has shape {tuple(arr.shape)} in the state but {t.shape} in the model")
             # the value in the tensor's own dtype: a bool mask or an int64 counter written as
             # float32 would land in the buffer as other bytes (issue 9)
-            t.assign_(tensor(arr.astype(NP_DTYPES[t.dtype]) if t.dtype != "bool" else arr.astype(bool),
-                             dtype=t.dtype, device=t.device))
+            v = tensor(arr.astype(NP_DTYPES[t.dtype]) if t.dtype != "bool" else arr.astype(bool),
+                       dtype=t.dtype, device=t.device)
+            t.assign_(v.reshape(t.shape) if v.shape != t.shape else v)   # tensor() makes 0-d arrays (1,)
         return _IncompatibleKeys(missing, unexpected)
 
     def apply(self, fn):
@@ -514,7 +515,7 @@ class _BatchNorm(Module):
         if track_running_stats:
             self.register_buffer("running_mean", tensor(np.zeros(num_features, np.float32), device=device))
             self.register_buffer("running_var", tensor(np.ones(num_features, np.float32), device=device))
-            self.register_buffer("num_batches_tracked", tensor(np.zeros((), np.int64), device=device))
+            self.register_buffer("num_batches_tracked", full((), 0, "int64", device=device).realize())
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
 
