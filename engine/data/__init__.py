@@ -6,6 +6,7 @@ pyarrow is imported only inside this package (house style: one module per heavy 
 from .dataset import ArrowDataset, DataError, Part, share_counts
 from .loader import DataLoader, plan_windows, upload
 from .convert import convert, describe, write_parquet
+from .mapstyle import Dataset, TensorDataset, Subset, ConcatDataset, random_split, default_collate, DataLoader as MapDataLoader  # noqa: F401
 
 __all__ = ["ArrowDataset", "DataError", "DataLoader", "Part", "convert", "describe",
            "plan_windows", "share_counts", "upload", "write_parquet"]
