@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import realize as rz
+from . import launch, realize as rz
 from .bundle import export_bundle
 from .runtime import NP_DTYPES
 from .tensor import Tensor, empty, tensor, realize_all
@@ -70,7 +70,7 @@ class CompiledStep:
                 call_args.append(t)
             else:
                 call_args.append(a)
-        with rz.capture() as cap:
+        with launch.capture() as cap:
             out = self.fn(*call_args)
             outs = _flatten(out)
             realize_all(*outs)
@@ -90,7 +90,7 @@ class CompiledStep:
                     self.device.copy(rz.buffer_of(a.node), buf, buf.nbytes)
                 else:
                     self.device.upload(np.ascontiguousarray(a, dtype=NP_DTYPES[t.dtype]), dest=buf)
-        rz.replay(self.items, self.device)
+        launch.replay(self.items, self.device)
         self.replays += 1
         return _rebuild(self.structure, iter(self._copies()))
 
@@ -110,7 +110,7 @@ class CompiledStep:
 
     @property
     def launches(self):
-        return [it for it in (self.items or []) if isinstance(it, rz.Launch)]
+        return [it for it in (self.items or []) if isinstance(it, launch.Launch)]
 
 
 def training_step(model, loss_fn, optimizer, compiled=True):

@@ -1,7 +1,7 @@
 """``engine.profile()``: every kernel launched inside, with its measured device time."""
 from __future__ import annotations
 
-from . import realize as rz
+from . import launch
 
 __all__ = ["profile"]
 
@@ -15,11 +15,11 @@ class profile:
         self._events.append((spec, device, event))
 
     def __enter__(self):
-        rz.add_listener(self._on_launch)
+        launch.add_listener(self._on_launch)
         return self
 
     def __exit__(self, *exc):
-        rz.remove_listener(self._on_launch)
+        launch.remove_listener(self._on_launch)
         for spec, device, ev in self._events:
             ev.wait()
             try:

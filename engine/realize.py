@@ -1,5 +1,6 @@
-"""Turning lazy IR into buffers: schedule, lower, build, launch. Also the launch-list
-capture that ``engine.compile`` replays, and the profiler's hook.
+"""Turning lazy IR into buffers: schedule, lower, build, launch, with a memory plan that
+reuses intermediates' buffers inside one schedule; in-place writes into storages. The
+launches themselves (and their capture for ``engine.compile``) are in ``launch.py``.
 """
 from __future__ import annotations
 
@@ -11,20 +12,18 @@ import numpy as np
 from . import ir
 from .buffers import bind_buffer, buffer_of, computed_as, is_leaf as _is_leaf, remember
 from .codegen import lower
-from .runtime import Buffer, NP_DTYPES
+from .launch import HostScalar, Launch, RandState, record, record_host_action, run_launch
+from .runtime import NP_DTYPES
 from .schedule import schedule
 from .storage import commit
 
-__all__ = ["realize", "buffer_of", "bind_buffer", "Var", "capture", "Launch", "record_host_action",
-           "add_listener", "remove_listener", "write_storages"]
+__all__ = ["realize", "plan", "buffer_of", "bind_buffer", "Var", "write_storages", "record_host_action"]
 
 _vars: "weakref.WeakValueDictionary[int, Var]" = weakref.WeakValueDictionary()
 _var_ids = itertools.count(1)
-_listeners: list = []   # profilers: called with (spec, device, event)
-_capture: list | None = None
 
 
-class Var:
+class Var(HostScalar):
     """A host scalar read at each launch (learning rate, Adam's bias correction...)."""
     __slots__ = ("id", "value", "dtype", "node", "__weakref__")
 
@@ -32,52 +31,6 @@ class Var:
         self.id, self.value, self.dtype = next(_var_ids), value, dtype
         self.node = ir.var(self.id, dtype)
         _vars[self.id] = self
-
-
-class Launch:
-    """One recorded kernel launch: replayable with no scheduling or codegen."""
-    __slots__ = ("ck", "gsize", "lsize", "args", "rand")
-
-    def __init__(self, ck, gsize, lsize, args, rand):
-        self.ck, self.gsize, self.lsize, self.args, self.rand = ck, gsize, lsize, args, rand
-
-
-def record_host_action(fn):
-    """Run ``fn`` now, and again at this point of every replay of the captured step."""
-    fn()
-    if _capture is not None:
-        _capture.append(fn)
-
-
-class capture:
-    """Context manager collecting every launch (and host action) into ``self.items``."""
-
-    def __enter__(self):
-        global _capture
-        if _capture is not None:
-            raise RuntimeError("engine.compile: nested captures are not supported")
-        self.items = _capture = []
-        return self
-
-    def __exit__(self, *exc):
-        global _capture
-        _capture = None
-
-
-def add_listener(fn):
-    _listeners.append(fn)
-
-
-def remove_listener(fn):
-    _listeners.remove(fn)
-
-
-class _Rand:
-    """Seed and offset of a RAND node; replays draw fresh numbers by advancing the offset."""
-    __slots__ = ("seed", "offset", "numel")
-
-    def __init__(self, seed, offset, numel):
-        self.seed, self.offset, self.numel = seed, offset, numel
 
 
 def realize(targets, device, dests=None, group=False) -> list:
@@ -134,12 +87,11 @@ def realize(targets, device, dests=None, group=False) -> list:
                 args.append(_vars[a[1].arg])
             elif role == "seed":
                 seed, offset = g.anchor.arg
-                rand = _Rand(seed, offset, g.anchor.numel)
+                rand = RandState(seed, offset, g.anchor.numel)
                 args.append(rand)
         launch = Launch(ck, spec.global_size, spec.local_size, args, rand)
         run_launch(launch, device)
-        if _capture is not None:
-            _capture.append(launch)
+        record(launch)
         for a in spec.args:
             n = a[1] if a[0] == "in" else None
             if n in out_of and last_read.get(n) == i and n not in keep and n not in dests:
@@ -162,39 +114,6 @@ def realize(targets, device, dests=None, group=False) -> list:
                 remember(r, rn)
         result.append(bn)
     return result
-
-
-def _scalar(a):
-    return np.float32(a.value) if a.dtype == "float32" else np.int32(a.value)
-
-
-def run_launch(launch: Launch, device):
-    args = []
-    for a in launch.args:
-        if isinstance(a, Buffer):
-            args.append(a.mem)
-        elif isinstance(a, Var):
-            args.append(_scalar(a))
-        elif isinstance(a, _Rand):
-            args.append(np.uint32(a.seed & 0xFFFFFFFF))
-            args.append(np.uint32(a.offset & 0xFFFFFFFF))
-    ev = device.launch(launch.ck, launch.gsize, launch.lsize, args)
-    if _listeners:
-        for fn in _listeners:
-            fn(launch.ck.spec, device, ev)
-    return ev
-
-
-def replay(items, device):
-    """Re-run a captured step: host actions in order, kernels with the same buffers."""
-    for it in items:
-        if isinstance(it, Launch):
-            if it.rand is not None:
-                it.rand.offset += it.rand.numel
-                it.rand.seed = (it.rand.seed * 1103515245 + 12345) & 0x7FFFFFFF
-            run_launch(it, device)
-        else:
-            it()
 
 
 def plan(targets, kind="cpu", group=False):

@@ -1,0 +1,110 @@
+"""Kernel launches: running one, the profiler's listeners, and the capture of a step's
+launches (and host actions) that ``engine.compile`` replays with no scheduling or codegen.
+The capture is per thread: a step traced in one thread never records another's launches.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .runtime import Buffer
+
+__all__ = ["Launch", "RandState", "HostScalar", "capture", "capturing", "record", "record_host_action", "replay",
+           "run_launch", "add_listener", "remove_listener"]
+
+_local = threading.local()
+_listeners: list = []   # profilers: called with (spec, device, event)
+
+
+class HostScalar:
+    """Marker base of a scalar kernel argument read from the host at each launch."""
+    __slots__ = ()
+
+
+class Launch:
+    """One recorded kernel launch: replayable with no scheduling or codegen."""
+    __slots__ = ("ck", "gsize", "lsize", "args", "rand")
+
+    def __init__(self, ck, gsize, lsize, args, rand):
+        self.ck, self.gsize, self.lsize, self.args, self.rand = ck, gsize, lsize, args, rand
+
+
+class RandState:
+    """Seed and offset of a RAND node; replays draw fresh numbers by advancing the offset."""
+    __slots__ = ("seed", "offset", "numel")
+
+    def __init__(self, seed, offset, numel):
+        self.seed, self.offset, self.numel = seed, offset, numel
+
+
+def capturing() -> bool:
+    return getattr(_local, "items", None) is not None
+
+
+def record(item) -> None:
+    items = getattr(_local, "items", None)
+    if items is not None:
+        items.append(item)
+
+
+def record_host_action(fn):
+    """Run ``fn`` now, and again at this point of every replay of the captured step."""
+    fn()
+    record(fn)
+
+
+class capture:
+    """Context manager collecting every launch (and host action) into ``self.items``."""
+
+    def __enter__(self):
+        if capturing():
+            raise RuntimeError("engine.compile: nested captures are not supported")
+        self.items = _local.items = []
+        return self
+
+    def __exit__(self, *exc):
+        _local.items = None
+
+
+def add_listener(fn):
+    _listeners.append(fn)
+
+
+def remove_listener(fn):
+    _listeners.remove(fn)
+
+
+def _scalar(a):
+    return np.float32(a.value) if a.dtype == "float32" else np.int32(a.value)
+
+
+def run_launch(launch: Launch, device):
+    args = []
+    for a in launch.args:
+        if isinstance(a, Buffer):
+            args.append(a.mem)
+        elif isinstance(a, HostScalar):
+            args.append(_scalar(a))
+        elif isinstance(a, RandState):
+            args.append(np.uint32(a.seed & 0xFFFFFFFF))
+            args.append(np.uint32(a.offset & 0xFFFFFFFF))
+    ev = device.launch(launch.ck, launch.gsize, launch.lsize, args)
+    if _listeners:
+        for fn in _listeners:
+            fn(launch.ck.spec, device, ev)
+    return ev
+
+
+def replay(items, device):
+    """Re-run a captured step: host actions in order, kernels with the same buffers."""
+    for it in items:
+        if isinstance(it, Launch):
+            if it.rand is not None:
+                it.rand.offset += it.rand.numel
+                it.rand.seed = (it.rand.seed * 1103515245 + 12345) & 0x7FFFFFFF
+            run_launch(it, device)
+        else:
+            it()
+
+
