@@ -12,6 +12,7 @@ import numpy as np
 from . import ir
 from .buffers import bind_buffer, buffer_of, computed_as, is_leaf as _is_leaf, remember
 from .codegen import lower
+from .plan_cache import PlanCache
 from .launch import HostScalar, Launch, RandState, record, record_host_action, run_launch
 from .runtime import NP_DTYPES
 from .schedule import schedule
@@ -116,12 +117,18 @@ def realize(targets, device, dests=None, group=False) -> list:
     return result
 
 
+_plans = PlanCache()
+
+
 def plan(targets, kind="cpu", group=False):
     """Schedule and lower ``targets`` without building or launching: [(group, spec)]."""
-    resolved = [computed_as(t) for t in targets]
-    groups = schedule([r for r in resolved if r.op != "BUFFER"], _is_leaf, group=group)
-    materialized = {o for g in groups for o in g.outputs}
-    return [(g, lower(g, _is_leaf, materialized.__contains__, kind)) for g in groups]
+    resolved = [r for r in (computed_as(t) for t in targets) if r.op != "BUFFER"]
+
+    def make():
+        groups = schedule(resolved, _is_leaf, group=group)
+        materialized = {o for g in groups for o in g.outputs}
+        return [(g, lower(g, _is_leaf, materialized.__contains__, kind)) for g in groups]
+    return _plans.get_or_plan(resolved, _is_leaf, kind, group, make) if resolved else []
 
 
 def write_storages(pairs, device, group=False) -> None:
