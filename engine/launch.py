@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 
+from . import debug
 from .runtime import Buffer
 
 __all__ = ["Launch", "RandState", "HostScalar", "capture", "capturing", "record", "record_host_action", "replay",
@@ -90,6 +91,7 @@ def run_launch(launch: Launch, device):
             args.append(np.uint32(a.seed & 0xFFFFFFFF))
             args.append(np.uint32(a.offset & 0xFFFFFFFF))
     ev = device.launch(launch.ck, launch.gsize, launch.lsize, args)
+    debug.on_launch(launch.ck.spec, ev)
     if _listeners:
         for fn in _listeners:
             fn(launch.ck.spec, device, ev)

@@ -9,7 +9,7 @@ import weakref
 
 import numpy as np
 
-from . import ir
+from . import debug, ir
 from .buffers import bind_buffer, buffer_of, computed_as, is_leaf as _is_leaf, remember
 from .codegen import lower
 from .plan_cache import PlanCache
@@ -53,7 +53,9 @@ def realize(targets, device, dests=None, group=False) -> list:
             src, dst = buffer_of(r), dests[t]
             record_host_action(lambda src=src, dst=dst: device.copy(src, dst, dst.nbytes))
     dests = {computed_as(t): b for t, b in dests.items()}
-    lowered = plan([r for r in resolved if r.op != "BUFFER"], device.kind, group)
+    todo = [r for r in resolved if r.op != "BUFFER"]
+    lowered = plan(todo, device.kind, group)
+    debug.on_schedule(lowered, todo)
     groups = [g for g, _ in lowered]
     specs = [spec for _, spec in lowered]
     out_of: dict = {}
@@ -69,6 +71,7 @@ def realize(targets, device, dests=None, group=False) -> list:
     free: dict = {}
     for i, (g, spec) in enumerate(zip(groups, specs)):
         ck = device.build(spec)
+        debug.on_build(spec, device)
         args, rand = [], None
         for a in spec.args:
             role = a[0]
