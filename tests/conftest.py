@@ -12,7 +12,8 @@ os.environ.setdefault("ENGINE_CACHE_DIR", os.path.join(tempfile.gettempdir(), "m
 
 # The core op, gradient, fusion and optimizer tests: `./dev test` also runs them (-m core)
 # on Debian's PoCL and on Oclgrind. Mark more with @pytest.mark.core.
-CORE_FILES = {"test_ops.py", "test_fusion.py", "test_optim.py", "test_compile.py", "test_devices.py"}
+CORE_FILES = {"test_ops.py", "test_fusion.py", "test_optim.py", "test_compile.py", "test_devices.py",
+              "test_gemm_variants.py"}
 
 
 def pytest_configure(config):
