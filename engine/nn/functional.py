@@ -102,7 +102,8 @@ def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_
         raise NotImplementedError("max_pool2d: ceil_mode=True is not supported")
     if p != (0, 0):
         widths = ((0, 0),) * (x.ndim - 2) + ((p[0], p[0]), (p[1], p[1]))
-        inside = full(x.shape, True, "bool", x.device).pad(widths)
+        # the mask is a host array: a padded constant-True condition trips the code generator
+        inside = tensor(np.pad(np.ones(x.shape[-2:], bool), widths[-2:]), device=x.device)
         x = inside.where_(x.pad(widths), float("-inf"))
     return ops.amax(x.window(k, s, _pair(dilation)), (-2, -1))
 
@@ -470,8 +471,8 @@ def pad(x: Tensor, pad, mode="constant", value=0.0) -> Tensor:  # noqa: A002
     widths = [(max(a, 0), max(b, 0)) for a, b in widths]
     if mode == "constant":
         out = x.pad(widths)
-        if value:
-            inside = full(x.shape, True, "bool", x.device).pad(widths)
+        if value and any(w for pair in widths for w in pair):
+            inside = tensor(np.pad(np.ones(x.shape, bool), widths), device=x.device)
             out = inside.where_(out, value)
         return out
     for d, (a, b) in enumerate(widths):
