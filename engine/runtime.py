@@ -367,13 +367,16 @@ class Device:
                    f"using {_vec_name(cap)} instead, remembered for this device in {_profile_path()}")
 
     def _build_error(self, spec, options, key, log):
-        failed = os.path.join(cache_dir(), "failed")
-        os.makedirs(failed, exist_ok=True)
-        src_path = os.path.join(failed, f"{spec.name}-{key}.cl")
-        with open(src_path, "w") as f:
-            f.write(spec.source)
-        with open(src_path[:-3] + ".json", "w") as f:
-            json.dump({"template": spec.template, "params": spec.params, "options": options}, f, indent=1, default=str)
+        src_path = os.path.join(cache_dir(), "failed", f"{spec.name}-{key}.cl")
+        try:
+            os.makedirs(os.path.dirname(src_path), exist_ok=True)
+            with open(src_path, "w") as f:
+                f.write(spec.source)
+            with open(src_path[:-3] + ".json", "w") as f:
+                json.dump({"template": spec.template, "params": spec.params, "options": options}, f, indent=1,
+                          default=str)
+        except OSError as exc:     # a read-only or full cache disk must not hide the build error itself
+            src_path = f"(not saved: {exc})"
         return BuildError(
             f"OpenCL build of kernel {spec.name!r} failed on {self.name} ({self.platform}, driver {self.driver})\n"
             f"template: {spec.template}\nparameters: {json.dumps(spec.params, default=str)}\n"
@@ -843,18 +846,19 @@ def _device_lines(devs) -> str:
 def _pick(selector: str, source: str = "ENGINE_DEVICE") -> Device:
     """The device ``selector`` names: an index, an alias (pocl, nvidia, amd, intel, oclgrind,
     cpu, gpu) or, case-insensitively, any part of the device's line in ``engine devices``
-    (platform, name, vendor, driver; several words must all appear). The first match wins."""
+    (platform, name, vendor, driver; several words must all appear). The first match wins.
+    ``source`` says where the selector came from (the variable, or a device argument)."""
     devs = devices()
     if not devs:
         raise DeviceNotFound("no OpenCL device found: install pocl-binary-distribution or a GPU driver's OpenCL ICD")
     sel = str(selector).strip().lower()
-    choose = (f"Set {source} to a device's index, one of the aliases {', '.join(DEVICE_ALIASES)}, or any part "
-              f"of its line (case-insensitive); `engine devices` lists them.")
+    what = f"{source}={selector!r}" if source == "ENGINE_DEVICE" else f"{source} {selector!r}"
+    choose = (f"Set ENGINE_DEVICE (or pass device=) to a device's index, one of the aliases "
+              f"{', '.join(DEVICE_ALIASES)}, or any part of its line (case-insensitive); `engine devices` lists them.")
     if sel.isdigit():
         i = int(sel)
         if i >= len(devs):
-            raise DeviceNotFound(f"{source}={selector!r}: device index {i} out of range; "
-                                 f"{len(devs)} found:\n{_device_lines(devs)}\n{choose}")
+            raise DeviceNotFound(f"{what}: device index {i} out of range; {len(devs)} found:\n{_device_lines(devs)}\n{choose}")
         return devs[i]
     if sel:
         for d in devs:
@@ -864,7 +868,7 @@ def _pick(selector: str, source: str = "ENGINE_DEVICE") -> Device:
             text = d.selector_text()
             if sel in text or all(w in text for w in sel.split()):
                 return d
-    raise DeviceNotFound(f"{source}={selector!r} matches no OpenCL device. Found:\n{_device_lines(devs)}\n{choose}")
+    raise DeviceNotFound(f"{what} matches no OpenCL device. Found:\n{_device_lines(devs)}\n{choose}")
 
 
 def default_device() -> Device:
@@ -885,7 +889,7 @@ def default_device() -> Device:
 
 def set_default_device(device) -> Device:
     global _default
-    _default = device if isinstance(device, Device) else _pick(str(device), "the device")
+    _default = device if isinstance(device, Device) else _pick(str(device), "device")
     return _default
 
 
@@ -894,4 +898,4 @@ def get_device(device) -> Device:
         return default_device()
     if isinstance(device, Device):
         return device
-    return _pick(str(device), "the device")
+    return _pick(str(device), "device")
