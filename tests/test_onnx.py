@@ -185,3 +185,16 @@ def test_onnx_node_test_cases_sample():
         if not ok:
             failed.append(f"{tc.name}: {why}")
     assert len(failed) <= len(todo) // 10, "\n".join(failed)
+
+
+def test_cli_run(tmp_path, capsys):
+    from engine.onnx.cli import main
+    torch.manual_seed(0)
+    path = _export(MLP(), (torch.randn(2, 6),), tmp_path / "mlp.onnx")
+    np.save(tmp_path / "x.npy", np.ones((2, 6), np.float32))
+    assert main(["run", path, "--input", str(tmp_path / "x.npy"), "--repeat", "1", "--save", str(tmp_path / "o.npz")]) == 0
+    out = capsys.readouterr().out
+    assert "y: shape (2, 3)" in out and "first run" in out
+    np.testing.assert_allclose(np.load(tmp_path / "o.npz")["y"], _ort(path, {"x": np.ones((2, 6), np.float32)})[0],
+                               rtol=1e-4, atol=1e-5)
+    assert main(["ops"]) == 0 and "Conv" in capsys.readouterr().out
