@@ -237,7 +237,12 @@ class Device:
         from .codegen import with_vector_width
         return with_vector_width(spec, cap)
 
-    # on-disk entries: one JSON header line (what the binary was built from, its hash), then the binary
+    # On-disk entries: one JSON header line (what the binary was built from: source, options,
+    # device and driver, pyopencl; the binary's size and SHA-256), then the binary. Checked
+    # before the driver sees the bytes, so a truncated, corrupted or swapped entry is rebuilt,
+    # never run. The hashes are not a signature: whoever can write the cache directory (the
+    # user's own ~/.cache) can write matching ones; they stop accidents and stale or
+    # misplaced files, not an attacker who already has the user's file access.
     def _entry_path(self, key):
         return os.path.join(cache_dir(), "programs", f"{key}.bin")
 
@@ -277,9 +282,12 @@ class Device:
             return None
 
     def _from_binary(self, binary, options):
-        # pyopencl's low-level program: its Python wrapper probes a kernel named '_source' on
-        # binary programs, which Oclgrind's API check reports as an error
-        program = cl._cl._Program(self.context, [self.cl_device], [binary])
+        # pyopencl's low-level program where it has one: its Python wrapper probes a kernel
+        # named '_source' on binary programs, which Oclgrind's API check reports as an error
+        low = getattr(getattr(cl, "_cl", None), "_Program", None)
+        if low is None:
+            return cl.Program(self.context, [self.cl_device], [binary]).build(options)
+        program = low(self.context, [self.cl_device], [binary])
         program.build(options.encode(), [self.cl_device])
         return program
 
