@@ -1,4 +1,4 @@
-"""The ``engine`` command: devices, train, kernels, tune, data, and the commands other
+"""The ``engine`` command: devices, train, kernels, tune, data, onnx, and the commands other
 installed packages add.
 
 engine/ imports nothing from cluster/ or ui/. Those packages add to this command line
@@ -251,6 +251,11 @@ def _cmd_data(argv):
     return data_main(argv)
 
 
+def _cmd_onnx(argv):
+    from .onnx.cli import main as onnx_main   # the optional onnx package loads only for this command
+    return onnx_main(argv)
+
+
 def build_commands() -> Commands:
     """The engine's own commands, before any extension is registered."""
     c = Commands()
@@ -275,6 +280,7 @@ def build_commands() -> Commands:
     p = c.command("tune", _cmd_tune, help="measure GEMM tile shapes on the default device and remember the best")
     p.add_argument("--repeat", type=int, default=3)
     c.add("data", _cmd_data, help="data tools: engine data convert|digits|info ... (see engine data --help)")
+    c.add("onnx", _cmd_onnx, help="run or check an ONNX model: engine onnx run|ops|check ... (needs onnx)")
     return c
 
 

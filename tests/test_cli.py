@@ -56,3 +56,9 @@ def test_an_extension_only_loads_for_its_own_command(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
     assert loaded == ["ui"]
+
+
+def test_engine_onnx_is_served_by_engine_onnx_cli(capsys):
+    pytest.importorskip("onnx")
+    code, text = run(["onnx", "ops"], capsys)
+    assert code == 0 and "supported operators" in text and "MatMul" in text
