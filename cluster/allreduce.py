@@ -35,7 +35,12 @@ SMALL_BYTES = 256 << 10          # at most this: gather whole buffers instead of
 
 
 class PlanMismatch(RuntimeError):
-    """Ranks disagree on what is being reduced; moving data would corrupt it."""
+    """Ranks disagree on what is being reduced; moving data would corrupt it.  `peer`:
+    the data endpoint of the neighbour whose plan or data did not fit ours."""
+
+    def __init__(self, message: str, peer: str | None = None):
+        super().__init__(message)
+        self.peer = peer
 
 
 def pack(arrays) -> np.ndarray:
@@ -64,7 +69,7 @@ def agree(links: RingLinks, step: int, sizes: list[int], dtype: str = "float32",
     if theirs != mine:
         diff = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
         raise PlanMismatch(f"{links.name} (rank {links.rank}) and left neighbour {links.left} "
-                           f"disagree on the all-reduce of step {step}: (ours, theirs) = {diff}")
+                           f"disagree on the all-reduce of step {step}: (ours, theirs) = {diff}", peer=links.left)
 
 
 def _segments(lo: int, hi: int, seg: int):
@@ -87,7 +92,7 @@ def _bucket(links: RingLinks, buf: np.ndarray, step: int, b: int, seg: int) -> N
         if (m.type, f["step"], f["phase"], f["b"], f["s"], f["k"]) != ("chunk", step, phase, b, s, k) \
                 or len(m.tensors) != 1 or m.tensors[0].shape != (hi - lo,) or m.tensors[0].dtype != buf.dtype:
             raise PlanMismatch(f"{links.name}: expected {phase} step {step} bucket {b} ring step {s} "
-                               f"seg {k} of {hi - lo} float32 from {links.left}, got {m.type} {f}")
+                               f"seg {k} of {hi - lo} float32 from {links.left}, got {m.type} {f}", peer=links.left)
         return m
 
     def send(phase, s, k, lo, hi):
@@ -124,7 +129,7 @@ def _gather_sum(links: RingLinks, buf: np.ndarray, step: int) -> None:
         if (m.type, f["step"], f["phase"], f["s"]) != ("chunk", step, "gs", origin) or len(m.tensors) != 1 \
                 or m.tensors[0].shape != buf.shape or m.tensors[0].dtype != buf.dtype:
             raise PlanMismatch(f"{links.name}: expected the whole buffer of rank {origin} for step {step} "
-                               f"({len(buf)} float32) from {links.left}, got {m.type} {f}")
+                               f"({len(buf)} float32) from {links.left}, got {m.type} {f}", peer=links.left)
         if j < n - 1:
             links.forward(m)
         parts[origin] = m.tensors[0]      # a view that keeps its ZeroMQ frame alive

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from . import program, wire
+from . import auth, program, wire
 from .optimizer import check_spec
 
 log = logging.getLogger("cluster.driver")
@@ -38,6 +39,11 @@ class WeightsDiverged(ClusterError):
     """Nodes hold different weights after a step: a bug, never retried."""
 
 
+class NonFiniteGradients(ClusterError):
+    """The summed gradients of a step hold NaN or Inf: the nodes refused to apply them.
+    Re-running the same batch would give the same numbers, so it is never retried."""
+
+
 class NodesLost(Exception):
     def __init__(self, nodes):
         super().__init__(", ".join(n.address for n in nodes))
@@ -52,16 +58,24 @@ class NodeLink:
         self.address, self.secret = address, secret
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.FRAME_BYTES)
+        # our own routing id: the node's session for us survives a reconnect of this socket
+        self.sock.setsockopt(zmq.ROUTING_ID, secrets.token_bytes(16))
+        auth.control_client(self.sock, secret, address)
         self.sock.connect(address)
+        self.session = None                           # the node's token for this connection, from hello
+        self.nonces: dict[int, str] = {}              # request id -> its nonce, which the reply must name
+        self.replay = wire.ReplayGuard()
         self.replies: dict[int, wire.Message] = {}
         self.last_seen, self.alive, self.why = time.monotonic(), True, ""
         self.heard, self.missed = True, 0
         self.info, self.tp, self.batch, self.programs = None, None, 0, set()
 
     def send(self, type: str, fields=None, tensors=(), table=None) -> int:
-        rid = next(self._ids)
-        self.sock.send_multipart(wire.encode(type, {**(fields or {}), "id": rid}, tensors, table, secret=self.secret),
-                                 copy=False)
+        rid, nonce = next(self._ids), secrets.token_hex(16)
+        fields = {**(fields or {}), "id": rid, "n": nonce, **({"session": self.session} if self.session else {})}
+        self.sock.send_multipart(wire.encode(type, fields, tensors, table, secret=self.secret), copy=False)
+        self.nonces[rid] = nonce
         return rid
 
     def close(self):
@@ -83,7 +97,8 @@ class Cluster:
         are multiples of it (except one remainder), bounding how many batch sizes, hence
         programs, each node compiles as the balance moves."""
         self.addresses = list(addresses)
-        self.secret = secret.encode() if isinstance(secret, str) else secret
+        self.secret = auth.check_secret(secret)
+        self.banned: dict[str, str] = {}   # address -> why: dropped for misbehaving, never re-admitted
         self.heartbeat_s, self.missed, self.step_timeout = heartbeat_s, missed, step_timeout
         self.tolerance, self.seed, self.max_retries = rebalance_tolerance, seed, max_retries
         self.multiple = max(1, int(batch_multiple))
@@ -110,7 +125,7 @@ class Cluster:
             # Silence is counted in pings we sent and got nothing back for, not in seconds:
             # a driver that was itself busy (or starved of CPU) must not blame its nodes.
             for n in self.nodes:
-                if n.alive:
+                if n.alive and n.session:       # before hello's reply there is no session to ping in
                     n.missed = 0 if n.heard else n.missed + 1
                     n.heard = False
                     if n.missed >= self.missed:
@@ -126,6 +141,9 @@ class Cluster:
             while n.sock in socks and n.sock.poll(0):
                 try:
                     msg = wire.decode(n.sock.recv_multipart(), secret=self.secret)
+                    n.replay.check(msg)
+                    if "re" in msg.fields and (msg["re"] not in n.nonces or n.nonces[msg["re"]] != msg.fields.get("rn")):
+                        raise wire.WireError("unbound", f"reply to request {msg['re']} names another request's nonce")
                 except wire.WireError as e:
                     log.warning("refused a message from %s: %s", n.address, e)
                     continue
@@ -133,7 +151,23 @@ class Cluster:
                 if msg.type == "bye":
                     self._dead(n, f"said bye ({msg['reason']})")
                 elif "re" in msg.fields:
-                    n.replies[msg["re"]] = msg
+                    del n.nonces[msg["re"]]
+                    if msg.type != "pong":      # heartbeats are answered by arriving at all
+                        n.replies[msg["re"]] = msg
+                    self._judge(n, msg)
+
+    def _judge(self, n: NodeLink, m: wire.Message) -> None:
+        """Drop a node at once on a reply that shows it cannot go on: one a neighbour says
+        lied in the all-reduce plan agreement (waiting would only time out, and a retry
+        would meet the same lie), or one that cancelled the job over its time budget."""
+        if m.type == "step_failed" and m.fields.get("code") == "plan_mismatch":
+            for liar in self.nodes:
+                if liar.alive and liar.info and liar.info.get("data") == m.fields.get("peer"):
+                    why = f"disagreed with {n.address} in the all-reduce plan agreement: {m['message']}"
+                    self.banned[liar.address] = why
+                    self._dead(liar, why)
+        elif m.type == "error" and m.fields.get("code") == "over_budget":
+            self._dead(n, m["message"])
 
     def _dead(self, n: NodeLink, why: str) -> None:
         if n.alive:
@@ -159,7 +193,10 @@ class Cluster:
 
     def _call(self, nodes, type: str, fields_of, timeout_s: float = 60.0, tensors_of=None, table=None) -> dict:
         pending = {n: n.send(type, fields_of(n), tensors_of(n) if tensors_of else (), table) for n in nodes}
-        replies = self._wait(pending, timeout_s, type)
+        return self._check(type, self._wait(pending, timeout_s, type))
+
+    @staticmethod
+    def _check(type: str, replies: dict) -> dict:
         for n, m in replies.items():
             if m.type == "error":
                 raise ClusterError(f"node {n.address} refused {type}: {m['code']}: {m['message']}")
@@ -167,10 +204,13 @@ class Cluster:
 
     # --- membership and balance -----------------------------------------------------------
     def _hello(self, address: str) -> NodeLink:
+        if address in self.banned:
+            raise ClusterError(f"node {address} was dropped from this job: {self.banned[address]}")
         n = NodeLink(self.ctx, address, self.secret)
         self.nodes.append(n)
         try:
             n.info = self._call([n], "hello", lambda _: {}, timeout_s=10)[n].fields
+            n.session = n.info.get("session")
         except (ClusterError, NodesLost) as e:
             self.nodes.remove(n)
             n.close()
@@ -280,6 +320,8 @@ class Cluster:
                                          "weight": n.batch / self.B}, [part.astype(np.int64)])
         replies = self._wait(pending, self.step_timeout, f"step {step}")
         bad = {n.address: f"{m.type}: {m.fields.get('message')}" for n, m in replies.items() if m.type != "step_done"}
+        if any(m.type == "error" and m.fields.get("code") == "nonfinite" for m in replies.values()):
+            raise NonFiniteGradients(f"step {step}: the nodes refused NaN/Inf gradients, weights kept: {bad}")
         if bad:
             raise ClusterError(f"step {step} failed on {bad}")
         digests = {m["digest"] for m in replies.values()}
@@ -343,7 +385,7 @@ class Cluster:
                         rec = self._step(step, idx)
                         break
                     except (NodesLost, ClusterError) as e:
-                        if attempt == self.max_retries or isinstance(e, WeightsDiverged):
+                        if attempt == self.max_retries or isinstance(e, (WeightsDiverged, NonFiniteGradients)):
                             raise
                         self._recover(step, e)
                 step += 1

@@ -5,6 +5,16 @@ serves health and Prometheus metrics.
 Threads: the main thread owns the control socket and answers hello/ping/abort at once,
 even mid-step, so heartbeats never stall behind compute; a worker thread runs job
 requests in order.  Any refused message gets an error reply and the node keeps serving.
+
+Hardening (cluster/README.md, "Threat model"): a control connection is admitted only
+after a CURVE (or PLAIN-token) handshake made from the secret, before ZeroMQ reads a
+message frame; no frame above wire.FRAME_BYTES is read; a handshake must finish within
+--handshake-timeout; connections per peer address and in all are capped.  Every message
+is MAC'd with a fresh nonce and time (a replay is refused), every request after hello
+carries the session token that hello handed to that connection, a reply names the nonce
+of the request it answers, and job requests (weights and optimizer state included) are
+served only to the connection that sent the job.  Non-finite gradients are never
+applied; a step or program over its time budget cancels the job and is reported.
 """
 from __future__ import annotations
 
@@ -14,15 +24,21 @@ import logging
 import os
 import queue
 import re
+import resource
+import secrets
 import signal
+import socket
 import sys
 import threading
 import time
+from collections import OrderedDict
 
 import numpy as np
 import zmq
 
-from . import hostpool, program, ring, wire
+import zmq.utils.monitor
+
+from . import auth, hostpool, program, ring, wire
 from .allreduce import PlanMismatch, allreduce, pack, unpack
 from .metrics import NodeMetrics
 from .optimizer import HostOptimizer, OptimizerError
@@ -30,6 +46,72 @@ from .ring import PeerLost, RingLinks
 
 log = logging.getLogger("engine-node")
 QUEUED = {"job", "program", "ring", "step", "state", "stop"}
+OWNED = QUEUED - {"job"} | {"abort"}     # served only to the connection that sent the job
+MAX_SESSIONS = 64
+
+
+def raise_fd_limit() -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit: the common soft 1,024 is what a flood of
+    idle connections exhausted.  Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        return want
+    except (ValueError, OSError):
+        return soft
+
+
+class ConnectionCap:
+    """Caps a listening ZeroMQ socket's TCP connections, per peer address and in all.
+
+    It reads the socket's monitor events (no thread: the caller polls `sock`); for each
+    accepted connection it looks up the peer's address on a duplicate of the descriptor
+    and, above a cap, shuts that connection down (libzmq then sees the peer hang up).
+    A handshake that does not finish in ZMQ_HANDSHAKE_IVL is dropped by libzmq itself."""
+    FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
+    def __init__(self, target: zmq.Socket, per_peer: int, total: int):
+        self.per_peer, self.total = per_peer, total
+        self.sock = target.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | self.FAILED)
+        self.by_fd: dict[int, str] = {}
+        self.count: dict[str, int] = {}
+        self.dropped = self.failed = 0     # over a cap; handshake refused (wrong or no key, bad token)
+
+    def process(self) -> None:
+        while self.sock.poll(0):
+            ev = zmq.utils.monitor.recv_monitor_message(self.sock)
+            fd = ev["value"]
+            if ev["event"] & self.FAILED:
+                self.failed += 1
+            elif ev["event"] == zmq.EVENT_ACCEPTED:
+                try:
+                    dup = socket.socket(fileno=os.dup(fd))
+                except OSError:
+                    continue            # already gone
+                try:
+                    peer = dup.getpeername()[0]
+                    if self.count.get(peer, 0) >= self.per_peer or len(self.by_fd) >= self.total:
+                        dup.shutdown(socket.SHUT_RDWR)
+                        self.dropped += 1
+                        if self.dropped <= 20 or self.dropped % 1000 == 0:
+                            log.warning("dropped a control connection from %s (%d so far): over %d per peer "
+                                        "or %d in all", peer, self.dropped, self.per_peer, self.total)
+                        continue
+                    self.by_fd[fd] = peer
+                    self.count[peer] = self.count.get(peer, 0) + 1
+                except OSError:
+                    continue
+                finally:
+                    dup.close()         # closes the duplicate only
+            elif ev["event"] == zmq.EVENT_DISCONNECTED and fd in self.by_fd:
+                peer = self.by_fd.pop(fd)
+                self.count[peer] -= 1
+                if not self.count[peer]:
+                    del self.count[peer]
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
 
 
 class JobError(RuntimeError):
@@ -112,16 +194,25 @@ class Job:
 class NodeDaemon:
     def __init__(self, listen: str, secret: bytes, *, device=None, data_dir=None, metrics_addr="127.0.0.1:0",
                  throttle: float = 1.0, throttle_from: int = 0, advertise: str | None = None, peer_timeout: float = 30.0,
-                 max_message_bytes: int = wire.MAX_MESSAGE_BYTES, data_port: int | None = None):
+                 max_message_bytes: int = wire.MAX_MESSAGE_BYTES, data_port: int | None = None,
+                 handshake_timeout: float = 5.0, max_conns_per_peer: int = 32, max_conns: int = 512,
+                 step_budget: float = 600.0, compile_budget: float = 1800.0):
         self.max_bytes = max_message_bytes
+        secret = auth.check_secret(secret)
         self.secret, self.device, self.data_dir, self.throttle = secret, device, data_dir, max(1.0, throttle)
         self.throttle_from = throttle_from
+        self.budgets = {"step": step_budget, "program": compile_budget}
         self.ctx = ring.context()
         self.control = self.ctx.socket(zmq.ROUTER)
-        # zmq drops a connection above MAXMSGSIZE without a word; keep it well above our own
-        # limit so a merely oversized message still gets an error reply
-        self.control.setsockopt(zmq.MAXMSGSIZE, 2 * max_message_bytes + (1 << 20))
+        # No frame above FRAME_BYTES is ever read (zmq drops such a connection), and nothing
+        # at all before the peer passed the handshake, which must end within handshake_timeout.
+        self.control.setsockopt(zmq.MAXMSGSIZE, wire.FRAME_BYTES)
+        self.control.setsockopt(zmq.HANDSHAKE_IVL, int(handshake_timeout * 1000))
         self.control.setsockopt(zmq.LINGER, 500)
+        self.control.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        self.control.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 60)
+        self.gate = auth.control_server(self.control, self.ctx, secret, f"control-{id(self)}", lambda: self.endpoint)
+        self.conns = ConnectionCap(self.control, max_conns_per_peer, max_conns)
         self.control.bind(listen)
         host = listen.rsplit(":", 1)[0]
         # a fixed data port is what a firewall, a NetworkPolicy or a Kubernetes containerPort can name
@@ -140,6 +231,7 @@ class NodeDaemon:
         self.from_worker.bind(f"inproc://replies-{id(self)}")
         self.to_main.connect(f"inproc://replies-{id(self)}")
         self.metrics = NodeMetrics()
+        self.metrics.refused_connections.set_function(lambda: self.conns.failed + self.conns.dropped)
         mhost, mport = metrics_addr.rsplit(":", 1)
         self.http, self.metrics_port = self.metrics.serve(mhost, int(mport), self.health)
         self.metrics_url = f"http://{mhost}:{self.metrics_port}"
@@ -149,19 +241,31 @@ class NodeDaemon:
         self.driver = None          # routing id of the driver, to say bye to
         self.stopping = False
         self.n_refused = 0
+        self.replay = wire.ReplayGuard()
+        self.sessions: OrderedDict[bytes, str] = OrderedDict()   # connection -> session token from hello
+        self.running = None          # (ident, msg, started) of the worker's current request
+        self.compute_since = None    # when the current step's forward/backward began
+        self.cancelled = None        # the request the budget watchdog cancelled
+        self.lock = threading.Lock()
         self.inbox: queue.Queue = queue.Queue()
         self.worker = threading.Thread(target=self._work, name="job-worker", daemon=True)
 
     # --- main thread: the control socket -------------------------------------------
     def health(self) -> dict:
-        return {"status": "ok", "node": self.endpoint, "data": self.links.endpoint, "busy": self.busy,
-                "job": self.job.id if self.job else None, "step": self.job.step if self.job else None,
-                "heartbeat_age_s": time.monotonic() - self.metrics.last_heard, "data_dir": self.data_dir,
-                "devices": [f"{d.get('name', '?')} ({d.get('kind', '?')})" for d in self.devices()]}
+        """Unauthenticated (anyone who reaches the metrics port): liveness and what the UI
+        shows, nothing that helps an attacker (no job id, endpoints or paths)."""
+        return {"status": "ok", "busy": self.busy, "step": self.job.step if self.job else None,
+                "heartbeat_age_s": time.monotonic() - self.metrics.last_heard,
+                "devices": [f"{d.get('name', '?')} ({d.get('kind', '?')})" for d in self._devices]}
 
-    def _reply(self, ident: bytes, rid, type: str, fields=None, tensors=(), *, worker: bool = True) -> None:
-        """Sockets are single-threaded: the worker's replies go via the main thread."""
-        fields = dict(fields or {}, **({"re": rid} if isinstance(rid, int) else {}))
+    def _reply(self, ident: bytes, req, type: str, fields=None, tensors=(), *, worker: bool = True) -> None:
+        """Sockets are single-threaded: the worker's replies go via the main thread.
+        A reply names the request's id and nonce, so it answers that request only."""
+        fields = dict(fields or {})
+        if req is not None:
+            if isinstance(req.fields.get("id"), int):
+                fields["re"] = req.fields["id"]
+            fields["rn"] = req.fields["n"]
         sock = self.to_main if worker else self.control
         sock.send_multipart([ident, *wire.encode(type, fields, tensors, secret=self.secret)], copy=False)
 
@@ -170,13 +274,39 @@ class NodeDaemon:
         poller = zmq.Poller()
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.from_worker, zmq.POLLIN)
+        poller.register(self.conns.sock, zmq.POLLIN)
         while not self.stopping:
             events = dict(poller.poll(100))
+            if self.conns.sock in events:
+                self.conns.process()
             if self.from_worker in events:
                 self.control.send_multipart(self.from_worker.recv_multipart(copy=False), copy=False)
             if self.control in events:
                 self._handle(self.control.recv_multipart(copy=False))
+            self._watchdog()
         self._shutdown("SIGTERM")
+
+    def _watchdog(self) -> None:
+        """Cancel the job whose step (or program build) ran past its budget, and say so.
+        Compute already running cannot be interrupted (an OpenCL kernel or a numpy call
+        runs to its end); its result is thrown away and the job is gone."""
+        with self.lock:
+            if self.running is None or self.running is self.cancelled:
+                return
+            ident, msg, started = self.running
+            if msg.type == "step":      # a step's own compute; waiting on the ring has --peer-timeout
+                started = self.compute_since
+            budget = self.budgets.get(msg.type)
+            if budget is None or started is None or time.monotonic() - started <= budget:
+                return
+            self.cancelled = self.running
+            job, self.job = self.job, None
+            self.links.cancel.set()
+        text = (f"{msg.type} {msg.fields.get('step', msg.fields.get('batch'))} of job {msg.fields.get('job')!r} "
+                f"ran past its time budget of {budget:g}s: job cancelled on this node")
+        log.error(text)
+        self.metrics.bad_messages.labels("over_budget").inc()
+        self._reply(ident, msg, "error", {"code": "over_budget", "message": text}, worker=False)
 
     def _handle(self, frames) -> None:
         ident = frames[0].bytes
@@ -184,6 +314,11 @@ class NodeDaemon:
             msg = wire.decode([f.buffer for f in frames[1:]], secret=self.secret, max_bytes=self.max_bytes)
             if msg.type not in QUEUED | {"hello", "ping", "abort"}:
                 raise wire.WireError("bad_request", f"a node does not accept {msg.type!r} messages")
+            self.replay.check(msg)
+            if msg.type != "hello" and msg.fields.get("session") != self.sessions.get(ident):
+                raise wire.WireError("bad_session", "no session on this connection with that token: say hello first")
+            if msg.type in OWNED and self.job is not None and ident != self.job.owner:
+                raise wire.WireError("not_owner", f"{msg.type}: job {self.job.id!r} belongs to another driver")
         except Exception as e:   # WireError, or a decoder bug: either way refuse and keep serving
             if not isinstance(e, wire.WireError):
                 log.exception("decoder failed")
@@ -196,23 +331,32 @@ class NodeDaemon:
                                                              secret=self.secret)])
             return
         self.metrics.last_heard = time.monotonic()
-        rid = msg.fields.get("id")
         if msg.type == "hello":
-            self.driver = ident
-            self._reply(ident, rid, "info", {"node": self.endpoint, "devices": self.devices(),
+            if self.job is None:
+                self.driver = ident
+            sid = self.sessions.pop(ident, None) or secrets.token_hex(16)
+            self.sessions[ident] = sid
+            while len(self.sessions) > MAX_SESSIONS:
+                self.sessions.popitem(last=False)
+            self._reply(ident, msg, "info", {"node": self.endpoint, "devices": self._devices, "session": sid,
                                              "speed": self.speed, "data": self.links.endpoint}, worker=False)
         elif msg.type == "ping":
-            self._reply(ident, rid, "pong", {"t": msg["t"], "busy": self.busy,
+            self._reply(ident, msg, "pong", {"t": msg["t"], "busy": self.busy,
                                              "step": self.job.step if self.job else -1}, worker=False)
         elif msg.type == "abort":
             self.links.cancel.set()        # a collective in flight ends within one poll slice
-            self._reply(ident, rid, "ok", worker=False)
+            self._reply(ident, msg, "ok", worker=False)
         else:
-            self.driver = ident
             self.inbox.put((ident, msg))
 
     def devices(self) -> list:
         return program.engine_devices() or [{"name": "host numpy", "kind": "cpu"}]
+
+    @property
+    def _devices(self) -> list:
+        if not hasattr(self, "_devices_cache"):
+            self._devices_cache = self.devices()
+        return self._devices_cache
 
     def _shutdown(self, reason: str) -> None:
         """Tell the driver and the right neighbour we are going, then close."""
@@ -226,40 +370,55 @@ class NodeDaemon:
         self.worker.join(timeout=5)
         self.http.shutdown()
         self.links.close()
+        self.conns.close()
+        auth.ZapHandler.unregister(self.ctx, f"control-{id(self)}")
         self.ctx.destroy(linger=200)
 
     # --- worker thread: job requests in order -------------------------------------------
     def _work(self) -> None:
         while (item := self.inbox.get()) is not None:
             ident, msg = item
-            rid = msg.fields.get("id")
             self.busy = True
+            with self.lock:
+                self.running = (ident, msg, time.monotonic())
+                run = self.running
             try:
-                self._reply(ident, rid, *getattr(self, f"_on_{msg.type}")(msg))
+                reply = getattr(self, f"_on_{msg.type}")(ident, msg)
             except (PeerLost, PlanMismatch) as e:
                 log.warning("step %s failed: %s", msg.fields.get("step"), e)
-                self._reply(ident, rid, "step_failed", {"step": msg.fields.get("step", -1), "message": str(e)})
+                f = {"step": msg.fields.get("step", -1), "message": str(e)}
+                if isinstance(e, PlanMismatch) and e.peer:   # the neighbour that disagreed, for the driver to drop
+                    f |= {"code": "plan_mismatch", "peer": e.peer}
+                reply = ("step_failed", f)
             except (JobError, OptimizerError, program.ProgramError, ValueError, TypeError, KeyError, IndexError) as e:
                 code = getattr(e, "code", "bad_request")
                 self.metrics.bad_messages.labels(code).inc()
-                self._reply(ident, rid, "error", {"code": code, "message": f"{msg.type}: {e}"})
+                reply = ("error", {"code": code, "message": f"{msg.type}: {e}"})
             except Exception as e:   # a bug must not kill the worker: report it loudly and keep serving
                 log.exception("internal error on %s", msg.type)
                 self.metrics.bad_messages.labels("internal").inc()
-                self._reply(ident, rid, "error", {"code": "internal", "message": f"{msg.type}: {type(e).__name__}: {e}"})
-            finally:
+                reply = ("error", {"code": "internal", "message": f"{msg.type}: {type(e).__name__}: {e}"})
+            with self.lock:
+                self.running = None
+                late = self.cancelled is run   # the watchdog has answered it already
                 self.busy = False
+            if late:
+                log.warning("%s finished after it was cancelled; result discarded", msg.type)
+            else:
+                self._reply(ident, msg, *reply)
 
     def _need_job(self, msg) -> Job:
         if self.job is None or self.job.id != msg["job"]:
             raise JobError("no_job", f"no job {msg['job']!r} on this node")
         return self.job
 
-    def _on_job(self, msg):
-        self.job = Job(msg, self.data_dir)
-        return "ok", {"step": self.job.step}
+    def _on_job(self, ident, msg):
+        job = Job(msg, self.data_dir)
+        job.owner = self.driver = ident   # the only connection its weights and state go to
+        self.job = job
+        return "ok", {"step": job.step}
 
-    def _on_program(self, msg):
+    def _on_program(self, ident, msg):
         job = self._need_job(msg)
         prog = program.load(msg["program"])
         if list(prog.param_names) != job.names or [tuple(s) for s in prog.param_shapes] != job.shapes:
@@ -273,7 +432,7 @@ class NodeDaemon:
         log.info("program for batch %d ready in %.2fs", b, time.perf_counter() - t0)
         return "ok", {"step": job.step}
 
-    def _on_ring(self, msg):
+    def _on_ring(self, ident, msg):
         job, step, peers, rank = self._need_job(msg), msg["step"], msg["peers"], msg["rank"]
         if not (0 <= rank < len(peers) and all(isinstance(p, str) for p in peers) and peers[rank] == self.links.endpoint):
             raise JobError("bad_ring", f"rank {rank} of {peers} is not this node ({self.links.endpoint})")
@@ -287,7 +446,7 @@ class NodeDaemon:
         self.links.connect(msg["gen"], rank, peers)
         return "ok", {"step": job.step}
 
-    def _on_step(self, msg):
+    def _on_step(self, ident, msg):
         job, b = self._need_job(msg), msg["batch"]
         if msg["gen"] != self.links.gen or msg["step"] != job.step:
             raise JobError("bad_step", f"step {msg['step']} gen {msg['gen']}: node is at step {job.step} gen {self.links.gen}")
@@ -297,17 +456,27 @@ class NodeDaemon:
         if b and (idx.min() < 0 or idx.max() >= len(job.x)) or not 0 < msg["weight"] <= 1:
             raise JobError("bad_step", "indices out of range or weight not in (0, 1]")
         t0 = time.perf_counter()
-        loss, grads = job.runners[b].run(job.params, job.x[idx], job.y[idx])
-        compute = time.perf_counter() - t0
-        if self.throttle > 1 and job.step >= self.throttle_from:   # simulate a slower device (load-balancing tests)
-            time.sleep(compute * (self.throttle - 1))
-            compute *= self.throttle
+        self.compute_since = time.monotonic()
+        try:
+            loss, grads = job.runners[b].run(job.params, job.x[idx], job.y[idx])
+            compute = time.perf_counter() - t0
+            if self.throttle > 1 and job.step >= self.throttle_from:   # simulate a slower device (load-balancing tests)
+                time.sleep(compute * (self.throttle - 1))
+                compute *= self.throttle
+        finally:
+            self.compute_since = None
         w = np.float32(msg["weight"])   # gradients weighted by samples: sum = global-batch mean
         flat = pack([*grads, np.float32([loss])])
         flat *= w
         t1, sent0 = time.perf_counter(), self.links.bytes_sent
         allreduce(self.links, flat, job.step)
         ar = time.perf_counter() - t1
+        # Every rank holds the same sum, so every rank refuses together.  A finite sum
+        # means finite terms (NaN and Inf propagate), so the full scan runs only on a hit.
+        if not np.isfinite(flat.sum()) and not np.isfinite(flat).all():
+            bad = int(np.count_nonzero(~np.isfinite(flat[:-1])))
+            raise JobError("nonfinite", f"step {job.step}: {bad} gradient value(s) (or the loss) are NaN or Inf "
+                                        "after the all-reduce; not applied, weights stay at this step")
         job.prev = (hostpool.copy(job.params), hostpool.copy(job.opt.state), job.opt.t)
         job.opt.update(job.params, unpack(flat[:-1], job.shapes))
         job.step += 1
@@ -321,12 +490,12 @@ class NodeDaemon:
         return "step_done", {"step": job.step, "loss": float(flat[-1]), "compute_s": compute, "allreduce_s": ar,
                              "bytes": self.links.bytes_sent - sent0, "digest": job.digest()}
 
-    def _on_state(self, msg):
+    def _on_state(self, ident, msg):
         job = self._need_job(msg)
         return "state_data", {"step": job.step, "names": job.names, "n_state": len(job.opt.state)}, \
             [a.copy() for a in (*job.params, *job.opt.state)]   # sent zero-copy; the next step mutates in place
 
-    def _on_stop(self, msg):
+    def _on_stop(self, ident, msg):
         self.job = None
         return "ok", {}
 
@@ -353,6 +522,17 @@ def main(argv=None) -> int:
     ap.add_argument("--peer-timeout", type=float, default=30.0, help="seconds to wait on a silent ring neighbour")
     ap.add_argument("--max-message-mb", type=float, default=wire.MAX_MESSAGE_BYTES / 2**20,
                     help="refuse control messages larger than this")
+    ap.add_argument("--handshake-timeout", type=float, default=5.0,
+                    help="seconds a new control connection has to pass authentication before it is dropped")
+    ap.add_argument("--max-conns-per-peer", type=int, default=32, help="control connections from one address")
+    ap.add_argument("--max-conns", type=int, default=512, help="control connections in all")
+    ap.add_argument("--step-budget", type=float, default=float(env("ENGINE_NODE_STEP_BUDGET", "600")),
+                    help="seconds a training step may take before the node cancels the job [ENGINE_NODE_STEP_BUDGET]")
+    ap.add_argument("--compile-budget", type=float, default=1800.0,
+                    help="seconds building and warming up one program may take before the job is cancelled")
+    ap.add_argument("--max-program-mb", type=float, default=float(env("ENGINE_NODE_MAX_PROGRAM_MB", "0") or 0),
+                    help="device memory one program may allocate (0: engine.validate's default) "
+                         "[ENGINE_NODE_MAX_PROGRAM_MB]")
     a = ap.parse_args(argv)
     logging.basicConfig(filename=a.log, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     secret = env("ENGINE_NODE_SECRET")
@@ -360,6 +540,14 @@ def main(argv=None) -> int:
         print("engine-node: set ENGINE_NODE_SECRET (the cluster's shared secret); refusing to run unauthenticated",
               file=sys.stderr)
         return 2
+    try:
+        auth.check_secret(secret)
+    except auth.SecretError as e:
+        print(f"engine-node: ENGINE_NODE_SECRET: {e}", file=sys.stderr)
+        return 2
+    if a.max_program_mb:
+        os.environ["ENGINE_MAX_PROGRAM_BYTES"] = str(int(a.max_program_mb * 2**20))
+    raise_fd_limit()
     if a.device:
         try:
             log.info("device %s", program.check_device(a.device))
@@ -368,7 +556,9 @@ def main(argv=None) -> int:
             return 2
     node = NodeDaemon(a.listen, secret.encode(), device=a.device, data_dir=a.data, metrics_addr=a.metrics,
                       throttle=a.throttle, throttle_from=a.throttle_from, advertise=a.advertise, peer_timeout=a.peer_timeout,
-                      max_message_bytes=int(a.max_message_mb * 2**20), data_port=a.data_port)
+                      max_message_bytes=int(a.max_message_mb * 2**20), data_port=a.data_port,
+                      handshake_timeout=a.handshake_timeout, max_conns_per_peer=a.max_conns_per_peer,
+                      max_conns=a.max_conns, step_budget=a.step_budget, compile_budget=a.compile_budget)
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "stopping", True))
     signal.signal(signal.SIGINT, lambda *_: setattr(node, "stopping", True))
     faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>` prints every thread's stack

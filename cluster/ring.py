@@ -70,7 +70,8 @@ class RingLinks:
         keep_freed_memory()
         self.cancel = cancel or threading.Event()
         self.pull = ctx.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.MAXMSGSIZE, wire.MAX_MESSAGE_BYTES + (1 << 20))
+        self.pull.setsockopt(zmq.MAXMSGSIZE, wire.FRAME_BYTES)      # no larger frame is read, even pre-auth
+        self.pull.setsockopt(zmq.HANDSHAKE_IVL, 5000)                 # a silent stranger is dropped
         self.pull.setsockopt(zmq.RCVHWM, 0)
         _pin(self.pull, ctx, 0)
         self.domain = f"ring-{id(self)}"

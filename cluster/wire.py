@@ -1,10 +1,19 @@
 """Wire format: one function from message to ZeroMQ frames and its inverse.
 
-Frames: [header JSON, tensor frames..., (Arrow IPC table), MAC].  Frame 0 is a JSON
-header {"v": 1, "type": ..., ...}; each tensor travels as raw little-endian bytes whose
-dtype and shape are in the header; a table travels as one Arrow IPC stream.  The last
-frame is HMAC-SHA256 over every other frame (length-prefixed so frame boundaries cannot
-be shifted), keyed by the cluster's shared secret.  Ring data-plane messages have no
+Frames: [header JSON, tensor frames..., (Arrow IPC table frames), MAC].  Frame 0 is a
+JSON header {"v": 2, "type": ..., ...}; each tensor travels as raw little-endian bytes
+whose dtype and shape are in the header; a table travels as one Arrow IPC stream (its
+byte count in the header, "tb").  No frame is larger than FRAME_BYTES: a larger tensor or
+table is cut into consecutive frames of exactly FRAME_BYTES (the last one shorter), a
+count both sides derive from the header, so a socket can refuse any frame above
+FRAME_BYTES (ZMQ_MAXMSGSIZE) before it is read.  The last frame is HMAC-SHA256 over every
+other frame (length-prefixed so frame boundaries cannot be shifted), keyed by the
+cluster's shared secret.
+
+Authenticated (MAC'd) messages also carry a fresh random nonce "n" and the sender's unix
+time "ts", both under the MAC: a receiver keeps a ReplayGuard that refuses a message
+whose time is more than REPLAY_WINDOW_S off its own clock, or whose nonce it has already
+seen inside that window, so a recorded message cannot be played again.  Ring data-plane messages have no
 MAC frame (`secret=None`): their connection was authenticated once (auth.py).  Nothing
 is ever unpickled: a peer
 can only make us parse JSON, copy bytes into numpy arrays of an allowed dtype, and read
@@ -12,18 +21,25 @@ Arrow IPC, all of which are checked before use.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import json
+import math
+import re
+import secrets as _secrets
 import struct
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-VERSION = 1
-MAX_MESSAGE_BYTES = 512 << 20     # whole message; zmq's MAXMSGSIZE is set a little above
+VERSION = 2
+MAX_MESSAGE_BYTES = 512 << 20     # whole message
 MAX_HEADER_BYTES = 4 << 20        # programs (IR JSON) are the largest headers
+FRAME_BYTES = 4 << 20             # the largest frame of any message: sockets set ZMQ_MAXMSGSIZE to it
+REPLAY_WINDOW_S = 300.0           # authenticated messages: |their time - ours| at most this
 MAX_TENSORS = 4096
 MAX_DIMS = 8
 MAC_BYTES = 32
@@ -53,7 +69,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "ok": {"step": ((int,), False)},
     "step_done": {"step": ((int,), True), "loss": (_NUM, True), "compute_s": (_NUM, True),
                   "allreduce_s": (_NUM, True), "bytes": ((int,), True), "digest": ((str,), True)},
-    "step_failed": {"step": ((int,), True), "message": ((str,), True)},
+    "step_failed": {"step": ((int,), True), "message": ((str,), True), "code": ((str,), False),
+                    "peer": ((str,), False)},
     "state_data": {"step": ((int,), True), "names": ((list,), True), "n_state": ((int,), True)},
     "error": {"code": ((str,), True), "message": ((str,), True)},
     "bye": {"node": ((str,), True), "reason": ((str,), True)},
@@ -63,7 +80,11 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "chunk": {"gen": ((int,), True), "step": ((int,), True), "phase": ((str,), True),
               "b": ((int,), True), "s": ((int,), True), "k": ((int,), True)},
 }
-_COMMON = {"v", "type", "id", "re", "tensors", "table"}
+# id: request number; re: the id a reply answers; rn: the nonce of the request it answers
+# (binds a reply to one request); n, ts: nonce and time of every MAC'd message; session:
+# the node's session token from hello, on every later request; tb: table bytes.
+_COMMON = {"v", "type", "id", "re", "rn", "n", "ts", "session", "tensors", "table", "tb"}
+_NONCE = re.compile(r"[0-9a-f]{32}")
 
 
 class WireError(ValueError):
@@ -119,24 +140,38 @@ def _table_frame(table: dict) -> tuple[bytes, list]:
     return sink.getvalue().to_pybytes(), meta
 
 
+def _split(buf) -> list:
+    """One payload as frames of at most FRAME_BYTES (views, no copy)."""
+    mv = memoryview(buf).cast("B")
+    return [mv[i:i + FRAME_BYTES] for i in range(0, mv.nbytes, FRAME_BYTES)] or [mv]
+
+
+def n_frames(nbytes: int) -> int:
+    return max(1, -(-int(nbytes) // FRAME_BYTES))
+
+
 def encode(type: str, fields: dict | None = None, tensors=(), table: dict | None = None,
            *, secret: bytes | None) -> list:
     """Message -> frames.  Tensors are sent from their own memory (no copy) when
     contiguous little-endian: the caller must not mutate them until sent.  secret=None
-    adds no MAC: only for connections authenticated by auth.py."""
+    adds no MAC, nonce or time: only for connections authenticated by auth.py."""
     header = {"v": VERSION, "type": type, **(fields or {})}
+    if secret is not None:     # fresh for every message, under the MAC
+        header.setdefault("n", _secrets.token_hex(16))   # a caller may pick it, to match the reply
+        header["ts"] = round(time.time(), 3)
     frames = []
     metas = []
     for t in tensors:
         a = np.ascontiguousarray(t)
         metas.append({"dtype": _dtype_name(a), "shape": list(a.shape)})
         a = a.astype(DTYPES[metas[-1]["dtype"]], copy=False)
-        frames.append(memoryview(a).cast("B"))
+        frames.extend(_split(a))
     if metas:
         header["tensors"] = metas
     if table is not None:
         blob, header["table"] = _table_frame(table)
-        frames.append(blob)
+        header["tb"] = len(blob)
+        frames.extend(_split(blob))
     head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     _validate_header(header)   # never send what the peer would refuse
     frames.insert(0, head)
@@ -176,13 +211,20 @@ def _validate_header(h) -> None:
     for k, (_, required) in schema.items():
         if required and k not in h:
             raise WireError("bad_field", f"{h['type']}: missing field {k!r}")
-    for k in ("id", "re"):
-        if k in h and type(h[k]) is not int:
-            raise WireError("bad_field", f"{k} must be an integer")
+    for k in ("id", "re", "tb"):
+        if k in h and (type(h[k]) is not int or h[k] < 0):
+            raise WireError("bad_field", f"{k} must be a non-negative integer")
+    for k in ("n", "rn"):
+        if k in h and not (isinstance(h[k], str) and _NONCE.fullmatch(h[k])):
+            raise WireError("bad_field", f"{k} must be 32 lowercase hex digits")
+    if "session" in h and not (isinstance(h["session"], str) and _NONCE.fullmatch(h["session"])):
+        raise WireError("bad_field", "session must be 32 lowercase hex digits")
+    if "ts" in h and not (type(h["ts"]) in (int, float) and math.isfinite(h["ts"])):
+        raise WireError("bad_field", "ts must be a finite number")
     if "tensors" in h and (not isinstance(h["tensors"], list) or len(h["tensors"]) > MAX_TENSORS):
         raise WireError("bad_header", "tensors must be a list of at most %d entries" % MAX_TENSORS)
-    if "table" in h and (not isinstance(h["table"], list) or not h["table"]):
-        raise WireError("bad_header", "table must be a non-empty list of columns")
+    if "table" in h and (not isinstance(h["table"], list) or not h["table"] or "tb" not in h):
+        raise WireError("bad_header", "table must be a non-empty list of columns, with its byte count tb")
 
 
 def decode(frames, *, secret: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
@@ -197,6 +239,8 @@ def decode(frames, *, secret: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) 
         raise WireError("too_large", f"{sum(sizes)} bytes > limit {max_bytes}")
     if sizes[0] > MAX_HEADER_BYTES:
         raise WireError("too_large", f"header of {sizes[0]} bytes > {MAX_HEADER_BYTES}")
+    if max(sizes) > FRAME_BYTES:
+        raise WireError("too_large", f"a frame of {max(sizes)} bytes > {FRAME_BYTES}")
     if secret is None:
         body = frames
     else:
@@ -208,21 +252,67 @@ def decode(frames, *, secret: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) 
     except (ValueError, UnicodeDecodeError, RecursionError) as e:   # RecursionError: [[[[...]]]]
         raise WireError("bad_header", f"header is not JSON: {type(e).__name__}") from None
     _validate_header(h)
+    if secret is not None and not ("n" in h and "ts" in h):
+        raise WireError("bad_field", "an authenticated message needs a nonce n and a time ts")
     metas = h.get("tensors", [])
-    n_table = 1 if "table" in h else 0
-    if len(body) != 1 + len(metas) + n_table:
+    shapes = [_check_shape(meta, f"tensor {i}") for i, meta in enumerate(metas)]
+    nbytes = [math.prod(shape) * dt.itemsize for dt, shape in shapes]
+    if sum(nbytes) + h.get("tb", 0) > max_bytes:
+        raise WireError("too_large", f"header announces {sum(nbytes) + h.get('tb', 0)} bytes > limit {max_bytes}")
+    counts = [n_frames(n) for n in nbytes] + ([n_frames(h["tb"])] if "table" in h else [])
+    if len(body) != 1 + sum(counts):
         raise WireError("truncated", f"header announces {len(metas)} tensor(s) and "
-                        f"{n_table} table(s), got {len(body) - 1} frame(s)")
-    tensors = []
-    for i, (meta, f) in enumerate(zip(metas, body[1:])):
-        dt, shape = _check_shape(meta, f"tensor {i}")
-        n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-        if n != sizes[1 + i]:
-            raise WireError("bad_size", f"tensor {i}: {shape} {dt} needs {n} bytes, frame has {sizes[1 + i]}")
-        tensors.append(np.frombuffer(f, dtype=dt).reshape(shape))
-    table = _read_table(body[-1], h["table"]) if n_table else None
-    fields = {k: v for k, v in h.items() if k not in ("v", "type", "tensors", "table")}
+                        f"{1 if 'table' in h else 0} table(s) in {sum(counts)} frame(s), got {len(body) - 1}")
+    tensors, at = [], 1
+    for i, ((dt, shape), n, k) in enumerate(zip(shapes, nbytes, counts)):
+        got = sum(sizes[at:at + k])
+        if got != n or any(sz != FRAME_BYTES for sz in sizes[at:at + k - 1]):
+            raise WireError("bad_size", f"tensor {i}: {shape} {dt} needs {n} bytes, frames have {got}")
+        buf = body[at] if k == 1 else b"".join(bytes(f) for f in body[at:at + k])
+        tensors.append(np.frombuffer(buf, dtype=dt).reshape(shape))
+        at += k
+    table = None
+    if "table" in h:
+        got = sum(sizes[at:len(body)])
+        if got != h["tb"] or any(sz != FRAME_BYTES for sz in sizes[at:len(body) - 1]):
+            raise WireError("bad_size", f"table: header says {h['tb']} bytes, frames have {got}")
+        table = _read_table(body[at] if counts[-1] == 1 else b"".join(bytes(f) for f in body[at:]), h["table"])
+    fields = {k: v for k, v in h.items() if k not in ("v", "type", "tensors", "table", "tb")}
     return Message(h["type"], fields, tensors, table)
+
+
+class ReplayGuard:
+    """Refuses an authenticated message seen before, or from outside the time window.
+
+    Nonces are remembered for twice the window after they arrive (a message is refused
+    on its time alone after that), in arrival order, so forgetting is O(1) a message.
+    Only MAC-checked messages reach it, so only holders of the secret can fill it;
+    `max_entries` bounds even that."""
+
+    def __init__(self, window_s: float = REPLAY_WINDOW_S, max_entries: int = 1 << 20):
+        self.window_s, self.max_entries = window_s, max_entries
+        self.seen: set[str] = set()
+        self.order: collections.deque = collections.deque()   # (forget after, nonce)
+        self.replayed = self.stale = 0
+
+    def check(self, msg: "Message", now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        while self.order and self.order[0][0] < now:
+            self.seen.discard(self.order.popleft()[1])
+        n, ts = msg.fields.get("n"), msg.fields.get("ts")
+        if n is None or ts is None:
+            raise WireError("bad_field", "an authenticated message needs a nonce n and a time ts")
+        if abs(now - ts) > self.window_s:
+            self.stale += 1
+            raise WireError("stale", f"message time {ts - now:+.0f}s off this clock (limit {self.window_s:.0f}s): "
+                            "a replay, or clocks out of sync")
+        if n in self.seen:
+            self.replayed += 1
+            raise WireError("replayed", "this message was received before (same nonce): refused as a replay")
+        if len(self.seen) >= self.max_entries:
+            raise WireError("busy", f"more than {self.max_entries} messages inside the replay window")
+        self.seen.add(n)
+        self.order.append((now + 2 * self.window_s, n))
 
 
 def save_table(path: str, table: dict) -> None:

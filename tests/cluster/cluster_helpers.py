@@ -47,14 +47,15 @@ class Procs:
 
 
 
-def start_nodes(procs, n, throttle=None, throttle_from=0, extra_args=(), **env):
-    """Start n engine-node daemons on free loopback ports; returns their ready info."""
+def start_nodes(procs, n, throttle=None, throttle_from=0, extra_args=(), entry=("-m", "cluster.node"), **env):
+    """Start n engine-node daemons on free loopback ports; returns their ready info.
+    `entry`: how the child starts one (a module or a script, e.g. a misbehaving node)."""
     nodes = []
     for i in range(n):
         e = child_env(ENGINE_NODE_SECRET=SECRET, **env)
         if throttle and throttle.get(i):
             e["ENGINE_NODE_THROTTLE"] = str(throttle[i])
-        p = procs.start(["-m", "cluster.node", "--listen", "tcp://127.0.0.1:*", "--metrics", "127.0.0.1:0",
+        p = procs.start([*entry, "--listen", "tcp://127.0.0.1:*", "--metrics", "127.0.0.1:0",
                          "--peer-timeout", "10", "--throttle-from", str(throttle_from), *extra_args], env=e)
         nodes.append(p)
     out = []
@@ -68,3 +69,58 @@ def start_nodes(procs, n, throttle=None, throttle_from=0, extra_args=(), **env):
 
 def accuracy(model, params, x, y):
     return float((model.logits(x, params).argmax(1) == y).mean())
+
+
+class Session:
+    """A hand-driven control connection to one engine-node, as the driver makes it:
+    authenticated (CURVE from the secret), hello first, then requests carrying the
+    session token.  `last` keeps the frames of the last request, for replaying them."""
+
+    def __init__(self, address, secret=SECRET, authenticate=True):
+        import zmq
+        from cluster import auth
+        self.secret = secret.encode() if isinstance(secret, str) else secret
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if authenticate:
+            auth.control_client(self.sock, self.secret, address)
+        self.sock.connect(address)
+        self.session, self.ids, self.last = None, 0, None
+
+    def send_frames(self, frames, timeout=10.0):
+        """Send raw frames; the decoded reply, or None if none came within `timeout`."""
+        import zmq
+        from cluster import wire
+        if not self.sock.poll(int(timeout * 1000), zmq.POLLOUT):
+            return None          # no admitted connection to send on
+        self.sock.send_multipart(frames, copy=False)
+        if not self.sock.poll(int(timeout * 1000)):
+            return None
+        return wire.decode(self.sock.recv_multipart(), secret=self.secret)
+
+    def request(self, type, fields=None, tensors=(), table=None, timeout=10.0):
+        from cluster import wire
+        self.ids += 1
+        f = {**(fields or {}), "id": self.ids, **({"session": self.session} if self.session else {})}
+        self.last = wire.encode(type, f, tensors, table, secret=self.secret)
+        self.last = [bytes(x) for x in self.last]
+        return self.send_frames(self.last, timeout)
+
+    def hello(self):
+        info = self.request("hello")
+        assert info is not None and info.type == "info", info
+        self.session = info["session"]
+        return info
+
+    def close(self):
+        self.sock.close(linger=0)
+
+
+def proc_status(pid):
+    """{field: value} of /proc/PID/status (VmRSS in kB, Threads...)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.split()[0] if v.split() else ""
+    return out

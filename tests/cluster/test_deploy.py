@@ -195,7 +195,7 @@ def test_pod_args_start_a_node_on_fixed_ports_that_answers_healthz(procs, tmp_pa
     assert info == {"control": f"tcp://{name}:{ports['control']}", "data": f"tcp://{name}:{ports['data']}",
                     "metrics": f"http://127.0.0.1:{ports['metrics']}"}
     health = get(info["metrics"] + "/healthz")
-    assert health["status"] == "ok" and health["node"] == info["control"] and health["data"] == info["data"]
+    assert health["status"] == "ok" and not {"node", "data", "job", "data_dir"} & set(health)   # nothing sensitive
     for s in (socket.create_connection(("127.0.0.1", ports[p]), timeout=5) for p in ("control", "data")):
         s.close()                                           # both really bound on the fixed ports
 

@@ -7,7 +7,7 @@ import zmq
 
 from cluster import PeerLost, RingLinks, auth, wire
 
-S = b"ring-secret"
+S = b"ring-test-secret-0123"
 
 
 def test_gate_checks_token_receiver_time_and_nonce():
