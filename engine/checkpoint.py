@@ -13,7 +13,10 @@ weights go first under a fresh name, the JSON last, so a checkpoint exists only 
 record does, and a crash at any point (even re-saving the same step) leaves every earlier
 checkpoint intact. `restore` walks back from the newest record, verifies sizes and
 checksums before touching the model, warns about each bad checkpoint (file and reason) and
-loads the newest good one.
+loads the newest good one; a checkpoint whose tensors do not fit the model (another
+architecture's, or a wrong shape) is skipped the same way, with the model left as it was.
+A save that fails (disk full, read-only, over a file-size limit) raises CheckpointError
+naming the directory and the cause, and leaves no temporary or orphan file behind.
 """
 from __future__ import annotations
 
@@ -67,14 +70,30 @@ def _fsync_dir(directory: str):
         os.close(fd)
 
 
+def _remove_quietly(path: str):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
 def _write_atomic(path: str, data: bytes):
+    """Write aside, fsync, rename into place; on any OS error the temp file is removed
+    (a full disk must not stay full of our leftovers) and CheckpointError says why."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(path))
+    except OSError as e:
+        _remove_quietly(tmp)
+        hint = {28: " (the disk is full)", 30: " (the file system is read-only)", 13: " (no permission to write there)",
+                27: " (over the process's file-size limit)", 122: " (over the disk quota)"}.get(e.errno, "")
+        raise CheckpointError(f"cannot write checkpoint file {path}: {e.strerror or e}{hint}; "
+                              "nothing of it was left behind") from e
 
 
 def _pid_alive(pid: int) -> bool:
@@ -95,7 +114,10 @@ class CheckpointManager:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.directory = os.path.abspath(os.fspath(directory))
         self.keep = keep
-        os.makedirs(self.directory, exist_ok=True)
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot create checkpoint directory {self.directory}: {e.strerror or e}") from e
 
     # -- listing ------------------------------------------------------------------------
     def steps(self) -> list[int]:
@@ -136,8 +158,15 @@ class CheckpointManager:
                   "weights": {"file": name, "bytes": len(weights),
                               "sha256": hashlib.sha256(weights).hexdigest()}}
         path = self._record_path(step)
-        _write_atomic(path, json.dumps(record, indent=1, default=_json_default).encode())
-        self._prune()
+        try:
+            _write_atomic(path, json.dumps(record, indent=1, default=_json_default).encode())
+        except CheckpointError:
+            _remove_quietly(os.path.join(self.directory, name))   # weights no record names: space back
+            raise
+        try:
+            self._prune()
+        except OSError as e:
+            warnings.warn(f"checkpoint {path} saved, but pruning old ones failed: {e}", RuntimeWarning, stacklevel=2)
         return path
 
     def _prune(self):
@@ -194,6 +223,31 @@ class CheckpointManager:
             raise CheckpointError(f"{wpath}: not valid safetensors ({e})") from e
         return state, tensors
 
+    def _check_fits(self, model, optimizer, state, weights, tensors, step):
+        """CheckpointError unless every tensor of the checkpoint fits the model (and its
+        optimizer state fits the parameters), checked before anything is loaded."""
+        where = self._record_path(step)
+        own = {k: tuple(_numpy(v).shape) for k, v in model.state_dict().items()} if hasattr(model, "state_dict") else {}
+        if own and set(own) != set(weights):     # (a model that declares no state takes what comes)
+            raise CheckpointError(f"{where}: tensors {sorted(set(weights) ^ set(own))} are in only one of the "
+                                  "checkpoint and the model (another model's checkpoint?)")
+        for k, shape in own.items():
+            if tuple(weights[k].shape) != shape:
+                raise CheckpointError(f"{where}: {k} has shape {tuple(weights[k].shape)} in the checkpoint but "
+                                      f"{shape} in the model")
+        params = getattr(optimizer, "params", None)
+        if optimizer is None or params is None or "optimizer" not in state:
+            return
+        try:
+            names = {(int(i), k) for i, ks in state["optimizer"]["tensors"].items() for k in ks}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{where}: optimizer state unreadable ({type(e).__name__}: {e})") from e
+        for i, k in names:
+            t = tensors.get(f"optim/{i}/{k}")
+            if t is None or not 0 <= i < len(params) or tuple(t.shape) != tuple(params[i].shape):
+                raise CheckpointError(f"{where}: optimizer state optim/{i}/{k} does not fit parameter {i} "
+                                      f"of the optimizer")
+
     def restore(self, model, optimizer=None, loader=None) -> dict | None:
         """Load the newest valid checkpoint into model / optimizer / loader and the engine's
         RNG. Returns {"step", "extra", "loader", "path"} or None when there is none. Bad
@@ -201,10 +255,12 @@ class CheckpointManager:
         for step in reversed(self.steps()):
             try:
                 state, tensors = self.load(step)
+                weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+                self._check_fits(model, optimizer, state, weights, tensors, step)
             except CheckpointError as e:
                 warnings.warn(f"skipping checkpoint of step {step}: {e}", RuntimeWarning, stacklevel=2)
                 continue
-            model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+            model.load_state_dict(weights)
             if optimizer is not None and "optimizer" in state:
                 opt = state["optimizer"]
                 per_param = {int(i): dict(v) for i, v in opt["scalars"].items()}

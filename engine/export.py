@@ -15,6 +15,7 @@ from .jit import CompiledStep
 from .runtime import NP_DTYPES, get_device
 from .tensor import Tensor, no_grad, tensor
 from .tune import gemm_tile
+from .validate import check_program
 
 __all__ = ["trace_training_step", "StepProgram", "FORMAT_VERSION"]
 
@@ -64,6 +65,7 @@ def _build(doc: dict, device):
         raise ValueError("not a step program (missing format 'many-as-one/step')")
     if doc.get("v") != FORMAT_VERSION:
         raise ValueError(f"step program version {doc.get('v')!r} is not supported (want {FORMAT_VERSION})")
+    check_program(doc)   # engine/validate.py: schema, ranges and budgets before any node is built
     nodes, inputs, constants = [], {}, {}
     for i, nd in enumerate(doc["nodes"]):
         op = nd.get("op")

@@ -17,6 +17,9 @@ __all__ = ["RunStore", "STALE_AFTER_S"]
 # A running run that has not written anything for this long is shown as "stale":
 # its process most likely died without calling finish().
 STALE_AFTER_S = 120.0
+# /metrics answers with at most this many steps (evenly thinned, the last one always in):
+# a chart needs no more, and a 2M-step run must not cost a request gigabytes.
+MAX_POINTS = 4000
 
 
 def _pid_gone(pid, host):
@@ -93,17 +96,29 @@ class RunStore:
                 "latest": latest, "has_graph": has["graph"], "has_kernels": has["kernel"],
                 "has_weights": has["weights"]}
 
-    def metrics(self, run_id, since=None):
+    def metrics(self, run_id, since=None, max_points=MAX_POINTS):
         """Rows merged by step: [{"step", "epoch", "t", <key>: value, ...}], ascending.
-        `since` returns only steps after it, for cheap polling."""
-        sql, args = "SELECT step, epoch, t, key, value FROM metric", ()
-        if since is not None:
-            sql, args = sql + " WHERE step > ?", (int(since),)
-        by_step = {}
-        for row in self._query(run_id, sql + " ORDER BY step", args):
-            d = by_step.setdefault(row["step"], {"step": row["step"], "epoch": row["epoch"],
-                                                 "t": row["t"]})
-            d[row["key"]] = row["value"]
+        `since` returns only steps after it, for cheap polling.  More than `max_points`
+        steps are thinned to every k-th (the last one always kept) inside SQLite, so the
+        memory of a request is bounded whatever the run's length."""
+        since = -(1 << 62) if since is None else int(since)
+        con = self._db(run_id)
+        try:
+            n, last = con.execute("SELECT COUNT(DISTINCT step), MAX(step) FROM metric WHERE step > ?",
+                                  (since,)).fetchone()
+            every = max(1, -(-n // max(1, max_points)))
+            rows = con.execute(
+                "WITH s AS (SELECT step, ROW_NUMBER() OVER (ORDER BY step) - 1 AS r "
+                "           FROM (SELECT DISTINCT step FROM metric WHERE step > ?)) "
+                "SELECT m.step, m.epoch, m.t, m.key, m.value FROM metric m JOIN s ON m.step = s.step "
+                "WHERE s.r % ? = 0 OR m.step = ? ORDER BY m.step", (since, every, last))
+            by_step = {}
+            for row in rows:      # a cursor: rows stream from SQLite, never all in a list
+                d = by_step.setdefault(row["step"], {"step": row["step"], "epoch": row["epoch"],
+                                                     "t": row["t"]})
+                d[row["key"]] = row["value"]
+        finally:
+            con.close()
         return list(by_step.values())
 
     def graph(self, run_id):
@@ -115,8 +130,19 @@ class RunStore:
         return [dict(json.loads(r["body"]), step=r["step"]) for r in rows]
 
     def weights_path(self, run_id):
+        """The run's weights file, which must lie inside the run's own directory: a
+        recorded name with a path in it, or a link out of the directory, is refused
+        (ValueError) rather than followed."""
         rows = self._query(run_id, "SELECT file FROM weights")
-        return self.root / run_id / rows[0]["file"] if rows else None
+        if not rows:
+            return None
+        run_dir = (self.root / run_id).resolve()
+        name = str(rows[0]["file"])
+        path = (run_dir / name).resolve()
+        if os.path.basename(name) != name or name in ("", ".", "..") or path.parent != run_dir:
+            raise ValueError(f"run {run_id}: its weights file {name!r} is not a file inside the run's directory; "
+                             "not read")
+        return path
 
     def set_note(self, run_id, note):
         """The one change the UI can make to a run (only when authenticated)."""

@@ -65,6 +65,30 @@ def share_counts(n: int, shares) -> list[int]:
     return [int(c) for c in counts]
 
 
+MAX_PART_ROWS = (1 << 31) - 1     # rows of one row group / record batch
+
+
+def _check_footer_rows(name: str, total: int, part_rows: list) -> None:
+    """Row counts come from the Parquet footer, before any data is read: a corrupt or
+    forged one must give a DataError here, not a MemoryError when the loader sizes its
+    buffers by them."""
+    if sum(part_rows) != total:
+        raise DataError(f"{name}: the footer says {total} rows but its row groups hold {sum(part_rows)}; "
+                        "the file is corrupt - rewrite it (engine data convert)")
+    for i, rows in enumerate(part_rows):
+        if not 0 <= rows <= MAX_PART_ROWS:
+            raise DataError(f"{name}: row group {i} claims {rows} rows (at most {MAX_PART_ROWS} are read per row "
+                            "group); the footer is corrupt, or write smaller row groups (engine data convert "
+                            "--row-group-size)")
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 class _Source:
     """One file (or the in-memory table): schema, part sizes and a reader for one part."""
 
@@ -92,6 +116,7 @@ class _Source:
         if self._parquet is not None:
             md = self._parquet.metadata
             self.part_rows = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+            _check_footer_rows(name, md.num_rows, self.part_rows)
         else:
             self.part_rows = [b.num_rows for b in self._batches]
 
@@ -258,6 +283,15 @@ class ArrowDataset:
             if shape is not None and int(np.prod(shape)) != int(np.prod(natural)):
                 raise DataError(f"{s.name}: features {self.features} have {int(np.prod(shape))} "
                                 f"values per sample, {self._sources[0].name} has {int(np.prod(natural))}")
+        # A part is decoded whole (plus its shuffle order, 8 bytes a row): one claiming more
+        # than this machine's memory is a corrupt footer or a file this loader cannot read.
+        ram = _physical_memory()
+        biggest = max(self._parts, key=lambda p: p.num_rows)
+        need = biggest.num_rows * (self.row_bytes + 8)
+        if ram and need > ram:
+            raise DataError(f"{self._sources[biggest.source].where(biggest.index)}: claims {biggest.num_rows} rows, "
+                            f"{need >> 20} MiB decoded, more than this machine's {ram >> 20} MiB of memory; the "
+                            "footer is corrupt, or write smaller row groups (engine data convert --row-group-size)")
 
     # -- schema -------------------------------------------------------------------------
     def _check_schema(self, source: _Source):
