@@ -34,7 +34,7 @@ def export_bundle(step, directory) -> dict:
     os.makedirs(directory, exist_ok=True)
     kernels, sources, launches = {}, [], []
     for launch in step.launches:
-        spec = launch.ck.spec
+        spec = launch.spec
         if spec.name not in kernels:
             kernels[spec.name] = {
                 "name": spec.name, "template": spec.template, "params": spec.params,

@@ -25,10 +25,12 @@ class HostScalar:
 
 class Launch:
     """One recorded kernel launch: replayable with no scheduling or codegen."""
-    __slots__ = ("ck", "gsize", "lsize", "args", "rand")
+    __slots__ = ("ck", "spec", "gsize", "lsize", "args", "rand")
 
-    def __init__(self, ck, gsize, lsize, args, rand):
+    def __init__(self, ck, gsize, lsize, args, rand, spec=None):
         self.ck, self.gsize, self.lsize, self.args, self.rand = ck, gsize, lsize, args, rand
+        # what the kernel was planned from (its built program may be shared with a bundle's)
+        self.spec = spec if spec is not None else ck.spec
 
 
 class RandState:
@@ -91,10 +93,10 @@ def run_launch(launch: Launch, device):
             args.append(np.uint32(a.seed & 0xFFFFFFFF))
             args.append(np.uint32(a.offset & 0xFFFFFFFF))
     ev = device.launch(launch.ck, launch.gsize, launch.lsize, args)
-    debug.on_launch(launch.ck.spec, ev)
+    debug.on_launch(launch.spec, ev)
     if _listeners:
         for fn in _listeners:
-            fn(launch.ck.spec, device, ev)
+            fn(launch.spec, device, ev)
     return ev
 
 

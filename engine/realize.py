@@ -93,7 +93,7 @@ def realize(targets, device, dests=None, group=False) -> list:
                 seed, offset = g.anchor.arg
                 rand = RandState(seed, offset, g.anchor.numel)
                 args.append(rand)
-        launch = Launch(ck, spec.global_size, spec.local_size, args, rand)
+        launch = Launch(ck, spec.global_size, spec.local_size, args, rand, spec)
         run_launch(launch, device)
         record(launch)
         for a in spec.args:

@@ -70,7 +70,8 @@ const ${t} ${name} = ${a[0]} < ${a[1]};
 % elif op == "CMPEQ":
 const ${t} ${name} = ${a[0]} == ${a[1]};
 % elif op == "WHERE":
-const ${t} ${name} = ${a[0]} ? ${a[1]} : ${a[2]};
+## the condition is a bool whatever the result's type (a float literal there is an error on NVIDIA)
+const ${t} ${name} = ${lit(args[0], 'bool')} ? ${a[1]} : ${a[2]};
 % else:
 <% raise ValueError("no OpenCL C for SSA op " + op) %>
 % endif

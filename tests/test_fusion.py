@@ -116,3 +116,13 @@ def test_training_step_keeps_bias_and_relu_in_the_gemm(rng):
         F.cross_entropy(model(x), y).backward()
     fused = [set(k["fused_ops"]) for k in p.kernels if k["template"].startswith("gemm")]
     assert {"MATMUL", "ADD", "RELU"} in [f & {"MATMUL", "ADD", "RELU"} for f in fused]
+
+
+def test_where_with_a_constant_condition_writes_a_bool_literal(rng):
+    """NVIDIA's compiler rejects a float literal as a ?: condition (PoCL accepts it)."""
+    x = _t(rng, 3, 4)
+    cond = engine.Tensor(ir.const(True, (3, 4), "bool"), x.device)
+    ex = engine.explain(lambda: cond.where_(x, -1.0))
+    src = ex.to_json()["kernels"][0]["source"]
+    assert "1 ?" in src and "1.0f ?" not in src
+    np.testing.assert_array_equal(cond.where_(x, -1.0).numpy(), x.numpy())
