@@ -171,6 +171,8 @@ class Module:
             if k not in state:
                 continue
             arr = _host_array(state[k])
+            if t.shape == () and arr.shape == (1,):     # engine.tensor() of a 0-d array is (1,) today
+                arr = arr.reshape(())
             if tuple(arr.shape) != t.shape:
                 raise ValueError(f"load_state_dict: {k} has shape {tuple(arr.shape)} in the state but {t.shape} in the model")
             # the value in the tensor's own dtype: a bool mask or an int64 counter written as
