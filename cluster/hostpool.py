@@ -61,3 +61,10 @@ def checksum(arrays: list[np.ndarray]) -> str:
     crcs = run(lambda piece: zlib.crc32(memoryview(piece[0]).cast("B")),   # split() pieces are contiguous
                [p for a in arrays for p in split(a)])
     return f"{zlib.crc32(np.array(crcs, '<u4').tobytes()):08x}"
+
+
+def all_finite(flat: np.ndarray) -> bool:
+    """No NaN or Inf in `flat`.  A piece whose sum is finite holds only finite values
+    (NaN and Inf propagate through a sum), so only a suspect piece is scanned value by
+    value (a sum can also overflow to Inf from finite values: that scan tells)."""
+    return all(run(lambda p: bool(np.isfinite(p[0].sum())) or bool(np.isfinite(p[0]).all()), split(flat)))

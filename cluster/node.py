@@ -471,9 +471,8 @@ class NodeDaemon:
         t1, sent0 = time.perf_counter(), self.links.bytes_sent
         allreduce(self.links, flat, job.step)
         ar = time.perf_counter() - t1
-        # Every rank holds the same sum, so every rank refuses together.  A finite sum
-        # means finite terms (NaN and Inf propagate), so the full scan runs only on a hit.
-        if not np.isfinite(flat.sum()) and not np.isfinite(flat).all():
+        # Every rank holds the same sum, so every rank refuses together (before any update).
+        if not hostpool.all_finite(flat):
             bad = int(np.count_nonzero(~np.isfinite(flat[:-1])))
             raise JobError("nonfinite", f"step {job.step}: {bad} gradient value(s) (or the loss) are NaN or Inf "
                                         "after the all-reduce; not applied, weights stay at this step")
