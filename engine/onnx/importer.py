@@ -356,12 +356,13 @@ def _reshape(ins, a, c):
 @op("Flatten", np_rule=lambda ins, a, c: [_flatten_np(ins[0], a.get("axis", 1))])
 def _flatten(ins, a, c):
     x = _T(ins[0])
-    ax = a.get("axis", 1) % (x.ndim + 1) if x.ndim else 0
+    ax = a.get("axis", 1)
+    ax = ax + x.ndim if ax < 0 else ax
     return [x.reshape(int(np.prod(x.shape[:ax])), int(np.prod(x.shape[ax:])))]
 
 
 def _flatten_np(x, axis):
-    ax = axis % (x.ndim + 1) if x.ndim else 0
+    ax = axis + x.ndim if axis < 0 else axis
     return x.reshape(int(np.prod(x.shape[:ax])), int(np.prod(x.shape[ax:])))
 
 
@@ -935,7 +936,7 @@ class OnnxModule(Module):
         if len(args) > len(self.input_names):
             raise TypeError(f"the model takes {len(self.input_names)} inputs {self.input_names}, got {len(args)}")
         for name, v in list(zip(self.input_names, args)) + list(kwargs.items()):
-            env[name] = v if isinstance(v, Tensor) else tensor(_engine_array(np.asarray(v)))
+            env[name] = v if isinstance(v, Tensor) else _T(np.asarray(v))
         missing = [n for n in self.input_names if n not in env]
         if missing:
             raise TypeError(f"missing model inputs {missing}")
