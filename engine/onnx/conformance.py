@@ -113,7 +113,7 @@ def main(argv=None):
         print(f"{'PASS' if ok else 'FAIL'} {op:22s} {tc.name}" + ("" if ok else f"  ({why})"), flush=True)
     print(f"\n{passed}/{len(todo)} ONNX node test cases pass ({100.0 * passed / max(len(todo), 1):.1f} %) for "
           f"{len(by_op)} operators in {time.time() - t0:.0f} s; {len(skipped)} more cases skipped "
-          f"(float16/bfloat16/float8/int8/uint8/string/... element types, or a specific random dropout mask)")
+          f"(float16/bfloat16/float8/int4/string element types, or a specific random dropout mask)")
     failed = {op: n - p for op, (p, n) in by_op.items() if p < n}
     if failed:
         print("failures by operator: " + ", ".join(f"{op} {k}" for op, k in sorted(failed.items())))

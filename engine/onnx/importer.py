@@ -553,7 +553,7 @@ def _red_axes(x, ins, a):
     return tuple(sorted(ax % x.ndim for ax in axes))
 
 
-def _reduce(fn):
+def _reduce(fn, empty):
     def rule(ins, a, c):
         x = _T(ins[0])
         axes = _red_axes(x, ins, a)
@@ -562,20 +562,28 @@ def _reduce(fn):
         keep = bool(a.get("keepdims", 1))
         if not axes:
             return [x]
+        if any(x.shape[d] == 0 for d in axes):    # the reduction of an empty set: its identity
+            shape = tuple(1 if i in axes else s for i, s in enumerate(x.shape)) if keep else \
+                tuple(s for i, s in enumerate(x.shape) if i not in axes)
+            v = empty if x.dtype == "float32" else {float("inf"): True if x.dtype == "bool" else (1 << 62),
+                                                     float("-inf"): False if x.dtype == "bool" else -(1 << 62)}.get(empty, empty)
+            # uploaded, not a constant: an infinite constant fill does not build today
+            return [_T(np.full(shape, v, dtype={"float32": np.float32, "bool": np.bool_}.get(x.dtype, np.int64)))]
         return [fn(x, axes, keep)]
     return rule
 
 
-OPS["ReduceSum"] = _reduce(lambda x, ax, k: x.sum(ax, k))
-OPS["ReduceMean"] = _reduce(lambda x, ax, k: x.mean(ax, k))
-OPS["ReduceMax"] = _reduce(lambda x, ax, k: ops.amax(x, ax, k))
-OPS["ReduceMin"] = _reduce(lambda x, ax, k: ops.amin(x, ax, k))
-OPS["ReduceProd"] = _reduce(lambda x, ax, k: _prod_axes(x, ax, k))
-OPS["ReduceSumSquare"] = _reduce(lambda x, ax, k: (x * x).sum(ax, k))
-OPS["ReduceL1"] = _reduce(lambda x, ax, k: x.abs().sum(ax, k))
-OPS["ReduceL2"] = _reduce(lambda x, ax, k: (x * x).sum(ax, k).sqrt())
-OPS["ReduceLogSum"] = _reduce(lambda x, ax, k: x.sum(ax, k).log())
-OPS["ReduceLogSumExp"] = _reduce(lambda x, ax, k: ops.logsumexp(x, ax, k))
+_INF = float("inf")
+OPS["ReduceSum"] = _reduce(lambda x, ax, k: x.sum(ax, k), 0)
+OPS["ReduceMean"] = _reduce(lambda x, ax, k: x.mean(ax, k), float("nan"))
+OPS["ReduceMax"] = _reduce(lambda x, ax, k: ops.amax(x, ax, k), -_INF)
+OPS["ReduceMin"] = _reduce(lambda x, ax, k: ops.amin(x, ax, k), _INF)
+OPS["ReduceProd"] = _reduce(lambda x, ax, k: _prod_axes(x, ax, k), 1)
+OPS["ReduceSumSquare"] = _reduce(lambda x, ax, k: (x * x).sum(ax, k), 0)
+OPS["ReduceL1"] = _reduce(lambda x, ax, k: x.abs().sum(ax, k), 0)
+OPS["ReduceL2"] = _reduce(lambda x, ax, k: (x * x).sum(ax, k).sqrt(), 0)
+OPS["ReduceLogSum"] = _reduce(lambda x, ax, k: x.sum(ax, k).log(), -_INF)
+OPS["ReduceLogSumExp"] = _reduce(lambda x, ax, k: ops.logsumexp(x, ax, k), -_INF)
 
 
 def _prod_axes(x, axes, keep):
