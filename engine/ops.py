@@ -36,7 +36,7 @@ __all__ = [
     "norm", "all", "any", "matmul", "outer", "flip", "roll", "repeat", "tile", "repeat_interleave",
     "t", "to", "type_as", "clone", "getitem", "diag", "allclose", "equal", "softmax", "log_softmax",
     "maximum", "minimum", "sub", "add", "mul", "div", "true_divide", "where", "nonzero", "masked_select",
-    "numel", "addmm", "baddbmm", "lerp", "hypot", "atan2_unsupported", "TENSOR_METHODS",
+    "numel", "addmm", "baddbmm", "lerp", "hypot", "atan2_unsupported", "tensor_repr", "TENSOR_METHODS",
 ]
 
 # The Tensor methods these functions call, captured before any are rebound to the
@@ -1259,6 +1259,28 @@ def as_tensor(data, dtype=None, device=None) -> Tensor:
     return tensor(data, dtype=as_dtype(dtype) if dtype else None, device=device)
 
 
+def tensor_repr(x: Tensor) -> str:
+    """torch-style printing with the values: ``tensor([[1.5000, 2.0000]], requires_grad=True)``
+    (computes the tensor; falls back to shape and dtype if it cannot be read)."""
+    try:
+        arr = x.numpy()
+    except Exception:   # noqa: BLE001  (e.g. inside a capture)
+        return f"tensor(<shape={x.shape}, dtype={x.dtype}>)"
+    if arr.dtype.kind == "f":
+        integral = bool(np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)))
+        body = np.array2string(arr, separator=", ", prefix="tensor(", threshold=1000, edgeitems=3,
+                               precision=4, floatmode="maxprec" if integral else "fixed",
+                               suppress_small=False)
+    else:
+        body = np.array2string(arr, separator=", ", prefix="tensor(", threshold=1000, edgeitems=3)
+    extras = []
+    if x.dtype == "int32":
+        extras.append("dtype=engine.int32")
+    if x.requires_grad:
+        extras.append("requires_grad=True")
+    return "tensor(" + body + "".join(", " + e for e in extras) + ")"
+
+
 # What becomes a Tensor method (name -> function taking the tensor first).
 TENSOR_METHODS = {
     "clamp": clamp, "clip": clamp, "clamp_min": lambda x, v: clamp(x, min=v),
@@ -1287,5 +1309,5 @@ TENSOR_METHODS = {
     "new_full": lambda x, s, v, **k: full(tuple(s), v, k.get("dtype") or x.dtype, x.device),
     "new_tensor": lambda x, data, **k: tensor(data, dtype=k.get("dtype"), device=x.device),
     "is_floating_point": lambda x: x.dtype == "float32",
-    "dim": lambda x: x.ndim,
+    "dim": lambda x: x.ndim, "__repr__": tensor_repr, "__str__": tensor_repr,
 }

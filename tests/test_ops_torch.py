@@ -390,3 +390,11 @@ def test_dtype_objects():
     with pytest.raises(TypeError):
         dtypes.as_dtype("complex")
     assert dtypes.is_floating_point(engine.zeros(1)) and not dtypes.is_floating_point(engine.tensor([1]))
+
+
+def test_printing_shows_values_like_torch():
+    for arr in (np.array([[1.5, 2.0], [-3.25, 0.125]], np.float32), np.array([1.0, 2.0], np.float32),
+                np.array([3, -1, 7]), np.array([True, False])):
+        assert ops.tensor_repr(engine.tensor(arr)) == repr(torch.tensor(arr))
+    t = engine.tensor(np.array([0.5], np.float32), requires_grad=True)
+    assert ops.tensor_repr(t) == repr(torch.tensor([0.5], requires_grad=True))
