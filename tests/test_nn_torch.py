@@ -400,3 +400,22 @@ def test_rmsprop_adagrad(rng, make_e, make_t):
         ((pt * pt * pt).sum() + pt.sum() * float(c)).backward()
         oe.step(), ot.step()
     np.testing.assert_allclose(pe.numpy(), pt.detach().numpy(), rtol=2e-5, atol=2e-6)
+
+
+def test_cross_entropy_target_check_also_in_a_compiled_step():
+    m = nn.Linear(4, 3)
+    opt = engine.optim.SGD(m.parameters(), lr=0.1)
+
+    @engine.compile
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    x = engine.tensor(np.ones((2, 4), np.float32))
+    step(x, engine.tensor([0, 2]))
+    step(x, engine.tensor([1, 2]))            # a replay
+    with pytest.raises(IndexError, match="target 7"):
+        step(x, engine.tensor([1, 7]))
