@@ -21,7 +21,7 @@ import numpy as np
 from . import ir
 from .dtypes import as_dtype
 from .runtime import get_device
-from .tensor import Tensor, arange, cat, full, host_rng, no_grad, tensor, where
+from .tensor import Tensor, arange, cat, full, host_rng, tensor, where
 
 __all__ = [
     "clamp", "clip", "std", "var", "cumsum", "cumprod", "topk", "sort", "argsort", "einsum", "bmm", "mm",

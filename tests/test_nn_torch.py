@@ -1,6 +1,5 @@
 """engine.nn (layers, functional, state dicts), nn.utils, lr_scheduler and optim_extra
 against PyTorch, from the same weights and inputs."""
-import math
 
 import numpy as np
 import pytest

@@ -9,7 +9,6 @@ to the float initializers, which are the module's parameters.
 """
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
