@@ -93,9 +93,13 @@ def main():
                 for a in launch["args"]:
                     if a[0] == "buf":
                         nbytes = max(int(a[1]), 4)
-                        data = base64.b64decode(a[2]) if a[2] else bytes(nbytes)
-                        buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR,
-                                        hostbuf=np.frombuffer(data.ljust(nbytes, b"\0"), np.uint8).copy())
+                        if a[2]:
+                            data = base64.b64decode(a[2]).ljust(nbytes, b"\0")
+                            buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR,
+                                            hostbuf=np.frombuffer(data, np.uint8).copy())
+                        else:       # zeros of the real size, filled on the device
+                            buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE, nbytes)
+                            cl.enqueue_fill_buffer(queue, buf, np.uint32(0), 0, nbytes - nbytes % 4)
                         bufs.append(buf)
                         args.append(buf)
                     else:

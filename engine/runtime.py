@@ -527,6 +527,7 @@ class _BuildWorker:
     def __init__(self, device):
         self.sel = {"index": device.index, "platform": device.platform, "name": device.name}
         self.owner = os.getpid()
+        self.requests = 0
         self.proc = None
         self.err = None
         self.lock = threading.Lock()
@@ -585,6 +586,7 @@ class _BuildWorker:
 
     def request(self, source, options, launches, timeout, binary=None) -> dict:
         with self.lock:
+            self.requests += 1
             if self.proc is None or self.proc.poll() is not None:
                 self._start()
             msg = {"source": source, "options": options, "launches": launches,
@@ -594,7 +596,22 @@ class _BuildWorker:
                 self.proc.stdin.flush()
             except (BrokenPipeError, OSError):
                 pass        # it died: _read reports how
-            return json.loads(self._read(timeout))
+            answer = json.loads(self._read(timeout))
+            self._close_when_idle()
+            return answer
+
+    def _close_when_idle(self):
+        """Builds come in bursts (a new model's first step); the child (a few hundred MB with
+        its OpenCL context) goes away once none came for ENGINE_BUILD_CHILD_IDLE seconds."""
+        seen = self.requests
+
+        def close_if_idle():
+            with self.lock:
+                if self.requests == seen:
+                    self.close()
+        timer = threading.Timer(_env_float("ENGINE_BUILD_CHILD_IDLE", 30.0), close_if_idle)
+        timer.daemon = True
+        timer.start()
 
     def close(self):
         proc, self.proc = self.proc, None

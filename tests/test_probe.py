@@ -69,7 +69,7 @@ def test_crashing_float16_build_falls_back_to_float8_and_is_remembered(tmp_path,
 
 
 def test_hanging_builds_are_cut_off_and_the_next_safer_variant_used(tmp_path):
-    out, err = _run(tmp_path, "hang:float16,segv:float8", ENGINE_PROBE_TIMEOUT="4")
+    out, err = _run(tmp_path, "hang:float16,segv:float8", ENGINE_PROBE_TIMEOUT="20")   # generous: a loaded machine compiles slowly
     assert out["err"] < 1e-4 and out["vw"] == 4
     assert [(d["variant"], d["why"]) for d in out["dropped"]] == [("gemm float16", "hung"), ("gemm float8", "crashed")]
     assert "gemm float4" in out["works"]
