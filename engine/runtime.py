@@ -88,7 +88,7 @@ class CompiledKernel:
 class _BundledSpec:
     """The description of a kernel that came from a bundle rather than from codegen."""
 
-    args = global_size = local_size = render = None
+    args, global_size, local_size, fused, render = (), (), None, (), None
 
     def __init__(self, name, source):
         self.name, self.source, self.template, self.params = name, source, "bundle", {}
@@ -893,7 +893,7 @@ def _pick(selector: str, source: str = "ENGINE_DEVICE") -> Device:
             text = d.selector_text()
             if sel in text or all(w in text for w in sel.split()):
                 return d
-    raise DeviceNotFound(f"{what} matches no OpenCL device. Found:\n{_device_lines(devs)}\n{choose}")
+    raise DeviceNotFound(f"{what} matches no OpenCL device; found:\n{_device_lines(devs)}\n{choose}")
 
 
 def default_device() -> Device:

@@ -79,7 +79,8 @@ def test_unrecorded_truncated_swapped_or_foreign_binaries_are_refused(tmp_path):
     manifest's hashes decide before the driver sees the bytes."""
     step = _traced_step(tmp_path)
     step.export_bundle(tmp_path / "b")
-    dev = engine.default_device()
+    d = engine.default_device()
+    dev = engine.runtime.Device(d.cl_device, d.index)   # bundled kernels must not replace the default's
     good = _binary_of(dev, (tmp_path / "b" / "kernels.cl").read_text())
     other = _binary_of(dev, "__kernel void mao_other(__global float* o) { o[0] = 42.0f; }")
     with pytest.raises(BundleError, match="does not record"):          # never recorded
