@@ -195,7 +195,7 @@ class NodeDaemon:
     def __init__(self, listen: str, secret: bytes, *, device=None, data_dir=None, metrics_addr="127.0.0.1:0",
                  throttle: float = 1.0, throttle_from: int = 0, advertise: str | None = None, peer_timeout: float = 30.0,
                  max_message_bytes: int = wire.MAX_MESSAGE_BYTES, data_port: int | None = None,
-                 handshake_timeout: float = 5.0, max_conns_per_peer: int = 32, max_conns: int = 512,
+                 handshake_timeout: float = 5.0, max_conns_per_peer: int = 16, max_conns: int = 128,
                  step_budget: float = 600.0, compile_budget: float = 1800.0):
         self.max_bytes = max_message_bytes
         secret = auth.check_secret(secret)
@@ -227,11 +227,15 @@ class NodeDaemon:
             self.endpoint = f"tcp://{advertise}:{self.endpoint.rsplit(':', 1)[1]}"
             self.links.endpoint = f"tcp://{advertise}:{self.links.endpoint.rsplit(':', 1)[1]}"
         self.links.name = f"node {self.endpoint}"
+        # the ring's data socket is as open as the control one: the same caps (its own
+        # handshake timeout is set in ring.py)
+        self.ring_conns = ConnectionCap(self.links.pull, max_conns_per_peer, max_conns)
         self.to_main, self.from_worker = self.ctx.socket(zmq.PAIR), self.ctx.socket(zmq.PAIR)
         self.from_worker.bind(f"inproc://replies-{id(self)}")
         self.to_main.connect(f"inproc://replies-{id(self)}")
         self.metrics = NodeMetrics()
-        self.metrics.refused_connections.set_function(lambda: self.conns.failed + self.conns.dropped)
+        self.metrics.refused_connections.set_function(
+            lambda: sum(c.failed + c.dropped for c in (self.conns, self.ring_conns)))
         mhost, mport = metrics_addr.rsplit(":", 1)
         self.http, self.metrics_port = self.metrics.serve(mhost, int(mport), self.health)
         self.metrics_url = f"http://{mhost}:{self.metrics_port}"
@@ -275,10 +279,13 @@ class NodeDaemon:
         poller.register(self.control, zmq.POLLIN)
         poller.register(self.from_worker, zmq.POLLIN)
         poller.register(self.conns.sock, zmq.POLLIN)
+        poller.register(self.ring_conns.sock, zmq.POLLIN)
         while not self.stopping:
             events = dict(poller.poll(100))
             if self.conns.sock in events:
                 self.conns.process()
+            if self.ring_conns.sock in events:
+                self.ring_conns.process()
             if self.from_worker in events:
                 self.control.send_multipart(self.from_worker.recv_multipart(copy=False), copy=False)
             if self.control in events:
@@ -369,6 +376,7 @@ class NodeDaemon:
         self.inbox.put(None)
         self.worker.join(timeout=5)
         self.http.shutdown()
+        self.ring_conns.close()
         self.links.close()
         self.conns.close()
         auth.ZapHandler.unregister(self.ctx, f"control-{id(self)}")
@@ -523,8 +531,9 @@ def main(argv=None) -> int:
                     help="refuse control messages larger than this")
     ap.add_argument("--handshake-timeout", type=float, default=5.0,
                     help="seconds a new control connection has to pass authentication before it is dropped")
-    ap.add_argument("--max-conns-per-peer", type=int, default=32, help="control connections from one address")
-    ap.add_argument("--max-conns", type=int, default=512, help="control connections in all")
+    ap.add_argument("--max-conns-per-peer", type=int, default=16, help="control connections from one address")
+    ap.add_argument("--max-conns", type=int, default=128,
+                    help="control connections in all (x 4 MB bounds what unauthenticated peers can make the node hold)")
     ap.add_argument("--step-budget", type=float, default=float(env("ENGINE_NODE_STEP_BUDGET", "600")),
                     help="seconds a training step may take before the node cancels the job [ENGINE_NODE_STEP_BUDGET]")
     ap.add_argument("--compile-budget", type=float, default=1800.0,

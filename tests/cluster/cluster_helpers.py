@@ -93,7 +93,10 @@ class Session:
         from cluster import wire
         if not self.sock.poll(int(timeout * 1000), zmq.POLLOUT):
             return None          # no admitted connection to send on
-        self.sock.send_multipart(frames, copy=False)
+        try:                     # never block: a refused handshake can take the pipe away mid-message
+            self.sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return None
         if not self.sock.poll(int(timeout * 1000)):
             return None
         return wire.decode(self.sock.recv_multipart(), secret=self.secret)
