@@ -1,6 +1,8 @@
 """engine.nn (layers, functional, state dicts), nn.utils, lr_scheduler and optim_extra
 against PyTorch, from the same weights and inputs."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -417,3 +419,22 @@ def test_cross_entropy_target_check_also_in_a_compiled_step():
     step(x, engine.tensor([1, 2]))            # a replay
     with pytest.raises(IndexError, match="target 7"):
         step(x, engine.tensor([1, 7]))
+
+
+def test_nn_init_and_utils_data_alias():
+    engine.manual_seed(0)
+    lin = nn.Linear(200, 300)
+    nn.init.xavier_uniform_(lin.weight)
+    w = lin.weight.numpy()
+    bound = math.sqrt(6.0 / 500)
+    assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound
+    nn.init.normal_(lin.weight, 0.0, 0.02)
+    assert abs(lin.weight.numpy().std() - 0.02) < 0.001
+    nn.init.zeros_(lin.bias)
+    assert not lin.bias.numpy().any() and lin.bias.requires_grad
+    nn.init.kaiming_normal_(lin.weight, nonlinearity="relu")
+    assert abs(lin.weight.numpy().std() - math.sqrt(2 / 200)) < 0.005
+    assert nn.init.calculate_gain("leaky_relu", 0.2) == pytest.approx(torch.nn.init.calculate_gain("leaky_relu", 0.2))
+    from engine.utils.data import DataLoader, TensorDataset
+    xb, = next(iter(DataLoader(TensorDataset(np.arange(6, dtype=np.float32)), batch_size=4)))
+    assert xb.numpy().tolist() == [0, 1, 2, 3]

@@ -1,5 +1,5 @@
 """Neural-network layers (PyTorch-shaped)."""
-from . import functional, utils
+from . import functional, init, utils
 from .modules import (Parameter, Module, Linear, Conv1d, Conv2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
                       AdaptiveAvgPool1d, Flatten, Unflatten, ReLU, ReLU6, GELU, SiLU, Mish, LeakyReLU, ELU,
                       Softplus, Hardtanh, Hardswish, Hardsigmoid, Tanh, Sigmoid, Softmax, LogSoftmax,
@@ -7,7 +7,7 @@ from .modules import (Parameter, Module, Linear, Conv1d, Conv2d, MaxPool2d, AvgP
                       Identity, Embedding, MultiheadAttention, CrossEntropyLoss, MSELoss, NLLLoss, BCELoss,
                       BCEWithLogitsLoss, L1Loss, SmoothL1Loss)
 
-__all__ = ["functional", "utils", "Parameter", "Module", "Linear", "Conv1d", "Conv2d", "MaxPool2d", "AvgPool2d",
+__all__ = ["functional", "init", "utils", "Parameter", "Module", "Linear", "Conv1d", "Conv2d", "MaxPool2d", "AvgPool2d",
            "AdaptiveAvgPool2d", "AdaptiveAvgPool1d", "Flatten", "Unflatten", "ReLU", "ReLU6", "GELU",
            "SiLU", "Mish", "LeakyReLU", "ELU", "Softplus", "Hardtanh", "Hardswish", "Hardsigmoid", "Tanh",
            "Sigmoid", "Softmax", "LogSoftmax", "Dropout", "LayerNorm", "BatchNorm1d", "BatchNorm2d",

@@ -1,0 +1,4 @@
+"""torch.utils-shaped helpers: ``engine.utils.data``."""
+from . import data
+
+__all__ = ["data"]
