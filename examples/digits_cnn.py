@@ -14,7 +14,7 @@ import numpy as np
 import engine as torch
 from engine import nn, optim
 from engine.nn import functional as F
-from engine.data import TensorDataset, MapDataLoader as DataLoader
+from engine.utils.data import TensorDataset, DataLoader
 # <<< framework imports
 
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import engine as torch
 from engine import nn, optim
 from engine.lr_scheduler import StepLR
-from engine.data import TensorDataset, MapDataLoader as DataLoader
+from engine.utils.data import TensorDataset, DataLoader
 # <<< framework imports
 
 
