@@ -71,8 +71,8 @@ class ConnectionCap:
     A handshake that does not finish in ZMQ_HANDSHAKE_IVL is dropped by libzmq itself."""
     FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 
-    def __init__(self, target: zmq.Socket, per_peer: int, total: int):
-        self.per_peer, self.total = per_peer, total
+    def __init__(self, target: zmq.Socket, per_peer: int, total: int, name: str = "control"):
+        self.per_peer, self.total, self.name = per_peer, total, name
         self.sock = target.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | self.FAILED)
         self.by_fd: dict[int, str] = {}
         self.count: dict[str, int] = {}
@@ -95,8 +95,8 @@ class ConnectionCap:
                         dup.shutdown(socket.SHUT_RDWR)
                         self.dropped += 1
                         if self.dropped <= 20 or self.dropped % 1000 == 0:
-                            log.warning("dropped a control connection from %s (%d so far): over %d per peer "
-                                        "or %d in all", peer, self.dropped, self.per_peer, self.total)
+                            log.warning("dropped a %s connection from %s (%d so far): over %d per peer "
+                                        "or %d in all", self.name, peer, self.dropped, self.per_peer, self.total)
                         continue
                     self.by_fd[fd] = peer
                     self.count[peer] = self.count.get(peer, 0) + 1
@@ -229,7 +229,7 @@ class NodeDaemon:
         self.links.name = f"node {self.endpoint}"
         # the ring's data socket is as open as the control one: the same caps (its own
         # handshake timeout is set in ring.py)
-        self.ring_conns = ConnectionCap(self.links.pull, max_conns_per_peer, max_conns)
+        self.ring_conns = ConnectionCap(self.links.pull, max_conns_per_peer, max_conns, "ring data")
         self.to_main, self.from_worker = self.ctx.socket(zmq.PAIR), self.ctx.socket(zmq.PAIR)
         self.from_worker.bind(f"inproc://replies-{id(self)}")
         self.to_main.connect(f"inproc://replies-{id(self)}")
