@@ -84,6 +84,10 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
 # (binds a reply to one request); n, ts: nonce and time of every MAC'd message; session:
 # the node's session token from hello, on every later request; tb: table bytes.
 _COMMON = {"v", "type", "id", "re", "rn", "n", "ts", "session", "tensors", "table", "tb"}
+# Whole-message limits of the types that never carry data (the rest: max_bytes), checked
+# right after the MAC and the header's JSON, before its fields, tensors or table are read.
+TYPE_MAX_BYTES = {t: 64 << 10 for t in ("hello", "ping", "abort", "state", "stop", "pong", "ok", "bye", "plan")}
+TYPE_MAX_BYTES |= {"ring": 1 << 20, "info": 1 << 20, "error": 1 << 20, "step_failed": 1 << 20}
 _NONCE = re.compile(r"[0-9a-f]{32}")
 
 
@@ -251,6 +255,9 @@ def decode(frames, *, secret: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) 
         h = json.loads(bytes(body[0]))
     except (ValueError, UnicodeDecodeError, RecursionError) as e:   # RecursionError: [[[[...]]]]
         raise WireError("bad_header", f"header is not JSON: {type(e).__name__}") from None
+    limit = TYPE_MAX_BYTES.get(h.get("type")) if isinstance(h, dict) and isinstance(h.get("type"), str) else None
+    if limit is not None and sum(sizes) > limit:
+        raise WireError("too_large", f"a {h['type']} message of {sum(sizes)} bytes > {limit} for its type")
     _validate_header(h)
     if secret is not None and not ("n" in h and "ts" in h):
         raise WireError("bad_field", "an authenticated message needs a nonce n and a time ts")

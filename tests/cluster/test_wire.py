@@ -89,3 +89,10 @@ def test_replay_guard_refuses_repeats_and_stale_messages():
     with pytest.raises(wire.WireError, match="off this clock"):
         guard.check(m, now=m["ts"] + 25)   # the nonce is forgotten after twice the window...
     assert m["n"] not in guard.seen        # ...because the time alone refuses it by then
+
+
+def test_messages_that_carry_no_data_have_small_limits():
+    refused(forge({"v": wire.VERSION, "type": "ping", "t": 1.0, "pad": "x" * (100 << 10)}), "too_large")
+    refused(wire.encode("hello", {}, [np.zeros(20000, np.float32)], secret=S), "too_large")
+    assert wire.decode(wire.encode("step", {"job": "j", "gen": 0, "step": 0, "batch": 40000, "weight": 1.0},
+                                   [np.zeros(40000, np.int64)], secret=S), secret=S).type == "step"
