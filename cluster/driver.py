@@ -58,7 +58,7 @@ class NodeLink:
         self.address, self.secret = address, secret
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.FRAME_BYTES)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, wire.SOCKET_MAX_FRAME)
         # our own routing id: the node's session for us survives a reconnect of this socket
         self.sock.setsockopt(zmq.ROUTING_ID, secrets.token_bytes(16))
         auth.control_client(self.sock, secret, address)

@@ -206,7 +206,7 @@ class NodeDaemon:
         self.control = self.ctx.socket(zmq.ROUTER)
         # No frame above FRAME_BYTES is ever read (zmq drops such a connection), and nothing
         # at all before the peer passed the handshake, which must end within handshake_timeout.
-        self.control.setsockopt(zmq.MAXMSGSIZE, wire.FRAME_BYTES)
+        self.control.setsockopt(zmq.MAXMSGSIZE, wire.SOCKET_MAX_FRAME)
         self.control.setsockopt(zmq.HANDSHAKE_IVL, int(handshake_timeout * 1000))
         self.control.setsockopt(zmq.LINGER, 500)
         self.control.setsockopt(zmq.TCP_KEEPALIVE, 1)

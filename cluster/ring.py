@@ -70,7 +70,7 @@ class RingLinks:
         keep_freed_memory()
         self.cancel = cancel or threading.Event()
         self.pull = ctx.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.MAXMSGSIZE, wire.FRAME_BYTES)      # no larger frame is read, even pre-auth
+        self.pull.setsockopt(zmq.MAXMSGSIZE, wire.SOCKET_MAX_FRAME)      # no larger frame is read, even pre-auth
         self.pull.setsockopt(zmq.HANDSHAKE_IVL, 5000)                 # a silent stranger is dropped
         self.pull.setsockopt(zmq.RCVHWM, 0)
         _pin(self.pull, ctx, 0)

@@ -38,7 +38,10 @@ import pyarrow as pa
 VERSION = 2
 MAX_MESSAGE_BYTES = 512 << 20     # whole message
 MAX_HEADER_BYTES = 4 << 20        # programs (IR JSON) are the largest headers
-FRAME_BYTES = 4 << 20             # the largest frame of any message: sockets set ZMQ_MAXMSGSIZE to it
+FRAME_BYTES = 4 << 20             # the largest frame of any message
+# ZMQ_MAXMSGSIZE of every socket: a frame plus room for CURVE's envelope (each frame travels
+# inside a MESSAGE command, 33 bytes more), which libzmq's limit counts
+SOCKET_MAX_FRAME = FRAME_BYTES + 4096
 REPLAY_WINDOW_S = 300.0           # authenticated messages: |their time - ours| at most this
 MAX_TENSORS = 4096
 MAX_DIMS = 8

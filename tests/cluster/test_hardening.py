@@ -320,3 +320,26 @@ def test_without_curve_the_plain_token_fallback_still_keeps_strangers_out(procs,
     assert replayed.send_frames(wire.encode("hello", {"id": 1}, secret=S), timeout=1) is None
     first.close(), replayed.close()
     honest_fit([node["control"]])
+
+
+def test_a_cpu_bomb_program_is_cancelled_at_its_compile_budget(procs):
+    node = start_nodes(procs, 1, extra_args=("--compile-budget", "0.2"))[0]
+    sess = Session(node["control"])
+    sess.hello()
+    bomb = ReferenceMLP([64, 1024, 1024, 10])           # its warm-up step: ~30 GFLOP on one thread
+    r = sess.request("job", {"job": "j1", "optimizer": SPEC, "step": 0, "names": list(bomb.params), "n_state": 0},
+                     list(bomb.params.values()), {"x": XTR, "y": YTR})
+    assert r.type == "ok", r
+    t0 = time.monotonic()
+    r = sess.request("program", {"job": "j1", "batch": 4096, "program": ReferenceProgram(bomb.sizes, 4096).to_json()},
+                     timeout=30)
+    assert r.type == "error" and r["code"] == "over_budget" and "0.2s" in r["message"], r
+    pong = sess.request("ping", {"t": 1.0})
+    assert pong.type == "pong", pong                     # the control thread answers meanwhile
+    while sess.request("ping", {"t": 1.0})["busy"]:      # the bomb runs to its end in the background...
+        assert time.monotonic() - t0 < 60
+        time.sleep(0.2)
+    r = sess.request("state", {"job": "j1"})
+    assert r.type == "error" and r["code"] == "no_job", r   # ...and its job is gone
+    sess.close()
+    honest_fit([node["control"]])
