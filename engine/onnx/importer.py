@@ -747,28 +747,39 @@ def _as2d(x, nd):
 def _maxpool(ins, a, c):
     x = _T(ins[0])
     nd, kernel, strides, dil, pb, pe, extra = _pool_geometry(x, a)
-    if nd not in (1, 2):
-        raise OnnxImportError(f"MaxPool: {nd}-D pooling is not supported")
-    if c["nout"] > 1:
-        raise OnnxImportError("MaxPool: the Indices output is not supported")
     widths = ((0, 0), (0, 0)) + tuple((b_, e_ + x_) for b_, e_, x_ in zip(pb, pe, extra))
     xp = x
     if any(w for pair in widths for w in pair):
         # the mask is a host array: a padded constant-True condition trips the code generator
         inside = tensor(np.pad(np.ones(x.shape[2:], bool), widths[2:]))
         xp = inside.where_(x.pad(widths), float("-inf") if x.dtype == "float32" else -(1 << 62))
-    if nd == 1:
-        xp, kernel, strides, dil = xp.unsqueeze(2), [1] + kernel, [1] + strides, [1] + dil
-    y = ops.amax(xp.window(tuple(kernel), tuple(strides), tuple(dil)), (-2, -1))
-    return [y.squeeze(2) if nd == 1 else y]
+    red = tuple(range(-nd, 0))
+    win = xp.window(tuple(kernel), tuple(strides), tuple(dil))
+    y = ops.amax(win, red)
+    if c["nout"] == 1:
+        return [y]
+    # Indices: the row-major flat position in x of each window's first maximum
+    outs = win.shape[2:2 + nd]
+    k = ops.argmax(win.reshape(win.shape[:2 + nd] + (-1,)), -1)          # position inside the window
+    coords, rem = [], k
+    for i in range(nd):
+        inner = int(np.prod(kernel[i + 1:]))
+        ki = ops.floor_divide(rem, inner) if inner > 1 else rem
+        rem = rem - ki * inner if inner > 1 else rem
+        o = tensor(np.arange(outs[i], dtype=np.int64).reshape((outs[i],) + (1,) * (nd - 1 - i)))
+        coords.append(o * strides[i] + ki * dil[i] - pb[i])
+    order = list(range(nd))[::-1] if a.get("storage_order", 0) else list(range(nd))   # 1: column-major
+    flat = None
+    for i in order:
+        flat = coords[i] if flat is None else flat * x.shape[2 + i] + coords[i]
+    nc = tensor(np.arange(x.shape[0] * x.shape[1], dtype=np.int64).reshape((x.shape[0], x.shape[1]) + (1,) * nd))
+    return [y, nc * int(np.prod(x.shape[2:])) + flat]
 
 
 @op("AveragePool")
 def _avgpool(ins, a, c):
     x = _T(ins[0])
     nd, kernel, strides, dil, pb, pe, extra = _pool_geometry(x, a)
-    if nd not in (1, 2):
-        raise OnnxImportError(f"AveragePool: {nd}-D pooling is not supported")
     widths = ((0, 0), (0, 0)) + tuple((b_, e_ + x_) for b_, e_, x_ in zip(pb, pe, extra))
     xp = x.pad(widths)
     if a.get("count_include_pad", 0):
@@ -776,12 +787,10 @@ def _avgpool(ins, a, c):
     else:
         ones = full(x.shape[2:], 1.0).pad(tuple((b_, e_ + x_) for b_, e_, x_ in zip(pb, pe, extra)))
     K, S, D = tuple(kernel), tuple(strides), tuple(dil)
-    if nd == 1:
-        xp, ones, K, S, D = xp.unsqueeze(2), ones.unsqueeze(0), (1,) + K, (1,) + S, (1,) + D
-    s = xp.window(K, S, D).sum((-2, -1))
-    n = ones.window(K, S, D).sum((-2, -1))
-    y = s / n
-    return [y.squeeze(2) if nd == 1 else y]
+    red = tuple(range(-nd, 0))
+    s = xp.window(K, S, D).sum(red)
+    n = ones.window(K, S, D).sum(red)
+    return [s / n]
 
 
 @op("GlobalAveragePool")
