@@ -28,16 +28,16 @@ from cluster import Cluster, ReferenceMLP
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def start_nodes(n: int, secret: str, devices=None):
+def start_nodes(n: int, secret: str, devices=None, node_args=()):
     """n engine-node processes on free loopback ports; devices[i], if given, is node i's
-    --device (None: the default device).  A node that fails to start raises with what it wrote to stderr."""
+    --device (None: the default device); node_args go to every node's command line.  A node that fails to start raises with what it wrote to stderr."""
     env = worker_env(ENGINE_NODE_SECRET=secret)
     procs = []
     for i in range(n):
         dev = ["--device", devices[i]] if devices and devices[i] else []
         err = tempfile.TemporaryFile("w+")   # a file, not a pipe nobody reads
         p = subprocess.Popen([sys.executable, "-m", "cluster.node", "--listen", "tcp://127.0.0.1:*",
-                              "--metrics", "127.0.0.1:0", *dev], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              "--metrics", "127.0.0.1:0", *dev, *node_args], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=err, text=True)
         p.err = err
         procs.append(p)
@@ -54,11 +54,11 @@ def start_nodes(n: int, secret: str, devices=None):
     return procs, addrs
 
 
-def fit_on_nodes(devices, model, loss_fn, spec: dict, data, B: int, steps: int, **cluster_kw):
+def fit_on_nodes(devices, model, loss_fn, spec: dict, data, B: int, steps: int, node_args=(), **cluster_kw):
     """Train on fresh engine-node processes, one per entry of `devices`; returns the
     FitResult and the wall-clock time at the end of each step."""
     secret = secrets.token_hex(8)
-    procs, addrs = start_nodes(len(devices), secret, devices)
+    procs, addrs = start_nodes(len(devices), secret, devices, node_args)
     stamps = []
     try:
         res = Cluster(addrs, secret, heartbeat_s=1.0, missed=30, **cluster_kw).fit(

@@ -324,8 +324,9 @@ class Cluster:
             raise NonFiniteGradients(f"step {step}: the nodes refused NaN/Inf gradients, weights kept: {bad}")
         if bad:
             raise ClusterError(f"step {step} failed on {bad}")
-        digests = {m["digest"] for m in replies.values()}
-        if len(digests) != 1:
+        # nodes send a weights checksum every --digest-every steps (a download on the device path)
+        digests = {m.fields["digest"] for m in replies.values() if "digest" in m.fields}
+        if len(digests) > 1:
             raise WeightsDiverged(f"step {step}: weights diverged across nodes: {digests}")
         for n, m in replies.items():
             t = max(m["compute_s"], 1e-6)

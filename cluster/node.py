@@ -38,7 +38,7 @@ import zmq
 
 import zmq.utils.monitor
 
-from . import auth, hostpool, program, ring, wire
+from . import auth, devicetrain, hostpool, program, ring, wire
 from .allreduce import PlanMismatch, allreduce, pack, unpack
 from .metrics import NodeMetrics
 from .optimizer import HostOptimizer, OptimizerError
@@ -183,12 +183,28 @@ class Job:
         self.x, self.y = table["x"], table["y"]
         self.runners: dict[int, object] = {}
         self.prev = None   # state before the last update, to roll back a step the ring abandoned
+        # engine programs: weights and optimizer state move to the device with the first
+        # program (devicetrain); until then, and for reference programs, they are on the host
+        self.dev: devicetrain.DeviceTrainer | None = None
+        self.flat: np.ndarray | None = None   # packed gradients + loss, reused every step
+
+    def to_device(self, device) -> None:
+        if self.dev is None:
+            self.dev = devicetrain.DeviceTrainer(device, self.opt.spec, self.params, self.opt.state, self.step)
+            self.params = self.opt = None      # the device holds them now
+
+    def weights(self) -> list[np.ndarray]:
+        return self.dev.weights() if self.dev else self.params
+
+    def opt_state(self) -> list[np.ndarray]:
+        return self.dev.state() if self.dev else self.opt.state
 
     def digest(self) -> str:
-        """Checksum of the weights, compared across nodes after every step.  It guards
-        against bugs and nondeterminism, not attackers (peers are authenticated), so
-        CRC-32 will do (SHA-256 of 7 MB of weights took 5.9 ms a step)."""
-        return hostpool.checksum(self.params)
+        """Checksum of the weights, compared across nodes every --digest-every steps.  It
+        guards against bugs and nondeterminism, not attackers (peers are authenticated),
+        so CRC-32 will do (SHA-256 of 7 MB of weights took 5.9 ms a step).  On the device
+        path it costs a download of the weights."""
+        return hostpool.checksum(self.weights())
 
 
 class NodeDaemon:
@@ -196,8 +212,12 @@ class NodeDaemon:
                  throttle: float = 1.0, throttle_from: int = 0, advertise: str | None = None, peer_timeout: float = 30.0,
                  max_message_bytes: int = wire.MAX_MESSAGE_BYTES, data_port: int | None = None,
                  handshake_timeout: float = 5.0, max_conns_per_peer: int = 16, max_conns: int = 128,
-                 step_budget: float = 600.0, compile_budget: float = 1800.0):
+                 step_budget: float = 600.0, compile_budget: float = 1800.0, snapshot_every: int = 1,
+                 digest_every: int = 10, host_optimizer: bool = False):
         self.max_bytes = max_message_bytes
+        # rollback snapshot (device copy) before every Nth update; weights checksum after every Kth (0: never)
+        self.snapshot_every, self.digest_every = max(0, int(snapshot_every)), max(0, int(digest_every))
+        self.host_optimizer = host_optimizer   # engine programs too: weights on the host, numpy update
         secret = auth.check_secret(secret)
         self.secret, self.device, self.data_dir, self.throttle = secret, device, data_dir, max(1.0, throttle)
         self.throttle_from = throttle_from
@@ -433,23 +453,39 @@ class NodeDaemon:
             raise JobError("bad_program", "program parameters do not match the job's")
         b, t0 = msg["batch"], time.perf_counter()
         runner = prog.bind(device=self.device)
+        on_device = not (self.host_optimizer or isinstance(prog, program.reference.ReferenceProgram))
+        if on_device != (job.dev is not None) and job.runners:
+            raise JobError("bad_program", "a job's programs must all be engine programs or all reference ones")
+        if on_device:    # weights and optimizer state move to the device; the runner reads them there
+            job.to_device(runner.device)
+            job.dev.bind(runner)
         if b > 0 and len(job.x):   # build every kernel now: a step's compute time then measures the device, not the compiler
             idx = np.arange(b) % len(job.x)
-            runner.run(job.params, job.x[idx], job.y[idx])
+            if on_device:   # captures the launch list too (gradients only: no update)
+                job.dev.forward_backward(runner, job.x[idx], job.y[idx], np.empty(sum(job.dev.sizes) + 1, np.float32))
+            else:
+                runner.run(job.params, job.x[idx], job.y[idx])
         job.runners[b] = runner
-        log.info("program for batch %d ready in %.2fs", b, time.perf_counter() - t0)
+        log.info("program for batch %d ready in %.2fs (weights and optimizer on the %s)", b,
+                 time.perf_counter() - t0, "device" if on_device else "host")
         return "ok", {"step": job.step}
 
     def _on_ring(self, ident, msg):
         job, step, peers, rank = self._need_job(msg), msg["step"], msg["peers"], msg["rank"]
         if not (0 <= rank < len(peers) and all(isinstance(p, str) for p in peers) and peers[rank] == self.links.endpoint):
             raise JobError("bad_ring", f"rank {rank} of {peers} is not this node ({self.links.endpoint})")
+        snap = job.dev.snap[0] if job.dev and job.dev.snap else None
         if job.step == step + 1 and job.prev is not None:    # the ring abandoned the step we finished
             job.params, job.opt.state, job.opt.t = job.prev
             job.step = step
+        elif job.dev and job.step > step and snap == step:   # the same, from the device snapshot
+            job.step = job.dev.restore()
         elif job.step != step:
-            raise JobError("bad_step", f"node is at step {job.step}, cannot resume at {step}")
+            why = f" (device snapshot at step {snap}, taken every {self.snapshot_every})" if job.dev else ""
+            raise JobError("bad_step", f"node is at step {job.step}, cannot resume at {step}{why}")
         job.prev = None
+        if job.dev and job.dev.snap and snap != job.step:   # never roll back past a formed ring
+            job.dev.snap = (None, job.dev.snap[1])
         self.links.cancel.clear()
         self.links.connect(msg["gen"], rank, peers)
         return "ok", {"step": job.step}
@@ -465,8 +501,13 @@ class NodeDaemon:
             raise JobError("bad_step", "indices out of range or weight not in (0, 1]")
         t0 = time.perf_counter()
         self.compute_since = time.monotonic()
+        if job.dev and job.flat is None:
+            job.flat = np.empty(sum(job.dev.sizes) + 1, np.float32)
         try:
-            loss, grads = job.runners[b].run(job.params, job.x[idx], job.y[idx])
+            if job.dev:    # gradients and loss downloaded straight into the packed buffer
+                job.dev.forward_backward(job.runners[b], job.x[idx], job.y[idx], job.flat)
+            else:
+                loss, grads = job.runners[b].run(job.params, job.x[idx], job.y[idx])
             compute = time.perf_counter() - t0
             if self.throttle > 1 and job.step >= self.throttle_from:   # simulate a slower device (load-balancing tests)
                 time.sleep(compute * (self.throttle - 1))
@@ -474,7 +515,7 @@ class NodeDaemon:
         finally:
             self.compute_since = None
         w = np.float32(msg["weight"])   # gradients weighted by samples: sum = global-batch mean
-        flat = pack([*grads, np.float32([loss])])
+        flat = job.flat if job.dev else pack([*grads, np.float32([loss])])
         flat *= w
         t1, sent0 = time.perf_counter(), self.links.bytes_sent
         allreduce(self.links, flat, job.step)
@@ -484,9 +525,15 @@ class NodeDaemon:
             bad = int(np.count_nonzero(~np.isfinite(flat[:-1])))
             raise JobError("nonfinite", f"step {job.step}: {bad} gradient value(s) (or the loss) are NaN or Inf "
                                         "after the all-reduce; not applied, weights stay at this step")
-        job.prev = (hostpool.copy(job.params), hostpool.copy(job.opt.state), job.opt.t)
-        job.opt.update(job.params, unpack(flat[:-1], job.shapes))
+        if job.dev:    # snapshot on the device, then the reduced gradients go back up for the fused update
+            if self.snapshot_every and job.step % self.snapshot_every == 0:
+                job.dev.snapshot(job.step)
+            job.dev.update(flat)
+        else:
+            job.prev = (hostpool.copy(job.params), hostpool.copy(job.opt.state), job.opt.t)
+            job.opt.update(job.params, unpack(flat[:-1], job.shapes))
         job.step += 1
+        check = self.digest_every and job.step % self.digest_every == 0
         m, n = self.metrics, self.links.world
         m.steps.inc()
         m.step_seconds.set(time.perf_counter() - t0)
@@ -495,12 +542,13 @@ class NodeDaemon:
         m.allreduce_bytes.inc(self.links.bytes_sent - sent0)
         m.allreduce_bandwidth.set(2 * (n - 1) / n * flat.nbytes / ar if n > 1 and ar else 0)
         return "step_done", {"step": job.step, "loss": float(flat[-1]), "compute_s": compute, "allreduce_s": ar,
-                             "bytes": self.links.bytes_sent - sent0, "digest": job.digest()}
+                             "bytes": self.links.bytes_sent - sent0} | ({"digest": job.digest()} if check else {})
 
     def _on_state(self, ident, msg):
         job = self._need_job(msg)
-        return "state_data", {"step": job.step, "names": job.names, "n_state": len(job.opt.state)}, \
-            [a.copy() for a in (*job.params, *job.opt.state)]   # sent zero-copy; the next step mutates in place
+        state = job.opt_state()
+        return "state_data", {"step": job.step, "names": job.names, "n_state": len(state)}, \
+            [a.copy() for a in (*job.weights(), *state)]   # sent zero-copy; the next step mutates in place
 
     def _on_stop(self, ident, msg):
         self.job = None
@@ -541,6 +589,18 @@ def main(argv=None) -> int:
     ap.add_argument("--max-program-mb", type=float, default=float(env("ENGINE_NODE_MAX_PROGRAM_MB", "0") or 0),
                     help="device memory one program may allocate (0: engine.validate's default) "
                          "[ENGINE_NODE_MAX_PROGRAM_MB]")
+    ap.add_argument("--snapshot-every", type=int, default=int(env("ENGINE_NODE_SNAPSHOT_EVERY", "1")),
+                    help="engine programs: copy weights and optimizer state on the device before every Nth update, "
+                         "to roll back a step the ring abandons; a step abandoned between snapshots cannot be "
+                         "resumed on this node (0: never) [ENGINE_NODE_SNAPSHOT_EVERY]")
+    ap.add_argument("--digest-every", type=int, default=int(env("ENGINE_NODE_DIGEST_EVERY", "10")),
+                    help="send a checksum of the weights (a download on engine programs) with every Kth step, "
+                         "for the driver to compare across ranks (0: never) [ENGINE_NODE_DIGEST_EVERY]")
+    ap.add_argument("--host-optimizer", action="store_true",
+                    default=env("ENGINE_NODE_HOST_OPTIMIZER", "") not in ("", "0"),
+                    help="keep an engine job's weights on the host and update them in numpy (the path before "
+                         "issue 14: slower, but bitwise-identical updates on rings of different device kinds) "
+                         "[ENGINE_NODE_HOST_OPTIMIZER]")
     a = ap.parse_args(argv)
     logging.basicConfig(filename=a.log, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     secret = env("ENGINE_NODE_SECRET")
@@ -566,7 +626,8 @@ def main(argv=None) -> int:
                       throttle=a.throttle, throttle_from=a.throttle_from, advertise=a.advertise, peer_timeout=a.peer_timeout,
                       max_message_bytes=int(a.max_message_mb * 2**20), data_port=a.data_port,
                       handshake_timeout=a.handshake_timeout, max_conns_per_peer=a.max_conns_per_peer,
-                      max_conns=a.max_conns, step_budget=a.step_budget, compile_budget=a.compile_budget)
+                      max_conns=a.max_conns, step_budget=a.step_budget, compile_budget=a.compile_budget,
+                      snapshot_every=a.snapshot_every, digest_every=a.digest_every, host_optimizer=a.host_optimizer)
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "stopping", True))
     signal.signal(signal.SIGINT, lambda *_: setattr(node, "stopping", True))
     faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>` prints every thread's stack

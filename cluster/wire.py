@@ -71,7 +71,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "pong": {"t": (_NUM, True), "step": ((int,), True), "busy": ((bool,), True)},
     "ok": {"step": ((int,), False)},
     "step_done": {"step": ((int,), True), "loss": (_NUM, True), "compute_s": (_NUM, True),
-                  "allreduce_s": (_NUM, True), "bytes": ((int,), True), "digest": ((str,), True)},
+                  "allreduce_s": (_NUM, True), "bytes": ((int,), True), "digest": ((str,), False)},
     "step_failed": {"step": ((int,), True), "message": ((str,), True), "code": ((str,), False),
                     "peer": ((str,), False)},
     "state_data": {"step": ((int,), True), "names": ((list,), True), "n_state": ((int,), True)},

@@ -1,0 +1,157 @@
+"""A node's weights and optimizer state on its OpenCL device, for engine programs.
+
+The single-process engine trains with the weights, gradients and optimizer state on the
+device and the update as one fused kernel (engine.optim).  A node does the same; only the
+gradients leave the device (downloaded into the packed all-reduce buffer) and the reduced
+gradients come back (uploaded into fixed gradient buffers).  Per step:
+
+    upload x, y -> replay the step program (forward + backward) -> download the gradients
+    -> ring all-reduce (host) -> NaN/Inf check (host) -> device snapshot for rollback
+    -> upload the reduced gradients -> replay the optimizer's captured fused update
+
+How the pieces share memory: an engine optimizer writes each parameter in place
+(engine/storage.py ``commit``): the parameter's storage keeps its device Buffer *handle*
+across writes (the memory behind it is swapped).  Every StepRunner's parameter slots are
+bound to those same handles before its launch list is captured, so the compiled forward
+and backward read the current weights with no copy, whichever batch size's program runs.
+The optimizer step is captured once (engine.launch.capture) and replayed; its host action
+advances the step counter and Adam's bias corrections, exactly as engine.compile does.
+
+Reference (numpy) programs never come here: they keep cluster.optimizer.HostOptimizer.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import pyopencl as cl
+    from engine import launch, optim, realize as rz
+    from engine.runtime import NP_DTYPES
+    from engine.tensor import tensor
+except Exception:   # a node without the engine runs reference programs only
+    cl = None
+
+# HostOptimizer's state order (cluster/optimizer.py) <-> engine.optim's state names
+_SLOTS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq")}
+
+
+def make_optimizer(spec: dict, params):
+    """engine.optim optimizer from a driver's spec (cluster.optimizer.check_spec'd)."""
+    if spec["name"] == "sgd":
+        return optim.SGD(params, lr=spec["lr"], momentum=spec.get("momentum", 0.0),
+                         weight_decay=spec.get("weight_decay", 0.0), nesterov=bool(spec.get("nesterov", False)))
+    return optim.Adam(params, lr=spec["lr"], betas=tuple(spec.get("betas", (0.9, 0.999))),
+                      eps=spec.get("eps", 1e-8), weight_decay=spec.get("weight_decay", 0.0))
+
+
+def _slots(spec: dict) -> tuple:
+    if spec["name"] == "sgd":
+        return _SLOTS["sgd"] if spec.get("momentum", 0) else ()
+    return _SLOTS["adam"]
+
+
+class DeviceTrainer:
+    """Weights, gradients and optimizer state of one job on one device."""
+
+    def __init__(self, device, spec: dict, params: list, state: list, t: int):
+        self.device, self.spec, self.t = device, spec, int(t)
+        self.shapes = [tuple(p.shape) for p in params]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.w = [tensor(np.ascontiguousarray(p, np.float32), device=device) for p in params]
+        for p in self.w:
+            p.realize()
+        self.g = [tensor(np.zeros(s, np.float32), device=device) for s in self.shapes]
+        for p, g in zip(self.w, self.g):
+            g.realize()
+            p.grad = g
+        self.opt = make_optimizer(spec, self.w)
+        self.names = _slots(spec)
+        n = len(params)
+        for j, name in enumerate(self.names):
+            for i in range(n):
+                buf = self.opt._buffer(i, name)
+                if state:
+                    device.upload(np.ascontiguousarray(state[j * n + i], np.float32), dest=rz.buffer_of(buf._storage.node))
+        self.opt.step_count = self.t
+        # the handles stay the storages' own across in-place writes (storage.commit)
+        self.wbufs = [rz.buffer_of(p._storage.node) for p in self.w]
+        self.gbufs = [rz.buffer_of(g._storage.node) for g in self.g]
+        self.sbufs = [rz.buffer_of(self.opt.state[i][name]._storage.node) for name in self.names for i in range(n)]
+        self.update_items = None
+        self.snap = None         # (step, [device copies of weights + state]) for rollback
+
+    # --- the step program ---------------------------------------------------------------
+    def bind(self, runner) -> None:
+        """Point a StepRunner's parameter slots at this job's weight handles (before its
+        launch list is captured), so its forward/backward reads the live weights."""
+        for i, h in enumerate(self.wbufs):
+            slot = runner.slots[f"param:{i}"]
+            if slot.shape != self.shapes[i]:
+                raise ValueError(f"param:{i}: program shape {slot.shape}, job {self.shapes[i]}")
+            rz.bind_buffer(slot.node, h)
+
+    def forward_backward(self, runner, x, y, flat: np.ndarray) -> float:
+        """Run the step program; the gradients land in flat[:-1] (packed in parameter
+        order), the loss in flat[-1].  Returns the loss."""
+        for name, arr in (("x", x), ("y", y)):
+            slot = runner.slots[name]
+            self.device.upload(np.ascontiguousarray(arr, dtype=NP_DTYPES[slot.dtype]), dest=rz.buffer_of(slot.node))
+        step = runner.step
+        if step.items is None:
+            step()                       # first run: captures the launch list
+        else:
+            launch.replay(step.items, self.device)
+        outs = [rz.buffer_of(t.node) for t in step.outs]
+        q, off = self.device.queue, 0
+        for buf, n in zip(outs[1:], self.sizes):
+            if n:
+                cl.enqueue_copy(q, flat[off:off + n], buf.mem, is_blocking=False)
+            off += n
+        loss = np.empty(1, np.float32)
+        cl.enqueue_copy(q, loss, outs[0].mem, is_blocking=True)   # in-order queue: all copies done
+        flat[-1] = loss[0]
+        return float(loss[0])
+
+    # --- the update -----------------------------------------------------------------------
+    def update(self, flat: np.ndarray) -> None:
+        """Upload the reduced gradients (flat[:-1]) and apply the fused optimizer step."""
+        q, off = self.device.queue, 0
+        for buf, n in zip(self.gbufs, self.sizes):
+            if n:
+                cl.enqueue_copy(q, buf.mem, flat[off:off + n], is_blocking=False)
+            off += n
+        q.finish()
+        if self.update_items is None:
+            with launch.capture() as cap:
+                self.opt.step()
+            self.update_items = cap.items
+        else:
+            launch.replay(self.update_items, self.device)
+        self.t += 1
+
+    # --- rollback snapshot on the device ------------------------------------------------------
+    def snapshot(self, step: int) -> None:
+        """Device-side copy of weights and optimizer state (no host traffic)."""
+        bufs = self.wbufs + self.sbufs
+        if self.snap is None:
+            self.snap = (step, [self.device.alloc(b.nbytes) for b in bufs])
+        copies = self.snap[1]
+        for src, dst in zip(bufs, copies):
+            self.device.copy(src, dst, src.nbytes)
+        self.snap = (step, copies)
+
+    def restore(self) -> int:
+        step, copies = self.snap
+        for src, dst in zip(copies, self.wbufs + self.sbufs):
+            self.device.copy(src, dst, src.nbytes)
+        self.device.synchronize()
+        self.t = self.opt.step_count = step
+        return step
+
+    # --- downloads on request -------------------------------------------------------------------
+    def weights(self) -> list[np.ndarray]:
+        return [self.device.download(b, s, "float32") for b, s in zip(self.wbufs, self.shapes)]
+
+    def state(self) -> list[np.ndarray]:
+        n = len(self.shapes)
+        return [self.device.download(b, self.shapes[k % n], "float32") for k, b in enumerate(self.sbufs)]

@@ -1,0 +1,124 @@
+"""Engine programs train on the node's device (cluster/devicetrain.py): weights and
+optimizer state stay there and the update is engine.optim's fused kernel, so 1 and 2
+nodes equal the single-process engine (engine.optim on the same global batch)."""
+import numpy as np
+import pytest
+
+from cluster import Cluster
+from cluster.driver import epoch_order
+from cluster_helpers import SECRET, start_nodes
+
+engine = pytest.importorskip("engine", reason="the engine package is required")
+digits = pytest.importorskip("engine.examples.digits", reason="the digits example is required")
+F = pytest.importorskip("engine.nn.functional")
+STEPS, B = 10, 64
+
+
+def local_fit(init, spec, x, y):
+    """Single-process engine training: eager forward/backward, engine.optim update."""
+    from engine import optim
+    from engine.tensor import tensor
+    model = digits.build_model("mlp")
+    model.load_state_dict(init)
+    if spec["name"] == "sgd":
+        opt = optim.SGD(model.parameters(), lr=spec["lr"], momentum=spec.get("momentum", 0.0))
+    else:
+        opt = optim.Adam(model.parameters(), lr=spec["lr"], weight_decay=spec.get("weight_decay", 0.0))
+    perm, losses = epoch_order(len(x), 0, 0), []
+    for s in range(STEPS):
+        idx = perm[s * B:(s + 1) * B]
+        opt.zero_grad()
+        loss = F.cross_entropy(model(tensor(x[idx])), tensor(y[idx]))
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.numpy()))
+    return {k: v.numpy().copy() for k, v in model.state_dict().items()}, losses, opt
+
+
+@pytest.mark.parametrize("spec", [{"name": "sgd", "lr": 0.1, "momentum": 0.9},
+                                  {"name": "adam", "lr": 2e-3, "weight_decay": 1e-4}])
+def test_one_and_two_nodes_equal_single_process_engine(procs, spec):
+    xtr, ytr, _, _ = digits.load_digits()
+    init = {k: v.numpy().copy() for k, v in digits.build_model("mlp").state_dict().items()}
+    want, losses, opt = local_fit(init, spec, xtr, ytr)
+    nodes = start_nodes(procs, 2)
+    for n in (1, 2):
+        model = digits.build_model("mlp")
+        model.load_state_dict(init)
+        cl = Cluster([d["control"] for d in nodes[:n]], SECRET, heartbeat_s=0.5, missed=20, batch_multiple=32,
+                     rebalance_tolerance=1.0)
+        seen = {}
+        res = cl.fit(model, F.cross_entropy, spec, (xtr, ytr), global_batch=B, max_steps=STEPS,
+                     on_step=lambda r: seen.setdefault("state", cl._state()) if r["step"] == STEPS else None)
+        assert res.step == STEPS
+        assert "optimizer on the device" in nodes[0]["proc"].log()
+        # float32: one node runs the same kernels (rounding only); two sum two half-batch means
+        tol = dict(rtol=1e-5, atol=1e-6) if n == 1 else dict(rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose([h["loss"] for h in res.history], losses, **tol, err_msg=f"{n} node(s): loss")
+        for k in want:
+            np.testing.assert_allclose(res.params[k], want[k], **tol, err_msg=f"{n} node(s): {k}")
+        # optimizer state comes back from the device in HostOptimizer's order
+        _, state, at = seen["state"]
+        names = ("momentum_buffer",) if spec["name"] == "sgd" else ("exp_avg", "exp_avg_sq")
+        local = [opt.state[i][name].numpy() for name in names for i in range(len(want))]
+        assert at == STEPS and len(state) == len(local)
+        for a, b in zip(state, local):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_device_snapshot_rolls_back_weights_and_optimizer_state():
+    """The rollback a re-formed ring asks for (node.py _on_ring): a device-side copy
+    restores weights, Adam's moments and its step count; re-running the step then gives
+    bitwise the same weights as the first time."""
+    from cluster import program
+    from cluster.devicetrain import DeviceTrainer
+    xtr, ytr, _, _ = digits.load_digits()
+    model = digits.build_model("mlp")
+    prog = program.trace(model, F.cross_entropy, xtr[:32], ytr[:32])
+    runner = prog.bind()
+    params = list(program.params_of(model).values())
+    tr = DeviceTrainer(runner.device, {"name": "adam", "lr": 1e-2}, params, [], 0)
+    tr.bind(runner)
+    flat = np.empty(sum(tr.sizes) + 1, np.float32)
+
+    def step(i):
+        tr.forward_backward(runner, xtr[i * 32:(i + 1) * 32], ytr[i * 32:(i + 1) * 32], flat)
+        tr.update(flat)
+
+    step(0)
+    tr.snapshot(1)
+    before, state0 = tr.weights(), tr.state()
+    step(1)
+    once, state1 = tr.weights(), tr.state()
+    assert not np.array_equal(once[0], before[0])
+    assert tr.restore() == 1 and tr.t == 1
+    assert all(np.array_equal(a, b) for a, b in zip(tr.weights() + tr.state(), before + state0))
+    step(1)
+    assert all(np.array_equal(a, b) for a, b in zip(tr.weights() + tr.state(), once + state1))
+
+
+def test_engine_job_survives_sigkill_and_a_join(procs):
+    """A node killed mid-training and one joining: the device path keeps the weights
+    every node holds equal (the driver compares checksums) and training completes."""
+    import signal
+    import threading
+    xtr, ytr, _, _ = digits.load_digits()
+    nodes = start_nodes(procs, 4, throttle={1: 3}, extra_args=("--digest-every", "1"))
+    victim = nodes[1]["proc"]
+    # shares in units of 32 and no rebalancing: few batch sizes, so few OpenCL builds
+    cl = Cluster([n["control"] for n in nodes[:3]], SECRET, heartbeat_s=0.25, missed=6, batch_multiple=32,
+                 rebalance_tolerance=1.0)
+
+    def on_step(rec):
+        if rec["step"] == 6:
+            threading.Timer(0.01, lambda: victim.send_signal(signal.SIGKILL)).start()
+        if rec["step"] == 12:
+            cl.add(nodes[3]["control"])
+
+    res = cl.fit(digits.build_model("mlp"), F.cross_entropy, {"name": "adam", "lr": 2e-3}, (xtr, ytr),
+                 global_batch=96, epochs=2, max_steps=20, on_step=on_step)
+    assert victim.wait(5) == -signal.SIGKILL
+    assert res.step == 20 == len(res.history)
+    worlds = [h["world"] for h in res.history]
+    assert worlds[:6] == [3] * 6 and 2 in worlds and worlds[-1] == 3, worlds
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
