@@ -34,7 +34,9 @@ def export_bundle(step, directory) -> dict:
     os.makedirs(directory, exist_ok=True)
     kernels, sources, launches = {}, [], []
     for launch in step.launches:
-        spec = launch.spec
+        # the kernel as built for this device (a narrower GEMM variant where its compiler
+        # needed one), else as planned (a kernel that itself came from a loaded bundle)
+        spec = launch.ck.spec if getattr(launch.ck.spec, "render", None) is not None else launch.spec
         if spec.name not in kernels:
             kernels[spec.name] = {
                 "name": spec.name, "template": spec.template, "params": spec.params,
@@ -162,4 +164,30 @@ def load_bundle(device, directory, binary: bytes | None = None, options: str = "
                 raise BundleError(f"{directory}: recorded binary {mine[-1]['file']} is unreadable ({exc})") from exc
     if binary is not None:
         _check_binary(directory, manifest, text, binary, device, options)
-    return device.register_program(sources, text, binary, options)
+    return device.register_program(sources, text, binary, options, _launches(manifest))
+
+
+_SCALARS = {"float32": "f32", "int32": "i32", "int64": "i64", "bool": "u8"}
+_ITEMSIZE = {"float32": 4, "int32": 4, "int64": 8, "bool": 1}
+
+
+def _launches(manifest) -> list:
+    """One launch of each kernel with zero buffers of its sizes, from the manifest: what the
+    runtime's build child runs once on drivers that compile at first launch (PoCL), so a
+    compiler that crashes on the bundle's source takes down the child, not this process."""
+    out = []
+    for k in manifest.get("kernels", []):
+        args = []
+        for a in k.get("args", []):
+            if a.get("type") == "uint":
+                args.append(["u32", 0])
+            elif a.get("type") == "scalar":
+                args.append([_SCALARS.get(a.get("dtype"), "f32"), 0])
+            else:
+                n = 1
+                for s in a.get("shape", []):
+                    n *= int(s)
+                args.append(["buf", n * _ITEMSIZE.get(a.get("dtype"), 4), None])
+        out.append({"name": k["name"], "global": list(k["global_size"]), "local": k.get("local_size"),
+                    "args": args, "read": []})
+    return out

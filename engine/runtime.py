@@ -316,8 +316,9 @@ class Device:
         except Exception as exc:  # the cache is an optimisation; never fail a run over it
             warnings.warn(f"could not store program binary in {path}: {exc}")
 
-    def _build_new(self, spec, options, key):
-        """Compile a program not in any cache: (program, the spec it was built from, binary)."""
+    def _build_new(self, spec, options, key, launches=None):
+        """Compile a program not in any cache: (program, the spec it was built from, binary).
+        ``launches``: what the child launches once (default: ``spec``'s own launch)."""
         bad = self.capabilities().get("bad_programs", {}).get(key)
         if bad:
             raise self._build_error(spec, options, key, f"the OpenCL compiler {bad} on this kernel before "
@@ -332,7 +333,8 @@ class Device:
         failures = []
         for cand in candidates:
             try:
-                resp = self._worker().request(cand.source, options, _launches_of(cand) if _safe_mode(self) == "launch" else [],
+                todo = (_launches_of(cand) if launches is None else launches) if _safe_mode(self) == "launch" else []
+                resp = self._worker().request(cand.source, options, todo,
                                               timeout=_env_float("ENGINE_BUILD_TIMEOUT", 300.0))
             except _ChildFailed as f:
                 failures.append(f)
@@ -426,7 +428,7 @@ class Device:
         _save_profile(self, prof)
 
     def register_program(self, sources: dict, whole_source: str, binary: bytes | None = None,
-                         options: str = "") -> int:
+                         options: str = "", launches: list | None = None) -> int:
         """Build one program holding many kernels (from ``binary`` when given, in place of
         the source) and serve each kernel from it as if its own source had been built.
         The caller (engine/bundle.py) has checked that the binary belongs to this source,
@@ -434,8 +436,8 @@ class Device:
         if binary is not None:
             program = self._from_binary(binary, options)
         else:
-            spec = _BundledSpec("bundle", whole_source)
-            program, _, _ = self._build_new(spec, options, self._cache_key(whole_source, options))
+            spec = _BundledSpec("bundle", whole_source)   # built (and each kernel launched once) in the child
+            program, _, _ = self._build_new(spec, options, self._cache_key(whole_source, options), launches or [])
         for name, src in sources.items():
             spec = _BundledSpec(name, src)
             self._programs[self._cache_key(src, options)] = CompiledKernel(spec, cl.Kernel(program, name), self)

@@ -109,3 +109,35 @@ def test_unrecorded_truncated_swapped_or_foreign_binaries_are_refused(tmp_path):
     (tmp_path / "b" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="device"):
         load_bundle(dev, tmp_path / "b", good)
+
+
+def test_a_bundle_the_compiler_crashes_on_is_an_error_not_a_dead_process(tmp_path):
+    """Loading a bundle from source builds it in the runtime's child and launches each of
+    its kernels there once (from the manifest's arguments and sizes); a compiler crash on
+    it (injected) is a BuildError in the user's process, which goes on."""
+    step = _traced_step(tmp_path)
+    step.export_bundle(tmp_path / "b")
+    code = f"""
+import engine, numpy as np
+from engine.bundle import load_bundle
+d = engine.default_device()
+try:
+    load_bundle(d, {str(tmp_path / 'b')!r})
+    print("loaded")
+except engine.BuildError as e:
+    print("BuildError", "crashed" in str(e))
+print((engine.tensor(np.ones(3, np.float32)) * 2.0).numpy().tolist())
+"""
+    env = dict(os.environ, ENGINE_CACHE_DIR=str(tmp_path / "cache"), ENGINE_BUILD_FAULT="abort:---- kernel",
+               ENGINE_SAFE_BUILD="launch")
+    # the fault needle is in kernels.cl's separators, so only the whole-bundle build crashes
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split("\n")[:2] == ["BuildError True", "[2.0, 2.0, 2.0]"], p.stdout
+    # remembered for the device: the same source is refused at once, not sent to the compiler again
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.startswith("BuildError True"), p.stderr[-2000:]
+    # without the fault (and a fresh cache) the same bundle loads, each kernel launched once in the child
+    env.update(ENGINE_BUILD_FAULT="", ENGINE_CACHE_DIR=str(tmp_path / "cache2"))
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p.stdout.startswith("loaded"), p.stderr[-2000:]
