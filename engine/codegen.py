@@ -16,11 +16,19 @@ import kernels
 from . import ir
 from .schedule import KernelGroup
 
-__all__ = ["KernelSpec", "lower", "strides_of", "with_vector_width", "GEMM_VECTOR_WIDTHS"]
+__all__ = ["KernelSpec", "lower", "strides_of", "with_vector_width", "set_gemm_vector_width", "GEMM_VECTOR_WIDTHS"]
 
 # float vector widths the CPU GEMM template can use, widest (fastest on PoCL) first; a
 # device whose compiler cannot build or run one falls back to the next (engine/runtime.py)
 GEMM_VECTOR_WIDTHS = (16, 8, 4, 1)
+# kind -> the widest GEMM vectors every device of that kind in this process takes, as their
+# probes found (the runtime sets it when it reads a device's probe, before the first plan)
+_gemm_vector_width: dict = {}
+
+
+def set_gemm_vector_width(kind: str, vector_width: int):
+    """Plan CPU GEMMs for devices of ``kind`` with at most ``vector_width``-wide vectors."""
+    _gemm_vector_width[kind] = min(_gemm_vector_width.get(kind, GEMM_VECTOR_WIDTHS[0]), vector_width)
 
 
 @dataclass(frozen=True)
@@ -237,11 +245,14 @@ class _Args:
         return self.names[key]
 
 
-def lower(group: KernelGroup, is_leaf, materialized, kind: str = "cpu", vector_width: int = 16) -> KernelSpec:
+def lower(group: KernelGroup, is_leaf, materialized, kind: str = "cpu", vector_width: int | None = None) -> KernelSpec:
     """``materialized(n)``: n is stored in a buffer by another kernel of this schedule;
     ``kind``: the device kind ("cpu", "gpu", ...), which picks the GEMM template;
-    ``vector_width``: float vector width of the CPU GEMM (16, 8, 4 or 1; the runtime
-    narrows it further where the device's compiler needs that, see with_vector_width)."""
+    ``vector_width``: float vector width of the CPU GEMM (16, 8, 4 or 1; default: what the
+    probes of this kind's devices allow, see set_gemm_vector_width; the runtime narrows a
+    spec planned wider, see with_vector_width)."""
+    if vector_width is None:
+        vector_width = _gemm_vector_width.get(kind, GEMM_VECTOR_WIDTHS[0])
     args = _Args()
     for out in group.outputs:
         args.add("out", out, readonly=False)
@@ -327,9 +338,17 @@ def _compute(em, out, idx):
 
 
 def _as_name(v, dtype):
+    """An SSA name, or a constant written as an OpenCL C literal (inf and nan included)."""
     if isinstance(v, str):
         return v
-    return repr(float(v)) + "f" if dtype == "float32" else str(int(v))
+    if dtype != "float32":
+        return str(int(v))
+    v = float(v)
+    if v != v:
+        return "NAN"
+    if math.isinf(v):
+        return "INFINITY" if v > 0 else "(-INFINITY)"
+    return repr(v) + "f"
 
 
 def _lower_reduce(group, args, leaf_name):

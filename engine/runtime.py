@@ -152,6 +152,10 @@ class Device:
         if self._ctx is None:
             self._ctx = cl.Context([self.cl_device])
             self._queue = cl.CommandQueue(self._ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
+            try:    # first use: the probe (from disk once done), so the first plan has the right GEMM width
+                self.capabilities()
+            except Exception as exc:    # never let the probe machinery break the device itself
+                warnings.warn(f"device probe of {self.name} failed ({exc!r}); default kernel variants used")
         return self._ctx
 
     @property
@@ -419,6 +423,7 @@ class Device:
                         if not prof.get("transient"):
                             _save_profile(self, prof)
                     self._caps = prof
+                    self._tell_codegen(prof)
         return self._caps
 
     def _remember(self, update):
@@ -426,6 +431,11 @@ class Device:
         update(prof)
         self._caps = prof
         _save_profile(self, prof)
+        self._tell_codegen(prof)
+
+    def _tell_codegen(self, prof):
+        from .codegen import set_gemm_vector_width
+        set_gemm_vector_width(self.kind, prof.get("gemm_vector_width", 16))
 
     def register_program(self, sources: dict, whole_source: str, binary: bytes | None = None,
                          options: str = "", launches: list | None = None) -> int:
