@@ -122,3 +122,49 @@ def test_engine_job_survives_sigkill_and_a_join(procs):
     worlds = [h["world"] for h in res.history]
     assert worlds[:6] == [3] * 6 and 2 in worlds and worlds[-1] == 3, worlds
     assert res.history[-1]["loss"] < res.history[0]["loss"]
+
+
+def test_node_rolls_back_a_finished_step_from_its_device_snapshot(procs):
+    """Hand-driven, as the driver does it: a node that finished step 0 is asked to re-form
+    the ring at step 0 (the ring abandoned it): it restores weights, optimizer state and
+    step from the device snapshot, and re-running the step gives bitwise the same result.
+    Once a ring formed at step 1, a ring at step 0 is refused."""
+    from cluster import program
+    from cluster_helpers import Session
+    xtr, ytr, _, _ = digits.load_digits()
+    model = digits.build_model("mlp")
+    params = program.params_of(model)
+    prog = program.trace(model, F.cross_entropy, xtr[:32], ytr[:32]).to_json()
+    node = start_nodes(procs, 1)[0]
+    s = Session(node["control"])
+    data = s.hello()["data"]
+
+    def ok(m):
+        assert m is not None and m.type in ("ok", "step_done", "state_data"), m and m.fields
+        return m
+    ok(s.request("job", {"job": "j", "optimizer": {"name": "adam", "lr": 1e-2}, "step": 0, "names": list(params),
+                         "n_state": 0}, list(params.values()), table={"x": xtr, "y": ytr}))
+    ok(s.request("program", {"job": "j", "batch": 32, "program": prog}, timeout=120))
+    ring = lambda gen, step: s.request("ring", {"job": "j", "gen": gen, "rank": 0, "peers": [data], "step": step})
+    idx = np.arange(32, dtype=np.int64)
+    step = lambda gen, at: ok(s.request("step", {"job": "j", "gen": gen, "step": at, "batch": 32, "weight": 1.0}, [idx]))
+    state = lambda: ok(s.request("state", {"job": "j"}))
+    ok(ring(1, 0))
+    step(1, 0)
+    first = state()
+    assert first["step"] == 1 and first["n_state"] == 2 * len(params)
+    assert not np.array_equal(first.tensors[0], list(params.values())[0])
+    assert ok(ring(2, 0))["step"] == 0
+    back = state()
+    assert back["step"] == 0
+    for got, want in zip(back.tensors, list(params.values())):
+        np.testing.assert_array_equal(got, want)
+    assert all(not t.any() for t in back.tensors[len(params):])   # Adam's moments are zero again
+    step(2, 0)
+    again = state()
+    for a, b in zip(again.tensors, first.tensors):
+        np.testing.assert_array_equal(a, b)
+    assert ok(ring(3, 1))["step"] == 1
+    refused = ring(4, 0)
+    assert refused.type == "error" and "cannot resume at 0" in refused["message"]
+    s.close()
