@@ -7,9 +7,10 @@ from __future__ import annotations
 import itertools
 import math
 
-from .ir import toposort
+from .context import no_grad
+from .ir import const, toposort
 
-__all__ = ["GRADS", "SAVES", "Ctx", "backward_pass"]
+__all__ = ["GRADS", "SAVES", "Ctx", "backward_pass", "grad"]
 
 
 def _unbroadcast_sum(g, axes):
@@ -156,18 +157,65 @@ def backward_pass(root, grad, retain_graph=False):
     """Accumulate d(root)/d(leaf) into ``leaf.grad`` for every leaf that requires grad;
     returns the list of leaves that got a gradient. Walks the recorded ops (Ctx), so a
     tensor written in place after being used routes its gradient to the op it was used as."""
+    leaf_grads, _ = _backprop(root, grad, retain_graph)
+    leaves = []
+    for leaf, g in leaf_grads.values():
+        leaf.grad = g if leaf.grad is None else leaf.grad + g
+        leaves.append(leaf)
+    return leaves
+
+
+def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
+    """torch.autograd.grad: the gradients of ``outputs`` with respect to ``inputs`` (leaves
+    or intermediate tensors), returned as a tuple; no ``.grad`` is touched."""
+    if create_graph:
+        raise NotImplementedError("autograd.grad(create_graph=True): higher-order gradients are not supported")
+    outs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    ins = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    gos = list(grad_outputs) if isinstance(grad_outputs, (list, tuple)) else [grad_outputs] * len(outs)
+    if any(not t.requires_grad for t in ins):
+        raise RuntimeError("autograd.grad: one of the inputs does not require grad")
+    if any(not o.requires_grad for o in outs):
+        raise RuntimeError("autograd.grad: an output does not require grad (nothing it depends on does)")
+    with no_grad():
+        if len(outs) == 1:
+            root, seed = outs[0], gos[0]
+        else:   # several outputs: one scalar, the sum of each output against its gradient
+            root, seed = None, None
+            for o, go in zip(outs, gos):
+                term = o.sum() if go is None else (o * go).sum()
+                root = term if root is None else root + term
+        if seed is None:
+            if root.numel() != 1:
+                raise RuntimeError(f"autograd.grad: grad can be implicitly created only for scalar outputs, "
+                                   f"got shape {root.shape}")
+            seed = type(root)(const(1.0, root.shape), root.device)
+        want = {id(t._ctx) for t in ins if t._ctx is not None}
+        leaf_grads, captured = _backprop(root, seed, bool(retain_graph), want)
+    result = []
+    for t in ins:
+        g = captured.get(id(t._ctx)) if t._ctx is not None else leaf_grads.get(id(t), (None, None))[1]
+        if g is None and not allow_unused:
+            raise RuntimeError("autograd.grad: one of the inputs was not used to compute the outputs "
+                               "(pass allow_unused=True to get None for it)")
+        result.append(g)
+    return tuple(result)
+
+
+def _backprop(root, grad, retain_graph, want=frozenset()):
+    """(leaf id -> (leaf, gradient), ctx id -> gradient for the ctx ids in ``want``)."""
     if root._ctx is None:
-        if root.requires_grad:
-            root.grad = grad if root.grad is None else root.grad + grad
-            return [root]
-        return []
+        return ({id(root): (root, grad)} if root.requires_grad else {}), {}
     order = toposort([root._ctx], srcs=lambda c: tuple(e for e in c.edges if _is_ctx(e)))
     grads = {id(root._ctx): grad}
     leaf_grads: dict = {}
+    captured: dict = {}
     for ctx in reversed(order):
         g = grads.pop(id(ctx), None)
         if g is None:
             continue
+        if id(ctx) in want:
+            captured[id(ctx)] = g
         ctx.check_saved()
         rule = GRADS.get(ctx.op)
         if rule is None:
@@ -177,17 +225,11 @@ def backward_pass(root, grad, retain_graph=False):
                 continue
             if pg.shape != p.shape:
                 raise AssertionError(f"gradient rule of {ctx.op} gave shape {pg.shape} for a parent of shape {p.shape}")
-            table = grads if _is_ctx(e) else leaf_grads
-            k = id(e)
-            if k in table:
-                table[k] = (table[k][0], table[k][1] + pg) if table is leaf_grads else table[k] + pg
+            if _is_ctx(e):
+                grads[id(e)] = grads[id(e)] + pg if id(e) in grads else pg
             else:
-                table[k] = (e, pg) if table is leaf_grads else pg
+                leaf_grads[id(e)] = (e, leaf_grads[id(e)][1] + pg) if id(e) in leaf_grads else (e, pg)
     if not retain_graph:
         for ctx in order:
             ctx.free()
-    leaves = []
-    for leaf, g in leaf_grads.values():
-        leaf.grad = g if leaf.grad is None else leaf.grad + g
-        leaves.append(leaf)
-    return leaves
+    return leaf_grads, captured

@@ -34,7 +34,7 @@ def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
     dt = dtype or infer_dtype(arr)
     if dt not in NP_DTYPES:
         raise TypeError(f"unsupported dtype {dt!r}; supported: {list(NP_DTYPES)}")
-    arr = np.ascontiguousarray(arr, dtype=NP_DTYPES[dt])
+    arr = np.asarray(arr, dtype=NP_DTYPES[dt], order="C")   # keeps a 0-d array 0-d
     node = ir.buffer(arr.shape, dt)
     bind_buffer(node, dev.upload(arr))
     return Tensor(node, dev, requires_grad=requires_grad)

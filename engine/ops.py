@@ -1311,3 +1311,9 @@ TENSOR_METHODS = {
     "is_floating_point": lambda x: x.dtype == "float32",
     "dim": lambda x: x.ndim, "__repr__": tensor_repr, "__str__": tensor_repr,
 }
+
+
+def bind_methods(cls) -> None:
+    """Make every function of ``TENSOR_METHODS`` a method of ``cls`` (engine.Tensor)."""
+    for name, fn in TENSOR_METHODS.items():
+        setattr(cls, name, fn)

@@ -1,6 +1,9 @@
 """Optimizers. Each parameter's update is one fused kernel that writes the parameter and
-its state buffers in place, with the learning rate and step-dependent factors passed as
-scalar arguments (so changing them never recompiles, and a compiled step replays them).
+its state buffers in place (new storage versions, see engine/storage.py), with the
+learning rate and step-dependent factors passed as scalar arguments, one set per
+parameter group (so changing them never recompiles, and a compiled step replays them).
+Formulas are torch's; ``param_groups`` work as in torch (a list of dicts with their own
+options), which is what ``engine.lr_scheduler`` changes.
 """
 from __future__ import annotations
 
@@ -8,36 +11,72 @@ import math
 
 import numpy as np
 
+from . import lr_scheduler  # noqa: F401  (engine.optim.lr_scheduler, as torch.optim.lr_scheduler)
 from . import realize as rz
 from .tensor import Tensor, tensor, no_grad, realize_all
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "lr_scheduler"]
 
 
 class Optimizer:
     def __init__(self, params, defaults: dict):
-        self.params = [p for p in params]
-        if not self.params:
+        self._defaults = dict(defaults)
+        groups = list(params)
+        if not groups:
             raise ValueError("optimizer got an empty parameter list")
-        self.param_groups = [dict(defaults, params=self.params)]
-        self.state: dict = {i: {} for i in range(len(self.params))}
-        self.step_count = 0
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        self.param_groups: list = []
+        self.params: list = []
+        self.state: dict = {}
+        self._group_of: list = []
         self._vars: dict = {}
+        self.step_count = 0
+        for g in groups:
+            self.add_param_group(g)
 
     @property
-    def defaults(self):
-        return {k: v for k, v in self.param_groups[0].items() if k != "params"}
+    def defaults(self) -> dict:
+        return dict(self._defaults)
+
+    def add_param_group(self, group: dict):
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError("a parameter group is a dict with a 'params' list")
+        params = [group["params"]] if isinstance(group["params"], Tensor) else list(group["params"])
+        unknown = set(group) - set(self._defaults) - {"params", "initial_lr"}
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: unknown options {sorted(unknown)} in a parameter group")
+        for p in params:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizer parameters must be Tensors, got {type(p).__name__}")
+            if any(p is q for q in self.params):
+                raise ValueError("some parameters appear in more than one parameter group")
+        g = dict(self._defaults, **{k: v for k, v in group.items() if k != "params"}, params=params)
+        gi = len(self.param_groups)
+        self.param_groups.append(g)
+        for p in params:
+            self.state[len(self.params)] = {}
+            self.params.append(p)
+            self._group_of.append(gi)
+        self._set_scalars(gi, g, max(self.step_count, 1))
 
     def zero_grad(self, set_to_none=True):
         for p in self.params:
             p.grad = None
 
-    def _var(self, name, value) -> Tensor:
-        if name not in self._vars:
-            self._vars[name] = rz.Var(value)
-        v = self._vars[name]
-        v.value = value
-        return Tensor(v.node, self.params[0].device)
+    def _var(self, gi, name) -> Tensor:
+        """The group's scalar ``name`` as a tensor read from the host at each launch."""
+        key = (gi, name)
+        if key not in self._vars:
+            self._vars[key] = rz.Var(0.0)
+        return Tensor(self._vars[key].node, self.params[0].device)
+
+    def _set(self, gi, **values):
+        for name, value in values.items():
+            key = (gi, name)
+            if key not in self._vars:
+                self._vars[key] = rz.Var(0.0)
+            self._vars[key].value = float(value)
 
     def _buffer(self, i, name) -> Tensor:
         st = self.state[i]
@@ -53,7 +92,8 @@ class Optimizer:
             for i, p in enumerate(self.params):
                 if p.grad is None:
                     continue
-                self._write(self._update(i, p, p.grad), p.device)
+                gi = self._group_of[i]
+                self._write(self._update(i, p, p.grad, self.param_groups[gi], gi), p.device)
 
     @staticmethod
     def _write(updates, device):
@@ -70,15 +110,16 @@ class Optimizer:
         rz.write_storages(pairs, device, group=True)
 
     def _advance(self):
-        """One step on the host: count it and set the step's scalars. A replayed compiled
-        step runs this too, so counters and bias corrections keep advancing."""
+        """One step on the host: count it and set each group's scalars. A replayed compiled
+        step runs this too, so counters, schedules and bias corrections keep advancing."""
         self.step_count += 1
-        self._set_scalars(self.step_count)
+        for gi, g in enumerate(self.param_groups):
+            self._set_scalars(gi, g, self.step_count)
 
-    def _set_scalars(self, t):
+    def _set_scalars(self, gi, group, t):
         raise NotImplementedError
 
-    def _update(self, i, p, g):
+    def _update(self, i, p, g, group, gi):
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -86,16 +127,36 @@ class Optimizer:
         for i, st in self.state.items():
             if st:
                 state[i] = {k: v.numpy() for k, v in st.items()}
-        return {"param_groups": [self.defaults | {"step_count": self.step_count}], "state": state}
+        groups, first = [], 0
+        for g in self.param_groups:
+            n = len(g["params"])
+            groups.append({k: v for k, v in g.items() if k != "params"} |
+                          {"params": list(range(first, first + n)), "step_count": self.step_count})
+            first += n
+        return {"param_groups": groups, "state": state}
 
     def load_state_dict(self, sd: dict):
-        group = dict(sd["param_groups"][0])
-        self.step_count = int(group.pop("step_count", 0))
-        self.param_groups[0].update(group)
+        groups = sd["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"load_state_dict: the state has {len(groups)} parameter groups, "
+                             f"this optimizer {len(self.param_groups)}")
+        for g, saved in zip(self.param_groups, groups):
+            saved = dict(saved)
+            self.step_count = int(saved.pop("step_count", 0))
+            saved.pop("params", None)
+            g.update(saved)
         for i, st in sd.get("state", {}).items():
             i = int(i)
+            if not 0 <= i < len(self.params):
+                raise ValueError(f"load_state_dict: state for parameter {i}, but there are {len(self.params)}")
             for k, v in st.items():
-                self._buffer(i, k).assign_(tensor(np.asarray(v, np.float32), device=self.params[i].device))
+                arr = np.asarray(v, np.float32)
+                if arr.shape != self.params[i].shape:
+                    raise ValueError(f"load_state_dict: state {k!r} of parameter {i} has shape {arr.shape}, "
+                                     f"the parameter {self.params[i].shape}")
+                self._buffer(i, k).assign_(tensor(arr, device=self.params[i].device))
+        for gi, g in enumerate(self.param_groups):
+            self._set_scalars(gi, g, max(self.step_count, 1))
 
 
 class SGD(Optimizer):
@@ -104,25 +165,22 @@ class SGD(Optimizer):
             raise ValueError("nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov))
-        self._lr, self._mom, self._damp = self._var("lr", lr), self._var("mom", 0.0), self._var("damp", 1.0)
 
-    def _set_scalars(self, t):
-        g = self.param_groups[0]
-        self._vars["lr"].value = g["lr"]
+    def _set_scalars(self, gi, g, t):
         # PyTorch starts the momentum buffer at the first gradient, undampened
-        self._vars["mom"].value = 0.0 if t == 1 else g["momentum"]
-        self._vars["damp"].value = 1.0 if t == 1 else 1.0 - g["dampening"]
+        self._set(gi, lr=g["lr"], mom=0.0 if t == 1 else g["momentum"],
+                  damp=1.0 if t == 1 else 1.0 - g["dampening"])
 
-    def _update(self, i, p, g):
-        grp = self.param_groups[0]
+    def _update(self, i, p, g, grp, gi):
+        lr = self._var(gi, "lr")
         if grp["weight_decay"]:
             g = g + p * grp["weight_decay"]
         if grp["momentum"]:
             buf = self._buffer(i, "momentum_buffer")
-            new_buf = buf * self._mom + g * self._damp
+            new_buf = buf * self._var(gi, "mom") + g * self._var(gi, "damp")
             d = g + new_buf * grp["momentum"] if grp["nesterov"] else new_buf
-            return [(p, p - d * self._lr), (buf, new_buf)]
-        return [(p, p - g * self._lr)]
+            return [(p, p - d * lr), (buf, new_buf)]
+        return [(p, p - g * lr)]
 
 
 class Adam(Optimizer):
@@ -130,31 +188,24 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
-        self._step_size = self._var("step_size", 0.0)
-        self._inv_sqrt_bc2 = self._var("inv_sqrt_bc2", 1.0)
-        self._lr = self._var("lr", lr)
 
-    def _set_scalars(self, t):
-        g = self.param_groups[0]
+    def _set_scalars(self, gi, g, t):
         b1, b2 = g["betas"]
-        self._vars["step_size"].value = g["lr"] / (1 - b1 ** t)
-        self._vars["inv_sqrt_bc2"].value = 1.0 / math.sqrt(1 - b2 ** t)
-        self._vars["lr"].value = g["lr"]
+        self._set(gi, step_size=g["lr"] / (1 - b1 ** t), inv_sqrt_bc2=1.0 / math.sqrt(1 - b2 ** t), lr=g["lr"])
 
-    def _update(self, i, p, g):
-        grp = self.param_groups[0]
+    def _update(self, i, p, g, grp, gi):
         b1, b2 = grp["betas"]
         wd = grp["weight_decay"]
         m, v = self._buffer(i, "exp_avg"), self._buffer(i, "exp_avg_sq")
         base = p
         if wd and self._decoupled:
-            base = p * (1.0 - self._lr * wd)
+            base = p * (1.0 - self._var(gi, "lr") * wd)
         elif wd:
             g = g + p * wd
         new_m = m * b1 + g * (1 - b1)
         new_v = v * b2 + g * g * (1 - b2)
-        denom = new_v.sqrt() * self._inv_sqrt_bc2 + grp["eps"]
-        return [(p, base - new_m * self._step_size / denom), (m, new_m), (v, new_v)]
+        denom = new_v.sqrt() * self._var(gi, "inv_sqrt_bc2") + grp["eps"]
+        return [(p, base - new_m * self._var(gi, "step_size") / denom), (m, new_m), (v, new_v)]
 
 
 class AdamW(Adam):
@@ -162,3 +213,63 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         super().__init__(params, lr, betas, eps, weight_decay)
+
+
+class RMSprop(Optimizer):
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+        if lr < 0 or eps < 0 or momentum < 0 or not 0 <= alpha:
+            raise ValueError(f"RMSprop: invalid lr={lr}, alpha={alpha}, eps={eps} or momentum={momentum}")
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                                      centered=centered))
+
+    def _set_scalars(self, gi, g, t):
+        self._set(gi, lr=g["lr"])
+
+    def _update(self, i, p, g, grp, gi):
+        alpha, eps, wd, mom = grp["alpha"], grp["eps"], grp["weight_decay"], grp["momentum"]
+        lr = self._var(gi, "lr")
+        if wd:
+            g = g + p * wd
+        sq = self._buffer(i, "square_avg")
+        new_sq = sq * alpha + g * g * (1 - alpha)
+        out = [(sq, new_sq)]
+        if grp["centered"]:
+            ga = self._buffer(i, "grad_avg")
+            new_ga = ga * alpha + g * (1 - alpha)
+            avg = (new_sq - new_ga * new_ga).sqrt() + eps
+            out.append((ga, new_ga))
+        else:
+            avg = new_sq.sqrt() + eps
+        if mom > 0:
+            buf = self._buffer(i, "momentum_buffer")
+            new_buf = buf * mom + g / avg
+            out.append((buf, new_buf))
+            return [(p, p - new_buf * lr)] + out
+        return [(p, p - g / avg * lr)] + out
+
+
+class Adagrad(Optimizer):
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10):
+        if lr < 0 or lr_decay < 0 or initial_accumulator_value < 0 or eps < 0:
+            raise ValueError(f"Adagrad: invalid lr={lr}, lr_decay={lr_decay}, initial_accumulator_value="
+                             f"{initial_accumulator_value} or eps={eps}")
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value, eps=eps))
+
+    def _set_scalars(self, gi, g, t):
+        self._set(gi, clr=g["lr"] / (1 + (t - 1) * g["lr_decay"]))
+
+    def _buffer(self, i, name):
+        st = self.state[i]
+        if name == "sum" and name not in st:
+            p = self.params[i]
+            init = self.param_groups[self._group_of[i]]["initial_accumulator_value"]
+            st[name] = tensor(np.full(p.shape, init, np.float32), device=p.device)
+        return super()._buffer(i, name)
+
+    def _update(self, i, p, g, grp, gi):
+        if grp["weight_decay"]:
+            g = g + p * grp["weight_decay"]
+        s = self._buffer(i, "sum")
+        new_s = s + g * g
+        return [(p, p - g / (new_s.sqrt() + grp["eps"]) * self._var(gi, "clr")), (s, new_s)]

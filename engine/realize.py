@@ -93,7 +93,9 @@ def realize(targets, device, dests=None, group=False) -> list:
                 seed, offset = g.anchor.arg
                 rand = RandState(seed, offset, g.anchor.numel)
                 args.append(rand)
-        launch = Launch(ck, spec.global_size, spec.local_size, args, rand, spec)
+        # the kernel as built (a build-time fallback narrows it), unless it came from a bundle
+        launch = Launch(ck, spec.global_size, spec.local_size, args, rand,
+                        ck.spec if ck.spec.template != "bundle" else spec)
         run_launch(launch, device)
         record(launch)
         for a in spec.args:

@@ -175,7 +175,7 @@ class TensorMath:
         return (d * d).sum(dim, keepdim) * (1.0 / max(n - (1 if unbiased else 0), 1))
 
     def min(self, dim=None, keepdim=False):
-        return -((-self).max(dim, keepdim))
+        return -((-self)._reduce("RMAX", dim, keepdim))
 
     def argmax(self, dim=None, keepdim=False):
         x = self.detach()
@@ -185,18 +185,18 @@ class TensorMath:
         n = x.shape[dim]
         pos = self._host(np.arange(n, dtype=np.float32)).reshape(
             tuple(n if i == dim else 1 for i in range(x.ndim)))._expand_to(x.shape)
-        hit = x.eq(x.max(dim, keepdim=True)._expand_to(x.shape))
-        return hit.where_(pos, float(n)).min(dim, keepdim).long()
+        hit = x.eq(x._reduce("RMAX", dim, True)._expand_to(x.shape))
+        return (-(-hit.where_(pos, float(n)))._reduce("RMAX", dim, keepdim)).long()
 
     def argmin(self, dim=None, keepdim=False):
         return (-self).argmax(dim, keepdim)
 
     def softmax(self, dim=-1):
-        e = (self - self.max(dim, keepdim=True).detach()).exp()
+        e = (self - self._reduce("RMAX", dim, True).detach()).exp()
         return e / e.sum(dim, keepdim=True)
 
     def log_softmax(self, dim=-1):
-        z = self - self.max(dim, keepdim=True).detach()
+        z = self - self._reduce("RMAX", dim, True).detach()
         return z - z.exp().sum(dim, keepdim=True).log()
 
     def transpose(self, d0=-2, d1=-1):

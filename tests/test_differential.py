@@ -133,7 +133,7 @@ class Program:
         dim = int(self.rng.integers(x.e.ndim))
         name = ["sum", "mean", "max"][self.rng.integers(3)]
         if name == "max":
-            self._add(x.e.max(dim), x.t.max(dim).values, f"max({x.label}, {dim})")
+            self._add(x.e.max(dim).values, x.t.max(dim).values, f"max({x.label}, {dim})")
         else:
             self._add(getattr(x.e, name)(dim), getattr(x.t, name)(dim), f"{name}({x.label}, {dim})")
 

@@ -1,4 +1,4 @@
-"""engine.nn (layers, functional, state dicts), nn.utils, lr_scheduler and optim_extra
+"""engine.nn (layers, functional, state dicts), nn.utils, lr_scheduler and the RMSprop/Adagrad optimizers
 against PyTorch, from the same weights and inputs."""
 
 import math
@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 import engine  # noqa: E402
 from engine import nn, lr_scheduler  # noqa: E402
 from engine.nn import functional as F  # noqa: E402
-from engine.optim_extra import RMSprop, Adagrad  # noqa: E402
+from engine.optim import RMSprop, Adagrad  # noqa: E402
 
 TF = torch.nn.functional
 
