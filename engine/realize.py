@@ -10,6 +10,7 @@ import weakref
 import numpy as np
 
 from . import debug, ir
+from .bounds import prove
 from .buffers import bind_buffer, buffer_of, computed_as, is_leaf as _is_leaf, remember
 from .codegen import lower
 from .plan_cache import PlanCache
@@ -70,6 +71,9 @@ def realize(targets, device, dests=None, group=False) -> list:
     keep = set(resolved)
     free: dict = {}
     for i, (g, spec) in enumerate(zip(groups, specs)):
+        if spec.name not in _proved:
+            prove(spec)        # every generated load inside its buffer, before anything is built
+            _proved.add(spec.name)
         ck = device.build(spec)
         debug.on_build(spec, device)
         args, rand = [], None
@@ -123,6 +127,7 @@ def realize(targets, device, dests=None, group=False) -> list:
 
 
 _plans = PlanCache()
+_proved: set = set()     # kernel names (their source hash included) whose loads are proved in bounds
 
 
 def plan(targets, kind="cpu", group=False):
