@@ -43,7 +43,8 @@ class Commands:
 
     def command(self, name, run, help) -> argparse.ArgumentParser:
         """A command parsed here; ``run(args)`` serves it. Returns its parser."""
-        p = self._parsers[name] = self._sub.add_parser(name, help=help)
+        p = self._parsers[name] = self._sub.add_parser(
+            name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         p.set_defaults(run=run)
         return p
 
@@ -262,18 +263,19 @@ def build_commands() -> Commands:
     p = c.command("devices", _cmd_devices, help="list every OpenCL platform and device")
     p.add_argument("--json", action="store_true")
     p = c.command("train", _cmd_train, help="train the bundled digits example (MLP and CNN) and show the result")
-    p.add_argument("--model", choices=("all", "mlp", "cnn"), default="all")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", choices=("all", "mlp", "cnn"), default="all",
+                   help="which network: the 64-128-64-10 MLP, the small CNN, or both one after the other")
+    p.add_argument("--epochs", type=int, default=30, help="passes over the training images (80 %% of the 1,797; the rest is held out)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per optimizer step")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seeds weight init and shuffling (same seed, same run)")
     p.add_argument("--runs", default=os.environ.get("ENGINE_RUNS_DIR", "runs"), help="where runs are recorded")
     p.add_argument("--no-record", action="store_true", help="do not record the run for the UI")
     p.add_argument("--checkpoint-dir", default=None, help="save a checkpoint every epoch here")
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
     p = c.command("kernels", _cmd_kernels, help="print the generated kernels of the example's training step")
-    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="whose training step")
+    p.add_argument("--batch-size", type=int, default=64, help="the batch the step is traced for")
     p.add_argument("--brief", action="store_true", help="omit the sources")
     p.add_argument("--bundle", metavar="DIR", help="write the step's kernels as one .cl + manifest.json (offline compilers)")
     p.add_argument("--json", action="store_true")
