@@ -26,6 +26,17 @@ from .optimizer import check_spec
 log = logging.getLogger("cluster.driver")
 
 
+def wants_host_optimizer(model, infos) -> bool:
+    """An engine job's optimizer goes to each node's host (numpy, bitwise identical on any
+    device) when the nodes' devices differ: fused updates on different devices may round
+    differently, and the weights checksum would then stop the job.  Reference models
+    always train on the host anyway."""
+    from .reference import ReferenceMLP
+    if isinstance(model, ReferenceMLP):
+        return False
+    return len({i.get("device") for i in infos}) > 1
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """Sample order of one epoch; global batch i is order[i*B:(i+1)*B] (drop last)."""
     return np.random.default_rng([seed, epoch]).permutation(n)
@@ -92,7 +103,8 @@ class FitResult:
 
 class Cluster:
     def __init__(self, addresses, secret, *, heartbeat_s: float = 0.5, missed: int = 4, step_timeout: float = 120.0,
-                 rebalance_tolerance: float = 0.1, batch_multiple: int = 1, seed: int = 0, max_retries: int = 3):
+                 rebalance_tolerance: float = 0.1, batch_multiple: int = 1, seed: int = 0, max_retries: int = 3,
+                 host_optimizer: bool | None = None):
         """heartbeat_s * missed: how long a silent node lives.  batch_multiple: local batches
         are multiples of it (except one remainder), bounding how many batch sizes, hence
         programs, each node compiles as the balance moves."""
@@ -101,6 +113,10 @@ class Cluster:
         self.banned: dict[str, str] = {}   # address -> why: dropped for misbehaving, never re-admitted
         self.heartbeat_s, self.missed, self.step_timeout = heartbeat_s, missed, step_timeout
         self.tolerance, self.seed, self.max_retries = rebalance_tolerance, seed, max_retries
+        # engine jobs: optimizer on each node's device (False), on its host (True), or None:
+        # on the host only when the nodes' devices differ (see wants_host_optimizer)
+        self.host_optimizer = host_optimizer
+        self._host_opt = False
         self.multiple = max(1, int(batch_multiple))
         self.ctx = zmq.Context.instance()
         self.nodes: list[NodeLink] = []
@@ -266,6 +282,8 @@ class Cluster:
 
     def _ship_job(self, nodes, params: list, state: list, step: int) -> None:
         fields = {"job": self.job, "optimizer": self.optimizer, "step": step, "names": self.names, "n_state": len(state)}
+        if self._host_opt:
+            fields["host_optimizer"] = True
         if self.dataset_name:   # nodes read their own copy; the hash proves it is the same
             fields["dataset"] = {"name": self.dataset_name, "digest": wire.table_digest({"x": self.x, "y": self.y})}
         self._call(nodes, "job", lambda n: fields, tensors_of=lambda n: [*params, *state],
@@ -296,6 +314,14 @@ class Cluster:
                 n = self._hello(address)
             except ClusterError as e:
                 self._event(f"join refused: {e}")
+                continue
+            others = [m for m in self.nodes if m is not n]
+            if not self._host_opt and wants_host_optimizer(self.model, [m.info for m in others + [n]]):
+                self.nodes.remove(n)
+                n.close()
+                self._event(f"join refused: node {address}'s device ({n.info.get('device')}) differs from the "
+                            "job's, whose optimizer runs on the devices (start such jobs with all device kinds, "
+                            "or Cluster(host_optimizer=True))")
                 continue
             self._ship_job([n], params, state, at)
             self._event(f"node {address} joins at step {step}")
@@ -374,6 +400,8 @@ class Cluster:
                 self._hello(a)
             if self.B < len(self.nodes):
                 raise ClusterError(f"global batch {self.B} < {len(self.nodes)} nodes")
+            self._host_opt = (self.host_optimizer if self.host_optimizer is not None
+                              else wants_host_optimizer(model, [n.info for n in self.nodes]))
             self._ship_job(self.nodes, list(params.values()), [], 0)
             self._form_ring(0)
             while step < total:

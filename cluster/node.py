@@ -181,6 +181,7 @@ class Job:
         else:
             self.opt.t = self.step
         self.x, self.y = table["x"], table["y"]
+        self.host_optimizer = bool(msg.fields.get("host_optimizer", False))   # the driver's choice (mixed devices)
         self.runners: dict[int, object] = {}
         self.prev = None   # state before the last update, to roll back a step the ring abandoned
         # engine programs: weights and optimizer state move to the device with the first
@@ -260,6 +261,7 @@ class NodeDaemon:
         self.http, self.metrics_port = self.metrics.serve(mhost, int(mport), self.health)
         self.metrics_url = f"http://{mhost}:{self.metrics_port}"
         self.speed = measure_speed(device)   # the hardware's speed: a throttle is for the driver to discover
+        self.device_id = program.device_identity(device)
         self.job: Job | None = None
         self.busy = False
         self.driver = None          # routing id of the driver, to say bye to
@@ -366,7 +368,8 @@ class NodeDaemon:
             while len(self.sessions) > MAX_SESSIONS:
                 self.sessions.popitem(last=False)
             self._reply(ident, msg, "info", {"node": self.endpoint, "devices": self._devices, "session": sid,
-                                             "speed": self.speed, "data": self.links.endpoint}, worker=False)
+                                             "speed": self.speed, "data": self.links.endpoint}
+                        | ({"device": self.device_id} if self.device_id else {}), worker=False)
         elif msg.type == "ping":
             self._reply(ident, msg, "pong", {"t": msg["t"], "busy": self.busy,
                                              "step": self.job.step if self.job else -1}, worker=False)
@@ -453,7 +456,7 @@ class NodeDaemon:
             raise JobError("bad_program", "program parameters do not match the job's")
         b, t0 = msg["batch"], time.perf_counter()
         runner = prog.bind(device=self.device)
-        on_device = not (self.host_optimizer or isinstance(prog, program.reference.ReferenceProgram))
+        on_device = not (self.host_optimizer or job.host_optimizer or isinstance(prog, program.reference.ReferenceProgram))
         if on_device != (job.dev is not None) and job.runners:
             raise JobError("bad_program", "a job's programs must all be engine programs or all reference ones")
         if on_device:    # weights and optimizer state move to the device; the runner reads them there

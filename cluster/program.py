@@ -78,6 +78,18 @@ def device_gflops(selector=None, n: int = 1024, windows: int = 3) -> float | Non
     return best
 
 
+def device_identity(selector=None) -> str | None:
+    """"platform|device|driver" of the device a node's engine programs run on (None where
+    the engine cannot run): nodes whose identities differ may round the fused optimizer
+    update differently, so the driver keeps such a job's optimizer on the host."""
+    if _ENGINE_ERROR or _runtime is None:
+        return None
+    try:
+        return _runtime.get_device(selector).identity
+    except Exception:
+        return None
+
+
 def params_of(model) -> dict:
     """name -> float32 numpy array, from an engine module or a reference model."""
     out = {}

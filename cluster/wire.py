@@ -56,7 +56,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "hello": {},
     "ping": {"t": (_NUM, True)},
     "job": {"job": ((str,), True), "optimizer": ((dict,), True), "step": ((int,), True),
-            "names": ((list,), True), "n_state": ((int,), True), "dataset": ((dict,), False)},
+            "names": ((list,), True), "n_state": ((int,), True), "dataset": ((dict,), False),
+            "host_optimizer": ((bool,), False)},
     "program": {"job": ((str,), True), "batch": ((int,), True), "program": ((dict,), True)},
     "ring": {"job": ((str,), True), "gen": ((int,), True), "rank": ((int,), True),
              "peers": ((list,), True), "step": ((int,), True)},
@@ -67,7 +68,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "stop": {},
     # node -> driver
     "info": {"node": ((str,), True), "devices": ((list,), True), "speed": (_NUM, True),
-             "data": ((str,), True)},
+             "data": ((str,), True), "device": ((str,), False)},
     "pong": {"t": (_NUM, True), "step": ((int,), True), "busy": ((bool,), True)},
     "ok": {"step": ((int,), False)},
     "step_done": {"step": ((int,), True), "loss": (_NUM, True), "compute_s": (_NUM, True),

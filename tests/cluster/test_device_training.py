@@ -168,3 +168,28 @@ def test_node_rolls_back_a_finished_step_from_its_device_snapshot(procs):
     refused = ring(4, 0)
     assert refused.type == "error" and "cannot resume at 0" in refused["message"]
     s.close()
+
+
+def test_mixed_devices_keep_the_optimizer_on_the_host(procs):
+    """Fused updates on different devices may round differently: the driver asks for the
+    host optimizer when the nodes' devices differ (or when told to), and the node obeys."""
+    from cluster import ReferenceMLP, program
+    from cluster.driver import wants_host_optimizer
+    from cluster_helpers import Session
+    model = digits.build_model("mlp")
+    a, b = {"device": "NVIDIA CUDA|NVIDIA H200|580"}, {"device": "Portable Computing Language|cpu|5.0"}
+    assert wants_host_optimizer(model, [a, b]) and not wants_host_optimizer(model, [a, a])
+    assert not wants_host_optimizer(ReferenceMLP([4, 2]), [a, b])
+    xtr, ytr, _, _ = digits.load_digits()
+    params = program.params_of(model)
+    node = start_nodes(procs, 1)[0]
+    s = Session(node["control"])
+    assert s.hello()["device"] == program.device_identity()
+    m = s.request("job", {"job": "j", "optimizer": {"name": "sgd", "lr": 0.1}, "step": 0, "names": list(params),
+                          "n_state": 0, "host_optimizer": True}, list(params.values()), table={"x": xtr, "y": ytr})
+    assert m.type == "ok", m.fields
+    prog = program.trace(model, F.cross_entropy, xtr[:32], ytr[:32]).to_json()
+    m = s.request("program", {"job": "j", "batch": 32, "program": prog}, timeout=120)
+    assert m.type == "ok", m.fields
+    assert "optimizer on the host" in node["proc"].log()
+    s.close()
