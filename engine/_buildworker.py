@@ -1,6 +1,6 @@
 """The child process that builds (and, where the driver compiles at first launch, launches)
-new OpenCL programs for engine/runtime.py, so that a driver's compiler that aborts,
-segfaults or hangs takes down this process, never the user's.
+new OpenCL programs for the runtime (engine/build_child.py starts it), so that a driver's
+compiler that aborts, segfaults or hangs takes down this process, never the user's.
 
 Run as a script (``python _buildworker.py DEVICE-JSON``); it imports only pyopencl and
 numpy, not the engine. It picks the device the parent names (index in the parent's order,

@@ -17,6 +17,8 @@ import hashlib
 import json
 import os
 
+from .files import atomic_write
+
 __all__ = ["export_bundle", "load_bundle", "add_binary", "BundleError", "BUNDLE_FORMAT"]
 
 
@@ -36,10 +38,10 @@ def export_bundle(step, directory) -> dict:
     for launch in step.launches:
         # the kernel as built for this device (a narrower GEMM variant where its compiler
         # needed one), else as planned (a kernel that itself came from a loaded bundle)
-        spec = launch.ck.spec if getattr(launch.ck.spec, "render", None) is not None else launch.spec
+        spec = launch.ck.spec if launch.ck.spec.template != "bundle" else launch.spec
         if spec.name not in kernels:
             kernels[spec.name] = {
-                "name": spec.name, "template": spec.template, "params": spec.params,
+                "name": spec.name, "template": spec.template, "params": spec.display,
                 "args": [_arg(a) for a in spec.args],
                 "global_size": list(spec.global_size),
                 "local_size": None if spec.local_size is None else list(spec.local_size),
@@ -119,10 +121,7 @@ def add_binary(directory, binary: bytes, device, options: str = "", filename: st
     entry = {"file": filename, "sha256": _sha(binary), "size": len(binary), "source_sha256": _sha(text.encode()),
              "options": options, "device": _device_of(device)}
     manifest["binaries"] = [b for b in manifest.get("binaries", []) if b.get("file") != filename] + [entry]
-    tmp = os.path.join(directory, f"manifest.json.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1, default=str)
-    os.replace(tmp, os.path.join(directory, "manifest.json"))
+    atomic_write(os.path.join(directory, "manifest.json"), json.dumps(manifest, indent=1, default=str))
     return path
 
 

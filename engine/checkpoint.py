@@ -33,6 +33,8 @@ from safetensors.numpy import load as st_load, save as st_save
 
 import engine
 
+from .files import atomic_write
+
 __all__ = ["CheckpointManager", "CheckpointError"]
 
 FORMAT = 1
@@ -78,18 +80,11 @@ def _remove_quietly(path: str):
 
 
 def _write_atomic(path: str, data: bytes):
-    """Write aside, fsync, rename into place; on any OS error the temp file is removed
-    (a full disk must not stay full of our leftovers) and CheckpointError says why."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    """atomic_write with the folder synced; on any OS error the temp file is removed (a
+    full disk must not stay full of our leftovers) and CheckpointError says why."""
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(os.path.dirname(path))
+        atomic_write(path, data, sync_folder=True)
     except OSError as e:
-        _remove_quietly(tmp)
         hint = {28: " (the disk is full)", 30: " (the file system is read-only)", 13: " (no permission to write there)",
                 27: " (over the process's file-size limit)", 122: " (over the disk quota)"}.get(e.errno, "")
         raise CheckpointError(f"cannot write checkpoint file {path}: {e.strerror or e}{hint}; "

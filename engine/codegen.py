@@ -15,11 +15,12 @@ import kernels
 
 from . import ir
 from .schedule import KernelGroup
+from .shapes import contiguous_strides
 
-__all__ = ["KernelSpec", "lower", "strides_of", "with_vector_width", "set_gemm_vector_width", "GEMM_VECTOR_WIDTHS"]
+__all__ = ["KernelSpec", "lower", "with_vector_width", "set_gemm_vector_width", "GEMM_VECTOR_WIDTHS"]
 
 # float vector widths the CPU GEMM template can use, widest (fastest on PoCL) first; a
-# device whose compiler cannot build or run one falls back to the next (engine/runtime.py)
+# device whose compiler cannot build or run one falls back to the next (engine/program_cache.py)
 GEMM_VECTOR_WIDTHS = (16, 8, 4, 1)
 # kind -> the widest GEMM vectors every device of that kind in this process takes, as their
 # probes found (the runtime sets it when it reads a device's probe, before the first plan)
@@ -33,16 +34,24 @@ def set_gemm_vector_width(kind: str, vector_width: int):
 
 @dataclass(frozen=True)
 class KernelSpec:
+    """A kernel as codegen describes it: ``kernels.render(template, **params) == source``
+    (``params`` are exactly what the template got, the kernel name included); ``display``
+    is the short summary (shapes, tile, fused ops) that profiles, bundles and the UI show."""
     name: str
     template: str
-    params: dict = field(hash=False, compare=False)   # what the template got (minus SSA), for display
+    params: dict = field(hash=False, compare=False, repr=False)
     source: str = field(repr=False)
     args: tuple = ()          # ("out", node) | ("in", node) | ("var", node) | ("seed",) | ("offset",)
     outputs: tuple = ()
     global_size: tuple = ()
     local_size: tuple | None = None
     fused: tuple = ()         # IR nodes computed inside
-    render: dict | None = field(default=None, hash=False, compare=False, repr=False)  # full template params
+    display: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @property
+    def render(self) -> dict:
+        """The exact template parameters: the same dict as ``params`` (an older name)."""
+        return self.params
 
     @property
     def ops(self) -> list:
@@ -50,20 +59,12 @@ class KernelSpec:
 
     def describe(self, ids=None) -> dict:
         ident = (lambda n: ids.get(n, -1)) if ids else id
-        return {"name": self.name, "template": self.template, "params": self.params,
+        return {"name": self.name, "template": self.template, "params": self.display,
                 "fused_ops": [ident(n) for n in self.fused], "ops": self.ops,
                 "global_size": list(self.global_size),
                 "local_size": None if self.local_size is None else list(self.local_size),
                 "inputs": [ident(a[1]) for a in self.args if a[0] == "in"],
                 "outputs": [ident(n) for n in self.outputs], "source": self.source}
-
-
-def strides_of(shape) -> tuple:
-    out, acc = [], 1
-    for s in reversed(shape):
-        out.append(acc)
-        acc *= s
-    return tuple(reversed(out))
 
 
 class _Emitter:
@@ -120,7 +121,7 @@ class _Emitter:
     def unflatten(self, flat, shape, bounded=True):
         """Multi-index of a flat index over ``shape`` (row-major)."""
         idx = []
-        for i, (s, st) in enumerate(zip(shape, strides_of(shape))):
+        for i, (s, st) in enumerate(zip(shape, contiguous_strides(shape))):
             if s == 1:
                 idx.append(0)
                 continue
@@ -130,7 +131,7 @@ class _Emitter:
 
     def flatten(self, idx, shape):
         flat = 0
-        for i, st in zip(idx, strides_of(shape)):
+        for i, st in zip(idx, contiguous_strides(shape)):
             flat = self.iadd(flat, self.imul(i, st))
         return flat
 
@@ -269,13 +270,9 @@ def lower(group: KernelGroup, is_leaf, materialized, kind: str = "cpu", vector_w
 
     if group.kind == "rand":
         numel = group.anchor.numel
-        params = {"name": "mao_rand", "numel": numel}
-        source = kernels.render("rand", **params)
-        name = _kernel_name("rand", group.fused, source)
-        source = source.replace("mao_rand", name)
-        return KernelSpec(name, "rand", {"numel": numel}, source,
-                          (("out", group.anchor), ("seed",), ("offset",)), group.outputs,
-                          (_round_up(numel, 64),), None, group.fused)
+        name, params, source = _named("rand", group, {"numel": numel}, placeholder="mao_rand")
+        return KernelSpec(name, "rand", params, source, (("out", group.anchor), ("seed",), ("offset",)),
+                          group.outputs, (_round_up(numel, 64),), None, group.fused, {"numel": numel, "name": name})
     if group.kind == "elementwise":
         return _lower_elementwise(group, args, leaf_name)
     if group.kind == "reduce":
@@ -287,25 +284,31 @@ def _round_up(x, m):
     return max(m, (x + m - 1) // m * m)
 
 
+def _named(template, group, params, placeholder="mao_kernel"):
+    """(name, params with the name, source): the name hashes the source rendered with a
+    placeholder name, so equal kernels get equal names; then the source is rendered again
+    with its own name."""
+    name = _kernel_name(group.kind, group.fused, kernels.render(template, name=placeholder, **params))
+    params = dict(params, name=name)
+    return name, params, kernels.render(template, **params)
+
+
 def _finish(group, template, params, display, args, global_size, local_size=None):
-    key = kernels.render(template, name="mao_kernel", **params)
-    name = _kernel_name(group.kind, group.fused, key)
-    source = key.replace("mao_kernel", name, 1)
-    display = dict(display, name=name)
-    return KernelSpec(name, template, display, source, tuple(args.entries), group.outputs,
-                      tuple(global_size), local_size, group.fused, dict(params, name=name))
+    name, params, source = _named(template, group, params)
+    return KernelSpec(name, template, params, source, tuple(args.entries), group.outputs,
+                      tuple(global_size), local_size, group.fused, dict(display, name=name))
 
 
 def with_vector_width(spec: KernelSpec, vector_width: int) -> KernelSpec:
     """The same CPU GEMM kernel (name, arguments, launch sizes, panel layout) written with
     ``vector_width``-wide float vectors: the safer variant for a compiler that cannot take
     the wider one. Other kernels, and a GEMM already that narrow, come back unchanged."""
-    if spec.template != "gemm" or spec.render is None or spec.render["VW"] <= vector_width:
+    if spec.template != "gemm" or spec.params["VW"] <= vector_width:
         return spec
-    W = spec.render["VW"] * spec.render["NV"]
-    params = dict(spec.render, VW=vector_width, NV=W // vector_width)
-    return KernelSpec(spec.name, spec.template, dict(spec.params, VW=vector_width), kernels.render("gemm", **params),
-                      spec.args, spec.outputs, spec.global_size, spec.local_size, spec.fused, params)
+    W = spec.params["VW"] * spec.params["NV"]
+    params = dict(spec.params, VW=vector_width, NV=W // vector_width)
+    return KernelSpec(spec.name, spec.template, params, kernels.render("gemm", **params), spec.args, spec.outputs,
+                      spec.global_size, spec.local_size, spec.fused, dict(spec.display, VW=vector_width))
 
 
 def _lower_elementwise(group, args, leaf_name):

@@ -44,7 +44,7 @@ def empty(shape, dtype="float32", device=None) -> Tensor:
     """A tensor backed by a fresh, uninitialised device buffer."""
     dev = get_device(device)
     node = ir.buffer(shape_arg(shape if isinstance(shape, tuple) else (shape,)), dtype)
-    bind_buffer(node, dev.alloc(node.numel * np.dtype(NP_DTYPES[dtype]).itemsize))
+    bind_buffer(node, dev.alloc(node.nbytes))
     return Tensor(node, dev)
 
 

@@ -3,9 +3,9 @@ lowers to, without running them. ``.to_json()`` is what the UI shows."""
 from __future__ import annotations
 
 from . import ir, realize as rz
-from .autograd import backward_pass
+from .autograd import Ctx, grad
 from .buffers import is_leaf
-from .tensor import Tensor, no_grad, scope_of
+from .tensor import scope_of
 from .jit import _flatten
 
 __all__ = ["explain", "Explanation"]
@@ -46,6 +46,20 @@ class Explanation:
         return "\n".join(lines)
 
 
+def _grad_leaves(root) -> list:
+    """The tensors requiring grad that ``root`` was computed from, in the order the backward
+    pass reaches them (from the root down)."""
+    if root._ctx is None:
+        return [root] if root.requires_grad else []
+    order = ir.toposort([root._ctx], srcs=lambda c: tuple(e for e in c.edges if isinstance(e, Ctx)))
+    leaves = {}
+    for ctx in reversed(order):
+        for e in ctx.edges:
+            if e is not None and not isinstance(e, Ctx):
+                leaves.setdefault(id(e), e)
+    return list(leaves.values())
+
+
 def explain(fn, *args, backward=False) -> Explanation:
     """Trace ``fn(*args)`` lazily; with ``backward=True`` also the gradients of its
     (scalar) result with respect to every input that requires grad."""
@@ -53,11 +67,7 @@ def explain(fn, *args, backward=False) -> Explanation:
     outs = _flatten(out)
     if backward:
         root = outs[0]
-        grads = []
-        with no_grad():
-            leaves = backward_pass(root, Tensor(ir.const(1.0, root.shape), root.device))
-        for t in leaves:
-            grads.append(t.grad)
-            t.grad = None
-        outs = outs + grads
+        leaves = _grad_leaves(root)
+        grads = grad(root, leaves, allow_unused=True) if leaves else ()
+        outs = outs + [g for g in grads if g is not None]
     return Explanation(outs, outs[0].device if outs else None)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import ir, realize as rz
-from .autograd import backward_pass
+from .autograd import grad
 from .jit import CompiledStep
 from .runtime import NP_DTYPES, get_device
-from .tensor import Tensor, no_grad, tensor
-from .tune import gemm_tile
+from .tensor import Tensor, tensor
+from .tune import matmul_layout
 from .validate import check_program
 
 __all__ = ["trace_training_step", "StepProgram", "FORMAT_VERSION"]
@@ -116,8 +116,8 @@ def _rebuild(op, srcs, arg, shape, dtype, device):
         return ir.reduce(op, srcs[0], arg)
     if op == "MATMUL":
         a, b = srcs
-        tile = gemm_tile(a.shape[-2], b.shape[-1], a.shape[-1], device)
-        return ir.matmul(a, b, tile, pack_a=device.kind == "gpu")
+        tile, pack_a = matmul_layout(a.shape, b.shape, device)
+        return ir.matmul(a, b, tile, pack_a=pack_a)
     return {"RESHAPE": ir.reshape, "PERMUTE": ir.permute, "EXPAND": ir.expand, "SHRINK": ir.shrink,
             "PAD": ir.pad}.get(op, lambda x, a: ir.window(x, *a))(srcs[0], arg)
 
@@ -152,7 +152,7 @@ class StepRunner:
         nodes, inputs, outputs, constants = _build(prog.doc, device)
         self.slots = {}
         for n, name in inputs.items():
-            rz.bind_buffer(n, device.alloc(n.numel * np.dtype(NP_DTYPES[n.dtype]).itemsize))
+            rz.bind_buffer(n, device.alloc(n.nbytes))
             self.slots[name] = Tensor(n, device)
         for n, data in constants.items():
             rz.bind_buffer(n, device.upload(data))
@@ -181,14 +181,9 @@ def trace_training_step(model, loss_fn, x_example, y_example) -> StepProgram:
     x = tensor(np.asarray(x_example), device=dev)
     y = tensor(np.asarray(y_example), device=dev)
     loss = loss_fn(model(x), y)
-    saved = [p.grad for p in params]
-    for p in params:
-        p.grad = None
-    with no_grad():
-        backward_pass(loss, Tensor(ir.const(1.0, loss.shape), dev))
-    grads = [p.grad if p.grad is not None else Tensor(ir.const(0.0, p.shape), dev) for p in params]
-    for p, s in zip(params, saved):
-        p.grad = s
+    trainable = [p for p in params if p.requires_grad]
+    got = dict(zip(map(id, trainable), grad(loss, trainable, allow_unused=True))) if trainable else {}
+    grads = [got.get(id(p)) if got.get(id(p)) is not None else Tensor(ir.const(0.0, p.shape), dev) for p in params]
     outputs = [loss.node] + [g.node for g in grads]
     inputs = {p.node: f"param:{i}" for i, p in enumerate(params)}
     inputs[x.node], inputs[y.node] = "x", "y"

@@ -6,6 +6,7 @@ import os
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from .files import atomic_write
 from .tensor import Tensor, tensor
 
 __all__ = ["save", "load"]
@@ -15,11 +16,7 @@ def save(state: dict, path) -> None:
     """Write name -> Tensor/ndarray to ``path`` atomically (temp file, fsync, rename)."""
     arrays = {k: np.ascontiguousarray(v.numpy() if isinstance(v, Tensor) else np.asarray(v)) for k, v in state.items()}
     path = os.fspath(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    save_file(arrays, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, writer=lambda tmp: save_file(arrays, tmp))
 
 
 def load(path, device=None) -> dict:

@@ -11,7 +11,7 @@ import math
 import weakref
 
 __all__ = ["Node", "UNARY", "BINARY", "TERNARY", "ELEMENTWISE", "REDUCE", "MOVEMENT",
-           "SOURCE", "DTYPES", "ShapeError", "buffer", "const", "var", "rand", "unary",
+           "SOURCE", "DTYPES", "ITEMSIZE", "ShapeError", "buffer", "const", "var", "rand", "unary",
            "binary", "where", "cast", "reduce", "matmul", "reshape", "permute", "expand",
            "shrink", "pad", "window", "toposort", "verify", "result_dtype", "gemm", "matmul_operands"]
 
@@ -26,6 +26,8 @@ CONTRACTION = frozenset({"MATMUL"})
 MOVEMENT = frozenset({"RESHAPE", "PERMUTE", "EXPAND", "SHRINK", "PAD", "WINDOW"})
 
 DTYPES = ("float32", "int32", "int64", "bool")
+# bytes per element of each dtype in a device buffer (a bool is one byte)
+ITEMSIZE = {"float32": 4, "int32": 4, "int64": 8, "bool": 1}
 
 
 class ShapeError(ValueError):
@@ -64,6 +66,11 @@ class Node:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the device buffer that holds this node's values."""
+        return self.numel * ITEMSIZE[self.dtype]
 
     def __repr__(self):
         return f"Node({self.op}, shape={self.shape}, dtype={self.dtype}, arg={self.arg!r})"

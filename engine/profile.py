@@ -26,7 +26,7 @@ class profile:
                 t = ev.profile.end - ev.profile.start
             except Exception:   # some drivers withhold profiling info on failed launches
                 t = None
-            self.kernels.append({"name": spec.name, "template": spec.template, "params": spec.params,
+            self.kernels.append({"name": spec.name, "template": spec.template, "params": spec.display,
                                  "fused_ops": [n.op for n in spec.fused], "global_size": list(spec.global_size),
                                  "local_size": None if spec.local_size is None else list(spec.local_size),
                                  "time_ns": t, "device": device.name, "source": spec.source})

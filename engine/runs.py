@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from .files import atomic_write
+
 __all__ = ["RunRecorder", "connect", "default_root", "valid_run_id", "DB_NAME", "WEIGHTS_NAME"]
 
 DB_NAME = "run.db"
@@ -150,9 +152,7 @@ class RunRecorder:
 
     def log_weights(self, path):
         """Copy a safetensors file into the run (atomically, so a reader never sees half)."""
-        tmp = self.path / (WEIGHTS_NAME + ".tmp")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, self.path / WEIGHTS_NAME)
+        atomic_write(self.path / WEIGHTS_NAME, writer=lambda tmp: shutil.copyfile(path, tmp))
         self._tx([("INSERT OR REPLACE INTO weights (id, file, t) VALUES (0, ?, ?)",
                    (WEIGHTS_NAME, time.time()))])
 

@@ -1,9 +1,19 @@
-"""Shape arithmetic shared by the tensor API: broadcasting, dim lists, shape arguments."""
+"""Shape arithmetic shared by the tensor API and codegen: broadcasting, dim lists, shape
+arguments, contiguous strides."""
 from __future__ import annotations
 
 from . import ir
 
-__all__ = ["broadcast_shape", "axes_of", "shape_arg"]
+__all__ = ["broadcast_shape", "axes_of", "shape_arg", "contiguous_strides"]
+
+
+def contiguous_strides(shape) -> tuple:
+    """Row-major strides, in elements, of a contiguous array of ``shape``."""
+    out, acc = [], 1
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= s
+    return tuple(reversed(out))
 
 
 def broadcast_shape(a, b) -> tuple:

@@ -16,9 +16,9 @@ import json
 import os
 import warnings
 
-from .runtime import cache_dir
+from .files import atomic_write, cache_dir
 
-__all__ = ["gemm_tile", "device_key", "load_db", "save_best", "override", "DEFAULTS"]
+__all__ = ["gemm_tile", "matmul_layout", "device_key", "load_db", "save_best", "override", "DEFAULTS"]
 
 # kind -> (R rows, W columns); W is a multiple of 16 (the widest GEMM vectors, float16,
 # so every narrower vector width a device may need divides it too)
@@ -103,10 +103,7 @@ def save_best(device, gemm: dict, measurements: list) -> str:
     db = dict(load_db())
     db[device_key(device)] = {"gemm": gemm, "measurements": measurements}
     path = _db_path()
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(db, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(db, indent=1))
     _db_cache[path] = db
     return path
 
@@ -122,6 +119,14 @@ class override:
 
     def __exit__(self, *exc):
         _override.pop()
+
+
+def matmul_layout(a_shape, b_shape, device) -> tuple:
+    """(tile, pack_a) of a MATMUL of A [..., M, K] by B [..., K, N] on ``device``: the GEMM
+    tile (gemm_tile), and whether A is packed into panels first: a CPU streams A's rows in
+    place as fast as packed panels; a GPU work-group needs A contiguous along its rows for
+    coalesced tile loads."""
+    return gemm_tile(a_shape[-2], b_shape[-1], a_shape[-1], device), device.kind == "gpu"
 
 
 def gemm_tile(M: int, N: int, K: int, device) -> tuple:

@@ -12,7 +12,7 @@ import os
 from mako.exceptions import MakoException
 from mako.lookup import TemplateLookup
 
-__all__ = ["render", "template_names", "TemplateParameterError", "TEMPLATE_DIR"]
+__all__ = ["render", "TemplateParameterError", "TEMPLATE_DIR"]
 
 TEMPLATE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -22,11 +22,6 @@ _lookup = TemplateLookup(directories=[TEMPLATE_DIR], strict_undefined=True,
 
 class TemplateParameterError(ValueError):
     """A template was rendered without a parameter it needs (or with a bad one)."""
-
-
-def template_names() -> list[str]:
-    return sorted(f[:-len(".cl.mako")] for f in os.listdir(TEMPLATE_DIR)
-                  if f.endswith(".cl.mako") and not f.startswith("_"))
 
 
 def render(template: str, **params) -> str:

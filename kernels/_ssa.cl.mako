@@ -18,15 +18,10 @@ def lit(a, dtype="float32"):
         return str(int(a)) + "L"
     return str(int(a))
 %>
-<%def name="ctype(dtype)">${CTYPES[dtype]}</%def>
 <%def name="stmt(s)">\
 <% name, op, args, dtype = s; t = CTYPES[dtype]; a = [lit(x, dtype) for x in args] %>\
 % if op == "LOAD":
 const ${t} ${name} = ${args[0]}[${lit(args[1], 'int32')}];
-% elif op == "CONST":
-const ${t} ${name} = ${a[0]};
-% elif op == "IDX":
-const int ${name} = ${a[0]};
 % elif op == "IADD":
 const int ${name} = ${a[0]} + ${a[1]};
 % elif op == "IMUL":

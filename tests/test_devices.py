@@ -8,12 +8,12 @@ import sys
 import pytest
 
 import engine
-from engine import runtime
+from engine import device_selection, runtime
 
 
 def _fresh_pick(monkeypatch, value):
     monkeypatch.setenv("ENGINE_DEVICE", value)
-    monkeypatch.setattr(runtime, "_default", None)
+    monkeypatch.setattr(device_selection, "_default", None)
     return runtime.default_device()
 
 

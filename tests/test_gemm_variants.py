@@ -9,11 +9,11 @@ import pyopencl as cl
 import pytest
 
 import engine
-from engine import runtime
+from engine import probe, runtime
 
 
 def _run_probe_kernels(dev, kind, variant):
-    for source, launch, check in runtime._probe_kernels(kind, variant):
+    for source, launch, check in probe._probe_kernels(kind, variant):
         prg = cl.Program(dev.context, source).build(dev._extra_options)
         bufs = []
         for a in launch["args"]:

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import engine
-from engine import runtime
+from engine import build_child, program_cache, runtime
 
-pytestmark = pytest.mark.skipif(runtime._safe_mode(engine.default_device()) == "off",
+pytestmark = pytest.mark.skipif(build_child._safe_mode(engine.default_device()) == "off",
                                 reason="ENGINE_SAFE_BUILD=off: builds are not isolated")
 
 USER = r"""
@@ -123,12 +123,12 @@ def test_no_build_child_means_unprotected_in_process_builds_with_a_warning(tmp_p
     on disk, so the next process tries the child again."""
     broken = tmp_path / "broken_worker.py"
     broken.write_text("import sys; sys.exit(7)\n")
-    monkeypatch.setattr(runtime, "_WORKER_SCRIPT", str(broken))
+    monkeypatch.setattr(build_child, "_WORKER_SCRIPT", str(broken))
     monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("ENGINE_SAFE_BUILD", raising=False)
     d = engine.default_device()
     dev = runtime.Device(d.cl_device, d.index)
-    spec = runtime._BundledSpec("mao_seven", "__kernel void mao_seven(__global float* o) { o[0] = 7.0f; }")
+    spec = program_cache._BundledSpec("mao_seven", "__kernel void mao_seven(__global float* o) { o[0] = 7.0f; }")
     with pytest.warns(runtime.CompilerFallbackWarning, match="did not start"):
         ck = dev.build(spec)
     assert dev._no_worker and dev.stats["builds"] == 1 and ck.kernel.function_name == "mao_seven"

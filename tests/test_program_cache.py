@@ -9,7 +9,7 @@ import pyopencl as cl
 import pytest
 
 import engine
-from engine import runtime
+from engine import program_cache, runtime
 
 SRC = "__kernel void mao_put_{n}(__global float* o) {{ o[get_global_id(0)] = {v}f; }}"
 
@@ -31,8 +31,8 @@ def _run(dev, spec):
 
 
 def _specs():
-    return (runtime._BundledSpec("mao_put_a", SRC.format(n="a", v="1.0")),
-            runtime._BundledSpec("mao_put_b", SRC.format(n="b", v="2.0")))
+    return (program_cache._BundledSpec("mao_put_a", SRC.format(n="a", v="1.0")),
+            program_cache._BundledSpec("mao_put_b", SRC.format(n="b", v="2.0")))
 
 
 def _entry(dev, spec):

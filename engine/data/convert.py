@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..files import atomic_write
 from .dataset import FEATURE_SHAPE_KEY, DataError, ArrowDataset
 
 __all__ = ["write_parquet", "convert", "describe", "DEFAULT_ROW_GROUP_SIZE"]
@@ -58,32 +59,28 @@ def _table(x: np.ndarray, y: np.ndarray, tensor: bool, where: str) -> pa.Table:
     return pa.Table.from_arrays([xa, ya], schema=schema)
 
 
-def _atomic_target(out: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
-    return f"{out}.tmp-{os.getpid()}"
-
-
 def _write_tables(out: str, tables, row_group_size: int, compression) -> int:
     """Stream tables into one Parquet file that appears complete or not at all."""
-    tmp, writer, rows = _atomic_target(out), None, 0
-    try:
-        for table in tables:
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema, compression=compression,
-                                          write_page_checksum=True)
-            writer.write_table(table, row_group_size=row_group_size)
-            rows += table.num_rows
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    if writer is not None:
-        writer.close()
-    if writer is None:
-        raise DataError(f"{out}: nothing to write (no rows)")
-    os.replace(tmp, out)
+    os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
+    rows = 0
+
+    def write(tmp):
+        nonlocal rows
+        writer = None
+        try:
+            for table in tables:
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, compression=compression,
+                                              write_page_checksum=True)
+                writer.write_table(table, row_group_size=row_group_size)
+                rows += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise DataError(f"{out}: nothing to write (no rows)")
+
+    atomic_write(out, writer=write)
     return rows
 
 

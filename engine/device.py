@@ -1,0 +1,170 @@
+"""One OpenCL device: its context and profiling queue, a pool of buffers, launches, and
+what its compiler is known to take (the probe); building and caching programs is the
+ProgramCacheMixin's job (engine/program_cache.py)."""
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+
+import numpy as np
+import pyopencl as cl
+
+from .build_child import _BuildWorker
+from .codegen import set_gemm_vector_width
+from .device_buffer import NP_DTYPES, Buffer
+from .probe import _load_profiles, _probe, _profile_key, _save_profile
+from .program_cache import CompiledKernel, ProgramCacheMixin
+
+__all__ = ["Device", "DEVICE_ALIASES"]
+
+_KINDS = {cl.device_type.GPU: "gpu", cl.device_type.CPU: "cpu", cl.device_type.ACCELERATOR: "accelerator"}
+# ENGINE_DEVICE aliases -> what the device's platform, name or vendor contains (plus the kinds)
+_ALIAS_NEEDLES = {"pocl": ("portable computing language", "pocl"), "nvidia": ("nvidia",),
+                  "amd": ("advanced micro devices", "amd"), "intel": ("intel",), "oclgrind": ("oclgrind",)}
+DEVICE_ALIASES = tuple(_ALIAS_NEEDLES) + ("cpu", "gpu")
+
+
+class Device(ProgramCacheMixin):
+    """One OpenCL device: context, in-order profiling queue, buffer pool, program cache."""
+
+    def __init__(self, cl_device, index: int):
+        self.cl_device = cl_device
+        self.index = index
+        self.platform = cl_device.platform.name.strip()
+        self.name = cl_device.name.strip()
+        self.driver = cl_device.driver_version.strip()
+        self.vendor = cl_device.vendor.strip()
+        self.kind = _KINDS.get(cl_device.type & ~cl.device_type.DEFAULT, "other")
+        self.is_pocl = "portable computing language" in self.platform.lower() or "pocl" in self.platform.lower()
+        self._ctx = None
+        self._queue = None
+        self._pool: dict[int, list] = {}
+        self._programs: dict[str, CompiledKernel] = {}
+        self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+        self._caps = None
+        self._build_worker = None
+        self._no_worker = False
+        # e.g. -cl-opt-disable under Oclgrind, whose uninitialised-value check cannot follow
+        # the `freeze` instructions LLVM's optimiser emits
+        self._extra_options = os.environ.get("ENGINE_BUILD_OPTIONS", "").strip()
+        self.stats = {"builds": 0, "disk_hits": 0, "memory_hits": 0, "build_s": 0.0, "rejected": 0}
+
+    def __repr__(self):
+        return f"Device({self.index}: {self.platform} / {self.name}, {self.kind}, driver {self.driver})"
+
+    def describe(self) -> dict:
+        d = self.cl_device
+        probe = _load_profiles().get(_profile_key(self)) if self._caps is None else self._caps
+        return {"index": self.index, "platform": self.platform, "name": self.name, "vendor": self.vendor,
+                "kind": self.kind, "driver": self.driver, "compute_units": d.max_compute_units,
+                "global_mem_mb": d.global_mem_size // 2**20, "max_work_group_size": d.max_work_group_size,
+                "opencl": d.version.strip(), "aliases": self.aliases(),
+                "probe": None if probe is None else {k: probe.get(k) for k in (
+                    "gemm_vector_width", "tiled_max", "local_memory", "works", "dropped", "probe_s")}}
+
+    def aliases(self) -> list:
+        """The short names ENGINE_DEVICE accepts for this device (besides any part of its line)."""
+        text = f"{self.platform} {self.name} {self.vendor}".lower()
+        out = [a for a, needles in _ALIAS_NEEDLES.items() if any(n in text for n in needles)]
+        if self.is_pocl and "pocl" not in out:
+            out.append("pocl")
+        return out + [self.kind]
+
+    def selector_text(self) -> str:
+        """Everything ENGINE_DEVICE is matched against: the device's line in ``engine devices``
+        (platform, name, kind, driver), its vendor and OpenCL version."""
+        return " ".join([self.platform, self.name, self.vendor, f"kind={self.kind}", self.kind,
+                         f"driver={self.driver}", self.driver, self.cl_device.version.strip()]).lower()
+
+    @property
+    def context(self):
+        if self._ctx is None:
+            self._ctx = cl.Context([self.cl_device])
+            self._queue = cl.CommandQueue(self._ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
+            try:    # first use: the probe (from disk once done), so the first plan has the right GEMM width
+                self.capabilities()
+            except Exception as exc:    # never let the probe machinery break the device itself
+                warnings.warn(f"device probe of {self.name} failed ({exc!r}); default kernel variants used")
+        return self._ctx
+
+    @property
+    def queue(self):
+        self.context
+        return self._queue
+
+    # --- memory ---------------------------------------------------------------------
+    def alloc(self, nbytes: int) -> Buffer:
+        nbytes = max(int(nbytes), 4)
+        with self._lock:
+            free = self._pool.get(nbytes)
+            mem = free.pop() if free else None
+        if mem is None:
+            mem = cl.Buffer(self.context, cl.mem_flags.READ_WRITE, nbytes)
+        return Buffer(self, mem, nbytes)
+
+    def _release(self, mem, nbytes):
+        with self._lock:
+            self._pool.setdefault(nbytes, []).append(mem)
+
+    def upload(self, array: np.ndarray, dest: Buffer | None = None) -> Buffer:
+        array = np.ascontiguousarray(array)
+        buf = dest or self.alloc(array.nbytes)
+        if array.nbytes:
+            cl.enqueue_copy(self.queue, buf.mem, array, is_blocking=True)
+        return buf
+
+    def download(self, buf: Buffer, shape, dtype: str) -> np.ndarray:
+        out = np.empty(shape, dtype=NP_DTYPES[dtype])
+        if out.nbytes:
+            cl.enqueue_copy(self.queue, out, buf.mem, is_blocking=True)
+        return out.astype(bool) if dtype == "bool" else out
+
+    def copy(self, src: Buffer, dst: Buffer, nbytes: int):
+        if nbytes:
+            cl.enqueue_copy(self.queue, dst.mem, src.mem, byte_count=nbytes)
+
+    def synchronize(self):
+        self.queue.finish()
+
+    # --- programs (building and caching them: engine/program_cache.py) ---------------
+    @property
+    def identity(self) -> str:
+        """Platform, device and driver: what program binaries and probe results are valid for."""
+        return f"{self.platform}|{self.name}|{self.driver}"
+
+    # --- the build child and the device probe -----------------------------------------------
+    def _worker(self) -> "_BuildWorker":
+        if self._build_worker is None or self._build_worker.owner != os.getpid():   # none yet, or forked
+            self._build_worker = _BuildWorker(self)
+        return self._build_worker
+
+    def capabilities(self) -> dict:
+        """What this device's compiler builds and runs (probed once per device and driver,
+        in the build child, and remembered on disk): ``gemm_vector_width``, ``tiled_max``,
+        ``dropped`` (variants that crashed, hung or computed wrong numbers) and more."""
+        if self._caps is None:
+            with self._probe_lock:
+                if self._caps is None:
+                    prof = _load_profiles().get(_profile_key(self))
+                    if prof is None:
+                        prof = _probe(self)
+                        if not prof.get("transient"):
+                            _save_profile(self, prof)
+                    self._caps = prof
+                    self._tell_codegen(prof)
+        return self._caps
+
+    def _remember(self, update):
+        prof = dict(self.capabilities())
+        update(prof)
+        self._caps = prof
+        _save_profile(self, prof)
+        self._tell_codegen(prof)
+
+    def _tell_codegen(self, prof):
+        set_gemm_vector_width(self.kind, prof.get("gemm_vector_width", 16))
+
+    def launch(self, ck: CompiledKernel, global_size, local_size, args):
+        return ck.kernel(self.queue, tuple(global_size), None if local_size is None else tuple(local_size), *args)

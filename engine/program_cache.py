@@ -1,0 +1,267 @@
+"""The program cache of a device: built kernels in memory, program binaries on disk (each
+entry checked against its source, options, device and driver before the driver sees it),
+and building what is in neither, in the build child, falling back to a narrower GEMM
+variant when the compiler crashes. A build error carries the log, the template and the
+exact parameters that re-render the source, and where the source was saved."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+import warnings
+
+import pyopencl as cl
+
+from .build_child import (CompilerFallbackWarning, _binary_of, _ChildFailed, _env_float, _launches_of, _safe_mode,
+                          _vec_name, _warn_once, _WorkerUnavailable)
+from .codegen import GEMM_VECTOR_WIDTHS, with_vector_width
+from .files import atomic_write, cache_dir
+from .probe import _profile_path
+
+__all__ = ["BuildError", "CacheEntryWarning", "CompiledKernel", "ProgramCacheMixin"]
+
+
+class BuildError(RuntimeError):
+    """A kernel failed to compile: carries the build log, template, parameters and source path."""
+
+
+
+class CacheEntryWarning(RuntimeWarning):
+    """An on-disk program cache entry did not match its source, options or device; rebuilt."""
+
+
+
+class CompiledKernel:
+    """A built kernel with the description it came from (name, source, template, params)."""
+    __slots__ = ("spec", "kernel", "device")
+
+    def __init__(self, spec, kernel, device):
+        self.spec, self.kernel, self.device = spec, kernel, device
+
+
+class _BundledSpec:
+    """The description of a kernel that came from a bundle rather than from codegen."""
+
+    args, global_size, local_size, fused, render = (), (), None, (), None
+
+    def __init__(self, name, source):
+        self.name, self.source, self.template, self.params, self.display = name, source, "bundle", {}, {}
+
+
+
+class ProgramCacheMixin:
+    """The program-cache half of engine.device.Device (which provides ``context``,
+    ``cl_device``, ``capabilities()``, ``_worker()``, ``_programs`` and ``stats``)."""
+
+    def _cache_key(self, source: str, options: str) -> str:
+        ident = "\0".join([self.platform, self.name, self.driver, cl.VERSION_TEXT, options, source])
+        return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+    def build(self, spec, options: str = "") -> CompiledKernel:
+        """Build ``spec`` (a codegen.KernelSpec); memory cache, then disk cache, then compile
+        (in the build child, falling back to a safer variant if the compiler crashes).
+        ENGINE_BUILD_OPTIONS (read when the device is first listed) is appended to ``options``."""
+        if self._extra_options:
+            options = f"{options} {self._extra_options}".strip()
+        key = self._cache_key(spec.source, options)
+        hit = self._programs.get(key)
+        if hit is not None:
+            self.stats["memory_hits"] += 1
+            return hit
+        t0 = time.perf_counter()
+        spec = self._specialize(spec)
+        vkey = self._cache_key(spec.source, options) if spec.source is not None else key
+        program = self._load_cached(spec, options, vkey)
+        if program is not None:
+            self.stats["disk_hits"] += 1
+        else:
+            program, spec, binary = self._build_new(spec, options, vkey)
+            self._store_binary(spec, options, self._cache_key(spec.source, options), binary)
+            self.stats["builds"] += 1
+        self.stats["build_s"] += time.perf_counter() - t0
+        ck = CompiledKernel(spec, cl.Kernel(program, spec.name), self)
+        self._programs[key] = ck
+        return ck
+
+    def _specialize(self, spec):
+        """The variant of ``spec`` this device's compiler is known to take (narrower GEMM vectors)."""
+        if spec.template != "gemm":
+            return spec
+        cap = self.capabilities().get("gemm_vector_width", 16)
+        return with_vector_width(spec, cap)
+
+    # On-disk entries: one JSON header line (what the binary was built from: source, options,
+    # device and driver, pyopencl; the binary's size and SHA-256), then the binary. Checked
+    # before the driver sees the bytes, so a truncated, corrupted or swapped entry is rebuilt,
+    # never run. The hashes are not a signature: whoever can write the cache directory (the
+    # user's own ~/.cache) can write matching ones; they stop accidents and stale or
+    # misplaced files, not an attacker who already has the user's file access.
+    def _entry_path(self, key):
+        return os.path.join(cache_dir(), "programs", f"{key}.bin")
+
+    def _entry_header(self, source, options, key, binary) -> dict:
+        return {"format": "many-as-one/program", "v": 2, "key": key, "device": self.identity,
+                "pyopencl": cl.VERSION_TEXT, "options": options,
+                "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
+                "binary_sha256": hashlib.sha256(binary).hexdigest(), "binary_size": len(binary)}
+
+    def _load_cached(self, spec, options, key):
+        path = self._entry_path(key)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._reject(path, f"unreadable ({exc})")
+            return None
+        head, _, binary = data.partition(b"\n")
+        try:
+            header = json.loads(head)
+            expected = self._entry_header(spec.source, options, key, binary)
+            bad = [k for k in ("format", "v", "key", "device", "pyopencl", "options", "source_sha256")
+                   if header.get(k) != expected[k]]
+            if not bad and (header.get("binary_size") != len(binary) or header.get("binary_sha256") != expected["binary_sha256"]):
+                bad = ["binary (truncated or replaced)"]
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            bad = ["header"]
+        if bad:
+            self._reject(path, "does not match " + ", ".join(bad))
+            return None
+        try:
+            return self._from_binary(binary, options)
+        except Exception as exc:  # a binary this driver will not take after all: rebuild from source
+            self._reject(path, f"not loadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+            return None
+
+    def _from_binary(self, binary, options):
+        # pyopencl's low-level program where it has one: its Python wrapper probes a kernel
+        # named '_source' on binary programs, which Oclgrind's API check reports as an error
+        low = getattr(getattr(cl, "_cl", None), "_Program", None)
+        if low is None:
+            return cl.Program(self.context, [self.cl_device], [binary]).build(options)
+        program = low(self.context, [self.cl_device], [binary])
+        program.build(options.encode(), [self.cl_device])
+        return program
+
+    def _reject(self, path, why):
+        self.stats["rejected"] = self.stats.get("rejected", 0) + 1
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        if self.stats["rejected"] == 1:    # once per device and process; stats["rejected"] counts them
+            warnings.warn(f"program cache entry {path} {why}; ignored and rebuilt from source (later "
+                          f"rejected entries are counted in Device.stats['rejected'], not reported)",
+                          CacheEntryWarning, stacklevel=4)
+
+    def _store_binary(self, spec, options, key, binary):
+        path = self._entry_path(key)
+        try:
+            if binary is None:
+                return
+            header = json.dumps(self._entry_header(spec.source, options, key, binary)).encode()
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write(path, header + b"\n" + binary)
+        except Exception as exc:  # the cache is an optimisation; never fail a run over it
+            warnings.warn(f"could not store program binary in {path}: {exc}")
+
+    def _build_new(self, spec, options, key, launches=None):
+        """Compile a program not in any cache: (program, the spec it was built from, binary).
+        ``launches``: what the child launches once (default: ``spec``'s own launch)."""
+        bad = self.capabilities().get("bad_programs", {}).get(key)
+        if bad:
+            raise self._build_error(spec, options, key, f"the OpenCL compiler {bad} on this kernel before "
+                                    f"(remembered in {_profile_path()}; delete the entry to try again)")
+        if _safe_mode(self) == "off":
+            program = self._compile(spec, options, key)
+            return program, spec, _binary_of(program)
+        candidates = [spec]
+        if spec.template == "gemm":
+            candidates += [with_vector_width(spec, v) for v in GEMM_VECTOR_WIDTHS if v < spec.params["VW"]]
+        failures = []
+        for cand in candidates:
+            try:
+                todo = (_launches_of(cand) if launches is None else launches) if _safe_mode(self) == "launch" else []
+                resp = self._worker().request(cand.source, options, todo,
+                                              timeout=_env_float("ENGINE_BUILD_TIMEOUT", 300.0))
+            except _ChildFailed as f:
+                failures.append(f)
+                if cand.template == "gemm":
+                    self._remember_gemm_failure(cand.params["VW"], f)
+                continue
+            except _WorkerUnavailable as exc:
+                self._no_worker = True      # for the rest of this process
+                warnings.warn(f"{exc}; building in this process, unprotected", CompilerFallbackWarning, stacklevel=4)
+                program = self._compile(cand, options, key)
+                return program, cand, _binary_of(program)
+            if not resp["ok"]:      # an ordinary build error (with its log), or built but would not launch
+                raise self._build_error(cand, options, key, resp["error"])
+            binary = base64.b64decode(resp["binary"])
+            try:
+                program = self._from_binary(binary, options)
+            except Exception:   # a driver whose binaries do not round-trip: the child proved the source safe
+                program = self._compile(cand, options, key)
+                binary = _binary_of(program)
+            return program, cand, binary
+        what = failures[-1]
+        self._remember(lambda prof: prof.setdefault("bad_programs", {}).__setitem__(key, what.kind))
+        raise self._build_error(spec, options, key, f"the OpenCL compiler {what.kind} on every variant of this "
+                                f"kernel ({len(candidates)} tried); last: {what.detail}")
+
+    def _remember_gemm_failure(self, vw, failure):
+        """A GEMM variant crashed or hung outside the probe: narrow the device's GEMM vectors."""
+        narrower = [v for v in GEMM_VECTOR_WIDTHS if v < vw]
+        cap = narrower[0] if narrower else vw
+
+        def update(prof):
+            prof["gemm_vector_width"] = min(prof.get("gemm_vector_width", 16), cap)
+            prof.setdefault("dropped", []).append({"variant": f"gemm {_vec_name(vw)}", "why": failure.kind,
+                                                   "detail": failure.detail[-400:], "found_by": "build"})
+        self._remember(update)
+        _warn_once(self, f"gemm {_vec_name(vw)}",
+                   f"the OpenCL compiler of {self.name} ({self.platform}, driver {self.driver}) {failure.kind} on "
+                   f"GEMM kernels with {_vec_name(vw)} vectors ({failure.detail.strip().splitlines()[-1] if failure.detail.strip() else 'no output'}); "
+                   f"using {_vec_name(cap)} instead, remembered for this device in {_profile_path()}")
+
+    def _build_error(self, spec, options, key, log):
+        src_path = os.path.join(cache_dir(), "failed", f"{spec.name}-{key}.cl")
+        try:
+            os.makedirs(os.path.dirname(src_path), exist_ok=True)
+            with open(src_path, "w") as f:
+                f.write(spec.source)
+            with open(src_path[:-3] + ".json", "w") as f:
+                json.dump({"template": spec.template, "params": spec.params, "options": options}, f, indent=1,
+                          default=str)
+        except OSError as exc:     # a read-only or full cache disk must not hide the build error itself
+            src_path = f"(not saved: {exc})"
+        return BuildError(
+            f"OpenCL build of kernel {spec.name!r} failed on {self.name} ({self.platform}, driver {self.driver})\n"
+            f"template: {spec.template}\nparameters: {json.dumps(spec.params, default=str)}\n"
+            f"options: {options}\nsource saved to: {src_path}\nbuild log:\n{log}")
+
+    def _compile(self, spec, options, key):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", cl.CompilerWarning)
+                return cl.Program(self.context, spec.source).build(options)
+        except cl.RuntimeError as exc:
+            raise self._build_error(spec, options, key, str(exc)) from exc
+
+    def register_program(self, sources: dict, whole_source: str, binary: bytes | None = None,
+                         options: str = "", launches: list | None = None) -> int:
+        """Build one program holding many kernels (from ``binary`` when given, in place of
+        the source) and serve each kernel from it as if its own source had been built.
+        The caller (engine/bundle.py) has checked that the binary belongs to this source,
+        options and device."""
+        if binary is not None:
+            program = self._from_binary(binary, options)
+        else:
+            spec = _BundledSpec("bundle", whole_source)   # built (and each kernel launched once) in the child
+            program, _, _ = self._build_new(spec, options, self._cache_key(whole_source, options), launches or [])
+        for name, src in sources.items():
+            spec = _BundledSpec(name, src)
+            self._programs[self._cache_key(src, options)] = CompiledKernel(spec, cl.Kernel(program, name), self)
+        return len(sources)
