@@ -46,26 +46,26 @@ def argmin(x: Tensor, dim=None, keepdim=False) -> Tensor:
     return _argext(x, dim, keepdim, False)
 
 
+def _max_or_min(x: Tensor, dim, keepdim, largest: builtins.bool):
+    if isinstance(dim, Tensor):
+        return x.maximum(dim) if largest else x.minimum(dim)
+    extreme = amax if largest else amin
+    if dim is None:
+        return extreme(x)
+    if isinstance(dim, (tuple, list)):
+        return extreme(x, tuple(dim), keepdim)
+    result, arg = (_MaxResult, argmax) if largest else (_MinResult, argmin)
+    return result(extreme(x, dim, keepdim), arg(x, dim, keepdim))
+
+
 def max(x: Tensor, dim=None, keepdim=False, *, out=None):  # noqa: A001
     """torch.max: ``max(x)`` the overall maximum; ``max(x, dim)`` a named tuple
     ``(values, indices)``; ``max(x, other_tensor)`` the elementwise maximum."""
-    if isinstance(dim, Tensor):
-        return x.maximum(dim)
-    if dim is None:
-        return amax(x)
-    if isinstance(dim, (tuple, list)):
-        return amax(x, tuple(dim), keepdim)
-    return _MaxResult(amax(x, dim, keepdim), argmax(x, dim, keepdim))
+    return _max_or_min(x, dim, keepdim, True)
 
 
 def min(x: Tensor, dim=None, keepdim=False, *, out=None):  # noqa: A001
-    if isinstance(dim, Tensor):
-        return x.minimum(dim)
-    if dim is None:
-        return amin(x)
-    if isinstance(dim, (tuple, list)):
-        return amin(x, tuple(dim), keepdim)
-    return _MinResult(amin(x, dim, keepdim), argmin(x, dim, keepdim))
+    return _max_or_min(x, dim, keepdim, False)
 
 
 def sum(x: Tensor, dim=None, keepdim=False, dtype=None):  # noqa: A001
