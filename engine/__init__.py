@@ -29,7 +29,7 @@ from .ops import (clamp, clip, std, var, cumsum, cumprod, topk, sort, argsort, k
                   argmax, argmin, sum, mean, prod, logsumexp, norm, all, any, matmul, t, softmax, log_softmax, allclose,
                   equal, numel)  # noqa: A001,F401
 
-# torch's Tensor methods composed in engine/ops.py (max/min with indices, sort, gather, ...),
+# torch's Tensor methods composed in engine/ops/ (max/min with indices, sort, gather, ...),
 # bound once here so every Tensor has them
 ops.bind_methods(Tensor)
 
