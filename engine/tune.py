@@ -44,7 +44,8 @@ def tile_problem(R, W, kind) -> str | None:
 
 
 def device_key(device) -> str:
-    return f"{device.platform}|{device.name}|{device.driver}"
+    """The tuning database's key of ``device``: its identity (platform, device, driver)."""
+    return device.identity
 
 
 def _db_path() -> str:
