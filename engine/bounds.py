@@ -20,7 +20,7 @@ class BoundsError(RuntimeError):
 
 def prove(spec) -> None:
     """Raise BoundsError unless every SSA load of ``spec`` is inside its buffer."""
-    r = spec.render
+    r = spec.params
     if r is None or spec.template in ("rand", "bundle"):
         return
     sizes = _buffer_sizes(spec, r)
@@ -112,5 +112,4 @@ _INT_OPS = {
     "IMOD": _mod,
     "ICLAMP": lambda x, lo, hi: (min(max(x[0], lo[0]), hi[1]), min(max(x[1], lo[0]), hi[1])),
     "IINRANGE": lambda *_: (0, 1),
-    "IDX": lambda a: a,
 }

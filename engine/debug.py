@@ -61,7 +61,7 @@ def on_build(spec, device) -> None:
         return
     with open(base + ".cl", "w") as f:
         f.write(spec.source)
-    desc = {"name": spec.name, "template": spec.template, "params": _plain(spec.render or spec.params),
+    desc = {"name": spec.name, "template": spec.template, "params": _plain(spec.params),
             "global_size": list(spec.global_size),
             "local_size": None if spec.local_size is None else list(spec.local_size),
             "fused_ops": spec.ops, "device": repr(device),

@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import weakref
 
-import numpy as np
 
 from . import debug, ir
 from .bounds import prove
@@ -15,7 +14,6 @@ from .buffers import bind_buffer, buffer_of, computed_as, is_leaf as _is_leaf, r
 from .codegen import lower
 from .plan_cache import PlanCache
 from .launch import HostScalar, Launch, RandState, record, record_host_action, run_launch
-from .runtime import NP_DTYPES
 from .schedule import schedule
 from .storage import commit
 
@@ -81,7 +79,7 @@ def realize(targets, device, dests=None, group=False) -> list:
             role = a[0]
             if role == "out":
                 n = a[1]
-                nbytes = n.numel * np.dtype(NP_DTYPES[n.dtype]).itemsize
+                nbytes = n.nbytes
                 buf = dests.get(n) or (free.get(nbytes) or [None]).pop() or device.alloc(nbytes)
                 out_of[n] = buf
                 args.append(buf)
@@ -156,7 +154,7 @@ def write_storages(pairs, device, group=False) -> None:
 def _compute_into_scratch(values, device, group):
     scratch, dests, twins = [], {}, []
     for v in values:
-        buf = device.alloc(v.numel * np.dtype(NP_DTYPES[v.dtype]).itemsize)
+        buf = device.alloc(v.nbytes)
         if v in dests:      # the same value for two storages: computed once, copied
             twins.append((dests[v], buf))
         else:

@@ -22,6 +22,7 @@ import weakref
 
 from . import ir
 from .buffers import bind_buffer, buffer_of, has_buffer
+from .shapes import contiguous_strides
 
 __all__ = ["Storage", "commit", "view_strides", "reshape_strides", "apply_view", "unview"]
 
@@ -63,14 +64,6 @@ def commit(storage: Storage, scratch) -> None:
 
 
 # --- views -----------------------------------------------------------------------------
-
-def contiguous_strides(shape) -> tuple:
-    out, acc = [], 1
-    for s in reversed(shape):
-        out.append(acc)
-        acc *= s
-    return tuple(reversed(out))
-
 
 def view_strides(op: str, arg, shape, strides):
     """Element strides of a view of a tensor with ``shape``/``strides`` (None: the view is

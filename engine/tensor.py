@@ -15,10 +15,11 @@ from .buffers import bind_buffer, buffer_of
 from .context import (grad_enabled as _grad_enabled, host_rng, label, manual_seed, no_grad, random_state, scope,
                       scope_of, set_random_state)
 from .runtime import NP_DTYPES
-from .shapes import axes_of as _axes, broadcast_shape as _broadcast_shape, shape_arg as _shape_arg
-from .storage import Storage, apply_view, contiguous_strides, unview, view_strides
+from .shapes import (axes_of as _axes, broadcast_shape as _broadcast_shape, contiguous_strides,
+                     shape_arg as _shape_arg)
+from .storage import Storage, apply_view, unview, view_strides
 from .tensor_math import TensorMath
-from .tune import gemm_tile
+from .tune import matmul_layout
 
 __all__ = ["Tensor", "tensor", "empty", "zeros", "ones", "full", "arange", "rand", "randn", "zeros_like",
            "ones_like", "cat", "stack", "where", "no_grad", "manual_seed", "random_state",
@@ -404,11 +405,9 @@ class Tensor(TensorMath):
         batch = _broadcast_shape(a.shape[:-2], b.shape[:-2])
         a = a._expand_to(batch + a.shape[-2:])
         b = b._expand_to(batch + b.shape[-2:])
-        tile = gemm_tile(a.shape[-2], b.shape[-1], a.shape[-1], self.device)
+        tile, pack_a = matmul_layout(a.shape, b.shape, self.device)
         if _pack_a is None:
-            # a CPU streams A's rows in place as fast as packed panels; a GPU work-group
-            # needs A contiguous along its rows for coalesced tile loads
-            _pack_a = self.device.kind == "gpu"
+            _pack_a = pack_a
         return Tensor._make("MATMUL", ir.matmul(a.node, b.node, tile, pack_a=_pack_a), (a, b))
 
     __matmul__ = matmul
