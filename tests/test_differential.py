@@ -18,7 +18,7 @@ from engine import nn
 torch = pytest.importorskip("torch")
 
 SEED_CORPUS = [0, 1, 2, 3, 4, 5, 6, 7]
-N_PROGRAMS = int(os.environ.get("ENGINE_FUZZ_PROGRAMS", "12"))
+N_PROGRAMS = int(os.environ.get("ENGINE_FUZZ_PROGRAMS", "6"))
 FIRST_SEED = int(os.environ.get("ENGINE_FUZZ_SEED", "1000"))
 OPS_PER_PROGRAM = 18
 SHAPES = [(3, 4), (4,), (2, 3, 4)]
