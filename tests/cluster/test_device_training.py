@@ -67,7 +67,7 @@ def test_one_and_two_nodes_equal_single_process_engine(procs, spec):
 
 
 def test_device_snapshot_rolls_back_weights_and_optimizer_state():
-    """The rollback a re-formed ring asks for (node.py _on_ring): a device-side copy
+    """The rollback a re-formed ring asks for (cluster/job_handlers.py _on_ring): a device-side copy
     restores weights, Adam's moments and its step count; re-running the step then gives
     bitwise the same weights as the first time."""
     from cluster import program

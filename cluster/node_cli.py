@@ -1,0 +1,98 @@
+"""The `engine-node` command (setup.cfg's entry point, `python -m cluster.node`):
+options and their ENGINE_NODE_* environment variables, the secret check, then a
+NodeDaemon (cluster/daemon.py) serving until SIGTERM or SIGINT."""
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import logging
+import os
+import signal
+import sys
+
+from . import auth, daemon, program, wire
+from .connections import raise_fd_limit
+from .daemon import NodeDaemon
+
+log = logging.getLogger("engine-node")
+
+
+def main(argv=None) -> int:
+    env = os.environ.get
+    ap = argparse.ArgumentParser(prog="engine-node", description=daemon.__doc__.split("\n\n")[0])
+    ap.add_argument("--listen", default=env("ENGINE_NODE_LISTEN", "tcp://127.0.0.1:7070"),
+                    help="control endpoint; tcp://127.0.0.1:* picks a free port [ENGINE_NODE_LISTEN]")
+    ap.add_argument("--device", default=env("ENGINE_NODE_DEVICE"), help="OpenCL device index or name [ENGINE_NODE_DEVICE]")
+    ap.add_argument("--data", default=env("ENGINE_NODE_DATA"),
+                    help="directory of datasets (NAME.arrow) a job may name instead of shipping rows [ENGINE_NODE_DATA]")
+    ap.add_argument("--log", default=env("ENGINE_NODE_LOG"), help="log file (default stderr) [ENGINE_NODE_LOG]")
+    ap.add_argument("--metrics", default=env("ENGINE_NODE_METRICS", "127.0.0.1:9100"),
+                    help="host:port of /healthz and /metrics; port 0 picks one [ENGINE_NODE_METRICS]")
+    ap.add_argument("--data-port", type=int, default=env("ENGINE_NODE_DATA_PORT"),
+                    help="port of the ring data socket, on --listen's host; default (or 0) picks a free one "
+                         "[ENGINE_NODE_DATA_PORT]")
+    ap.add_argument("--advertise", default=env("ENGINE_NODE_ADVERTISE"),
+                    help="host name peers and the driver should dial, when bound to 0.0.0.0 [ENGINE_NODE_ADVERTISE]")
+    ap.add_argument("--throttle", type=float, default=float(env("ENGINE_NODE_THROTTLE", "1")),
+                    help="run N times slower (to test load balancing) [ENGINE_NODE_THROTTLE]")
+    ap.add_argument("--throttle-from", type=int, default=0, help="throttle only from this training step on")
+    ap.add_argument("--peer-timeout", type=float, default=30.0, help="seconds to wait on a silent ring neighbour")
+    ap.add_argument("--max-message-mb", type=float, default=wire.MAX_MESSAGE_BYTES / 2**20,
+                    help="refuse control messages larger than this")
+    ap.add_argument("--handshake-timeout", type=float, default=5.0,
+                    help="seconds a new control connection has to pass authentication before it is dropped")
+    ap.add_argument("--max-conns-per-peer", type=int, default=16, help="control connections from one address")
+    ap.add_argument("--max-conns", type=int, default=128,
+                    help="control connections in all (x 4 MB bounds what unauthenticated peers can make the node hold)")
+    ap.add_argument("--step-budget", type=float, default=float(env("ENGINE_NODE_STEP_BUDGET", "600")),
+                    help="seconds a training step may take before the node cancels the job [ENGINE_NODE_STEP_BUDGET]")
+    ap.add_argument("--compile-budget", type=float, default=1800.0,
+                    help="seconds building and warming up one program may take before the job is cancelled")
+    ap.add_argument("--max-program-mb", type=float, default=float(env("ENGINE_NODE_MAX_PROGRAM_MB", "0") or 0),
+                    help="device memory one program may allocate (0: engine.validate's default) "
+                         "[ENGINE_NODE_MAX_PROGRAM_MB]")
+    ap.add_argument("--snapshot-every", type=int, default=int(env("ENGINE_NODE_SNAPSHOT_EVERY", "1")),
+                    help="engine programs: copy weights and optimizer state on the device before every Nth update, "
+                         "to roll back a step the ring abandons; a step abandoned between snapshots cannot be "
+                         "resumed on this node (0: never) [ENGINE_NODE_SNAPSHOT_EVERY]")
+    ap.add_argument("--digest-every", type=int, default=int(env("ENGINE_NODE_DIGEST_EVERY", "10")),
+                    help="send a checksum of the weights (a download on engine programs) with every Kth step, "
+                         "for the driver to compare across ranks (0: never) [ENGINE_NODE_DIGEST_EVERY]")
+    ap.add_argument("--host-optimizer", action="store_true",
+                    default=env("ENGINE_NODE_HOST_OPTIMIZER", "") not in ("", "0"),
+                    help="keep an engine job's weights on the host and update them in numpy (the path before "
+                         "issue 14: slower, but bitwise-identical updates on rings of different device kinds) "
+                         "[ENGINE_NODE_HOST_OPTIMIZER]")
+    a = ap.parse_args(argv)
+    logging.basicConfig(filename=a.log, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    secret = env("ENGINE_NODE_SECRET")
+    if not secret:
+        print("engine-node: set ENGINE_NODE_SECRET (the cluster's shared secret); refusing to run unauthenticated",
+              file=sys.stderr)
+        return 2
+    try:
+        auth.check_secret(secret)
+    except auth.SecretError as e:
+        print(f"engine-node: ENGINE_NODE_SECRET: {e}", file=sys.stderr)
+        return 2
+    if a.max_program_mb:
+        os.environ["ENGINE_MAX_PROGRAM_BYTES"] = str(int(a.max_program_mb * 2**20))
+    raise_fd_limit()
+    if a.device:
+        try:
+            log.info("device %s", program.check_device(a.device))
+        except program.ProgramError as e:
+            print(f"engine-node: {e}", file=sys.stderr)
+            return 2
+    node = NodeDaemon(a.listen, secret.encode(), device=a.device, data_dir=a.data, metrics_addr=a.metrics,
+                      throttle=a.throttle, throttle_from=a.throttle_from, advertise=a.advertise, peer_timeout=a.peer_timeout,
+                      max_message_bytes=int(a.max_message_mb * 2**20), data_port=a.data_port,
+                      handshake_timeout=a.handshake_timeout, max_conns_per_peer=a.max_conns_per_peer,
+                      max_conns=a.max_conns, step_budget=a.step_budget, compile_budget=a.compile_budget,
+                      snapshot_every=a.snapshot_every, digest_every=a.digest_every, host_optimizer=a.host_optimizer)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(node, "stopping", True))
+    signal.signal(signal.SIGINT, lambda *_: setattr(node, "stopping", True))
+    faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>` prints every thread's stack
+    print(f"engine-node ready control={node.endpoint} data={node.links.endpoint} metrics={node.metrics_url}", flush=True)
+    node.serve()
+    return 0
