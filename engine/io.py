@@ -50,15 +50,16 @@ def load(path, device=None) -> dict:
 def _split(value, where, arrays):
     """The JSON-able skeleton of ``value``; tensors and arrays move into ``arrays``."""
     if isinstance(value, (Tensor, np.ndarray)):
-        name = _SEP.join(where)
+        name = base = _SEP.join(where)
+        n = 1
+        while name in arrays:      # keys may hold the separator themselves: stay unique
+            name, n = f"{base}#{n}", n + 1
         arrays[name] = np.asarray(value.numpy() if isinstance(value, Tensor) else value, order="C")  # 0-d stays 0-d
         return {"$tensor": name}
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
             key = str(k)
-            if _SEP in key and isinstance(v, (Tensor, np.ndarray, dict)):
-                raise ValueError(f"save: key {key!r} contains {_SEP!r}")
             out[key] = _split(v, where + (key,), arrays)
         return {"$dict": out, "$int_keys": [str(k) for k in value if isinstance(k, int)]}
     if isinstance(value, (list, tuple)):

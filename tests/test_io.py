@@ -33,10 +33,12 @@ def test_checkpoint_with_metadata_round_trips(tmp_path):
 
 
 def test_flat_state_dict_and_refusals(tmp_path):
-    sd = {"a.weight": engine.ones(2, 3), "b": engine.tensor(np.float32(2.5))}
+    sd = {"a.weight": engine.ones(2, 3), "b": engine.tensor(np.float32(2.5)),
+          "x/y": engine.zeros(1), "x": {"y": engine.ones(1)}}      # names may hold the separator
     engine.save(sd, tmp_path / "f.safetensors")
     back = engine.load(tmp_path / "f.safetensors")
-    assert list(back) == ["a.weight", "b"] and back["b"].shape == () and back["b"].item() == 2.5
+    assert list(back) == ["a.weight", "b", "x/y", "x"] and back["b"].shape == () and back["b"].item() == 2.5
+    assert back["x/y"].item() == 0.0 and back["x"]["y"].item() == 1.0
     with pytest.raises(TypeError, match="nothing is pickled"):
         engine.save({"f": lambda: 1}, tmp_path / "bad.safetensors")
     assert not (tmp_path / "bad.safetensors").exists()
