@@ -57,13 +57,6 @@ class Tensor(TensorMath):
         self._vnode = (base, node)
         return node
 
-    @property
-    def _version(self) -> int:
-        return self._storage.version
-
-    def _is_view(self) -> bool:
-        return bool(self._view)
-
     def _layout_strides(self) -> tuple:
         return self._strides if self._strides is not None else contiguous_strides(self.shape)
 

@@ -18,58 +18,51 @@ class TensorMath:
     """Composed ops and in-place writes (mixed into Tensor)."""
     __slots__ = ()
 
-    def _value_like(self, v) :
-        v = self._lift(v)
-        if v.device is not self.device:
-            raise RuntimeError(f"tensors on different devices: {self.device.name} and {v.device.name}")
+    def _value_like(self, v):
+        v = self._lift(v)       # refuses a tensor of another device
         if broadcast_shape(self.shape, v.shape) != self.shape:
             raise ir.ShapeError(f"in-place: a value of shape {v.shape} cannot be written into shape {self.shape}")
         return v._expand_to(self.shape)
 
-    def _check_inplace_dtype(self, value, op):
+    def _write_result(self, value, op):
+        """An arithmetic in-place op: like torch, a float result never goes into an integer tensor."""
         if value.dtype == "float32" and self.dtype != "float32":
             raise RuntimeError(f"{op}: result type float32 can't be cast to the desired output type {self.dtype}")
+        return self._write(value)
 
-    def copy_(self, src) :
+    def copy_(self, src):
         return self._write(self._value_like(src))
 
-    def assign_(self, value) :
+    def assign_(self, value):
         """Write ``value`` into this tensor's storage, outside autograd (optimizers, buffers)."""
         with no_grad():
             return self._write(self._value_like(value))
 
-    def fill_(self, value) :
+    def fill_(self, value):
         return self._write(self._lift(value).cast(self.dtype)._expand_to(self.shape))
 
-    def zero_(self) :
+    def zero_(self):
         return self.fill_(0)
 
-    def add_(self, other, alpha=1) :
+    def add_(self, other, alpha=1):
         other = self._lift(other)
-        res = self + (other * alpha if alpha != 1 else other)
-        self._check_inplace_dtype(res, "add_")
-        return self._write(res)
+        return self._write_result(self + (other * alpha if alpha != 1 else other), "add_")
 
-    def sub_(self, other, alpha=1) :
+    def sub_(self, other, alpha=1):
         other = self._lift(other)
-        res = self - (other * alpha if alpha != 1 else other)
-        self._check_inplace_dtype(res, "sub_")
-        return self._write(res)
+        return self._write_result(self - (other * alpha if alpha != 1 else other), "sub_")
 
-    def mul_(self, other) :
-        res = self * other
-        self._check_inplace_dtype(res, "mul_")
-        return self._write(res)
+    def mul_(self, other):
+        return self._write_result(self * other, "mul_")
 
-    def div_(self, other) :
-        res = self / other
-        self._check_inplace_dtype(res, "div_")
-        return self._write(res)
+    def div_(self, other):
+        return self._write_result(self / other, "div_")
 
-    def clamp_(self, min=None, max=None) :  # noqa: A002  (PyTorch's names)
+    # clamp and masked_fill themselves are engine.ops' (bound as Tensor methods by engine/__init__)
+    def clamp_(self, min=None, max=None):  # noqa: A002  (PyTorch's names)
         return self._write(self.clamp(min, max))
 
-    def masked_fill_(self, mask, value) :
+    def masked_fill_(self, mask, value):
         return self._write(self.masked_fill(mask, value))
 
     def __iadd__(self, other):
@@ -93,24 +86,7 @@ class TensorMath:
             raise TypeError(f"unsupported index {key!r} for assignment: use ints, slices, None, ... or a bool mask")
         view._write(view._value_like(value))
 
-    def clamp(self, min=None, max=None) :  # noqa: A002
-        out = self
-        if min is not None:
-            out = out.maximum(min)
-        if max is not None:
-            out = out.minimum(max)
-        return out
-
-    def masked_fill(self, mask, value) :
-        mask = self._lift(mask)
-        if mask.dtype != "bool":
-            raise TypeError(f"masked_fill: the mask must be bool, got {mask.dtype}")
-        v = self._lift(value)
-        if v.dtype != self.dtype:
-            v = v.cast(self.dtype)
-        return mask.where_(v, self)
-
-    def clone(self) :
+    def clone(self):
         return self._make("CLONE", self.node, (self,))
 
     def __neg__(self):
