@@ -309,6 +309,7 @@ def test_without_curve_the_plain_token_fallback_still_keeps_strangers_out(procs,
     replayed = Session(node["control"], authenticate=False)       # a recorded PLAIN token, shown again
     user, password = auth.credentials(S, "driver", "control")
     first = Session(node["control"], authenticate=False)
+    # one after the other: connected together, either handshake could spend the token first
     for s in (first, replayed):
         s.sock.close(linger=0)
         s.sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -316,7 +317,8 @@ def test_without_curve_the_plain_token_fallback_still_keeps_strangers_out(procs,
         s.sock.setsockopt(zmq.PLAIN_USERNAME, user)
         s.sock.setsockopt(zmq.PLAIN_PASSWORD, password)
         s.sock.connect(node["control"])
-    assert first.hello().type == "info"
+        if s is first:
+            assert first.hello().type == "info"
     assert replayed.send_frames(wire.encode("hello", {"id": 1}, secret=S), timeout=1) is None
     first.close(), replayed.close()
     honest_fit([node["control"]])
