@@ -402,7 +402,8 @@ def _gemm_epilogue(em, anchor, out, bidx):
 def _lower_matmul(group, args, leaf_name, kind, vector_width=16):
     anchor, out = group.anchor, group.outputs[0]
     a, bp = anchor.srcs
-    M, N, K, R_packed = anchor.arg
+    M, N, K, R_packed, variant = anchor.arg
+    variant = dict(variant)     # a device lowering's kernel choices (engine/tune.py); {} = defaults
     W = bp.shape[-1]
     batch = anchor.shape[:-2]
     nb = math.prod(batch)

@@ -178,22 +178,25 @@ def matmul(a: Node, b: Node, tile=(8, 32), pack_a=True) -> Node:
     return gemm(a, bp, (M, N, K, R if pack_a else 0))
 
 
-def gemm(a: Node, bp: Node, dims) -> Node:
-    """The contraction node itself, over operands already laid out by ``matmul``."""
+def gemm(a: Node, bp: Node, dims, variant=()) -> Node:
+    """The contraction node itself, over operands already laid out by ``matmul``.
+    ``variant``: the kernel variant a device's lowering chose (sorted (name, value) pairs
+    that codegen reads; empty means the template's defaults)."""
     M, N, K, R = (int(d) for d in dims)
+    variant = tuple(sorted((str(k), v) for k, v in dict(variant).items()))
     batch = bp.shape[:-3]
     ok_b = len(bp.shape) >= 3 and bp.shape[-2] == K and bp.shape[-3] * bp.shape[-1] >= N
     ok_a = (a.shape == batch + (-(-M // R), K, R)) if R else (a.shape == batch + (M, K))
     if not (ok_a and ok_b) or a.dtype != "float32" or bp.dtype != "float32":
         raise ShapeError(f"gemm: operand layouts {a.shape} / {bp.shape} do not fit M={M} N={N} K={K} R={R}")
-    return Node("MATMUL", (a, bp), (M, N, K, R), batch + (M, N), "float32")
+    return Node("MATMUL", (a, bp), (M, N, K, R, variant), batch + (M, N), "float32")
 
 
 def matmul_operands(n: Node) -> tuple:
     """The (a, b) a MATMUL node was made from, before ``matmul`` laid them out as panels
     (so a graph can be re-tiled for another device)."""
     a, bp = n.srcs
-    M, N, K, R = n.arg
+    M, N, K, R = n.arg[:4]
     batch = n.shape[:-2]
     return _unpanel(a, batch + (M, K)) if R else a, _unpanel(bp, batch + (K, N))
 
