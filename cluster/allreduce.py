@@ -20,11 +20,21 @@ Small buffers (at most SMALL_BYTES) skip the ring: each rank's whole buffer trav
 around it and every rank adds all of them in rank order (the same float32 additions
 everywhere, so again bitwise identical).  That is n-1 hops instead of 2(n-1), for
 buffers where a hop (~0.1 ms of Python and ZeroMQ) costs more than the bytes.
+
+Narrow transport (`transport="bfloat16"` or `"float16"`, transport.py): every hop sends
+its float32 partial sum rounded to the narrow type, the receiver widens it and adds in
+float32; the rank that completes a chunk rounds the sum once, keeps the rounded value
+itself and sends it around the all-gather, so every rank still ends with the same bytes.
+The gather path rounds each rank's buffer once (the sender's own copy too) and sums the
+widened buffers in rank order.  Half the bytes travel for a rounding error of at most
+2^-9 (bfloat16) or 2^-12 (float16) of each partial sum; the default float32 transport is
+unchanged (no conversion at all).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from . import transport as tp
 from .ring import PeerLost, RingLinks
 
 BUCKET_BYTES = 64 << 20
@@ -82,29 +92,41 @@ def segment_elems(bucket_elems: int, world: int, itemsize: int = 4, largest: int
     return max(1, min(largest, max(MIN_SEGMENT_BYTES, chunk_bytes // SEGMENTS_PER_CHUNK)) // itemsize)
 
 
-def _bucket(links: RingLinks, buf: np.ndarray, step: int, b: int, seg: int) -> None:
+def _bucket(links: RingLinks, buf: np.ndarray, step: int, b: int, seg: int, transport: str = "float32") -> None:
     n, r, L = links.world, links.rank, len(buf)
     chunk = [_segments(c * L // n, (c + 1) * L // n, seg) for c in range(n)]
+    narrow = transport != "float32"
+    wdt = tp.wire_dtype(transport)
 
     def recv(phase, s, k, lo, hi):
         m = links.recv(f"{phase} segment (step {step}, bucket {b}, ring step {s}, seg {k})")
         f = m.fields
         if (m.type, f["step"], f["phase"], f["b"], f["s"], f["k"]) != ("chunk", step, phase, b, s, k) \
-                or len(m.tensors) != 1 or m.tensors[0].shape != (hi - lo,) or m.tensors[0].dtype != buf.dtype:
+                or len(m.tensors) != 1 or m.tensors[0].shape != (hi - lo,) or m.tensors[0].dtype != wdt:
             raise PlanMismatch(f"{links.name}: expected {phase} step {step} bucket {b} ring step {s} "
-                               f"seg {k} of {hi - lo} float32 from {links.left}, got {m.type} {f}", peer=links.left)
+                               f"seg {k} of {hi - lo} {transport} from {links.left}, got {m.type} {f}", peer=links.left)
         return m
 
     def send(phase, s, k, lo, hi):
-        links.send("chunk", {"step": step, "phase": phase, "b": b, "s": s, "k": k}, [buf[lo:hi]])
+        # float32: zero-copy from buf; narrow: a fresh array, which the frame keeps alive
+        links.send("chunk", {"step": step, "phase": phase, "b": b, "s": s, "k": k},
+                   [tp.narrow(buf[lo:hi], transport) if narrow else buf[lo:hi]])
 
     for k, (lo, hi) in enumerate(chunk[r]):
         send("rs", 0, k, lo, hi)
     for s in range(n - 1):                       # reduce-scatter
         for k, (lo, hi) in enumerate(chunk[(r - s - 1) % n]):
-            np.add(buf[lo:hi], recv("rs", s, k, lo, hi).tensors[0], out=buf[lo:hi])
+            got = recv("rs", s, k, lo, hi).tensors[0]
+            if narrow:
+                tp.add_into(buf[lo:hi], got, transport)
+            else:
+                np.add(buf[lo:hi], got, out=buf[lo:hi])
             if s < n - 2:
                 send("rs", s + 1, k, lo, hi)
+            elif narrow:                         # chunk r+1 is complete: round it once, keep what we send
+                w = tp.narrow(buf[lo:hi], transport)
+                links.send("chunk", {"step": step, "phase": "ag", "b": b, "s": (r + 1) % n, "k": k}, [w])
+                tp.widen_into(w, transport, buf[lo:hi])
             else:                                # chunk r+1 is complete: start the all-gather
                 send("ag", (r + 1) % n, k, lo, hi)
     for s in range(n - 1):                       # all-gather ("s" is the chunk index here)
@@ -113,52 +135,65 @@ def _bucket(links: RingLinks, buf: np.ndarray, step: int, b: int, seg: int) -> N
             m = recv("ag", c, k, lo, hi)
             if s < n - 2:
                 links.forward(m)
-            buf[lo:hi] = m.tensors[0]
+            if narrow:
+                tp.widen_into(m.tensors[0], transport, buf[lo:hi])
+            else:
+                buf[lo:hi] = m.tensors[0]
 
 
-def _gather_sum(links: RingLinks, buf: np.ndarray, step: int) -> None:
+def _gather_sum(links: RingLinks, buf: np.ndarray, step: int, transport: str = "float32") -> None:
     n, r = links.world, links.rank
     parts = [None] * n
-    parts[r] = buf
-    # a copy goes out: the sum is written into buf, possibly before ZeroMQ has sent it
-    links.send("chunk", {"step": step, "phase": "gs", "b": 0, "s": r, "k": 0}, [buf.copy()])
+    # a copy goes out (narrow: the rounded one, which is also what we add ourselves): the
+    # sum is written into buf, possibly before ZeroMQ has sent it
+    mine = tp.narrow(buf, transport)
+    parts[r] = mine
+    wdt = mine.dtype
+    links.send("chunk", {"step": step, "phase": "gs", "b": 0, "s": r, "k": 0}, [mine])
     for j in range(1, n):
         origin = (r - j) % n
         m = links.recv(f"whole buffer of rank {origin} (step {step})")
         f = m.fields
         if (m.type, f["step"], f["phase"], f["s"]) != ("chunk", step, "gs", origin) or len(m.tensors) != 1 \
-                or m.tensors[0].shape != buf.shape or m.tensors[0].dtype != buf.dtype:
+                or m.tensors[0].shape != buf.shape or m.tensors[0].dtype != wdt:
             raise PlanMismatch(f"{links.name}: expected the whole buffer of rank {origin} for step {step} "
-                               f"({len(buf)} float32) from {links.left}, got {m.type} {f}", peer=links.left)
+                               f"({len(buf)} {transport}) from {links.left}, got {m.type} {f}", peer=links.left)
         if j < n - 1:
             links.forward(m)
         parts[origin] = m.tensors[0]      # a view that keeps its ZeroMQ frame alive
-    total = parts[0].copy()
+    total = tp.widen(parts[0], transport)   # a float32 copy (exactly widened when narrow)
     for p in parts[1:]:
-        total += p
+        tp.add_into(total, p, transport)
     buf[:] = total
 
 
 def allreduce(links: RingLinks, flat: np.ndarray, step: int, *, bucket_bytes: int = BUCKET_BYTES,
-              segment_bytes: int | None = None, small_bytes: int = SMALL_BYTES) -> np.ndarray:
+              segment_bytes: int | None = None, small_bytes: int = SMALL_BYTES,
+              transport: str = "float32") -> np.ndarray:
     """Sum `flat` (float32, 1-D, owned by the caller and not reused while in flight)
-    over the ring in place; returns it.  `segment_bytes` fixes the segment size instead
-    of deriving it from the chunk (segment_elems); buffers of at most `small_bytes` are
-    gathered whole (0: always the ring).  Raises PeerLost or PlanMismatch."""
+    over the ring in place; returns it.  `segment_bytes` fixes the segment size (bytes on
+    the wire) instead of deriving it from the chunk (segment_elems); buffers of at most
+    `small_bytes` (float32 bytes) are gathered whole (0: always the ring).  `transport`:
+    "float32" (default), "bfloat16" or "float16" ("bf16", "fp16"), the type partial sums
+    travel in, accumulated in float32 (transport.py); every rank must pass the same one.
+    With one rank nothing travels and `flat` is returned unchanged.  Raises PeerLost or
+    PlanMismatch."""
     if flat.dtype != np.float32 or flat.ndim != 1 or not flat.flags.c_contiguous:
         raise TypeError("allreduce wants a contiguous 1-D float32 buffer")
+    transport = tp.canonical(transport)
     small = flat.nbytes <= small_bytes
-    agree(links, step, [len(flat)], algo="gather" if small else "ring")
+    agree(links, step, [len(flat)], dtype=transport, algo="gather" if small else "ring")
     if links.world == 1:
         return flat
     if small:
-        _gather_sum(links, flat, step)
+        _gather_sum(links, flat, step, transport)
         return flat
     per_bucket = max(1, bucket_bytes // 4)
+    isz = tp.wire_dtype(transport).itemsize
     for b, lo in enumerate(range(0, len(flat), per_bucket)):
         part = flat[lo:lo + per_bucket]
-        seg = max(1, segment_bytes // 4) if segment_bytes else segment_elems(len(part), links.world)
-        _bucket(links, part, step, b, seg)
+        seg = max(1, segment_bytes // isz) if segment_bytes else segment_elems(len(part), links.world, isz)
+        _bucket(links, part, step, b, seg, transport)
     return flat
 
 

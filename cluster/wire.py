@@ -46,7 +46,10 @@ REPLAY_WINDOW_S = 300.0           # authenticated messages: |their time - ours| 
 MAX_TENSORS = 4096
 MAX_DIMS = 8
 MAC_BYTES = 32
-DTYPES = {"float32": "<f4", "float64": "<f8", "int64": "<i8", "int32": "<i4", "uint8": "|u1"}
+# float16 and bfloat16: narrow gradient transport (cluster/transport.py); numpy has no
+# bfloat16, so its values travel as their uint16 bit patterns
+DTYPES = {"float32": "<f4", "float64": "<f8", "int64": "<i8", "int32": "<i4", "uint8": "|u1",
+          "float16": "<f2", "bfloat16": "<u2"}
 
 # Per message type: field -> (python types, required).  Unknown fields are refused so a
 # typo on one side fails loudly instead of being ignored.
@@ -57,7 +60,7 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "ping": {"t": (_NUM, True)},
     "job": {"job": ((str,), True), "optimizer": ((dict,), True), "step": ((int,), True),
             "names": ((list,), True), "n_state": ((int,), True), "dataset": ((dict,), False),
-            "host_optimizer": ((bool,), False)},
+            "host_optimizer": ((bool,), False), "transport": ((str,), False)},
     "program": {"job": ((str,), True), "batch": ((int,), True), "program": ((dict,), True)},
     "ring": {"job": ((str,), True), "gen": ((int,), True), "rank": ((int,), True),
              "peers": ((list,), True), "step": ((int,), True)},
