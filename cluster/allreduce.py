@@ -27,7 +27,7 @@ float32; the rank that completes a chunk rounds the sum once, keeps the rounded 
 itself and sends it around the all-gather, so every rank still ends with the same bytes.
 The gather path rounds each rank's buffer once (the sender's own copy too) and sums the
 widened buffers in rank order.  Half the bytes travel for a rounding error of at most
-2^-9 (bfloat16) or 2^-12 (float16) of each partial sum; the default float32 transport is
+2^-8 (bfloat16) or 2^-11 (float16) of each partial sum; the default float32 transport is
 unchanged (no conversion at all).
 """
 from __future__ import annotations

@@ -3,8 +3,8 @@ the wire, and the two conversions (narrow before a send, widen after a receive).
 
     float32   the buffer's own bytes (the default; the all-reduce is bit-equal to plain fp32)
     bfloat16  the high 16 bits of each float32, rounded to nearest even: float32's range,
-              8 significant bits (relative error at most 2^-9)
-    float16   IEEE half: 11 significant bits (at most 2^-12), but a range of 6e-8..65504:
+              8 significant bits (relative rounding error at most 2^-8)
+    float16   IEEE half: 11 significant bits (at most 2^-11), but a range of 6e-8..65504:
               larger magnitudes become Inf (and the step is refused), smaller ones flush
 
 Sums are always accumulated in float32; only the hops carry the narrow type.  numpy has no
