@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import ir, realize as rz
 from .autograd import Ctx, grad
+from .lowering import lower
 from .buffers import is_leaf
 from .tensor import scope_of
 from .jit import _flatten
@@ -12,12 +13,22 @@ __all__ = ["explain", "Explanation"]
 
 
 class Explanation:
+    """The graph as the user built it (device-neutral: MATMUL nodes) and the kernels it
+    lowers to on ``device``; each node of the device's graph (a GEMM, its panel views, a
+    split-K sum) is reported as the node it stands for."""
+
     def __init__(self, outputs, device):
         self.outputs = [t.node for t in outputs]
         self.device = device
-        self.plan = rz.plan(self.outputs, device.kind if device else "cpu")
+        self.plan = rz.plan(self.outputs, device) if device else []
         self.nodes = ir.toposort(self.outputs, stop=is_leaf)
         self.ids = {n: i for i, n in enumerate(self.nodes)}
+        origins: dict = {}
+        if device:
+            lower([rz.computed_as(t) for t in self.outputs], device, is_leaf, origins)
+        for m, n in origins.items():
+            if n in self.ids:
+                self.ids.setdefault(m, self.ids[n])
 
     @property
     def kernels(self):
@@ -27,13 +38,16 @@ class Explanation:
         kernel_of = {}
         for k, (_, spec) in enumerate(self.plan):
             for n in spec.fused:
-                kernel_of.setdefault(n, k)
+                home = self.nodes[self.ids[n]] if n in self.ids else n
+                if n.op == home.op or n.op == "GEMM":     # not a MATMUL's packing views or split-K sum
+                    kernel_of.setdefault(home, k)
         nodes = [{"id": self.ids[n], "op": n.op, "shape": list(n.shape), "dtype": n.dtype,
                   "srcs": [self.ids[s] for s in n.srcs if s in self.ids], "scope": scope_of(n),
                   "kernel": kernel_of.get(n)} for n in self.nodes]
         kernels = []
         for k, (_, spec) in enumerate(self.plan):
             d = spec.describe(self.ids)
+            d["fused_ops"] = list(dict.fromkeys(d["fused_ops"]))
             d["index"] = k
             d["output"] = d["outputs"][0] if d["outputs"] else None
             kernels.append(d)

@@ -2,8 +2,8 @@
 versioned JSON so another process (an engine-node) can compile and run it for its own
 device without receiving any Python code.
 
-The JSON is device-neutral: a matmul is stored as its two operands, and each device lays
-them out as the panels its own GEMM template wants when the program is bound to it.
+The JSON is device-neutral because the IR is: a MATMUL node is its two operands, and each
+device lowers it (engine/lowering.py) when the program runs there.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from .autograd import grad
 from .jit import CompiledStep
 from .runtime import NP_DTYPES, get_device
 from .tensor import Tensor, tensor
-from .tune import matmul_layout
 from .validate import check_program
 
 __all__ = ["trace_training_step", "StepProgram", "FORMAT_VERSION"]
@@ -22,10 +21,6 @@ __all__ = ["trace_training_step", "StepProgram", "FORMAT_VERSION"]
 FORMAT_VERSION = 1
 _MAX_EMBEDDED = 1 << 16   # constants (e.g. class indices) travel inside the JSON
 _OPS = ir.ELEMENTWISE | ir.REDUCE | ir.MOVEMENT | {"MATMUL", "BUFFER", "CONST", "RAND"}
-
-
-def _canonical_srcs(n):
-    return ir.matmul_operands(n) if n.op == "MATMUL" else n.srcs
 
 
 def _arg_to_json(arg):
@@ -41,11 +36,11 @@ def _arg_from_json(arg):
 
 
 def _serialise(outputs, inputs: dict, constants: dict, param_names, param_shapes) -> dict:
-    order = ir.toposort(outputs + list(inputs), srcs=_canonical_srcs)
+    order = ir.toposort(outputs + list(inputs))
     ids = {n: i for i, n in enumerate(order)}
     out = []
     for n in order:
-        d = {"op": n.op, "srcs": [ids[s] for s in _canonical_srcs(n)], "shape": list(n.shape), "dtype": n.dtype}
+        d = {"op": n.op, "srcs": [ids[s] for s in n.srcs], "shape": list(n.shape), "dtype": n.dtype}
         if n.op == "BUFFER":
             if n in inputs:
                 d["input"] = inputs[n]
@@ -59,7 +54,7 @@ def _serialise(outputs, inputs: dict, constants: dict, param_names, param_shapes
             "param_shapes": [list(s) for s in param_shapes]}
 
 
-def _build(doc: dict, device):
+def _build(doc: dict):
     """IR nodes from a step document, checking every node as it is built."""
     if not isinstance(doc, dict) or doc.get("format") != "many-as-one/step":
         raise ValueError("not a step program (missing format 'many-as-one/step')")
@@ -79,7 +74,7 @@ def _build(doc: dict, device):
         if dtype not in ir.DTYPES:
             raise ValueError(f"node {i}: unknown dtype {dtype!r}")
         try:
-            n = _rebuild(op, srcs, _arg_from_json(nd.get("arg")), shape, dtype, device)
+            n = _rebuild(op, srcs, _arg_from_json(nd.get("arg")), shape, dtype)
         except (TypeError, IndexError, ValueError) as exc:
             raise ValueError(f"node {i} ({op}): {exc}") from exc
         if n.shape != shape or n.dtype != dtype:
@@ -97,7 +92,7 @@ def _build(doc: dict, device):
     return nodes, inputs, outputs, constants
 
 
-def _rebuild(op, srcs, arg, shape, dtype, device):
+def _rebuild(op, srcs, arg, shape, dtype):
     if op == "BUFFER":
         return ir.buffer(shape, dtype)
     if op == "CONST":
@@ -115,9 +110,7 @@ def _rebuild(op, srcs, arg, shape, dtype, device):
     if op in ir.REDUCE:
         return ir.reduce(op, srcs[0], arg)
     if op == "MATMUL":
-        a, b = srcs
-        tile, pack_a = matmul_layout(a.shape, b.shape, device)
-        return ir.matmul(a, b, tile, pack_a=pack_a)
+        return ir.matmul(*srcs)
     return {"RESHAPE": ir.reshape, "PERMUTE": ir.permute, "EXPAND": ir.expand, "SHRINK": ir.shrink,
             "PAD": ir.pad}.get(op, lambda x, a: ir.window(x, *a))(srcs[0], arg)
 
@@ -128,7 +121,7 @@ class StepProgram:
     def __init__(self, doc: dict):
         self.doc = doc
         # building once checks the whole document before anything is bound to a device
-        self.nodes, self.inputs, self.outputs, self.constants = _build(doc, get_device(None))
+        self.nodes, self.inputs, self.outputs, self.constants = _build(doc)
         self.param_names = list(doc["param_names"])
         self.param_shapes = [tuple(s) for s in doc["param_shapes"]]
 
@@ -149,7 +142,7 @@ class StepRunner:
 
     def __init__(self, prog: StepProgram, device):
         self.prog, self.device = prog, device
-        nodes, inputs, outputs, constants = _build(prog.doc, device)
+        nodes, inputs, outputs, constants = _build(prog.doc)
         self.slots = {}
         for n, name in inputs.items():
             rz.bind_buffer(n, device.alloc(n.nbytes))

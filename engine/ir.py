@@ -13,7 +13,7 @@ import weakref
 __all__ = ["Node", "UNARY", "BINARY", "TERNARY", "ELEMENTWISE", "REDUCE", "MOVEMENT",
            "SOURCE", "DTYPES", "ITEMSIZE", "ShapeError", "buffer", "const", "var", "rand", "unary",
            "binary", "where", "cast", "reduce", "matmul", "reshape", "permute", "expand",
-           "shrink", "pad", "window", "toposort", "verify", "result_dtype", "gemm", "matmul_operands"]
+           "shrink", "pad", "window", "toposort", "verify", "result_dtype", "gemm", "with_srcs"]
 
 # The primitive ops, grouped by arity. Everything else is composed from these.
 SOURCE = frozenset({"BUFFER", "CONST", "VAR", "RAND"})
@@ -22,7 +22,8 @@ BINARY = frozenset({"ADD", "MUL", "MAX", "CMPLT", "CMPEQ"})
 TERNARY = frozenset({"WHERE"})
 ELEMENTWISE = UNARY | BINARY | TERNARY
 REDUCE = frozenset({"SUM", "RMAX"})
-CONTRACTION = frozenset({"MATMUL"})
+CONTRACTION = frozenset({"MATMUL"})   # device-neutral: what users' graphs and step programs hold
+LOWERED = frozenset({"GEMM"})         # only in a graph lowered for one device (engine/lowering.py)
 MOVEMENT = frozenset({"RESHAPE", "PERMUTE", "EXPAND", "SHRINK", "PAD", "WINDOW"})
 
 DTYPES = ("float32", "int32", "int64", "bool")
@@ -152,36 +153,25 @@ def reduce(op: str, x: Node, axes) -> Node:
     return Node(op, (cast(x, dtype),), axes, shape, dtype)
 
 
-def matmul(a: Node, b: Node, tile=(8, 32), pack_a=True) -> Node:
+def matmul(a: Node, b: Node) -> Node:
     """Batched matmul a [*B, M, K] @ b [*B, K, N] -> [*B, M, N] (batch dims equal).
 
-    The operands are re-laid out as views the GEMM streams contiguously: B as panels
-    [*B, N/W, K, W] (W columns side by side for each k) and, with ``pack_a``, A as panels
-    [*B, M/R, K, R]; without it A is read through its own view (implicit GEMM, e.g. the
-    im2col window of a convolution). M and N are zero-padded up to whole tiles."""
+    Device-neutral: no tile, no operand layout. ``engine/lowering.py`` rewrites it for a
+    device (panel views, a GEMM node, maybe split-K) just before scheduling."""
     if len(a.shape) < 2 or len(b.shape) < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
         raise ShapeError(f"matmul: shapes {a.shape} and {b.shape} do not fit "
                          f"(need [..., M, K] @ [..., K, N] with equal batch dims)")
     if a.dtype != "float32" or b.dtype != "float32":
         raise ShapeError(f"matmul: float32 only, got {a.dtype} and {b.dtype}")
-    *batch, M, K = a.shape
-    N = b.shape[-1]
-    R, W = tile
-    nb = len(batch)
-    keep = ((0, 0),) * nb
-    lead = tuple(range(nb))
-    bp = pad(b, keep + ((0, 0), (0, -N % W)))
-    bp = permute(reshape(bp, tuple(batch) + (K, bp.shape[-1] // W, W)), lead + (nb + 1, nb, nb + 2))
-    if pack_a:
-        ap = pad(a, keep + ((0, -M % R), (0, 0)))
-        a = permute(reshape(ap, tuple(batch) + (ap.shape[-2] // R, R, K)), lead + (nb, nb + 2, nb + 1))
-    return gemm(a, bp, (M, N, K, R if pack_a else 0))
+    return Node("MATMUL", (a, b), None, a.shape[:-1] + b.shape[-1:], "float32")
 
 
 def gemm(a: Node, bp: Node, dims, variant=()) -> Node:
-    """The contraction node itself, over operands already laid out by ``matmul``.
-    ``variant``: the kernel variant a device's lowering chose (sorted (name, value) pairs
-    that codegen reads; empty means the template's defaults)."""
+    """The lowered contraction, over operands a device's lowering laid out as views: B as
+    panels [*B, N/W, K, W] (W columns side by side for each k), A as panels [*B, M/R, K, R]
+    when R > 0, else A [*B, M, K] read through its own view (implicit GEMM). ``dims`` is
+    (M, N, K, R); ``variant``: the kernel variant the lowering chose (sorted (name, value)
+    pairs that codegen reads; empty means the template's defaults)."""
     M, N, K, R = (int(d) for d in dims)
     variant = tuple(sorted((str(k), v) for k, v in dict(variant).items()))
     batch = bp.shape[:-3]
@@ -189,26 +179,13 @@ def gemm(a: Node, bp: Node, dims, variant=()) -> Node:
     ok_a = (a.shape == batch + (-(-M // R), K, R)) if R else (a.shape == batch + (M, K))
     if not (ok_a and ok_b) or a.dtype != "float32" or bp.dtype != "float32":
         raise ShapeError(f"gemm: operand layouts {a.shape} / {bp.shape} do not fit M={M} N={N} K={K} R={R}")
-    return Node("MATMUL", (a, bp), (M, N, K, R, variant), batch + (M, N), "float32")
+    return Node("GEMM", (a, bp), (M, N, K, R, variant), batch + (M, N), "float32")
 
 
-def matmul_operands(n: Node) -> tuple:
-    """The (a, b) a MATMUL node was made from, before ``matmul`` laid them out as panels
-    (so a graph can be re-tiled for another device)."""
-    a, bp = n.srcs
-    M, N, K, R = n.arg[:4]
-    batch = n.shape[:-2]
-    return _unpanel(a, batch + (M, K)) if R else a, _unpanel(bp, batch + (K, N))
-
-
-def _unpanel(x: Node, shape) -> Node:
-    if x.op == "PERMUTE":
-        x = x.srcs[0]
-    if x.op == "RESHAPE":
-        x = x.srcs[0]
-    if x.op == "PAD" and x.shape != shape and x.srcs[0].numel == math.prod(shape):
-        x = x.srcs[0]
-    return x if x.shape == shape else reshape(x, shape)
+def with_srcs(n: Node, srcs) -> Node:
+    """``n`` over other sources of the same shapes and dtypes (a rewrite's rebuild)."""
+    srcs = tuple(srcs)
+    return n if srcs == n.srcs else Node(n.op, srcs, n.arg, n.shape, n.dtype)
 
 
 # --- movement (views: index maps, never copies by themselves) ----------------------------
@@ -308,3 +285,5 @@ def verify(roots) -> None:
             raise AssertionError(f"{n}: source shapes {[s.shape for s in n.srcs]} differ")
         if n.op in SOURCE and n.srcs:
             raise AssertionError(f"{n}: a source with inputs")
+        if n.op == "MATMUL" and (n.arg is not None or n.srcs[0].shape[-1] != n.srcs[1].shape[-2]):
+            raise AssertionError(f"{n}: a device-neutral MATMUL carries no layout and needs fitting operands")

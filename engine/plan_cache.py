@@ -5,6 +5,9 @@ buffers. Scheduling, lowering and rendering templates cost far more than walking
 graph once, so a graph's *structure* (ops, args, shapes, dtypes, edges, and which nodes
 are already computed) is the key, and a hit re-targets the remembered kernels at the new
 graph's nodes. RAND seeds and buffer identities are launch arguments, not structure.
+The graph is the one lowered for the device (engine/lowering.py), so its GEMM nodes carry
+the tiles, variants and split-K the lowering chose; the key adds the device itself
+(``lowering.device_key``: kind, identity, compute units), which codegen also reads.
 """
 from __future__ import annotations
 
@@ -23,9 +26,10 @@ class PlanCache:
         self._entries: "OrderedDict[tuple, list]" = OrderedDict()
         self.hits = self.misses = 0
 
-    def get_or_plan(self, targets, is_leaf, kind, group, make):
-        """``make()`` -> [(KernelGroup, KernelSpec)] on a miss; the same for ``targets`` on a hit."""
-        key, order = _signature(targets, is_leaf, kind, group)
+    def get_or_plan(self, targets, is_leaf, device_key, group, make):
+        """``make()`` -> [(KernelGroup, KernelSpec)] on a miss; the same for ``targets`` on a hit.
+        ``device_key``: what the plan depends on besides the graph (lowering.device_key)."""
+        key, order = _signature(targets, is_leaf, device_key, group)
         cached = self._entries.get(key)
         if cached is not None:
             self._entries.move_to_end(key)
@@ -43,7 +47,7 @@ class PlanCache:
         return lowered
 
 
-def _signature(targets, is_leaf, kind, group):
+def _signature(targets, is_leaf, device_key, group):
     tset = set(targets)
     stop = lambda n: n not in tset and is_leaf(n)  # noqa: E731  (a target is always computed)
     order = ir.toposort(targets, stop=stop)
@@ -55,7 +59,7 @@ def _signature(targets, is_leaf, kind, group):
         else:
             arg = None if n.op == "RAND" else n.arg
             parts.append((n.op, arg, n.shape, n.dtype, tuple(index[s] for s in n.srcs)))
-    return (kind, group, tuple(index[t] for t in targets), tuple(parts)), order
+    return (device_key, group, tuple(index[t] for t in targets), tuple(parts)), order
 
 
 class _Slot:

@@ -13,6 +13,7 @@ from .bounds import prove
 from .buffers import bind_buffer, buffer_of, computed_as, is_leaf as _is_leaf, remember
 from .codegen import lower
 from .plan_cache import PlanCache
+from .lowering import device_key, lower as lower_for_device
 from .launch import HostScalar, Launch, RandState, record, record_host_action, run_launch
 from .schedule import schedule
 from .storage import commit
@@ -51,10 +52,10 @@ def realize(targets, device, dests=None, group=False) -> list:
         if r.op == "BUFFER" and t in dests:   # assigning an existing value: a plain copy
             src, dst = buffer_of(r), dests[t]
             record_host_action(lambda src=src, dst=dst: device.copy(src, dst, dst.nbytes))
-    dests = {computed_as(t): b for t, b in dests.items()}
     todo = [r for r in resolved if r.op != "BUFFER"]
-    lowered = plan(todo, device.kind, group)
-    debug.on_schedule(lowered, todo)
+    on_device, lowered = _plan(todo, device, group, {computed_as(t) for t in dests_in})
+    dests = {on_device.get(r, r): b for r, b in ((computed_as(t), b) for t, b in dests.items())}
+    debug.on_schedule(lowered, list(on_device.values()))
     groups = [g for g, _ in lowered]
     specs = [spec for _, spec in lowered]
     out_of: dict = {}
@@ -66,12 +67,14 @@ def realize(targets, device, dests=None, group=False) -> list:
         for a in spec.args:
             if a[0] == "in":
                 last_read[a[1]] = i
-    keep = set(resolved)
+    keep = {on_device.get(r, r) for r in resolved}
     free: dict = {}
-    for i, (g, spec) in enumerate(zip(groups, specs)):
+    for spec in specs:
         if spec.name not in _proved:
             prove(spec)        # every generated load inside its buffer, before anything is built
             _proved.add(spec.name)
+    device.prebuild(specs)     # this schedule's new kernels compiled together, in parallel build children
+    for i, (g, spec) in enumerate(zip(groups, specs)):
         ck = device.build(spec)
         debug.on_build(spec, device)
         args, rand = [], None
@@ -106,7 +109,7 @@ def realize(targets, device, dests=None, group=False) -> list:
                 free.setdefault(out_of[n].nbytes, []).append(out_of[n])
     result = []
     for t, r in zip(targets, resolved):
-        buf = buffer_of(r) if r.op == "BUFFER" else out_of[r]
+        buf = buffer_of(r) if r.op == "BUFFER" else out_of[on_device[r]]
         if r.op == "BUFFER" and r.shape == t.shape:
             result.append(r)
             continue
@@ -128,15 +131,30 @@ _plans = PlanCache()
 _proved: set = set()     # kernel names (their source hash included) whose loads are proved in bounds
 
 
-def plan(targets, kind="cpu", group=False):
-    """Schedule and lower ``targets`` without building or launching: [(group, spec)]."""
+def plan(targets, device, group=False):
+    """Lower ``targets`` for ``device`` (engine/lowering.py), schedule them and lower each
+    kernel, without building or launching: [(group, spec)]."""
     resolved = [r for r in (computed_as(t) for t in targets) if r.op != "BUFFER"]
+    return _plan(resolved, device, group)[1]
+
+
+def _plan(resolved, device, group, dests=frozenset()):
+    """({target: its node in the device's graph}, [(group, spec)]). A target whose device
+    node is a reshape of a computed value (a split-K sum) is that value, in its memory,
+    unless it is written into a given buffer (``dests``)."""
+    on_device = {}
+    for r, d in zip(resolved, lower_for_device(resolved, device, _is_leaf)):
+        while d.op == "RESHAPE" and d is not r and r not in dests and not _is_leaf(d.srcs[0]):
+            d = d.srcs[0]
+        on_device[r] = d
+    targets = list(dict.fromkeys(on_device.values()))
+    kind = device.kind
 
     def make():
-        groups = schedule(resolved, _is_leaf, group=group)
+        groups = schedule(targets, _is_leaf, group=group)
         materialized = {o for g in groups for o in g.outputs}
         return [(g, lower(g, _is_leaf, materialized.__contains__, kind)) for g in groups]
-    return _plans.get_or_plan(resolved, _is_leaf, kind, group, make) if resolved else []
+    return on_device, (_plans.get_or_plan(targets, _is_leaf, device_key(device), group, make) if targets else [])
 
 
 def write_storages(pairs, device, group=False) -> None:

@@ -5,11 +5,13 @@ Rules (pinned by tests through ``engine.profile``):
 - an elementwise chain becomes one kernel; an elementwise node read by two or more
   nodes is materialised once instead of being recomputed;
 - a reduce absorbs its elementwise input (prologue);
-- a reduce or matmul (an *anchor*) absorbs the elementwise chain after it (epilogue),
+- a reduce or GEMM (an *anchor*) absorbs the elementwise chain after it (epilogue),
   so ``relu(x @ W + b)`` is one kernel;
-- a matmul reads B (and usually A) as packed panels, stored by a packing kernel that
-  absorbs the operand's own elementwise prologue; an implicit-GEMM A (a convolution's
-  im2col window) is read through its view instead.
+- a GEMM reads B (and, where its lowering packed it, A) as panels stored by a packing
+  kernel that absorbs the operand's own elementwise prologue; an implicit-GEMM A (a
+  convolution's im2col window) is read through its view instead.
+The graph it gets is lowered for a device (engine/lowering.py): MATMUL nodes are already
+GEMM nodes over panel views.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from . import ir
 
 __all__ = ["KernelGroup", "schedule"]
 
-ANCHORS = ir.REDUCE | ir.CONTRACTION
+ANCHORS = ir.REDUCE | ir.LOWERED
 # An elementwise value read by several kernels is recomputed in each when its expression
 # has at most this many ops (cheaper than a round trip through memory), else stored once.
 INLINE_COST = 4
@@ -89,7 +91,10 @@ def schedule(targets, is_leaf, group: bool = False) -> list[KernelGroup]:
                              and (d is GROUP or n.shape == d.shape))
         if d is n and n.op in ANCHORS:
             anchor_of[n] = n
-        if n.op == "MATMUL":
+        if n.op in ir.CONTRACTION:
+            raise ValueError(f"schedule: {n} is device-neutral; lower the graph for a device first "
+                             f"(engine/lowering.py)")
+        if n.op == "GEMM":
             a, b = n.srcs
             if n.arg[3]:           # packed A panels are stored by a packing kernel
                 forced.add(a)
@@ -115,7 +120,7 @@ def schedule(targets, is_leaf, group: bool = False) -> list[KernelGroup]:
         if n.op == "RAND":
             kernels.append(KernelGroup("rand", (n,), n, (n,)))
             continue
-        kind = "elementwise" if anchor is None else ("matmul" if anchor.op == "MATMUL" else "reduce")
+        kind = "elementwise" if anchor is None else ("matmul" if anchor.op == "GEMM" else "reduce")
         kernels.append(KernelGroup(kind, (n,), anchor, _fused((n,), anchor, is_leaf, dest)))
     return kernels
 

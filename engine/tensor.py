@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from . import ir, realize as rz
+from . import ir, realize as rz, reduce_plan
 from .autograd import Ctx, backward_pass
 from .buffers import bind_buffer, buffer_of
 from .context import (grad_enabled as _grad_enabled, host_rng, label, manual_seed, no_grad, random_state, scope,
@@ -19,13 +19,19 @@ from .shapes import (axes_of as _axes, broadcast_shape as _broadcast_shape, cont
                      shape_arg as _shape_arg)
 from .storage import Storage, apply_view, unview, view_strides
 from .tensor_math import TensorMath
-from .tune import matmul_layout
 
 __all__ = ["Tensor", "tensor", "empty", "zeros", "ones", "full", "arange", "rand", "randn", "zeros_like",
            "ones_like", "cat", "stack", "where", "no_grad", "manual_seed", "random_state",
            "set_random_state", "realize_all", "scope", "scope_of", "maximum", "minimum", "host_rng"]
 
-SPLIT_REDUCE_AT = 1 << 15     # reductions at least this long run as two kernels
+_units: dict = {}     # device -> its compute units
+
+
+def _compute_units(device) -> int:
+    n = _units.get(device)
+    if n is None:
+        n = _units[device] = int(getattr(getattr(device, "cl_device", None), "max_compute_units", 1) or 1)
+    return n
 
 
 class Tensor(TensorMath):
@@ -359,30 +365,41 @@ class Tensor(TensorMath):
         axes = _axes(dim, self.ndim)
         if not axes:
             return self
-        extent = math.prod(self.shape[a] for a in axes)
-        if extent >= SPLIT_REDUCE_AT and self.numel() // max(extent, 1) <= 64:
-            out = self._reduce_in_two(op, axes)
-        else:
-            out = Tensor._make(op, ir.reduce(op, self.node, axes), (self,), axes)
+        out = self._split_reduce(op, axes)
         return out if keepdim else out.reshape(tuple(s for i, s in enumerate(out.shape) if i not in axes))
 
-    def _reduce_in_two(self, op, axes):
-        """A long reduction as two: chunks first, then the partial results, so a GPU (or
-        both PoCL threads) has many work-items instead of one per output."""
-        keep = [d for d in range(self.ndim) if d not in axes]
+    def _split_reduce(self, op, axes):
+        """The reduction in keepdim form: one REDUCE, or, where its outputs are too few to
+        fill the device (``reduce_plan.split``), two: chunks of each output's elements
+        first, then the partial results. Reducing along the innermost axis, a chunk is a
+        contiguous run; across it, a chunk is a block of rows, so that neighbouring
+        work-items still read neighbouring columns."""
         extent = math.prod(self.shape[a] for a in axes)
-        x = self.permute(keep + list(axes)).reshape(tuple(self.shape[d] for d in keep) + (extent,))
-        chunk = 1024
-        if extent % chunk:
-            if op != "SUM":   # zero padding would change a max: split only where it divides
-                return Tensor._make(op, ir.reduce(op, self.node, axes), (self,), axes)
-            x = x.pad(((0, 0),) * len(keep) + ((0, -extent % chunk),))
-        x = x.reshape(x.shape[:-1] + (x.shape[-1] // chunk, chunk))
-        part = Tensor._make(op, ir.reduce(op, x.node, (x.ndim - 1,)), (x,), (x.ndim - 1,))
-        total = Tensor._make(op, ir.reduce(op, part.node, (x.ndim - 2,)), (part,), (x.ndim - 2,))
+        inner = reduce_plan.is_inner(self.shape, axes)
+        plan = reduce_plan.split(self.device.kind, _compute_units(self.device), self.numel() // max(extent, 1),
+                                 extent, inner)
+        padded = plan.parts * plan.chunk
+        if plan.parts == 1 or (padded > extent and op != "SUM" and self.dtype != "float32"):
+            return Tensor._make(op, ir.reduce(op, self.node, axes), (self,), axes)
+        keep = [d for d in range(self.ndim) if d not in axes]
+        kept = tuple(self.shape[d] for d in keep)
+        r = len(kept) if inner else 0          # where the reduced elements go, flattened
+        order = keep + list(axes) if inner else list(axes) + keep
+        x = self.permute(order).reshape(kept + (extent,) if inner else (extent,) + kept)
+        if padded > extent:
+            widths = [(0, 0)] * x.ndim
+            widths[r] = (0, padded - extent)
+            x = x.pad(widths)                  # zeros: a sum's identity
+            if op != "SUM":                    # a max must not see them: -inf there
+                valid = Tensor(ir.const(True, tuple(extent if d == r else 1 for d in range(x.ndim)), "bool"),
+                               self.device).pad(widths)
+                x = valid.where_(x, -math.inf)
+        x = x.reshape(x.shape[:r] + (plan.parts, plan.chunk) + x.shape[r + 1:])
+        part = Tensor._make(op, ir.reduce(op, x.node, (r + 1,)), (x,), (r + 1,))
+        total = Tensor._make(op, ir.reduce(op, part.node, (r,)), (part,), (r,))
         return total.reshape(tuple(1 if i in axes else s for i, s in enumerate(self.shape)))
 
-    def matmul(self, other, _pack_a=None) -> "Tensor":
+    def matmul(self, other) -> "Tensor":
         other = self._lift(other)
         a, b = self, other
         if a.ndim == 1:
@@ -394,14 +411,12 @@ class Tensor(TensorMath):
                                 f"(inner dims {a.shape[-1]} and {b.shape[-2]})")
         if b.ndim == 2 and a.ndim > 2:   # [*B, M, K] @ [K, N]: one 2-D GEMM over all rows
             lead = a.shape[:-1]
-            return a.reshape((math.prod(lead), a.shape[-1])).matmul(b, _pack_a).reshape(lead + (b.shape[-1],))
+            return a.reshape((math.prod(lead), a.shape[-1])).matmul(b).reshape(lead + (b.shape[-1],))
         batch = _broadcast_shape(a.shape[:-2], b.shape[:-2])
         a = a._expand_to(batch + a.shape[-2:])
         b = b._expand_to(batch + b.shape[-2:])
-        tile, pack_a = matmul_layout(a.shape, b.shape, self.device)
-        if _pack_a is None:
-            _pack_a = pack_a
-        return Tensor._make("MATMUL", ir.matmul(a.node, b.node, tile, pack_a=_pack_a), (a, b))
+        # device-neutral: tiles, packing and split-K are chosen when lowering for a device
+        return Tensor._make("MATMUL", ir.matmul(a.node, b.node), (a, b))
 
     __matmul__ = matmul
 

@@ -6,7 +6,8 @@ module is what makes that data memory-safe and bounded:
 
 - the document: known keys only, at most MAX_NODES nodes, outputs and parameters that
   refer to real nodes;
-- every node: a known op with its exact number of sources (each an earlier node), a
+- every node: a known, device-neutral op (MATMUL, never a device's lowered GEMM) with its
+  exact number of sources (each an earlier node), a
   shape of at most MAX_RANK dims and MAX_NUMEL elements, a known dtype, and an `arg`
   of the type, sign and range its op needs: a WINDOW's kernel, stride and dilation are
   integers >= 1 and the window fits its input; a SHRINK's bounds lie inside the source
@@ -119,8 +120,8 @@ def check_program(doc, *, max_bytes: int | None = None, max_flops: float | None 
             total_bytes += numel * _ITEMSIZE[dtype]
         if op == "MATMUL":
             a, b = src_shapes
-            if len(a) < 2 or len(b) < 2:
-                raise ProgramInvalid(f"{where}: operands must be at least 2-D, got {a} and {b}")
+            if len(a) < 2 or len(b) < 2 or a[:-2] != b[:-2] or a[-1] != b[-2]:
+                raise ProgramInvalid(f"{where}: operands {a} and {b} do not fit [..., M, K] @ [..., K, N]")
             flops += 2.0 * math.prod(a) * b[-1]
         else:
             flops += max([numel] + [math.prod(s) for s in src_shapes])
@@ -202,5 +203,5 @@ def _check_arg(op: str, nd: dict, shape: tuple, src_shapes: list, names: list, w
         if any(d * (k - 1) + 1 > s for k, d, s in zip(kernel, dilation, spatial)):
             raise ProgramInvalid(f"{where}: kernel {kernel} with dilation {dilation} does not fit input {spatial}")
         return
-    if arg is not None:     # elementwise ops and MATMUL take no arg
+    if arg is not None:     # elementwise ops and MATMUL (device-neutral: no tile) take no arg
         raise ProgramInvalid(f"{where}: takes no arg, got {arg!r}")

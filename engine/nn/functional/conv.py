@@ -65,7 +65,8 @@ def _conv2d_one(x, weight, stride, pads, dilation):
     win = xp.window((kh, kw), stride, dilation)                 # [N, C, OH, OW, KH, KW]
     oh, ow = win.shape[2], win.shape[3]
     cols = win.permute(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)
-    out = cols.matmul(weight.reshape(o, c * kh * kw).T, _pack_a=False)   # [N*OH*OW, O]
+    # implicit GEMM: the lowering reads a window view in place (engine/lowering.py)
+    out = cols.matmul(weight.reshape(o, c * kh * kw).T)   # [N*OH*OW, O]
     return out.reshape(n, oh, ow, o).permute(0, 3, 1, 2)
 
 

@@ -1,0 +1,153 @@
+"""Lowering for one device: the device-neutral graph a user builds (and a step program
+carries) rewritten into the graph that device runs, just before scheduling.
+
+Each ``MATMUL(a [*B, M, K], b [*B, K, N])`` becomes views that lay its operands out for
+the device's GEMM template and a ``GEMM`` node over them (``ir.gemm``):
+
+- the tile (``tune.gemm_tile``, via ``tune.matmul_layout``) and the kernel variant
+  (``tune.gemm_variant`` where the tuning module has it);
+- whether A is packed into panels: a GPU packs (its work-groups load contiguous rows), a
+  CPU streams A's rows in place; an A that reads a sliding WINDOW (a convolution's im2col
+  view, KH*KW times larger than the input it reads) is read through its view instead
+  (implicit GEMM) unless, on a GPU, it is a transpose of one (the weight gradient's
+  cols^T), whose rows a work-group would load strided;
+- split-K: a GEMM with fewer output tiles than ``FILL`` per compute unit and a long K is a
+  batched GEMM over S slices of K followed by a SUM over the slices (S a power of two,
+  each slice at least ``SPLIT_K_MIN`` long), so a skinny product (a weight gradient, a
+  1024 x 10 logits layer) fills the device. Only the summation order changes.
+
+Every other node is rebuilt over its lowered sources (hash-consing keeps whatever does
+not sit above a MATMUL identical). Nodes that already have values (``is_leaf``) are
+never rewritten: they are read from their buffers.
+"""
+from __future__ import annotations
+
+import math
+
+from . import ir, tune
+
+__all__ = ["lower", "lower_matmul", "split_k", "device_key", "compute_units", "FILL", "SPLIT_K_MIN"]
+
+# output tiles per compute unit below which a GEMM is split along K
+FILL = 2
+# the shortest K slice worth its own pass (writing S partial products and summing them
+# costs about S*M*N reads and writes; a slice this long keeps that under ~1% of the GEMM)
+SPLIT_K_MIN = {"gpu": 256, "cpu": 512}
+# rows of C a tiled GPU work-group computes when A is read through its view (codegen's TM)
+_GPU_IMPLICIT_ROWS = 128
+
+
+def compute_units(device) -> int:
+    """The device's compute units (SMs of a GPU, cores of a PoCL CPU); an explicit
+    ``compute_units`` attribute (a device description in tests) wins."""
+    units = getattr(device, "compute_units", None)
+    if units is None:
+        cl_device = getattr(device, "cl_device", None)
+        units = getattr(cl_device, "max_compute_units", 1) if cl_device is not None else 1
+    return max(int(units), 1)
+
+
+def device_key(device) -> tuple:
+    """What a lowering (and the kernels planned from it) depends on besides the graph: the
+    device's kind, identity and compute units. Tiles and variants sit in the GEMM nodes."""
+    return device.kind, getattr(device, "identity", ""), compute_units(device)
+
+
+def lower(targets, device, is_leaf=lambda n: n.op in ir.SOURCE, origins: dict | None = None) -> list:
+    """``targets`` (device-neutral) as the nodes ``device`` computes, in the same order.
+    ``origins``, when given, receives device node -> the neutral node it stands for
+    (the views, GEMM and SUM made for a MATMUL map to that MATMUL)."""
+    tset = set(targets)
+    stop = lambda n: n not in tset and is_leaf(n)  # noqa: E731  (a target is always computed)
+    order = ir.toposort(targets, stop=stop)
+    new: dict = {}
+    for n in order:
+        if n.op == "MATMUL" and not stop(n):
+            a, b = (new.get(s, s) for s in n.srcs)
+            out = new[n] = lower_matmul(a, b, device, stop)
+            if origins is not None:
+                for m in ir.toposort([out], stop=lambda x: x is a or x is b):
+                    if m is not a and m is not b:
+                        origins[m] = n
+        elif n.srcs and not stop(n) and any(s in new for s in n.srcs):
+            out = new[n] = ir.with_srcs(n, (new.get(s, s) for s in n.srcs))
+            if origins is not None:
+                origins[out] = n
+    return [new.get(t, t) for t in targets]
+
+
+def lower_matmul(a: ir.Node, b: ir.Node, device, is_leaf=lambda n: n.op in ir.SOURCE) -> ir.Node:
+    """MATMUL(a, b) as ``device`` computes it: [*B, M, N], from panel views and GEMM nodes."""
+    *batch, M, K = a.shape
+    N = b.shape[-1]
+    tile, pack_a = tune.matmul_layout(a.shape, b.shape, device)
+    if _reads_window(a, is_leaf) and not (device.kind == "gpu" and _transposed(a)):
+        pack_a = False
+    S = split_k(M, N, K, math.prod(batch), tile, pack_a, device)
+    if S == 1:
+        return _gemm(a, b, tile, pack_a, _variant(M, N, K, math.prod(batch), device))
+    nb = len(batch)
+    batch = tuple(batch)
+    keep, lead = ((0, 0),) * nb, tuple(range(nb))
+    Kc = -(-K // S)
+    a = ir.pad(a, keep + ((0, 0), (0, S * Kc - K)))
+    a = ir.permute(ir.reshape(a, batch + (M, S, Kc)), lead + (nb + 1, nb, nb + 2))     # [*B, S, M, Kc]
+    b = ir.reshape(ir.pad(b, keep + ((0, S * Kc - K), (0, 0))), batch + (S, Kc, N))   # [*B, S, Kc, N]
+    tile, _ = tune.matmul_layout(a.shape, b.shape, device)
+    part = _gemm(a, b, tile, pack_a, _variant(M, N, Kc, math.prod(batch) * S, device))   # [*B, S, M, N]
+    return ir.reshape(ir.reduce("SUM", part, (nb,)), batch + (M, N))
+
+
+def split_k(M: int, N: int, K: int, batch: int, tile, pack_a: bool, device) -> int:
+    """Slices of K for a GEMM of ``batch`` [M, K] @ [K, N] products on ``device``: 1 when
+    its output tiles already give every compute unit ``FILL`` of them, or K is short."""
+    R, W = tile
+    if device.kind == "gpu":
+        rows = R if pack_a else _GPU_IMPLICIT_ROWS
+    else:
+        rows = R if pack_a else min(8, M)      # codegen's register block for an implicit A
+    tiles = batch * -(-M // rows) * -(-N // W)
+    want = FILL * compute_units(device)
+    shortest = SPLIT_K_MIN.get(device.kind, SPLIT_K_MIN["cpu"])
+    S = 1
+    while tiles * S < want and 2 * S * shortest <= K:
+        S *= 2
+    return S
+
+
+def _gemm(a, b, tile, pack_a, variant) -> ir.Node:
+    """The panel views of ``a`` [*B, M, K] and ``b`` [*B, K, N] and the GEMM node over
+    them: B as panels [*B, N/W, K, W]; with ``pack_a``, A as panels [*B, M/R, K, R]. M and N
+    are zero-padded up to whole tiles."""
+    *batch, M, K = a.shape
+    N = b.shape[-1]
+    R, W = tile
+    batch = tuple(batch)
+    nb = len(batch)
+    keep, lead = ((0, 0),) * nb, tuple(range(nb))
+    bp = ir.pad(b, keep + ((0, 0), (0, -N % W)))
+    bp = ir.permute(ir.reshape(bp, batch + (K, bp.shape[-1] // W, W)), lead + (nb + 1, nb, nb + 2))
+    if pack_a:
+        ap = ir.pad(a, keep + ((0, -M % R), (0, 0)))
+        a = ir.permute(ir.reshape(ap, batch + (ap.shape[-2] // R, R, K)), lead + (nb, nb + 2, nb + 1))
+    return ir.gemm(a, bp, (M, N, K, R if pack_a else 0), variant)
+
+
+def _variant(M, N, K, batch, device) -> dict:
+    """The kernel variant the tuning module picks for this GEMM ({} = the template's defaults)."""
+    pick = getattr(tune, "gemm_variant", None)
+    return dict(pick(M, N, K, batch, device) or {}) if pick is not None else {}
+
+
+def _reads_window(a, is_leaf) -> bool:
+    """A is a view of a sliding window (a convolution's im2col matrix) of a stored value."""
+    while a.op in ir.MOVEMENT and not is_leaf(a):
+        if a.op == "WINDOW":
+            return True
+        a = a.srcs[0]
+    return False
+
+
+def _transposed(a) -> bool:
+    """A's rows are not its source's rows: a permute that moves the last dim."""
+    return a.op == "PERMUTE" and a.arg[-1] != len(a.shape) - 1
