@@ -84,8 +84,10 @@ def lower_matmul(a: ir.Node, b: ir.Node, device, is_leaf=lambda n: n.op in ir.SO
     if _reads_window(a, is_leaf) and not (device.kind == "gpu" and _transposed(a)):
         pack_a = False
     S = split_k(M, N, K, math.prod(batch), tile, pack_a, device)
+    # the tile and variant of the whole product, also for its slices: S was chosen for them
+    variant = _variant(M, N, K, math.prod(batch), device)
     if S == 1:
-        return _gemm(a, b, tile, pack_a, _variant(M, N, K, math.prod(batch), device))
+        return _gemm(a, b, tile, pack_a, variant)
     nb = len(batch)
     batch = tuple(batch)
     keep, lead = ((0, 0),) * nb, tuple(range(nb))
@@ -93,8 +95,7 @@ def lower_matmul(a: ir.Node, b: ir.Node, device, is_leaf=lambda n: n.op in ir.SO
     a = ir.pad(a, keep + ((0, 0), (0, S * Kc - K)))
     a = ir.permute(ir.reshape(a, batch + (M, S, Kc)), lead + (nb + 1, nb, nb + 2))     # [*B, S, M, Kc]
     b = ir.reshape(ir.pad(b, keep + ((0, S * Kc - K), (0, 0))), batch + (S, Kc, N))   # [*B, S, Kc, N]
-    tile, _ = tune.matmul_layout(a.shape, b.shape, device)
-    part = _gemm(a, b, tile, pack_a, _variant(M, N, Kc, math.prod(batch) * S, device))   # [*B, S, M, N]
+    part = _gemm(a, b, tile, pack_a, variant)                                         # [*B, S, M, N]
     return ir.reshape(ir.reduce("SUM", part, (nb,)), batch + (M, N))
 
 
