@@ -44,7 +44,7 @@ def _scopes(spec, r):
     t = spec.template
     if t == "elementwise":
         return [({"gid": (0, r["numel"] - 1)}, [r["index"], r["body"]])]
-    if t == "reduce":
+    if t in ("reduce", "reduce_group"):     # the same SSA scopes; r < loop_extent in both
         return [({"gid": (0, r["numel"] - 1), "r": (0, r["loop_extent"] - 1)},
                  [r["index"], r["loop_index"], r["body"], r["epilogue"]])]
     if t.startswith("gemm"):

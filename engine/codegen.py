@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import kernels
 
-from . import ir
+from . import ir, reduce_plan
 from .schedule import KernelGroup
 from .shapes import contiguous_strides
 
@@ -248,7 +248,7 @@ class _Args:
 
 def lower(group: KernelGroup, is_leaf, materialized, kind: str = "cpu", vector_width: int | None = None) -> KernelSpec:
     """``materialized(n)``: n is stored in a buffer by another kernel of this schedule;
-    ``kind``: the device kind ("cpu", "gpu", ...), which picks the GEMM template;
+    ``kind``: the device kind ("cpu", "gpu", ...), which picks the GEMM and reduce templates;
     ``vector_width``: float vector width of the CPU GEMM (16, 8, 4 or 1; default: what the
     probes of this kind's devices allow, see set_gemm_vector_width; the runtime narrows a
     spec planned wider, see with_vector_width)."""
@@ -276,7 +276,7 @@ def lower(group: KernelGroup, is_leaf, materialized, kind: str = "cpu", vector_w
     if group.kind == "elementwise":
         return _lower_elementwise(group, args, leaf_name)
     if group.kind == "reduce":
-        return _lower_reduce(group, args, leaf_name)
+        return _lower_reduce(group, args, leaf_name, kind)
     return _lower_matmul(group, args, leaf_name, kind, vector_width)
 
 
@@ -354,7 +354,7 @@ def _as_name(v, dtype):
     return repr(v) + "f"
 
 
-def _lower_reduce(group, args, leaf_name):
+def _lower_reduce(group, args, leaf_name, kind):
     anchor, out = group.anchor, group.outputs[0]
     src = anchor.srcs[0]
     axes = anchor.arg
@@ -380,6 +380,11 @@ def _lower_reduce(group, args, leaf_name):
               "epilogue": em.stmts, "stores": [(args.names[("out", out)], _as_name(v, out.dtype))]}
     display = {"numel": numel, "reduce": anchor.op, "axes": list(axes), "in_shape": list(src.shape),
                "out_shape": list(out.shape)}
+    L = reduce_plan.group_size(kind, src.shape, axes)
+    if L:       # a work-group per output: the same SSA, `gid` is the group's number
+        params = dict(params, L=L, UNROLL=reduce_plan.UNROLL)
+        return _finish(group, "reduce_group", params, dict(display, L=L), args, (numel * L,), (L,))
+    params = dict(params, UNROLL=reduce_plan.plain_unroll(kind, params["loop_extent"]))
     return _finish(group, "reduce", params, display, args, (_round_up(numel, 16),))
 
 

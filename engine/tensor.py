@@ -396,8 +396,15 @@ class Tensor(TensorMath):
                 x = valid.where_(x, -math.inf)
         x = x.reshape(x.shape[:r] + (plan.parts, plan.chunk) + x.shape[r + 1:])
         part = Tensor._make(op, ir.reduce(op, x.node, (r + 1,)), (x,), (r + 1,))
-        total = Tensor._make(op, ir.reduce(op, part.node, (r,)), (part,), (r,))
-        return total.reshape(tuple(1 if i in axes else s for i, s in enumerate(self.shape)))
+        # the partial results laid out as the result with the parts along the first reduced
+        # axis (a view of the first kernel's output), so the second kernel writes the
+        # result's own shape and a fused epilogue reads it without a reshape in between
+        a, q = axes[0], sum(1 for d in keep if d < axes[0])
+        part = part.reshape(kept[:r] + (plan.parts,) + kept[r:])
+        order = [d for d in range(len(kept) + 1) if d != r]
+        part = part.permute(order[:q] + [r] + order[q:])
+        part = part.reshape(tuple(plan.parts if i == a else 1 if i in axes else s for i, s in enumerate(self.shape)))
+        return Tensor._make(op, ir.reduce(op, part.node, (a,)), (part,), (a,))
 
     def matmul(self, other) -> "Tensor":
         other = self._lift(other)

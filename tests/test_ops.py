@@ -215,4 +215,5 @@ def test_long_reductions_split_in_two(rng, op, n):
     np.testing.assert_allclose(g, want, rtol=1e-6)
     with engine.profile() as p:
         getattr(engine.tensor(x.astype(np.float32)), op)().realize()
-    assert sum(k["template"] == "reduce" for k in p.kernels) == (2 if op != "max" or n % 1024 == 0 else 1)
+    # chunks, then the partial results; a ragged max pads with -inf (engine/reduce_plan.py)
+    assert sum(k["template"].startswith("reduce") for k in p.kernels) == 2
