@@ -49,8 +49,16 @@ def compute_units(device) -> int:
 
 def device_key(device) -> tuple:
     """What a lowering (and the kernels planned from it) depends on besides the graph: the
-    device's kind, identity and compute units. Tiles and variants sit in the GEMM nodes."""
-    return device.kind, getattr(device, "identity", ""), compute_units(device)
+    device's kind, identity and compute units, and the state of the tuning module's
+    choices (a tile forced while ``engine tune`` searches, the tuning database), so a plan
+    remembered by the neutral graph's structure is never one lowered under other tiles."""
+    return device.kind, getattr(device, "identity", ""), compute_units(device), _tuning_state()
+
+
+def _tuning_state() -> tuple:
+    db = tune.load_db()
+    forced = tuple(repr(t) for t in getattr(tune, "_override", ()))   # tune.override's stack
+    return forced, id(db), len(db)
 
 
 def lower(targets, device, is_leaf=lambda n: n.op in ir.SOURCE, origins: dict | None = None) -> list:
