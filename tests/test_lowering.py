@@ -198,3 +198,19 @@ def test_step_programs_carry_neutral_matmuls_and_refuse_gemm():
     misfit = dict(doc, nodes=doc["nodes"][:2] + [dict(doc["nodes"][2], srcs=[1, 0])])
     with pytest.raises(ProgramInvalid, match="do not fit"):
         check_program(misfit)
+
+
+def test_a_forced_tile_is_not_served_a_remembered_plan(rng):
+    """engine tune times each candidate tile on the same graph: the plan must follow it."""
+    from engine import realize, tune
+    dev = engine.default_device()
+    a, b = _r(rng, 40, 64), _r(rng, 64, 48)
+
+    def widths():
+        out = engine.tensor(a, device=dev) @ engine.tensor(b, device=dev)
+        return [s.display.get("W", s.display.get("TN")) for _, s in realize.plan([out.node], dev)
+                if s.template.startswith("gemm")]
+    first = widths()
+    with tune.override(*((16, 16) if dev.kind == "gpu" else (8, 16))):
+        assert widths() == [16] != first
+    assert widths() == first
