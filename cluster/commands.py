@@ -77,8 +77,9 @@ def train_on_nodes(args) -> int:
                         if log_epoch:
                             log_epoch(model, {"epoch": rec["epoch"] + 1, "test_accuracy": acc})
 
+                # the nodes run an epoch on their own, then wait: on_step's evaluation reads that epoch's weights
                 res = cl.fit(model, F.cross_entropy, {"name": "adam", "lr": args.lr}, (xtr, ytr),
-                             epochs=args.epochs, global_batch=args.batch_size, on_step=on_step)
+                             epochs=args.epochs, global_batch=args.batch_size, on_step=on_step, sync_every=per_epoch)
                 acc = digits.evaluate(model, xte, yte, dev)   # fit left the final weights in the model
                 if recorder:
                     recorder.finish("finished", test_accuracy=acc, seconds=time.perf_counter() - t0)

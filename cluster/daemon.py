@@ -2,9 +2,10 @@
 accepts a job (IR + weights + dataset), runs training steps with ring all-reduce, and
 serves health and Prometheus metrics.
 
-Threads: the main thread owns the control socket and answers hello/ping/abort at once,
-even mid-step, so heartbeats never stall behind compute; a worker thread runs job
-requests in order.  Any refused message gets an error reply and the node keeps serving.
+Threads: the main thread owns the control socket and answers hello/ping/abort/halt at
+once, even mid-step, so heartbeats never stall behind compute; a worker thread runs job
+requests in order (a `run` takes many steps on its own: cluster/runs.py).  Any refused
+message gets an error reply and the node keeps serving.
 
 Hardening (cluster/README.md, "Threat model"): a control connection is admitted only
 after a CURVE (or PLAIN-token) handshake made from the secret, before ZeroMQ reads a
@@ -37,8 +38,8 @@ from .metrics import NodeMetrics
 from .ring import RingLinks
 
 log = logging.getLogger("engine-node")
-QUEUED = {"job", "program", "ring", "step", "state", "stop"}
-OWNED = QUEUED - {"job"} | {"abort"}     # served only to the connection that sent the job
+QUEUED = {"job", "program", "ring", "step", "run", "state", "stop"}
+OWNED = QUEUED - {"job"} | {"abort", "halt"}     # served only to the connection that sent the job
 MAX_SESSIONS = 64
 
 
@@ -79,7 +80,7 @@ class NodeDaemon(JobHandlers):
         secret = auth.check_secret(secret)
         self.secret, self.device, self.data_dir, self.throttle = secret, device, data_dir, max(1.0, throttle)
         self.throttle_from = throttle_from
-        self.budgets = {"step": step_budget, "program": compile_budget}
+        self.budgets = {"step": step_budget, "run": step_budget, "program": compile_budget}   # run: per step
         self.ctx = ring.context()
         self.control = self.ctx.socket(zmq.ROUTER)
         # No frame above FRAME_BYTES is ever read (zmq drops such a connection), and nothing
@@ -129,6 +130,7 @@ class NodeDaemon(JobHandlers):
         self.running = None          # (ident, msg, started) of the worker's current request
         self.compute_since = None    # when the current step's forward/backward began
         self.cancelled = None        # the request the budget watchdog cancelled
+        self.halt_run = None         # id of the run the driver asked to halt at the next step boundary
         self.lock = threading.Lock()
         self.inbox: queue.Queue = queue.Queue()
         self.worker = threading.Thread(target=self._work, name="job-worker", daemon=True)
@@ -180,7 +182,7 @@ class NodeDaemon(JobHandlers):
             if self.running is None or self.running is self.cancelled:
                 return
             ident, msg, started = self.running
-            if msg.type == "step":      # a step's own compute; waiting on the ring has --peer-timeout
+            if msg.type in ("step", "run"):   # a step's own compute; waiting on the ring has --peer-timeout
                 started = self.compute_since
             budget = self.budgets.get(msg.type)
             if budget is None or started is None or time.monotonic() - started <= budget:
@@ -198,7 +200,7 @@ class NodeDaemon(JobHandlers):
         ident = frames[0].bytes
         try:
             msg = wire.decode([f.buffer for f in frames[1:]], secret=self.secret, max_bytes=self.max_bytes)
-            if msg.type not in QUEUED | {"hello", "ping", "abort"}:
+            if msg.type not in QUEUED | {"hello", "ping", "abort", "halt"}:
                 raise wire.WireError("bad_request", f"a node does not accept {msg.type!r} messages")
             self.replay.check(msg)
             if msg.type != "hello" and msg.fields.get("session") != self.sessions.get(ident):
@@ -232,6 +234,9 @@ class NodeDaemon(JobHandlers):
                                              "step": self.job.step if self.job else -1}, worker=False)
         elif msg.type == "abort":
             self.links.cancel.set()        # a collective in flight ends within one poll slice
+            self._reply(ident, msg, "ok", worker=False)
+        elif msg.type == "halt":           # the run votes to stop at its next all-reduce (cluster/runs.py)
+            self.halt_run = msg["run"]
             self._reply(ident, msg, "ok", worker=False)
         else:
             self.inbox.put((ident, msg))

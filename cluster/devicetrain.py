@@ -17,6 +17,12 @@ and backward read the current weights with no copy, whichever batch size's progr
 The optimizer step is captured once (engine.launch.capture) and replayed; its host action
 advances the step counter and Adam's bias corrections, exactly as engine.compile does.
 
+A ring of one needs no all-reduce, so its gradients never leave the device
+(``local_step``): they are copied device to device into the gradient buffers the fused
+update reads, and one float comes back per step: the loss plus zero times the sum of every
+gradient, which is the loss itself when everything is finite and NaN otherwise (the
+node's refusal to apply non-finite gradients, without downloading them).
+
 Reference (numpy) programs never come here: they keep cluster.optimizer.HostOptimizer.
 """
 from __future__ import annotations
@@ -79,6 +85,8 @@ class DeviceTrainer:
         self.sbufs = [rz.buffer_of(self.opt.state[i][name]._storage.node) for name in self.names for i in range(n)]
         self.update_items = None
         self.snap = None         # (step, [device copies of weights + state]) for rollback
+        self.checks = {}         # id(runner) -> (captured launches, buffer) of the finite-or-NaN loss
+        self.checked = np.empty(1, np.float32)
 
     # --- the step program ---------------------------------------------------------------
     def bind(self, runner) -> None:
@@ -90,9 +98,8 @@ class DeviceTrainer:
                 raise ValueError(f"param:{i}: program shape {slot.shape}, job {self.shapes[i]}")
             rz.bind_buffer(slot.node, h)
 
-    def forward_backward(self, runner, x, y, flat: np.ndarray) -> float:
-        """Run the step program; the gradients land in flat[:-1] (packed in parameter
-        order), the loss in flat[-1].  Returns the loss."""
+    def _run_program(self, runner, x, y) -> list:
+        """Upload the batch and replay forward + backward; the output buffers (loss, grads)."""
         for name, arr in (("x", x), ("y", y)):
             slot = runner.slots[name]
             self.device.upload(np.ascontiguousarray(arr, dtype=NP_DTYPES[slot.dtype]), dest=rz.buffer_of(slot.node))
@@ -101,7 +108,12 @@ class DeviceTrainer:
             step()                       # first run: captures the launch list
         else:
             launch.replay(step.items, self.device)
-        outs = [rz.buffer_of(t.node) for t in step.outs]
+        return [rz.buffer_of(t.node) for t in step.outs]
+
+    def forward_backward(self, runner, x, y, flat: np.ndarray) -> float:
+        """Run the step program; the gradients land in flat[:-1] (packed in parameter
+        order), the loss in flat[-1].  Returns the loss."""
+        outs = self._run_program(runner, x, y)
         q, off = self.device.queue, 0
         for buf, n in zip(outs[1:], self.sizes):
             if n:
@@ -112,6 +124,26 @@ class DeviceTrainer:
         flat[-1] = loss[0]
         return float(loss[0])
 
+    def local_step(self, runner, x, y) -> float:
+        """A ring of one: forward + backward, gradients copied on the device into the
+        buffers the update reads; returns the loss, or NaN when the loss or any gradient
+        is not finite (then nothing may be applied).  Call apply() to update."""
+        outs = self._run_program(runner, x, y)
+        for src, dst, n in zip(outs[1:], self.gbufs, self.sizes):
+            if n:
+                self.device.copy(src, dst, dst.nbytes)
+        if id(runner) not in self.checks:
+            with launch.capture() as cap:
+                loss = runner.step.outs[0].reshape(())
+                for g in runner.step.outs[1:]:
+                    loss = loss + (g * 0.0).sum()     # NaN * 0 and Inf * 0 are NaN; finite * 0 is 0
+                loss.realize()
+            self.checks[id(runner)] = (cap.items, rz.buffer_of(loss.node), runner)   # the runner stays alive
+        else:
+            launch.replay(self.checks[id(runner)][0], self.device)
+        cl.enqueue_copy(self.device.queue, self.checked, self.checks[id(runner)][1].mem, is_blocking=True)
+        return float(self.checked[0])
+
     # --- the update -----------------------------------------------------------------------
     def update(self, flat: np.ndarray) -> None:
         """Upload the reduced gradients (flat[:-1]) and apply the fused optimizer step."""
@@ -121,6 +153,10 @@ class DeviceTrainer:
                 cl.enqueue_copy(q, buf.mem, flat[off:off + n], is_blocking=False)
             off += n
         q.finish()
+        self.apply()
+
+    def apply(self) -> None:
+        """The fused optimizer step on the gradients in the gradient buffers."""
         if self.update_items is None:
             with launch.capture() as cap:
                 self.opt.step()

@@ -2,10 +2,13 @@
 
 The driver traces the training step once per local batch size and ships IR, weights
 and the dataset; nodes compute, all-reduce among themselves and update identically.
-The driver only schedules: it sends each step's sample indices, watches heartbeats,
-balances the global batch by measured throughput, and re-forms the ring when a node
-dies or joins.  Steps are atomic: a step the ring abandoned is rolled back and re-run
-with the survivors on the same global batch.
+The driver only schedules: it sends each node the data plan and the membership once
+(a `run`, cluster/runs.py), and the nodes step on their own, in lockstep through their
+ring, reporting losses and timings asynchronously.  The driver watches heartbeats,
+reads the reports, balances the global batch by measured throughput and re-forms the
+ring when a node dies or joins: it stops the run at a step boundary (a `halt`, or an
+`abort` when the ring broke), rolls the survivors back to a step every one of them can
+reach (their device snapshot) and re-runs from there on the same global batches.
 """
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from . import auth, program, wire
+from . import auth, program, runs, wire
 from .optimizer import check_spec
+from .runs import epoch_order  # noqa: F401  (its home was here; tests import it from here)
 
 log = logging.getLogger("cluster.driver")
 
@@ -35,11 +39,6 @@ def wants_host_optimizer(model, infos) -> bool:
     if isinstance(model, ReferenceMLP):
         return False
     return len({i.get("device") for i in infos}) > 1
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """Sample order of one epoch; global batch i is order[i*B:(i+1)*B] (drop last)."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 class ClusterError(RuntimeError):
@@ -104,10 +103,12 @@ class FitResult:
 class Cluster:
     def __init__(self, addresses, secret, *, heartbeat_s: float = 0.5, missed: int = 4, step_timeout: float = 120.0,
                  rebalance_tolerance: float = 0.1, batch_multiple: int = 1, seed: int = 0, max_retries: int = 3,
-                 host_optimizer: bool | None = None):
+                 host_optimizer: bool | None = None, report_s: float = 0.5):
         """heartbeat_s * missed: how long a silent node lives.  batch_multiple: local batches
         are multiples of it (except one remainder), bounding how many batch sizes, hence
-        programs, each node compiles as the balance moves."""
+        programs, each node compiles as the balance moves.  report_s: how often a node
+        reports its steps' losses and timings (0: after every step).  step_timeout: how
+        long a run may go without any step reported before the driver gives up on it."""
         self.addresses = list(addresses)
         self.secret = auth.check_secret(secret)
         self.banned: dict[str, str] = {}   # address -> why: dropped for misbehaving, never re-admitted
@@ -116,6 +117,9 @@ class Cluster:
         # engine jobs: optimizer on each node's device (False), on its host (True), or None:
         # on the host only when the nodes' devices differ (see wants_host_optimizer)
         self.host_optimizer = host_optimizer
+        self.report_s = float(report_s)
+        self._runs = None          # {node: id of its run request} while a run is in flight
+        self._run_replies: dict = {}
         self._host_opt = False
         self.multiple = max(1, int(batch_multiple))
         self.ctx = zmq.Context.instance()
@@ -166,6 +170,8 @@ class Cluster:
                 n.last_seen, n.heard = time.monotonic(), True
                 if msg.type == "bye":
                     self._dead(n, f"said bye ({msg['reason']})")
+                elif msg.type == "progress":
+                    self._progress(n, msg)
                 elif "re" in msg.fields:
                     del n.nonces[msg["re"]]
                     if msg.type != "pong":      # heartbeats are answered by arriving at all
@@ -176,7 +182,7 @@ class Cluster:
         """Drop a node at once on a reply that shows it cannot go on: one a neighbour says
         lied in the all-reduce plan agreement (waiting would only time out, and a retry
         would meet the same lie), or one that cancelled the job over its time budget."""
-        if m.type == "step_failed" and m.fields.get("code") == "plan_mismatch":
+        if m.type in ("step_failed", "run_done") and m.fields.get("code") == "plan_mismatch":
             for liar in self.nodes:
                 if liar.alive and liar.info and liar.info.get("data") == m.fields.get("peer"):
                     why = f"disagreed with {n.address} in the all-reduce plan agreement: {m['message']}"
@@ -251,12 +257,13 @@ class Cluster:
         return [int(s) for s in shares]
 
     def _ensure_programs(self, nodes) -> None:
-        need = [n for n in nodes if n.batch not in n.programs]
-        if need:
-            self._call(need, "program", lambda n: {"job": self.job, "batch": n.batch, "program": self._program(n.batch)},
+        """Every node holds a program for each of its micro-batch sizes (one per size a round)."""
+        while need := {n: min(m) for n in nodes
+                       if (m := set(runs.micro_sizes(n.batch, self.accumulate)) - n.programs)}:
+            self._call(need, "program", lambda n: {"job": self.job, "batch": need[n], "program": self._program(need[n])},
                        timeout_s=self.step_timeout)
-            for n in need:
-                n.programs.add(n.batch)
+            for n, b in need.items():
+                n.programs.add(b)
 
     def _program(self, b: int) -> dict:
         if b not in self._programs:
@@ -295,11 +302,16 @@ class Cluster:
         k = len(m["names"])
         return [np.array(t) for t in m.tensors[:k]], [np.array(t) for t in m.tensors[k:]], m["step"]
 
-    def params(self) -> dict:
-        """The job's current weights, name -> array, fetched from a node.  Call it between
-        steps, e.g. from fit's on_step (to evaluate or checkpoint while training)."""
+    def     params(self) -> dict:
+        """The job's current weights, name -> array, fetched from a node.  Call it from
+        fit's on_step (to evaluate or checkpoint while training).  Nodes run ahead of the
+        records on_step sees: a call stops them at their next step boundary, whose
+        weights it returns (a later step than the record's); the weights of an exact step
+        are those at the end of a fit(sync_every=...) segment."""
         if not self.nodes:
             raise ClusterError("no job is running: params() is for use inside fit (on_step)")
+        if self._runs is not None and len(self._run_replies) < len(self._runs):
+            self._stop_run()     # the nodes run ahead of on_step: stop them at the next step boundary
         params, _, _ = self._state()
         return dict(zip(self.names, params))
 
@@ -337,63 +349,232 @@ class Cluster:
             self._event(f"rebalanced: shares {ideal}")
 
     # --- training -------------------------------------------------------------------------
-    def _step(self, step: int, idx: np.ndarray) -> dict:
-        nodes, off, pending = list(self.nodes), 0, {}
-        for n in nodes:
-            part = idx[off:off + n.batch]
-            off += n.batch
-            pending[n] = n.send("step", {"job": self.job, "gen": self.gen, "step": step, "batch": n.batch,
-                                         "weight": n.batch / self.B}, [part.astype(np.int64)])
-        replies = self._wait(pending, self.step_timeout, f"step {step}")
-        bad = {n.address: f"{m.type}: {m.fields.get('message')}" for n, m in replies.items() if m.type != "step_done"}
-        if any(m.type == "error" and m.fields.get("code") == "nonfinite" for m in replies.values()):
-            raise NonFiniteGradients(f"step {step}: the nodes refused NaN/Inf gradients, weights kept: {bad}")
-        if bad:
-            raise ClusterError(f"step {step} failed on {bad}")
-        # nodes send a weights checksum every --digest-every steps (a download on the device path)
-        digests = {m.fields["digest"] for m in replies.values() if "digest" in m.fields}
-        if len(digests) > 1:
-            raise WeightsDiverged(f"step {step}: weights diverged across nodes: {digests}")
-        for n, m in replies.items():
-            t = max(m["compute_s"], 1e-6)
+    def _progress(self, n: NodeLink, m: wire.Message) -> None:
+        """A node's report of steps it finished: losses (the ring's sum, the same on every
+        rank), its compute and all-reduce times, weight checksums."""
+        ring = self._ring
+        if m["job"] != self.job or m["gen"] != self.gen or n not in ring:
+            return                                    # a report from a ring that is gone
+        loss, compute, ar = m["loss"], m["compute"], m["allreduce"]
+        if not (len(loss) == len(compute) == len(ar)) or not all(isinstance(v, (int, float)) for v in loss + compute + ar):
+            log.warning("refused a malformed progress report from %s", n.address)
+            return
+        rank, world, self._last_progress = ring.index(n), len(ring), time.monotonic()
+        for i, (lo, c, a) in enumerate(zip(loss, compute, ar)):
+            s = m["first"] + i
+            if s < self._next:
+                continue
+            rec = self._pending.setdefault(s, {"step": s + 1, "loss": lo, "world": world,
+                                               "shares": [x.batch for x in ring], "compute_s": [None] * world,
+                                               "allreduce_s": [None] * world})
+            rec["compute_s"][rank], rec["allreduce_s"][rank] = c, a
+            t = max(c, 1e-6)
             n.tp = n.batch / t if n.tp is None else 0.5 * n.tp + 0.5 * n.batch / t
-        m0 = replies[nodes[0]]
-        return {"step": step + 1, "loss": m0["loss"], "world": len(nodes), "shares": [n.batch for n in nodes],
-                "compute_s": [replies[n]["compute_s"] for n in nodes], "allreduce_s": m0["allreduce_s"]}
+        for pair in m.fields.get("digests", []):
+            if not (isinstance(pair, list) and len(pair) == 2 and type(pair[0]) is int and isinstance(pair[1], str)):
+                continue
+            step, digest = pair
+            seen = self._digests.setdefault(step, {})
+            seen[n] = digest
+            if len(seen) == world:
+                if len(set(seen.values())) > 1:
+                    self._diverged = f"after step {step}: weights diverged across nodes: {sorted(set(seen.values()))}"
+                del self._digests[step]
 
-    def _recover(self, step: int, why) -> None:
-        self._event(f"step {step} abandoned ({why}); re-forming the ring")
-        for n in self.nodes:
-            if n.alive:
-                n.send("abort", {"job": self.job})
+    def _deliver(self) -> None:
+        """Records of steps every rank reported, in step order, to the history and on_step."""
+        if self._delivering:          # on_step called back into the driver (params, add)
+            return
+        self._delivering = True
+        try:
+            while (rec := self._pending.get(self._next)) is not None and None not in rec["compute_s"]:
+                self._emit(self._pending.pop(self._next))
+        finally:
+            self._delivering = False
+
+    def _emit(self, rec: dict) -> None:
+        rec["allreduce_s"] = rec["allreduce_s"][0]
+        rec["epoch"] = (rec["step"] - 1) // self.per_epoch
+        self._next = rec["step"]
+        self.history.append(rec)
+        if self.on_step:
+            self.on_step(rec)
+        if not self._want_rebalance and self._rebalance_moves() > self.tolerance * self.B:
+            self._want_rebalance = True
+
+    def _rebalance_moves(self) -> float:
+        ideal = self._shares(self.nodes, self.B)
+        return sum(abs(a - n.batch) for a, n in zip(ideal, self.nodes)) / 2
+
+    def _collect_runs(self) -> None:
+        for n, rid in self._runs.items():
+            if n not in self._run_replies and rid in n.replies:
+                self._run_replies[n] = n.replies.pop(rid)
+
+    def _stop_run(self) -> None:
+        """Halt the run in flight at its next step boundary and wait until every node said so."""
+        for n, rid in self._runs.items():
+            if n not in self._run_replies and n.alive:
+                n.send("halt", {"job": self.job, "run": rid})
+        self._halted = True
+        self._await_runs(self.step_timeout, abort=False)
+
+    def _await_runs(self, timeout_s: float, abort: bool) -> None:
+        """Wait for the run replies of the live nodes.  abort=False: a death raises
+        NodesLost; abort=True (recovering): the dead are skipped, and the silent dropped."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._collect_runs()
+            if not abort and (dead := [n for n in self._runs if not n.alive]):
+                raise NodesLost(dead)
+            waiting = [n for n in self._runs if n not in self._run_replies and n.alive]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                if not abort:
+                    raise ClusterError(f"run: no answer from {[n.address for n in waiting]} within {timeout_s:.0f}s")
+                for n in waiting:
+                    self._dead(n, f"did not stop its run within {timeout_s:.0f}s of an abort")
+                return
+            self._pump(0.02)
+
+    def _run(self, start: int, until: int) -> int:
+        """Steps [start, until) on the nodes' own; returns the step they stopped at
+        (until, or earlier when halted for a join, a rebalance or params())."""
+        ring = self._ring = list(self.nodes)
+        fields = {"job": self.job, "gen": self.gen, "step": start, "until": until, "seed": self.seed, "batch": self.B,
+                  "shares": [n.batch for n in ring], "accumulate": self.accumulate, "report_s": self.report_s}
+        self._run_replies, self._halted = {}, False
+        self._runs = {n: n.send("run", fields) for n in ring}
+        self._last_progress = time.monotonic()
+        while True:
+            self._collect_runs()
+            dead = [n for n in ring if not n.alive]
+            if dead:
+                raise NodesLost(dead)
+            if self._diverged:
+                raise WeightsDiverged(self._diverged)
+            if len(self._run_replies) == len(ring):
+                break
+            if any(m.type != "run_done" or m["why"] == "aborted" for m in self._run_replies.values()):
+                break                              # the ring broke: no need to wait for the others here
+            if not self._halted and (self._joining or self._want_rebalance):
+                for n, rid in self._runs.items():
+                    if n not in self._run_replies:
+                        n.send("halt", {"job": self.job, "run": rid})
+                self._halted = True
+            if time.monotonic() - self._last_progress > self.step_timeout + self.report_s:
+                raise ClusterError(f"run from step {start}: no step finished within {self.step_timeout:.0f}s")
+            self._pump(0.02)
+            self._deliver()
+        replies = self._run_replies
+        bad = {n.address: f"{m.type}: {m.fields.get('why', m.fields.get('code'))}: {m.fields.get('message')}"
+               for n, m in replies.items() if m.type != "run_done" or m["why"] == "aborted"}
+        if any(m.type == "error" and m.fields.get("code") == "nonfinite" for m in replies.values()):
+            raise NonFiniteGradients(f"the nodes refused NaN/Inf gradients, weights kept: {bad}")
+        if bad:
+            raise ClusterError(f"run from step {start} failed on {bad}")
+        stopped = {m["step"] for m in replies.values()}
+        if len(stopped) != 1:
+            raise ClusterError(f"run from step {start}: nodes stopped at different steps {sorted(stopped)}")
+        self._runs = None
+        step = stopped.pop()
+        self._deliver()
+        self._settle(step)
+        if self._diverged:
+            raise WeightsDiverged(self._diverged)
+        return step
+
+    def _settle(self, step: int) -> None:
+        """History holds exactly the steps before `step`: reports of steps the nodes rolled
+        back are dropped, and steps some dead rank never reported go in with what is known."""
+        del self.history[step:]
+        self._next = len(self.history)
+        for s in sorted(k for k in self._pending if k < step):
+            rec = self._pending.pop(s)
+            if s == self._next:
+                rec["compute_s"] = [float("nan") if c is None else c for c in rec["compute_s"]]
+                rec["allreduce_s"] = [float("nan") if a is None else a for a in rec["allreduce_s"]]
+                self._emit(rec)
+        self._pending.clear()
+        self._digests.clear()
+
+    @staticmethod
+    def _rollback_target(states: dict) -> int:
+        """The latest step every node can reach: where it is, or its snapshot."""
+        at = min(s for s, _ in states.values())
+        for c in sorted({at} | {snap for _, snap in states.values() if 0 <= snap <= at}, reverse=True):
+            if all(s == c or snap == c for s, snap in states.values()):
+                return c
+        raise ClusterError(f"no step every node can roll back to: (step, snapshot) {sorted(states.values())}; "
+                           "a node between --snapshot-every snapshots cannot resume (0: rollback off)")
+
+    def _recover(self, why) -> int:
+        """Stop what is left of the run, roll every survivor back to a common step and
+        re-form the ring there; returns that step."""
+        self._event(f"run at step {self.step} stopped ({why}); re-forming the ring")
+        if self._runs is not None:
+            for n in self._runs:
+                if n.alive and n not in self._run_replies:
+                    n.send("abort", {"job": self.job})
+            self._await_runs(self.step_timeout, abort=True)
+            states = {}
+            for n, m in self._run_replies.items():
+                if not n.alive:
+                    continue
+                if m.type == "run_done":
+                    states[n] = (m["step"], m["snap"])
+                else:
+                    self._dead(n, f"its run failed: {m.fields.get('code')}: {m.fields.get('message')}")
+            self._runs = None
+        else:
+            states = {n: (self.step, -1) for n in self.nodes if n.alive}
+        if not states:
+            raise ClusterError(f"no nodes left at step {self.step}")
+        step = self._rollback_target(states)
+        self._settle(step)
         for _ in range(len(self.nodes)):
             try:
-                return self._form_ring(step)   # nodes roll back to `step` if they had finished it
-            except NodesLost as e:             # another one went while we re-formed: drop it too
+                self._form_ring(step)   # nodes roll back to `step` if they are past it
+                return step
+            except NodesLost as e:      # another one went while we re-formed: drop it too
                 self._event(f"lost {e} while re-forming")
         raise ClusterError(f"could not re-form the ring at step {step}")
 
     def fit(self, model, loss_fn, optimizer_spec: dict, dataset_arrays, *, epochs: int = 1, global_batch: int = 64,
-            max_steps: int | None = None, on_step=None, dataset_name: str | None = None) -> FitResult:
+            max_steps: int | None = None, on_step=None, dataset_name: str | None = None, accumulate: int = 1,
+            sync_every: int | None = None) -> FitResult:
         """Train `model` data-parallel; returns the final weights (also loaded into the model).
 
         dataset_arrays: (x, y) or {"x": x, "y": y}.  Its rows travel to every node in the
         job as Arrow IPC, unless dataset_name is given: then each node reads
         <ENGINE_NODE_DATA>/<dataset_name>.arrow (see wire.save_table) and checks its hash.
-        on_step(record) runs after every step, in the driver (it may call self.add)."""
+        on_step(record) runs in the driver for every step, in order, as the nodes report
+        them (it may call self.add, or self.params: see there).  accumulate=k: each node
+        cuts its share of a step into k micro-batches and sums their gradients before the
+        all-reduce (the same update as one batch: what DDP's no_sync gives).  sync_every=n:
+        the nodes stop every n steps until the driver has seen them (exact weights for
+        on_step at those steps); None: they run to the end on their own."""
         self.dataset_name = dataset_name
         x, y = (dataset_arrays["x"], dataset_arrays["y"]) if isinstance(dataset_arrays, dict) else dataset_arrays
         self.x, self.y = np.ascontiguousarray(x, np.float32), np.ascontiguousarray(y, np.int64)
         self.model, self.loss_fn, self.B = model, loss_fn, int(global_batch)
         self.optimizer = check_spec(dict(optimizer_spec))
+        self.accumulate = int(accumulate)
+        if not 1 <= self.accumulate <= runs.MAX_ACCUMULATE:
+            raise ClusterError(f"accumulate must be in 1..{runs.MAX_ACCUMULATE}, got {accumulate}")
         self.job, self.gen, self._programs = uuid.uuid4().hex[:12], 0, {}
         params = program.params_of(model)
         self.names = list(params)
-        per_epoch = len(self.x) // self.B
+        self.per_epoch = per_epoch = len(self.x) // self.B
         total = min(epochs * per_epoch, max_steps or epochs * per_epoch)
         if per_epoch == 0:
             raise ClusterError(f"global batch {self.B} is larger than the dataset ({len(self.x)})")
-        history, step, perm = [], 0, None
+        self.history, self.on_step, self.step = [], on_step, 0
+        self._pending, self._digests, self._next, self._ring = {}, {}, 0, []
+        self._delivering = self._want_rebalance = False
+        self._diverged = None
+        self._runs, failures = None, 0
         self.nodes, self.events = [], []
         try:
             for a in self.addresses:
@@ -404,34 +585,31 @@ class Cluster:
                               else wants_host_optimizer(model, [n.info for n in self.nodes]))
             self._ship_job(self.nodes, list(params.values()), [], 0)
             self._form_ring(0)
-            while step < total:
-                epoch, i = divmod(step, per_epoch)
-                if i == 0 or perm is None:
-                    perm = epoch_order(len(self.x), self.seed, epoch)
-                idx = perm[i * self.B:(i + 1) * self.B]
-                for attempt in range(self.max_retries + 1):
-                    try:
-                        rec = self._step(step, idx)
-                        break
-                    except (NodesLost, ClusterError) as e:
-                        if attempt == self.max_retries or isinstance(e, (WeightsDiverged, NonFiniteGradients)):
-                            raise
-                        self._recover(step, e)
-                step += 1
-                rec["epoch"] = epoch
-                history.append(rec)
-                if on_step:
-                    on_step(rec)
+            while self.step < total:
+                until = total if not sync_every else min(total, (self.step // sync_every + 1) * sync_every)
                 try:
-                    self._admit(step)
-                    self._rebalance()
+                    self.step = self._run(self.step, until)
+                    failures = 0
+                except (WeightsDiverged, NonFiniteGradients):
+                    raise
+                except (NodesLost, ClusterError) as e:
+                    failures += 1
+                    if failures > self.max_retries:
+                        raise
+                    self.step = self._recover(e)
+                    continue
+                try:
+                    self._admit(self.step)
+                    if self._want_rebalance:
+                        self._want_rebalance = False
+                        self._rebalance()
                 except NodesLost as e:   # lost one while reshaping: re-form without it
-                    self._recover(step, e)
+                    self.step = self._recover(e)
             params_out, _, at = self._state()
             self._call(self.nodes, "stop", lambda n: {})
             model.load_state_dict(dict(zip(self.names, params_out)))
         finally:
             for n in self.nodes:
                 n.close()
-            self.nodes = []
-        return FitResult(dict(zip(self.names, params_out)), at, history, list(self.events))
+            self.nodes, self._runs = [], None
+        return FitResult(dict(zip(self.names, params_out)), at, list(self.history), list(self.events))

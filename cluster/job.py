@@ -59,16 +59,23 @@ class Job:
         self.x, self.y = table["x"], table["y"]
         self.host_optimizer = bool(msg.fields.get("host_optimizer", False))   # the driver's choice (mixed devices)
         self.runners: dict[int, object] = {}
-        self.prev = None   # state before the last update, to roll back a step the ring abandoned
+        self.prev = None   # (params, state, t) before the last update (host path), to roll back a step
         # engine programs: weights and optimizer state move to the device with the first
         # program (devicetrain); until then, and for reference programs, they are on the host
         self.dev: devicetrain.DeviceTrainer | None = None
-        self.flat: np.ndarray | None = None   # packed gradients + loss, reused every step
+        self.flat: np.ndarray | None = None   # packed gradients + loss + halt vote, reused every step
+        self.scratch: np.ndarray | None = None  # a further micro-batch's gradients + loss (accumulation)
 
     def to_device(self, device) -> None:
         if self.dev is None:
             self.dev = devicetrain.DeviceTrainer(device, self.opt.spec, self.params, self.opt.state, self.step)
             self.params = self.opt = None      # the device holds them now
+
+    def snap_step(self) -> int:
+        """The step this node can roll back to (besides staying where it is); -1: none."""
+        if self.dev:
+            return self.dev.snap[0] if self.dev.snap and self.dev.snap[0] is not None else -1
+        return self.prev[2] if self.prev is not None else -1
 
     def weights(self) -> list[np.ndarray]:
         return self.dev.weights() if self.dev else self.params

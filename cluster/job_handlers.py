@@ -1,5 +1,7 @@
-"""The node's worker thread: job requests (job, program, ring, step, state, stop) run
-in order, one at a time, each answered through the main thread (NodeDaemon._reply).
+"""The node's worker thread: job requests (job, program, ring, step, run, state, stop)
+run in order, one at a time, each answered through the main thread (NodeDaemon._reply).
+A `run` takes many steps on its own (cluster/runs.py) and sends `progress` reports
+through the main thread as it goes.
 JobHandlers is a mixin of NodeDaemon (cluster/daemon.py) and uses its attributes: the
 job, the ring links, the metrics, the budgets and the lock it shares with the watchdog."""
 from __future__ import annotations
@@ -9,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import hostpool, program
+from . import hostpool, program, runs
 from .allreduce import PlanMismatch, allreduce, pack, unpack
 from .job import Job, JobError
 from .optimizer import OptimizerError
@@ -80,6 +82,7 @@ class JobHandlers:
             idx = np.arange(b) % len(job.x)
             if on_device:   # captures the launch list too (gradients only: no update)
                 job.dev.forward_backward(runner, job.x[idx], job.y[idx], np.empty(sum(job.dev.sizes) + 1, np.float32))
+                job.dev.local_step(runner, job.x[idx], job.y[idx])   # a ring of one's path: its check kernels
             else:
                 runner.run(job.params, job.x[idx], job.y[idx])
         job.runners[b] = runner
@@ -91,23 +94,26 @@ class JobHandlers:
         job, step, peers, rank = self._need_job(msg), msg["step"], msg["peers"], msg["rank"]
         if not (0 <= rank < len(peers) and all(isinstance(p, str) for p in peers) and peers[rank] == self.links.endpoint):
             raise JobError("bad_ring", f"rank {rank} of {peers} is not this node ({self.links.endpoint})")
-        snap = job.dev.snap[0] if job.dev and job.dev.snap else None
-        if job.step == step + 1 and job.prev is not None:    # the ring abandoned the step we finished
-            job.params, job.opt.state, job.opt.t = job.prev
-            job.step = step
-        elif job.dev and job.step > step and snap == step:   # the same, from the device snapshot
-            job.step = job.dev.restore()
-        elif job.step != step:
-            why = f" (device snapshot at step {snap}, taken every {self.snapshot_every})" if job.dev else ""
-            raise JobError("bad_step", f"node is at step {job.step}, cannot resume at {step}{why}")
+        if job.step != step:     # the driver rolls the ring back to a step every member can reach
+            if job.snap_step() != step:
+                why = f" (device snapshot at step {job.snap_step()}, taken every {self.snapshot_every})" if job.dev else ""
+                raise JobError("bad_step", f"node is at step {job.step}, cannot resume at {step}{why}")
+            if job.dev:
+                job.step = job.dev.restore()
+            else:
+                job.params, job.opt.state, job.opt.t = job.prev
+                job.step = step
         job.prev = None
-        if job.dev and job.dev.snap and snap != job.step:   # never roll back past a formed ring
-            job.dev.snap = (None, job.dev.snap[1])
         self.links.cancel.clear()
         self.links.connect(msg["gen"], rank, peers)
+        if job.dev and self.snapshot_every and len(peers) > 1:   # every member can roll back to where the ring formed
+            job.dev.snapshot(job.step)
+        elif job.dev and job.dev.snap and job.dev.snap[0] != job.step:   # never roll back past a formed ring
+            job.dev.snap = (None, job.dev.snap[1])
         return "ok", {"step": job.step}
 
     def _on_step(self, ident, msg):
+        """One step the driver deals by hand (its indices and weight in the message)."""
         job, b = self._need_job(msg), msg["batch"]
         if msg["gen"] != self.links.gen or msg["step"] != job.step:
             raise JobError("bad_step", f"step {msg['step']} gen {msg['gen']}: node is at step {job.step} gen {self.links.gen}")
@@ -116,50 +122,130 @@ class JobHandlers:
             raise JobError("bad_step", f"need a program for batch {b} and {b} int64 indices")
         if b and (idx.min() < 0 or idx.max() >= len(job.x)) or not 0 < msg["weight"] <= 1:
             raise JobError("bad_step", "indices out of range or weight not in (0, 1]")
+        t0, sent0 = time.perf_counter(), self.links.bytes_sent
+        loss, compute, ar, _ = self._train_step(job, [(idx, float(msg["weight"]))], False, snapshot_alone=True)
+        return "step_done", {"step": job.step, "loss": loss, "compute_s": compute, "allreduce_s": ar,
+                             "bytes": self.links.bytes_sent - sent0} | self._digest(job)
+
+    def _digest(self, job) -> dict:
+        check = self.digest_every and job.step % self.digest_every == 0 and self.links.world > 1
+        return {"digest": job.digest()} if check else {}
+
+    def _on_run(self, ident, msg):
+        """Steps [step, until) on the node's own, in lockstep with the ring (cluster/runs.py)."""
+        job = self._need_job(msg)
+        if msg["gen"] != self.links.gen or msg["step"] != job.step:
+            raise JobError("bad_run", f"run from step {msg['step']} gen {msg['gen']}: node is at step {job.step} "
+                                      f"gen {self.links.gen}")
+        try:
+            plan = runs.DataPlan(len(job.x), msg["seed"], msg["batch"], msg["shares"], msg.fields.get("accumulate", 1))
+        except ValueError as e:
+            raise JobError("bad_run", str(e)) from None
+        rank, until = self.links.rank, msg["until"]
+        if len(plan.shares) != self.links.world or until < job.step:
+            raise JobError("bad_run", f"{len(plan.shares)} shares for a ring of {self.links.world}, until {until}")
+        micro = plan.micro(rank)
+        if missing := sorted(set(micro) - set(job.runners)):
+            raise JobError("bad_run", f"no program for micro-batch size(s) {missing}")
+        report = Progress(self, ident, job.id, self.links.gen, float(msg.fields.get("report_s", 0.5)))
+        end = {"why": "done"}
+        try:
+            while job.step < until:
+                if self.job is not job:          # cancelled by the budget watchdog
+                    raise JobError("cancelled", f"job {job.id} cancelled at step {job.step}")
+                rows, off, parts = plan.rows_of(job.step, rank), 0, []
+                for m in micro:
+                    parts.append((rows[off:off + m], m / plan.batch))
+                    off += m
+                at = job.step
+                loss, compute, ar, halt = self._train_step(job, parts, self.halt_run == msg["id"])
+                report.add(at, loss, compute, ar, self._digest(job).get("digest"))
+                if halt:
+                    end = {"why": "halted"}
+                    break
+        except (PeerLost, PlanMismatch) as e:
+            log.warning("run stopped at step %d: %s", job.step, e)
+            end = {"why": "aborted", "message": str(e)}
+            if isinstance(e, PlanMismatch) and e.peer:   # the neighbour that disagreed, for the driver to drop
+                end |= {"code": "plan_mismatch", "peer": e.peer}
+        finally:
+            report.flush()
+        return "run_done", {"step": job.step, "snap": job.snap_step(), **end}
+
+    def _train_step(self, job, parts, vote_halt: bool, snapshot_alone: bool = False):
+        """One step: forward + backward of each (rows, weight) micro-batch, gradients summed
+        (weights: rows / global batch), all-reduced with the ring, checked, applied.
+        Returns (global loss, compute s, all-reduce s, whether the ring voted to halt).
+        Rollback snapshots are taken in rings of two or more (a ring of one has nobody to
+        wait for), unless `snapshot_alone` (steps dealt by hand)."""
         t0 = time.perf_counter()
         self.compute_since = time.monotonic()
-        if job.dev and job.flat is None:
-            job.flat = np.empty(sum(job.dev.sizes) + 1, np.float32)
+        world = self.links.world
         try:
-            if job.dev:    # gradients and loss downloaded straight into the packed buffer
-                job.dev.forward_backward(job.runners[b], job.x[idx], job.y[idx], job.flat)
+            if job.dev and world == 1 and len(parts) == 1:     # a ring of one: gradients stay on the device
+                idx = parts[0][0]
+                loss = job.dev.local_step(job.runners[len(idx)], job.x[idx], job.y[idx])
+                flat = None
             else:
-                loss, grads = job.runners[b].run(job.params, job.x[idx], job.y[idx])
+                flat = self._gradients(job, parts)
             compute = time.perf_counter() - t0
             if self.throttle > 1 and job.step >= self.throttle_from:   # simulate a slower device (load-balancing tests)
                 time.sleep(compute * (self.throttle - 1))
                 compute *= self.throttle
         finally:
             self.compute_since = None
-        w = np.float32(msg["weight"])   # gradients weighted by samples: sum = global-batch mean
-        flat = job.flat if job.dev else pack([*grads, np.float32([loss])])
-        flat *= w
         t1, sent0 = time.perf_counter(), self.links.bytes_sent
-        allreduce(self.links, flat, job.step)
+        if flat is not None:
+            flat[-1] = 1.0 if vote_halt else 0.0       # summed: every rank sees the same vote
+            allreduce(self.links, flat, job.step)
+            loss, halt = float(flat[-2]), bool(flat[-1] > 0)
+            finite = hostpool.all_finite(flat)
+        else:
+            halt, finite = vote_halt, np.isfinite(loss)
         ar = time.perf_counter() - t1
         # Every rank holds the same sum, so every rank refuses together (before any update).
-        if not hostpool.all_finite(flat):
-            bad = int(np.count_nonzero(~np.isfinite(flat[:-1])))
+        if not finite:
+            bad = int(np.count_nonzero(~np.isfinite(flat[:-2]))) if flat is not None else "some"
             raise JobError("nonfinite", f"step {job.step}: {bad} gradient value(s) (or the loss) are NaN or Inf "
                                         "after the all-reduce; not applied, weights stay at this step")
-        if job.dev:    # snapshot on the device, then the reduced gradients go back up for the fused update
-            if self.snapshot_every and job.step % self.snapshot_every == 0:
+        if job.dev:    # snapshot on the device (rollback), then the fused update
+            if self.snapshot_every and (world > 1 or snapshot_alone) and job.step % self.snapshot_every == 0:
                 job.dev.snapshot(job.step)
-            job.dev.update(flat)
+            job.dev.update(flat) if flat is not None else job.dev.apply()
         else:
             job.prev = (hostpool.copy(job.params), hostpool.copy(job.opt.state), job.opt.t)
-            job.opt.update(job.params, unpack(flat[:-1], job.shapes))
+            job.opt.update(job.params, unpack(flat[:-2], job.shapes))
         job.step += 1
-        check = self.digest_every and job.step % self.digest_every == 0
-        m, n = self.metrics, self.links.world
+        m = self.metrics
         m.steps.inc()
         m.step_seconds.set(time.perf_counter() - t0)
         m.compute_seconds.set(compute)
-        m.samples_per_second.set(b / compute if compute else 0)
+        m.samples_per_second.set(sum(len(p[0]) for p in parts) / compute if compute else 0)
         m.allreduce_bytes.inc(self.links.bytes_sent - sent0)
-        m.allreduce_bandwidth.set(2 * (n - 1) / n * flat.nbytes / ar if n > 1 and ar else 0)
-        return "step_done", {"step": job.step, "loss": float(flat[-1]), "compute_s": compute, "allreduce_s": ar,
-                             "bytes": self.links.bytes_sent - sent0} | ({"digest": job.digest()} if check else {})
+        nbytes = flat.nbytes if flat is not None else 0
+        m.allreduce_bandwidth.set(2 * (world - 1) / world * nbytes / ar if world > 1 and ar else 0)
+        return loss, compute, ar, halt
+
+    def _gradients(self, job, parts) -> np.ndarray:
+        """[weighted gradient sum..., weighted loss, halt vote] on the host, for the all-reduce."""
+        n = sum(job.dev.sizes) if job.dev else sum(int(np.prod(s)) for s in job.shapes)
+        if job.flat is None or len(job.flat) != n + 2:
+            job.flat = np.empty(n + 2, np.float32)
+        flat = job.flat
+        for k, (idx, w) in enumerate(parts):
+            if k == 1 and (job.scratch is None or len(job.scratch) != n + 1):
+                job.scratch = np.empty(n + 1, np.float32)
+            out = flat[:-1] if k == 0 else job.scratch     # micro-batches after the first: added on the host
+            runner = job.runners[len(idx)]
+            if job.dev:    # gradients and loss downloaded straight into the packed buffer
+                job.dev.forward_backward(runner, job.x[idx], job.y[idx], out)
+            else:
+                loss, grads = runner.run(job.params, job.x[idx], job.y[idx])
+                out[:] = pack([*grads, np.float32([loss])])
+            out *= np.float32(w)
+            if k:
+                flat[:-1] += out
+        return flat
 
     def _on_state(self, ident, msg):
         job = self._need_job(msg)
@@ -170,3 +256,32 @@ class JobHandlers:
     def _on_stop(self, ident, msg):
         self.job = None
         return "ok", {}
+
+
+class Progress:
+    """A run's per-step losses and timings, sent to the driver every `every_s` seconds
+    (and when the run ends) as one `progress` message: the driver hears about steps
+    without a message per step on the nodes' critical path."""
+
+    def __init__(self, node, ident, job: str, gen: int, every_s: float):
+        self.node, self.ident, self.job, self.gen, self.every_s = node, ident, job, gen, max(0.0, every_s)
+        self.first, self.rows, self.digests = None, [], []
+        self.last = time.monotonic()
+
+    def add(self, step: int, loss: float, compute: float, ar: float, digest: str | None) -> None:
+        if self.first is None:
+            self.first = step
+        self.rows.append((loss, compute, ar))
+        if digest is not None:
+            self.digests.append([step + 1, digest])
+        if time.monotonic() - self.last >= self.every_s or len(self.rows) >= 4096:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            loss, compute, ar = (list(c) for c in zip(*self.rows))
+            self.node._reply(self.ident, None, "progress", {
+                "job": self.job, "gen": self.gen, "first": self.first, "loss": loss, "compute": compute,
+                "allreduce": ar} | ({"digests": self.digests} if self.digests else {}))
+        self.first, self.rows, self.digests = None, [], []
+        self.last = time.monotonic()

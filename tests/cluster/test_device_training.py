@@ -115,8 +115,10 @@ def test_engine_job_survives_sigkill_and_a_join(procs):
         if rec["step"] == 12:
             cl.add(nodes[3]["control"])
 
+    # nodes run ahead of on_step; sync_every=6 stops them at steps 6, 12 and 18, so the kill
+    # lands in the run from step 6 and the join at step 12
     res = cl.fit(digits.build_model("mlp"), F.cross_entropy, {"name": "adam", "lr": 2e-3}, (xtr, ytr),
-                 global_batch=96, epochs=2, max_steps=20, on_step=on_step)
+                 global_batch=96, epochs=2, max_steps=20, on_step=on_step, sync_every=6)
     assert victim.wait(5) == -signal.SIGKILL
     assert res.step == 20 == len(res.history)
     worlds = [h["world"] for h in res.history]

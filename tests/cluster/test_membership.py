@@ -44,8 +44,9 @@ def test_sigkill_mid_epoch_ring_reforms_and_training_completes(procs, reference)
                 victim.send_signal(signal.SIGKILL)
             threading.Timer(0.01, kill).start()
 
+    # nodes run ahead of on_step: sync_every=10 stops them at step 10, so the kill lands in the next run
     res = Cluster([n["control"] for n in nodes], SECRET, heartbeat_s=HB, missed=MISSED).fit(
-        mlp(), None, SPEC, (XTR, YTR), epochs=EPOCHS, global_batch=B, on_step=on_step)
+        mlp(), None, SPEC, (XTR, YTR), epochs=EPOCHS, global_batch=B, on_step=on_step, sync_every=10)
     assert victim.wait(5) == -signal.SIGKILL
     per_epoch = len(XTR) // B
     assert res.step == EPOCHS * per_epoch == len(res.history)   # no step lost or repeated
@@ -65,7 +66,7 @@ def test_sigterm_exits_cleanly_and_tells_peers(procs):
     leaver = nodes[2]["proc"]
     on_step = lambda rec: rec["step"] == 5 and leaver.send_signal(signal.SIGTERM)
     res = Cluster([n["control"] for n in nodes], SECRET, heartbeat_s=HB, missed=25).fit(
-        mlp(), None, SPEC, (XTR, YTR), epochs=1, global_batch=B, max_steps=20, on_step=on_step)
+        mlp(), None, SPEC, (XTR, YTR), epochs=1, global_batch=B, max_steps=20, on_step=on_step, sync_every=5)
     assert leaver.wait(10) == 0
     lost = lost_events(res)
     # 25 missed heartbeats take over 6 s: only the node's own bye explains its removal
@@ -78,7 +79,8 @@ def test_node_joins_at_step_boundary(procs):
     cluster = Cluster([n["control"] for n in nodes[:2]], SECRET, heartbeat_s=HB, missed=MISSED)
     on_step = lambda rec: rec["step"] == 7 and cluster.add(nodes[2]["control"])
     steps = 30
-    res = cluster.fit(mlp(), None, SPEC, (XTR, YTR), epochs=2, global_batch=B, max_steps=steps, on_step=on_step)
+    res = cluster.fit(mlp(), None, SPEC, (XTR, YTR), epochs=2, global_batch=B, max_steps=steps, on_step=on_step,
+                      sync_every=7)   # the nodes wait at step 7 for the driver (and on_step) to catch up
     assert [h["world"] for h in res.history] == [2] * 7 + [3] * (steps - 7)
     want = reference_fit(mlp(), SPEC, XTR, YTR, B, steps)
     for k in want:

@@ -33,7 +33,8 @@ def test_share_follows_measured_speed_when_a_node_slows_down(procs):
     want = reference_fit(model, spec, xtr, ytr, 200, 30)
     # node 1 runs 4x slower from step 12 on; its matmul benchmark cannot know that
     nodes = start_nodes(procs, 2, throttle={1: 4}, throttle_from=12)
-    res = Cluster([d["control"] for d in nodes], SECRET, heartbeat_s=0.2).fit(
+    # nodes report every step (report_s=0): the driver sees the slowdown while they still run
+    res = Cluster([d["control"] for d in nodes], SECRET, heartbeat_s=0.2, report_s=0).fit(
         model, None, spec, (xtr, ytr), global_batch=200, epochs=4, max_steps=30)
     assert res.step == 30
     assert min(res.history[11]["shares"]) >= 40, res.history[11]   # same speed: about even

@@ -1,0 +1,190 @@
+"""Nodes step on their own (cluster/runs.py): the driver sends a run once, the nodes
+train in lockstep through the ring and report asynchronously.  The result equals
+single-process training on the same global batches, with and without gradient
+accumulation, and a node stopped mid-run (SIGSTOP) is dropped and the run recovers."""
+import signal
+
+import numpy as np
+import pytest
+
+from cluster import Cluster, ReferenceMLP
+from cluster.driver import ClusterError
+from cluster.reference import blobs
+from cluster_helpers import SECRET, reference_fit, start_nodes
+
+XTR, YTR, _, _ = blobs()
+SPEC = {"name": "adam", "lr": 1e-2}
+
+
+class CountingCluster(Cluster):
+    """Counts what the driver sends (by type) and the progress reports it reads."""
+
+    def fit(self, *a, **kw):
+        self.sent, self.reports = {}, 0
+        return super().fit(*a, **kw)
+
+    def _hello(self, address):
+        n = super()._hello(address)
+        send = n.send
+
+        def counted(type, *a, **kw):
+            self.sent[type] = self.sent.get(type, 0) + 1
+            return send(type, *a, **kw)
+        n.send = counted
+        return n
+
+    def _progress(self, n, m):
+        self.reports += 1
+        super()._progress(n, m)
+
+
+def test_driver_messages_do_not_grow_with_the_steps(procs):
+    """Two nodes, 8 and 64 steps: the driver sends the same handful of messages to each
+    node (job, program, ring, run, state, stop, besides heartbeats) whatever the number
+    of steps, and reads a few batched progress reports, not one reply per step."""
+    nodes = start_nodes(procs, 2)
+    counts = {}
+    for steps in (8, 64):
+        cl = CountingCluster([n["control"] for n in nodes], SECRET, heartbeat_s=0.5, missed=20, report_s=0.5)
+        res = cl.fit(ReferenceMLP([64, 32, 10]), None, SPEC, (XTR, YTR), global_batch=40, epochs=2, max_steps=steps)
+        assert res.step == steps == len(res.history)
+        want = reference_fit(ReferenceMLP([64, 32, 10]), SPEC, XTR, YTR, 40, steps)
+        for k in want:
+            np.testing.assert_allclose(res.params[k], want[k], rtol=2e-4, atol=2e-5)
+        counts[steps] = ({t: c for t, c in cl.sent.items() if t != "ping"}, cl.reports)
+    (few, r_few), (many, r_many) = counts[8], counts[64]
+    assert few == many, counts               # O(1) per node: no message per step
+    assert few["run"] == 2 and "step" not in few, few
+    # batched every 0.5 s (and at the end of the run): far fewer than one per step and node
+    assert r_many < 64, r_many
+
+
+def test_loss_curve_and_weights_equal_single_process_with_accumulation(procs):
+    """2 nodes x 3 micro-batches (global batch 60: shares of 30 cut into 10s) give the
+    single-process float32 result on batches of 60, loss for loss."""
+    nodes = start_nodes(procs, 2)
+    steps = 12
+    model = ReferenceMLP([64, 48, 10], seed=3)
+    want = reference_fit(model, SPEC, XTR, YTR, 60, steps)
+    # the single-process loss curve: the reference program's loss on each global batch
+    from cluster.reference import ReferenceProgram, epoch_order
+    from cluster.optimizer import HostOptimizer
+    params = [np.array(v) for v in model.state_dict().values()]
+    opt, prog, losses = HostOptimizer(SPEC, [p.shape for p in params]), ReferenceProgram(model.sizes, 60), []
+    for s in range(steps):
+        e, i = divmod(s, len(XTR) // 60)
+        idx = epoch_order(len(XTR), 0, e)[i * 60:(i + 1) * 60]
+        loss, grads = prog.run(params, XTR[idx], YTR[idx])
+        losses.append(loss)
+        opt.update(params, grads)
+    for acc in (1, 3):
+        res = Cluster([n["control"] for n in nodes], SECRET, heartbeat_s=0.5).fit(
+            ReferenceMLP([64, 48, 10], seed=3), None, SPEC, (XTR, YTR), global_batch=60, max_steps=steps,
+            accumulate=acc)
+        assert res.step == steps
+        np.testing.assert_allclose([h["loss"] for h in res.history], losses, rtol=2e-5, atol=1e-6,
+                                   err_msg=f"accumulate={acc}: loss curve")
+        for k in want:
+            np.testing.assert_allclose(res.params[k], want[k], rtol=2e-4, atol=2e-5, err_msg=f"accumulate={acc}, {k}")
+
+
+def test_engine_accumulation_equals_single_process_engine(procs):
+    """The device path: one node and two, 2 micro-batches each, against engine.optim in
+    one process on the same global batches (float32)."""
+    pytest.importorskip("engine")
+    from engine.nn import functional as F
+    from test_device_training import B, STEPS, digits, local_fit
+    xtr, ytr, _, _ = digits.load_digits()
+    init = {k: v.numpy().copy() for k, v in digits.build_model("mlp").state_dict().items()}
+    spec = {"name": "adam", "lr": 2e-3}
+    want, losses, _ = local_fit(init, spec, xtr, ytr)
+    nodes = start_nodes(procs, 2)
+    for n in (1, 2):
+        model = digits.build_model("mlp")
+        model.load_state_dict(init)
+        res = Cluster([d["control"] for d in nodes[:n]], SECRET, heartbeat_s=0.5, missed=20, batch_multiple=32,
+                      rebalance_tolerance=1.0).fit(model, F.cross_entropy, spec, (xtr, ytr), global_batch=B,
+                                                   max_steps=STEPS, accumulate=2)
+        np.testing.assert_allclose([h["loss"] for h in res.history], losses, rtol=2e-5, atol=2e-6,
+                                   err_msg=f"{n} node(s): loss")
+        for k in want:
+            np.testing.assert_allclose(res.params[k], want[k], rtol=2e-5, atol=2e-6, err_msg=f"{n} node(s): {k}")
+
+
+def test_a_node_stopped_mid_run_is_dropped_and_the_run_recovers(procs):
+    """SIGSTOP one of three nodes while they run on their own: the driver notices the
+    silence, aborts the others, rolls them back to a step all can reach and runs on
+    with two; the result is the single-process one.  params() mid-run halts the nodes at
+    a step boundary and the run goes on from there."""
+    nodes = start_nodes(procs, 3, throttle={1: 3})
+    victim, seen = nodes[1]["proc"], {}
+    cl = Cluster([n["control"] for n in nodes], SECRET, heartbeat_s=0.25, missed=6, report_s=0)
+
+    def on_step(rec):
+        if rec["step"] == 5:
+            seen["params"] = cl.params()        # halts the run, then it goes on
+        if rec["step"] == 12:
+            victim.send_signal(signal.SIGSTOP)
+
+    steps = 150
+    try:
+        res = cl.fit(ReferenceMLP([64, 128, 10]), None, SPEC, (XTR, YTR), global_batch=64, epochs=10,
+                     max_steps=steps, on_step=on_step)
+    finally:
+        victim.send_signal(signal.SIGCONT)
+    assert res.step == steps == len(res.history)
+    assert [h["step"] for h in res.history] == list(range(1, steps + 1))
+    lost = [e["text"] for e in res.events if "lost" in e["text"]]
+    assert len(lost) == 1 and nodes[1]["control"] in lost[0] and "silent" in lost[0], res.events
+    worlds = [h["world"] for h in res.history]
+    assert worlds[:12] == [3] * 12 and worlds[-1] == 2, worlds
+    want = reference_fit(ReferenceMLP([64, 128, 10]), SPEC, XTR, YTR, 64, steps)
+    for k in want:
+        np.testing.assert_allclose(res.params[k], want[k], rtol=1e-3, atol=1e-4)
+    assert set(seen["params"]) == set(want)
+
+
+def test_rollback_target_is_the_latest_step_every_node_reaches():
+    t = Cluster._rollback_target
+    assert t({1: (7, 6), 2: (7, 6)}) == 7                 # all at the same step: no rollback
+    assert t({1: (7, 6), 2: (8, 7)}) == 7                 # one finished the abandoned step: its snapshot
+    assert t({1: (7, 4), 2: (8, 4)}) == 4                 # snapshots every 4 steps: back to the common one
+    assert t({1: (8, 4), 2: (9, 8), 3: (8, 4)}) == 8
+    with pytest.raises(ClusterError, match="no step every node can roll back to"):
+        t({1: (7, -1), 2: (8, -1)})                       # --snapshot-every 0: nothing to roll back to
+
+
+def test_a_ring_of_one_keeps_gradients_on_the_device_and_refuses_non_finite_ones():
+    """local_step (cluster/devicetrain.py): the same loss and update as the path that
+    downloads the gradients, and NaN instead of the loss when a gradient is not finite."""
+    pytest.importorskip("engine")
+    from engine.nn import functional as F
+    from cluster import program
+    from cluster.devicetrain import DeviceTrainer
+    from test_device_training import digits
+    xtr, ytr, _, _ = digits.load_digits()
+    model = digits.build_model("mlp")
+    prog = program.trace(model, F.cross_entropy, xtr[:32], ytr[:32])
+    params = list(program.params_of(model).values())
+    trainers = []
+    for _ in range(2):
+        runner = prog.bind()
+        tr = DeviceTrainer(runner.device, {"name": "adam", "lr": 1e-2}, params, [], 0)
+        tr.bind(runner)
+        trainers.append((tr, runner))
+    (local, r1), (down, r2) = trainers
+    flat = np.empty(sum(down.sizes) + 1, np.float32)
+    for i in range(3):
+        x, y = xtr[i * 32:(i + 1) * 32], ytr[i * 32:(i + 1) * 32]
+        loss = local.local_step(r1, x, y)
+        local.apply()
+        want = down.forward_backward(r2, x, y, flat)
+        down.update(flat)
+        assert loss == want
+    for a, b in zip(local.weights() + local.state(), down.weights() + down.state()):
+        np.testing.assert_array_equal(a, b)
+    before = local.weights()
+    bad = xtr[:32].copy()
+    bad.reshape(32, -1)[3, 5] = np.inf                # one input: Inf/NaN gradients, the loss too
+    assert np.isnan(local.local_step(r1, bad, ytr[:32]))
+    assert all(np.array_equal(a, b) for a, b in zip(local.weights(), before))   # nothing applied
