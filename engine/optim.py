@@ -89,16 +89,23 @@ class Optimizer:
         realize_all(*[p.grad for p in self.params])
         rz.record_host_action(self._advance)
         with no_grad():
+            # parameters of one shape (and device) are updated by one kernel: the scheduler
+            # fuses same-shaped in-place writes, and their plan is one cache lookup
+            updates: dict = {}      # (device, shape) -> [(tensor, new value)]
             for i, p in enumerate(self.params):
                 if p.grad is None:
                     continue
                 gi = self._group_of[i]
-                self._write(self._update(i, p, p.grad, self.param_groups[gi], gi), p.device)
+                updates.setdefault((p.device, p.shape), []).extend(
+                    self._update(i, p, p.grad, self.param_groups[gi], gi))
+            for key in list(updates):
+                self._write(updates.pop(key), key[0])
 
     @staticmethod
     def _write(updates, device):
-        """One fused kernel writes every new value; each tensor's storage takes its value
-        in place (a new version), so nothing computed from the old values is reused."""
+        """One fused kernel writes every new value (all of one shape); each tensor's storage
+        takes its value in place (a new version), so nothing computed from the old values
+        is reused."""
         pairs = []
         for t, new in updates:
             if t._view:
@@ -106,7 +113,7 @@ class Optimizer:
             if not t._storage.realized:
                 t.realize()
             pairs.append((t._storage, new.node))
-        del updates
+        updates.clear()     # the value graphs must not keep the old versions alive at the commit
         rz.write_storages(pairs, device, group=True)
 
     def _advance(self):

@@ -12,7 +12,7 @@ from . import debug, ir
 from .bounds import prove
 from .buffers import bind_buffer, buffer_of, computed_as, is_leaf as _is_leaf, remember
 from .codegen import lower
-from .plan_cache import PlanCache
+from .plan_cache import IN, OUT, VAR, PlanCache
 from .lowering import device_key, lower as lower_for_device
 from .launch import HostScalar, Launch, RandState, record, record_host_action, run_launch
 from .schedule import schedule
@@ -52,64 +52,11 @@ def realize(targets, device, dests=None, group=False) -> list:
         if r.op == "BUFFER" and t in dests:   # assigning an existing value: a plain copy
             src, dst = buffer_of(r), dests[t]
             record_host_action(lambda src=src, dst=dst: device.copy(src, dst, dst.nbytes))
-    todo = [r for r in resolved if r.op != "BUFFER"]
-    on_device, lowered = _plan(todo, device, group, {computed_as(t) for t in dests_in})
-    dests = {on_device.get(r, r): b for r, b in ((computed_as(t), b) for t, b in dests.items())}
-    debug.on_schedule(lowered, list(on_device.values()))
-    groups = [g for g, _ in lowered]
-    specs = [spec for _, spec in lowered]
-    out_of: dict = {}
-    # Memory plan: an intermediate's buffer goes back to a free list right after the last
-    # kernel that reads it, and a later kernel of this schedule takes it from there (the
-    # queue is in order, so the reuse is safe; a replayed step reuses it the same way).
-    last_read = {}
-    for i, spec in enumerate(specs):
-        for a in spec.args:
-            if a[0] == "in":
-                last_read[a[1]] = i
-    keep = {on_device.get(r, r) for r in resolved}
-    free: dict = {}
-    for spec in specs:
-        if spec.name not in _proved:
-            prove(spec)        # every generated load inside its buffer, before anything is built
-            _proved.add(spec.name)
-    device.prebuild(specs)     # this schedule's new kernels compiled together, in parallel build children
-    for i, (g, spec) in enumerate(zip(groups, specs)):
-        ck = device.build(spec)
-        debug.on_build(spec, device)
-        args, rand = [], None
-        for a in spec.args:
-            role = a[0]
-            if role == "out":
-                n = a[1]
-                nbytes = n.nbytes
-                buf = dests.get(n) or (free.get(nbytes) or [None]).pop() or device.alloc(nbytes)
-                out_of[n] = buf
-                args.append(buf)
-            elif role == "in":
-                n = a[1]
-                buf = out_of.get(n) or buffer_of(n)
-                if buf is None:
-                    raise RuntimeError(f"internal: no buffer for input {n} of kernel {spec.name}")
-                args.append(buf)
-            elif role == "var":
-                args.append(_vars[a[1].arg])
-            elif role == "seed":
-                seed, offset = g.anchor.arg
-                rand = RandState(seed, offset, g.anchor.numel)
-                args.append(rand)
-        # the kernel as built (a build-time fallback narrows it), unless it came from a bundle
-        launch = Launch(ck, spec.global_size, spec.local_size, args, rand,
-                        ck.spec if ck.spec.template != "bundle" else spec)
-        run_launch(launch, device)
-        record(launch)
-        for a in spec.args:
-            n = a[1] if a[0] == "in" else None
-            if n in out_of and last_read.get(n) == i and n not in keep and n not in dests:
-                free.setdefault(out_of[n].nbytes, []).append(out_of[n])
+    todo = list(dict.fromkeys(r for r in resolved if r.op != "BUFFER"))
+    out_of = _run_plan(todo, device, group, {computed_as(t): b for t, b in dests.items()}) if todo else {}
     result = []
     for t, r in zip(targets, resolved):
-        buf = buffer_of(r) if r.op == "BUFFER" else out_of[on_device[r]]
+        buf = buffer_of(r) if r.op == "BUFFER" else out_of[r]
         if r.op == "BUFFER" and r.shape == t.shape:
             result.append(r)
             continue
@@ -127,6 +74,71 @@ def realize(targets, device, dests=None, group=False) -> list:
     return result
 
 
+def _run_plan(todo, device, group, dests) -> dict:
+    """Launch the plan of ``todo`` (distinct, uncomputed nodes); {target: its Buffer}.
+    ``dests``: target -> the Buffer it is written into."""
+    plan, nodes = _plans.get_or_plan(todo, _is_leaf, device, device_key(device), group, dests,
+                                     lambda: _lower_and_schedule(todo, device, group, dests))
+    if debug.level() >= 1:
+        debug.on_schedule(plan.schedule_summary(), todo)
+    if not plan.ready(device):
+        _build(plan, device)
+    kernels = plan.kernels
+    # Memory plan: an intermediate's buffer goes back to a free list right after the last
+    # kernel that reads it, and a later kernel of this schedule takes it from there (the
+    # queue is in order, so the reuse is safe; a replayed step reuses it the same way).
+    out_of: dict = {}
+    into = {plan.values[k]: dests[t] for k, t in enumerate(todo) if t in dests}
+    free: dict = {}
+    for k in kernels:
+        ck, spec = k.built[device]
+        args, rand = [], None
+        for role, s, nbytes in k.args:
+            if role == OUT:
+                buf = into.get(s) or (free.get(nbytes) or [None]).pop() or device.alloc(nbytes)
+                out_of[s] = buf
+                args.append(buf)
+            elif role == IN:
+                buf = out_of.get(s) or buffer_of(nodes[s])
+                if buf is None:
+                    raise RuntimeError(f"internal: no buffer for input {nodes[s]} of kernel {k.name}")
+                args.append(buf)
+            elif role == VAR:
+                args.append(_vars[s])
+            else:
+                anchor = nodes[s]
+                seed, offset = anchor.arg
+                rand = RandState(seed, offset, anchor.numel)
+                args.append(rand)
+        launch = Launch(ck, k.global_size, k.local_size, args, rand, spec)
+        run_launch(launch, device)
+        record(launch)
+        for s in k.frees:
+            buf = out_of[s]
+            free.setdefault(buf.nbytes, []).append(buf)
+    return {t: out_of[s] for t, s in zip(todo, plan.values)}
+
+
+def _build(plan, device) -> None:
+    """Prove and build the kernels of ``plan`` for ``device`` (the first time it runs there)."""
+    specs = [k.spec for k in plan.kernels if device not in k.built]
+    for spec in specs:
+        if spec.name not in _proved:
+            prove(spec)        # every generated load inside its buffer, before anything is built
+            _proved.add(spec.name)
+    device.prebuild(specs)     # this schedule's new kernels compiled together, in parallel build children
+    for k in plan.kernels:
+        if device in k.built:
+            continue
+        ck = device.build(k.spec)
+        debug.on_build(k.spec, device)
+        # the kernel as built (a build-time fallback narrows it), unless it came from a bundle
+        k.built[device] = (ck, ck.spec if ck.spec.template != "bundle" else k.spec)
+    if plan.cacheable:
+        for k in plan.kernels:
+            k.spec = None       # the graph it was planned from need not stay alive
+
+
 _plans = PlanCache()
 _proved: set = set()     # kernel names (their source hash included) whose loads are proved in bounds
 
@@ -134,11 +146,11 @@ _proved: set = set()     # kernel names (their source hash included) whose loads
 def plan(targets, device, group=False):
     """Lower ``targets`` for ``device`` (engine/lowering.py), schedule them and lower each
     kernel, without building or launching: [(group, spec)]."""
-    resolved = [r for r in (computed_as(t) for t in targets) if r.op != "BUFFER"]
-    return _plan(resolved, device, group)[1]
+    resolved = list(dict.fromkeys(r for r in (computed_as(t) for t in targets) if r.op != "BUFFER"))
+    return _lower_and_schedule(resolved, device, group)[1] if resolved else []
 
 
-def _plan(resolved, device, group, dests=frozenset()):
+def _lower_and_schedule(resolved, device, group, dests=frozenset()):
     """({target: its node in the device's graph}, [(group, spec)]). A target whose device
     node is a reshape of a computed value (a split-K sum) is that value, in its memory,
     unless it is written into a given buffer (``dests``)."""
@@ -148,13 +160,9 @@ def _plan(resolved, device, group, dests=frozenset()):
             d = d.srcs[0]
         on_device[r] = d
     targets = list(dict.fromkeys(on_device.values()))
-    kind = device.kind
-
-    def make():
-        groups = schedule(targets, _is_leaf, group=group)
-        materialized = {o for g in groups for o in g.outputs}
-        return [(g, lower(g, _is_leaf, materialized.__contains__, kind)) for g in groups]
-    return on_device, (_plans.get_or_plan(targets, _is_leaf, device_key(device), group, make) if targets else [])
+    groups = schedule(targets, _is_leaf, group=group)
+    materialized = {o for g in groups for o in g.outputs}
+    return on_device, [(g, lower(g, _is_leaf, materialized.__contains__, device.kind)) for g in groups]
 
 
 def write_storages(pairs, device, group=False) -> None:

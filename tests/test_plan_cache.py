@@ -5,6 +5,7 @@ import pytest
 
 import engine
 from engine import realize
+from engine.creation import device_rand
 from engine.nn import functional as F
 
 torch = pytest.importorskip("torch")
@@ -51,3 +52,44 @@ def test_structure_not_identity_is_the_key():
     np.testing.assert_array_equal(first, np.arange(6).reshape(2, 3) * 2 + 1)
     np.testing.assert_array_equal(second, np.full((2, 3), 7.0))
     np.testing.assert_array_equal(third, np.full((2, 3), 16.0))
+
+
+def _count_planning(monkeypatch):
+    calls = []
+    real = realize._lower_and_schedule
+    monkeypatch.setattr(realize, "_lower_and_schedule", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_a_hit_skips_lowering_and_reads_the_new_buffers(monkeypatch, rng=np.random.default_rng(3)):
+    """The remembered plan runs over the new graph's buffers: the GEMM's panels (nodes the
+    lowering made, not in the user's graph) are intermediates of the plan, so a hit needs
+    no lowering, scheduling or codegen, and gives the new inputs' values."""
+    calls = _count_planning(monkeypatch)
+    w = engine.tensor(rng.standard_normal((37, 19)).astype(np.float32))
+    xs = [rng.standard_normal((5, 37)).astype(np.float32) for _ in range(3)]
+    outs = [(engine.tensor(x) @ w).relu().sum(1).numpy() for x in xs]
+    assert len(calls) == 1, calls
+    for x, out in zip(xs, outs):
+        np.testing.assert_allclose(out, np.maximum(x.astype(np.float64) @ w.numpy(), 0).sum(1), rtol=1e-5, atol=1e-5)
+
+
+def test_a_hit_draws_new_random_numbers(monkeypatch):
+    calls = _count_planning(monkeypatch)
+    first = (engine.tensor(np.ones(64, np.float32)) * device_rand((64,), engine.default_device())).numpy()
+    second = (engine.tensor(np.ones(64, np.float32)) * device_rand((64,), engine.default_device())).numpy()
+    assert len(calls) == 1 and not np.array_equal(first, second)
+    assert ((0 <= first) & (first < 1)).all() and ((0 <= second) & (second < 1)).all()
+
+
+def test_in_place_targets_are_part_of_the_key():
+    """The same value written into a given buffer (an optimizer's scratch) and computed
+    as a new tensor are two plans, both right."""
+    a = engine.tensor(np.arange(6, dtype=np.float32))
+    b = engine.tensor(np.ones(6, np.float32))
+    a.add_(b * 2.0)
+    c = a + b * 2.0
+    np.testing.assert_array_equal(a.numpy(), np.arange(6) + 2.0)
+    np.testing.assert_array_equal(c.numpy(), np.arange(6) + 4.0)
+    a.add_(b * 2.0)
+    np.testing.assert_array_equal(a.numpy(), np.arange(6) + 4.0)
