@@ -1,7 +1,8 @@
 """Ring all-reduce bandwidth on loopback, next to torch.distributed (gloo) and the
 ceiling of one raw ZeroMQ stream.
 
-    ./dev bench allreduce [--sizes-mb 1 16 128] [--ranks 2 4] [--torch-python PY] [--notes bench/NOTES.md]
+    ./dev bench allreduce [--sizes-mb 1 16 128] [--ranks 2 4] [--transports float32 bfloat16 float16]
+                          [--torch-python PY] [--notes bench/NOTES.md]
 
 Each configuration runs in fresh processes on 127.0.0.1.  Time is the median over
 repetitions of the slowest rank (ranks are synchronised by a 1-element all-reduce
@@ -10,6 +11,9 @@ before each repetition); bus bandwidth = 2(n-1)/n x bytes / time, the per-link r
 (cluster/auth.py, as in production) and sends data without a per-message MAC; the
 ZeroMQ ceiling is shown without and with an HMAC per message, for comparison.
 torch runs from --torch-python (default: this interpreter) if it can import torch.
+--transports also times the ring with narrow gradient transport (cluster/transport.py:
+bfloat16/float16 on the wire, float32 sums); its bus GB/s counts the float32 bytes reduced,
+so it compares with the float32 row as time does (half the bytes travel).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import time
 
 import numpy as np
 
+from cluster import transport as tp
 from cluster.allreduce import BUCKET_BYTES
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -43,7 +48,7 @@ def reps_for(mb: float) -> int:
 
 
 # --- workers (each in its own process) ----------------------------------------------------
-def worker_ours(rank: int, sizes_mb, bucket_mb: float, segment_kb: float) -> None:
+def worker_ours(rank: int, sizes_mb, bucket_mb: float, segment_kb: float, transport: str = "float32") -> None:
     import zmq
     from cluster import RingLinks, allreduce
     ctx = zmq.Context(io_threads=io_threads())   # RingLinks pins its sockets apart when there are two
@@ -62,7 +67,8 @@ def worker_ours(rank: int, sizes_mb, bucket_mb: float, segment_kb: float) -> Non
             allreduce(links, np.zeros(links.world, np.float32), step)
             t = time.perf_counter()
             step += 1
-            allreduce(links, buf, step, bucket_bytes=int(bucket_mb * 2**20), segment_bytes=int(segment_kb * 1024) or None)
+            allreduce(links, buf, step, bucket_bytes=int(bucket_mb * 2**20), segment_bytes=int(segment_kb * 1024) or None,
+                      transport=transport)
             times.append(time.perf_counter() - t)
             assert buf[0] == links.world and buf[-1] == links.world
         out[str(mb)] = times[1:]
@@ -150,8 +156,8 @@ def slowest_median(outs, mb) -> float:
     return statistics.median(max(r) for r in per_rep)
 
 
-def run_ours(n, sizes, bucket_mb, segment_kb):
-    ps = [spawn(sys.executable, ["--worker", "ours", str(r), json.dumps(sizes), str(bucket_mb), str(segment_kb)])
+def run_ours(n, sizes, bucket_mb, segment_kb, transport="float32"):
+    ps = [spawn(sys.executable, ["--worker", "ours", str(r), json.dumps(sizes), str(bucket_mb), str(segment_kb), transport])
           for r in range(n)]
     peers = [p.stdout.readline().strip() for p in ps]
     for p in ps:
@@ -195,7 +201,7 @@ def main(argv=None):
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         kind, args = sys.argv[2], sys.argv[3:]
         if kind == "ours":
-            return worker_ours(int(args[0]), json.loads(args[1]), float(args[2]), float(args[3]))
+            return worker_ours(int(args[0]), json.loads(args[1]), float(args[2]), float(args[3]), args[4])
         if kind == "gloo":
             return worker_gloo(int(args[0]), int(args[1]), int(args[2]), json.loads(args[3]))
         return worker_stream(args[0], args[1], int(args[2]), int(args[3]), args[4] == "1")
@@ -204,6 +210,8 @@ def main(argv=None):
     ap.add_argument("--ranks", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--bucket-mb", type=float, default=BUCKET_BYTES / 2**20)
     ap.add_argument("--segment-kb", type=float, default=0, help="fixed segment size (default: a quarter of a chunk, 256 KB-4 MB)")
+    ap.add_argument("--transports", nargs="+", default=["float32"],
+                    help="gradient transport dtypes to time (float32 bfloat16 float16); gloo runs float32")
     ap.add_argument("--torch-python", default=sys.executable)
     ap.add_argument("--notes", help="put the results at the top of this file's '## All-reduce' section")
     a = ap.parse_args(argv)
@@ -214,19 +222,24 @@ def main(argv=None):
              f"torch {tv or 'not importable: gloo column empty'})", "",
              f"One raw ZeroMQ stream (PUSH->PULL, 4 MB messages): {ceil_raw:.2f} GB/s; "
              f"with HMAC-SHA256 per message on both ends: {ceil_mac:.2f} GB/s.", "",
-             "| ranks | size | ours: time | ours: bus GB/s | gloo: time | gloo: bus GB/s | ours/gloo | ours/raw stream |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| ranks | size | transport | ours: time | ours: bus GB/s | vs ours float32 | gloo: time | gloo: bus GB/s "
+             "| ours/gloo | ours/raw stream |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    transports = [tp.canonical(t) for t in a.transports]
     for n in a.ranks:
-        ours = run_ours(n, sizes, a.bucket_mb, a.segment_kb)
+        ours = {t: run_ours(n, sizes, a.bucket_mb, a.segment_kb, t) for t in transports}
         gloo = run_gloo(a.torch_python, n, sizes) if tv else {}
         for mb in sizes:
             nbytes = mb * 2**20
             bus = lambda t: 2 * (n - 1) / n * nbytes / t / 1e9
             g = gloo.get(mb)
-            lines.append(f"| {n} | {mb} MB | {ours[mb] * 1e3:.1f} ms | {bus(ours[mb]):.2f} | "
-                         + (f"{g * 1e3:.1f} ms | {bus(g):.2f} | {g / ours[mb]:.2f}x" if g else "- | - | -")
-                         + f" | {bus(ours[mb]) / ceil_raw:.2f} |")
-            print(lines[-1], flush=True)
+            for t in transports:
+                o, f32 = ours[t][mb], ours.get("float32", {}).get(mb)
+                lines.append(f"| {n} | {mb} MB | {t} | {o * 1e3:.1f} ms | {bus(o):.2f} | "
+                             + (f"{f32 / o:.2f}x | " if f32 else "- | ")
+                             + (f"{g * 1e3:.1f} ms | {bus(g):.2f} | {g / o:.2f}x" if g else "- | - | -")
+                             + f" | {bus(o) / ceil_raw:.2f} |")
+                print(lines[-1], flush=True)
     text = "\n".join(lines)
     print("\n" + text)
     if a.notes:   # newest run first under the existing heading; other sections untouched

@@ -1,20 +1,42 @@
-"""Data-parallel scaling of MLP training over 1, 2 and 4 engine-node processes.
+"""Data-parallel scaling of the engine's nodes beside PyTorch DDP (gloo, and nccl where CUDA
+is present), on the same models, devices and worker counts, as one table.
 
-    ./dev bench scaling [--nodes 1 2 4] [--steps 40] [--notes bench/NOTES.md]
+    ./dev bench scaling [--workers 1 2 4] [--steps 30] [--warmup 5] [--quick] [--notes bench/NOTES.md]
+    ENGINE_DEVICE=nvidia python3 -m bench.scaling --workers 1 2      # one node / DDP rank per GPU
 
-Two workloads, both with a fixed global batch split evenly across nodes:
-  * the digits example (engine MLP 64-128-64-10, engine IR shipped to each node,
-    compiled there for the default OpenCL device), global batch 256;
-  * a compute-heavier numpy reference MLP 784-1024-1024-10 on MNIST-shaped random data,
-    global batch 512, to show scaling when compute outweighs the all-reduce.
-samples/s counts steps after a warm-up (first builds excluded); efficiency is
-samples/s(n) / (n x samples/s(1)).  All processes share this machine's cores.
+Workloads (issue 14): MLP 784-1024-1024-10, global batch 512, and MLP 784-4096-4096-10,
+global batch 1024, Adam, random MNIST-shaped data; the global batch is split evenly over the
+workers (strong scaling).  `--quick`: two small MLPs, few steps (a check that it all runs).
+
+Systems, each in fresh processes:
+  * engine: one `engine-node` per worker, driven by `Cluster.fit` (the public driver API);
+    with GPUs, node i gets `--device` of the i-th GPU; on CPUs every node uses the default
+    (PoCL) device with cores/workers threads;
+  * DDP-gloo, DDP-nccl: torch.nn.parallel.DistributedDataParallel, rank i on GPU i (or on the
+    CPU with cores/workers threads), TF32 off.
+
+Columns, per step (medians after the warm-up):
+  step      wall time per step (samples/s = global batch / step)
+  compute   forward + backward of the slowest worker (engine: what the nodes report, gradient
+            download included; DDP: measured in no_sync steps, i.e. without any all-reduce)
+  all-reduce  the gradient all-reduce on its own (engine: as the nodes report it; DDP: a
+            dist.all_reduce of a buffer of the gradients' size)
+  exposed   what the all-reduce adds to the step, i.e. not hidden behind backward (engine:
+            the all-reduce time unless the nodes report `exposed_allreduce_s`, as there is no
+            overlap; DDP: step minus the same step under no_sync)
+  rest      step - compute - exposed (optimizer, driver round trip, checks, Python)
+  efficiency  samples/s(n) / (n x samples/s(1)) of the same system
+  vs gloo / vs nccl  engine samples/s over DDP's on the same model and workers
 """
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
 import os
 import secrets
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,18 +45,23 @@ import time
 import numpy as np
 
 from bench.allreduce import env as worker_env, machine
-from cluster import Cluster, ReferenceMLP
+from cluster import Cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = {"name": "adam", "lr": 1e-3}
+MODELS = [("MLP 784-1024-1024-10", [784, 1024, 1024, 10], 512), ("MLP 784-4096-4096-10", [784, 4096, 4096, 10], 1024)]
+QUICK = [("MLP 784-128-128-10", [784, 128, 128, 10], 128), ("MLP 784-256-256-10", [784, 256, 256, 10], 256)]
+ROWS = 8192
 
 
-def start_nodes(n: int, secret: str, devices=None, node_args=()):
+def start_nodes(n: int, secret: str, devices=None, node_args=(), env=None):
     """n engine-node processes on free loopback ports; devices[i], if given, is node i's
-    --device (None: the default device); node_args go to every node's command line.  A node that fails to start raises with what it wrote to stderr."""
-    env = worker_env(ENGINE_NODE_SECRET=secret)
+    --device (None: the default device); node_args go to every node's command line; env:
+    extra environment variables.  A node that fails to start raises with what it wrote to stderr."""
+    env = worker_env(ENGINE_NODE_SECRET=secret, **(env or {}))
     procs = []
     for i in range(n):
-        dev = ["--device", devices[i]] if devices and devices[i] else []
+        dev = ["--device", str(devices[i])] if devices and devices[i] is not None else []
         err = tempfile.TemporaryFile("w+")   # a file, not a pipe nobody reads
         p = subprocess.Popen([sys.executable, "-m", "cluster.node", "--listen", "tcp://127.0.0.1:*",
                               "--metrics", "127.0.0.1:0", *dev, *node_args], env=env, cwd=ROOT, stdout=subprocess.PIPE,
@@ -54,12 +81,15 @@ def start_nodes(n: int, secret: str, devices=None, node_args=()):
     return procs, addrs
 
 
-def fit_on_nodes(devices, model, loss_fn, spec: dict, data, B: int, steps: int, node_args=(), **cluster_kw):
+def fit_on_nodes(devices, model, loss_fn, spec: dict, data, B: int, steps: int, node_args=(), env=None, **cluster_kw):
     """Train on fresh engine-node processes, one per entry of `devices`; returns the
-    FitResult and the wall-clock time at the end of each step."""
+    FitResult and the wall-clock time at which the driver saw each step (nodes that step on
+    their own are asked to report every step: Cluster(report_s=0) where it exists)."""
     secret = secrets.token_hex(8)
-    procs, addrs = start_nodes(len(devices), secret, devices, node_args)
+    procs, addrs = start_nodes(len(devices), secret, devices, node_args, env)
     stamps = []
+    if "report_s" in inspect.signature(Cluster).parameters:   # nodes that step on their own report
+        cluster_kw.setdefault("report_s", 0)                   # every step, so on_step keeps time
     try:
         res = Cluster(addrs, secret, heartbeat_s=1.0, missed=30, **cluster_kw).fit(
             model, loss_fn, spec, data, epochs=10**6, global_batch=B, max_steps=steps,
@@ -72,57 +102,224 @@ def fit_on_nodes(devices, model, loss_fn, spec: dict, data, B: int, steps: int, 
     return res, stamps
 
 
-def measure(n, build, loss_fn, data, B, steps, warmup):
-    res, stamps = fit_on_nodes([None] * n, build(), loss_fn, {"name": "sgd", "lr": 0.01, "momentum": 0.9}, data, B,
-                               steps, batch_multiple=B // n, rebalance_tolerance=1.0)
-    t = stamps[-1] - stamps[warmup - 1]
+def cpu_threads(n: int) -> int:
+    return max(1, (os.cpu_count() or 1) // n)
+
+
+def _seconds(v) -> float:
+    """A history field: one number, or one per node (the slowest counts)."""
+    return float(max(v)) if isinstance(v, (list, tuple)) else float(v)
+
+
+# --- engine ------------------------------------------------------------------------------
+def gpu_indices() -> list[int]:
+    import engine
+    return [d.index for d in engine.devices() if d.kind == "gpu"]
+
+
+def run_engine(sizes, B, n, steps, warmup, x, y) -> dict:
+    from engine import nn
+    from engine.nn import functional as F
+    gpus = gpu_indices()
+    if gpus and len(gpus) < n:
+        raise RuntimeError(f"{n} workers but {len(gpus)} GPU(s)")
+    layers = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    model = nn.Sequential(*layers[:-1])
+    env = {} if gpus else {"POCL_MAX_PTHREAD_COUNT": str(cpu_threads(n)), "POCL_CPU_MAX_CU_NUM": str(cpu_threads(n))}
+    res, stamps = fit_on_nodes(gpus[:n] if gpus else [None] * n, model, F.cross_entropy, SPEC, (x, y), B, steps,
+                               env=env, batch_multiple=B // n, rebalance_tolerance=1.0)
     timed = res.history[warmup:]
-    compute = np.median([max(h["compute_s"]) for h in timed])
-    ar = np.median([h["allreduce_s"] for h in timed])
-    return (steps - warmup) * B / t, t / len(timed), compute, ar
+    if len(stamps) != steps or not timed:
+        raise RuntimeError(f"the fit reported {len(stamps)} of {steps} steps")
+    step = (stamps[-1] - stamps[warmup - 1]) / len(timed)
+    compute = statistics.median(_seconds(h["compute_s"]) for h in timed)
+    ar = statistics.median(_seconds(h.get("allreduce_s", 0.0)) for h in timed)
+    exposed = statistics.median(_seconds(h.get("exposed_allreduce_s", h.get("allreduce_s", 0.0))) for h in timed)
+    return {"step": step, "compute": compute, "allreduce": ar, "exposed": exposed}
 
 
-def table(title, nodes, run):
-    lines = [f"**{title}**", "",
-             "| nodes | samples/s | efficiency | step | compute (slowest node) | all-reduce | rest |",
-             "|---|---|---|---|---|---|---|"]
-    base = None
-    for n in nodes:   # step = wall time per step; rest = step - compute - all-reduce (driver, optimizer, checks)
-        sps, step, compute, ar = run(n)
-        base = base or sps
-        ms = lambda s: f"{s * 1e3:.1f} ms"
-        lines.append(f"| {n} | {sps:,.0f} | {sps / (n * base) * 100:.0f}% | {ms(step)} | {ms(compute)} | {ms(ar)} "
-                     f"| {ms(step - compute - ar)} |")
-        print(lines[-1], flush=True)
-    return lines + [""]
+# --- PyTorch DDP (each rank a process running worker_ddp) -------------------------------
+def worker_ddp(cfg: dict) -> None:
+    import contextlib
+
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch import nn
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    rank, world, sizes, B = cfg["rank"], cfg["world"], cfg["sizes"], cfg["batch"]
+    cuda = cfg["device"] == "cuda"
+    if cuda:
+        torch.cuda.set_device(rank)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        dev = torch.device("cuda", rank)
+    else:
+        torch.set_num_threads(cfg["threads"])
+        dev = torch.device("cpu")
+    dist.init_process_group(cfg["backend"], init_method=f"tcp://127.0.0.1:{cfg['port']}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    layers = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    model = nn.Sequential(*layers[:-1]).to(dev)
+    ddp = DDP(model, device_ids=[rank] if cuda else None)
+    opt = torch.optim.Adam(ddp.parameters(), lr=SPEC["lr"])
+    b = B // world + (rank < B % world)
+    g = torch.Generator().manual_seed(rank)
+    x = torch.rand(b, sizes[0], generator=g).to(dev)
+    y = torch.randint(0, sizes[-1], (b,), generator=g).to(dev)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+
+    def step(no_sync: bool):
+        t0 = time.perf_counter()
+        with ddp.no_sync() if no_sync else contextlib.nullcontext():
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(ddp(x), y)
+            loss.backward()
+        sync()
+        t1 = time.perf_counter()
+        opt.step()
+        loss.item()          # the loss read back every step, as the engine's nodes do
+        return t1 - t0, time.perf_counter() - t0
+
+    # no_sync and synchronised steps alternate, so a burst of load lands on both alike
+    dist.barrier()
+    times = {True: [], False: []}
+    for i in range(cfg["warmup"] + cfg["steps"]):
+        for no_sync in (True, False):
+            t = step(no_sync)
+            if i >= cfg["warmup"]:
+                times[no_sync].append(t)
+    out = {phase: [statistics.median(t[0] for t in times[ns]), statistics.median(t[1] for t in times[ns])]
+           for phase, ns in (("no_sync", True), ("sync", False))}
+    flat = torch.ones(sum(p.numel() for p in model.parameters()), device=dev)
+    ar = []
+    for i in range(cfg["warmup"] + cfg["steps"]):
+        dist.barrier()
+        sync()
+        t = time.perf_counter()
+        dist.all_reduce(flat)
+        sync()
+        ar.append(time.perf_counter() - t)
+    out["allreduce"] = statistics.median(ar[cfg["warmup"]:])
+    print(json.dumps(out), flush=True)
+    dist.destroy_process_group()
+
+
+def run_ddp(backend, sizes, B, n, steps, warmup, cuda: bool) -> dict:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for r in range(n):
+        cfg = {"rank": r, "world": n, "port": port, "backend": backend, "sizes": sizes, "batch": B, "steps": steps,
+               "warmup": warmup, "device": "cuda" if cuda else "cpu", "threads": cpu_threads(n)}
+        env = worker_env()
+        env["OMP_NUM_THREADS"] = str(cpu_threads(n))
+        procs.append(subprocess.Popen([sys.executable, "-m", "bench.scaling", "--worker", json.dumps(cfg)],
+                                      stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env))
+    outs = []
+    for p in procs:
+        line = p.stdout.readline()
+        if p.wait(timeout=600) != 0 or not line:
+            raise RuntimeError(f"DDP-{backend} rank failed (exit {p.returncode})")
+        outs.append(json.loads(line))
+    step = max(o["sync"][1] for o in outs)
+    compute = max(o["no_sync"][0] for o in outs)
+    exposed = max(0.0, step - max(o["no_sync"][1] for o in outs))
+    return {"step": step, "compute": compute, "allreduce": max(o["allreduce"] for o in outs), "exposed": exposed}
+
+
+def torch_info() -> tuple[bool, bool, str]:
+    """(torch importable with gloo, CUDA devices present, description)."""
+    try:
+        import torch
+        import torch.distributed as dist
+    except ImportError:
+        return False, False, "torch not importable: DDP rows left out"
+    cuda = torch.cuda.is_available() and dist.is_nccl_available()
+    return dist.is_gloo_available(), cuda, (f"torch {torch.__version__}" + (
+        f", {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}" if cuda else ", CPU"))
+
+
+# --- the table ---------------------------------------------------------------------------
+def row_text(model, system, n, B, r, base) -> str:
+    sps = B / r["step"]
+    ms = lambda s: f"{s * 1e3:.1f}"
+    eff = f"{sps / (n * base) * 100:.0f}%" if base else "-"
+    return (f"| {model} | {system} | {n} | {sps:,.0f} | {eff} | {ms(r['step'])} | {ms(r['compute'])} | "
+            f"{ms(r['allreduce'])} | {ms(r['exposed'])} | {ms(r['step'] - r['compute'] - r['exposed'])} | - | - |")
 
 
 def main(argv=None):
+    if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        return worker_ddp(json.loads(sys.argv[2]))
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 4])
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--workers", type=int, nargs="+", help="default: 1 2 on GPUs, 1 2 4 on CPUs")
+    ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--skip-engine", action="store_true", help="only the numpy reference workload")
-    ap.add_argument("--notes", help="append the tables under the '## All-reduce' section's scaling heading")
+    ap.add_argument("--quick", action="store_true", help="small MLPs and 8 steps: a check that everything runs")
+    ap.add_argument("--systems", nargs="+", default=["engine", "gloo", "nccl"])
+    ap.add_argument("--notes", help="append the table to this file")
     a = ap.parse_args(argv)
-    lines = [f"### Scaling (`./dev bench scaling`, {machine()})", ""]   # machine() gives the load average
-    if not a.skip_engine:
-        import engine
-        from engine.examples import digits
-        xtr, ytr, _, _ = digits.load_digits()
-        lines += table("digits example MLP (engine IR on the default OpenCL device), global batch 256", a.nodes,
-                       lambda n: measure(n, lambda: digits.build_model("mlp"), engine.nn.functional.cross_entropy,
-                                         (xtr, ytr), 256, a.steps, a.warmup))
+    if a.quick:
+        a.steps, a.warmup = min(a.steps, 8), min(a.warmup, 3)
+    gloo_ok, cuda, tinfo = torch_info()
+    gpus = gpu_indices() if "engine" in a.systems else []
+    workers = a.workers or ([1, 2] if gpus or cuda else [1, 2, 4])
+    systems = [s for s in a.systems if s == "engine" or (s == "gloo" and gloo_ok) or (s == "nccl" and cuda)]
+    import engine
+    dev = engine.default_device()
+    head = (f"### Scaling beside DDP (`bench.scaling{' --quick' if a.quick else ''}`, {machine()}; engine device "
+            f"{'GPUs ' + str(gpus) if gpus else dev.name} ({dev.platform}); {tinfo}; {a.steps} steps after {a.warmup} warm-up)")
+    print(head, flush=True)
+    header = ["| model | system | workers | samples/s | efficiency | step ms | compute ms | all-reduce ms | "
+              "exposed all-reduce ms | rest ms | vs DDP-gloo | vs DDP-nccl |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    print("\n".join(header), flush=True)
     rng = np.random.default_rng(0)
-    x, y = rng.random((8192, 784), dtype=np.float32), rng.integers(0, 10, 8192)
-    lines += table("numpy reference MLP 784-1024-1024-10, global batch 512", a.nodes,
-                   lambda n: measure(n, lambda: ReferenceMLP([784, 1024, 1024, 10]), None, (x, y), 512,
-                                     a.steps, a.warmup))
-    text = "\n".join(lines)
+    lines = []
+    for name, sizes, B in (QUICK if a.quick else MODELS):
+        x, y = rng.random((ROWS, sizes[0]), dtype=np.float32), rng.integers(0, sizes[-1], ROWS)
+        results = {}
+        for n in workers:
+            for s in systems:
+                try:
+                    if s == "engine":
+                        r = run_engine(sizes, B, n, a.steps, a.warmup, x, y)
+                    else:   # on a CUDA host DDP-gloo also trains on the GPUs (gloo stages through the host)
+                        r = run_ddp(s, sizes, B, n, a.steps, a.warmup, cuda)
+                except Exception as e:   # one failed configuration must not lose the table
+                    print(f"<!-- {name} {s} x{n} failed: {type(e).__name__}: {str(e)[:300]} -->", flush=True)
+                    continue
+                results[s, n] = r
+                one = results.get((s, 1))
+                lines.append(row_text(name, "engine" if s == "engine" else f"DDP-{s}", n, B, r,
+                                      B / one["step"] if one else None))
+                print(lines[-1], flush=True)
+    # engine rows are printed before their DDP peers have run: the final table has the ratios
+    text = "\n".join([head, "", *header, *_with_ratios(lines)])
     print("\n" + text)
     if a.notes:
         with open(a.notes, "a") as f:
             f.write("\n" + text + "\n")
+
+
+def _with_ratios(lines):
+    """Fill the engine rows' vs-DDP columns from the DDP rows of the same model and workers."""
+    cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+    sps = {(c[0], c[1], c[2]): float(c[3].replace(",", "")) for c in cells}
+    out = []
+    for c in cells:
+        if c[1] == "engine":
+            for col, peer in ((10, "DDP-gloo"), (11, "DDP-nccl")):
+                p = sps.get((c[0], peer, c[2]))
+                c[col] = f"{float(c[3].replace(',', '')) / p:.2f}x" if p else "-"
+        out.append("| " + " | ".join(c) + " |")
+    return out
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ the wire, and the two conversions (narrow before a send, widen after a receive).
     float32   the buffer's own bytes (the default; the all-reduce is bit-equal to plain fp32)
     bfloat16  the high 16 bits of each float32, rounded to nearest even: float32's range,
               8 significant bits (relative rounding error at most 2^-8)
-    float16   IEEE half: 11 significant bits (at most 2^-11), but a range of 6e-8..65504:
-              larger magnitudes become Inf (and the step is refused), smaller ones flush
+    float16   IEEE half: 11 significant bits (at most 2^-11), but a range of 6e-5..65504
+              (subnormals down to 6e-8): larger magnitudes become Inf (and the step is
+              refused), smaller ones lose bits, below 3e-8 all of them
 
 Sums are always accumulated in float32; only the hops carry the narrow type.  numpy has no
 bfloat16, so bfloat16 values live in uint16 arrays (their bit patterns) and travel under

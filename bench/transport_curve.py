@@ -1,0 +1,132 @@
+"""What narrow gradient transport does to a loss curve: the same MLP, seed and batches
+trained data-parallel through the real ring all-reduce with float32, bfloat16 and float16
+transport, next to single-process training on the same global batches.
+
+    .venv/bin/python -m bench.transport_curve [--ranks 2] [--steps 100] [--sizes 784 1024 1024 10]
+
+Each rank is a thread with its own RingLinks (ZeroMQ over 127.0.0.1, authenticated as in
+production), its slice of the global batch, the numpy reference step (cluster/reference.py)
+and the host Adam (cluster/optimizer.py); gradients are weighted by b_i/B and summed by
+`cluster.allreduce(..., transport=...)`.  The loss of a step is the global-batch mean
+(sum of w_i x the local means, taken in the harness, so the transport does not round the
+reported number itself).  Reported: max over steps of |L(t) - L_float32(t)| / L_float32(t),
+and the same for single-process training, which shows how far float32 summation order alone
+moves the curve.
+"""
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from bench.allreduce import machine
+from cluster import RingLinks, allreduce
+from cluster.optimizer import HostOptimizer
+from cluster.reference import ReferenceMLP, ReferenceProgram, blobs, epoch_order
+
+SECRET = b"transport-curve-bench-secret"
+
+
+def batches(n_rows: int, B: int, steps: int, seed: int):
+    per_epoch = n_rows // B
+    for step in range(steps):
+        epoch, i = divmod(step, per_epoch)
+        yield epoch_order(n_rows, seed, epoch)[i * B:(i + 1) * B]
+
+
+def train_single(sizes, spec, x, y, B, steps, seed) -> list[float]:
+    model = ReferenceMLP(sizes, seed=seed)
+    params = [np.array(v) for v in model.state_dict().values()]
+    opt, prog, losses = HostOptimizer(spec, [p.shape for p in params]), ReferenceProgram(sizes, B), []
+    for idx in batches(len(x), B, steps, seed):
+        loss, grads = prog.run(params, x[idx], y[idx])
+        opt.update(params, grads)
+        losses.append(loss)
+    return losses
+
+
+def train_ring(sizes, spec, x, y, B, steps, seed, n, transport) -> tuple[list[float], float]:
+    """Losses per step and the median all-reduce time; raises if ranks' weights differ."""
+    ctx = zmq.Context(io_threads=2)
+    links = [RingLinks(ctx, "tcp://127.0.0.1:*", SECRET, name=f"rank{r}", timeout_s=120) for r in range(n)]
+    for r, lk in enumerate(links):
+        lk.connect(1, r, [lk.endpoint for lk in links])
+    shares = [B // n + (r < B % n) for r in range(n)]
+    local_loss = np.zeros((steps, n))
+    ar_times = [[] for _ in range(n)]
+    finals, errors = [None] * n, []
+
+    def rank(r):
+        try:
+            params = [np.array(v) for v in ReferenceMLP(sizes, seed=seed).state_dict().values()]
+            opt, prog = HostOptimizer(spec, [p.shape for p in params]), ReferenceProgram(sizes, shares[r])
+            off, w = sum(shares[:r]), np.float32(shares[r] / B)
+            for step, idx in enumerate(batches(len(x), B, steps, seed)):
+                part = idx[off:off + shares[r]]
+                loss, grads = prog.run(params, x[part], y[part])
+                local_loss[step, r] = w * loss
+                flat = np.concatenate([g.reshape(-1) for g in grads])
+                flat *= w
+                t = time.perf_counter()
+                allreduce(links[r], flat, step, transport=transport)
+                ar_times[r].append(time.perf_counter() - t)
+                grads, at = [], 0
+                for p in params:
+                    grads.append(flat[at:at + p.size].reshape(p.shape))
+                    at += p.size
+                opt.update(params, grads)
+            finals[r] = params
+        except Exception as e:   # stop the other ranks instead of letting them time out
+            errors.append(e)
+            for lk in links:
+                lk.cancel.set()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for lk in links:
+        lk.close(linger_ms=0)
+    ctx.term()
+    if errors:
+        raise errors[0]
+    for other in finals[1:]:
+        if not all(a.tobytes() == b.tobytes() for a, b in zip(finals[0], other)):
+            raise AssertionError(f"{transport}: ranks ended with different weights")
+    return list(local_loss.sum(axis=1)), float(np.median(ar_times[0]))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[784, 1024, 1024, 10])
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    spec = {"name": "adam", "lr": a.lr}
+    x, y, _, _ = blobs(n=8192 * 5 // 4, dim=a.sizes[0], classes=a.sizes[-1], seed=a.seed)
+    print(f"transport curve ({machine()}); MLP {'-'.join(map(str, a.sizes))}, Adam lr {a.lr}, global batch "
+          f"{a.batch}, {a.ranks} ranks, {a.steps} steps, blobs data ({len(x)} rows), seed {a.seed}", flush=True)
+    curves, ar = {}, {}
+    for t in ("float32", "bfloat16", "float16"):
+        curves[t], ar[t] = train_ring(a.sizes, spec, x, y, a.batch, a.steps, a.seed, a.ranks, t)
+        print(f"  {t}: loss {curves[t][0]:.4f} -> {curves[t][-1]:.4f}, median all-reduce {ar[t] * 1e3:.1f} ms", flush=True)
+    curves["single process"] = train_single(a.sizes, spec, x, y, a.batch, a.steps, a.seed)
+    ref = np.array(curves["float32"], np.float64)
+    lines = ["| run | first loss | last loss | max rel diff vs float32 ring | at step | median all-reduce |",
+             "|---|---|---|---|---|---|"]
+    for name, c in curves.items():
+        rel = np.abs(np.array(c, np.float64) - ref) / np.abs(ref)
+        lines.append(f"| {name} | {c[0]:.5f} | {c[-1]:.5f} | {rel.max():.2e} | {int(rel.argmax()) + 1} | "
+                     + (f"{ar[name] * 1e3:.1f} ms |" if name in ar else "- |"))
+    print("\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
