@@ -10,9 +10,14 @@ per line on stdin with one JSON line on stdout:
   {"source" | "binary" (base64), "options",
    "launches": [{"name", "global": [...], "local": [...] | null,
                  "args": [["buf", nbytes, base64 data | null], ["u32" | "i32" | "f32", value]],
-                 "read": [arg index, ...]}, ...]}
-  -> {"ok": true, "binary": base64, "outputs": {"launch:arg": base64}}
+                 "read": [arg index, ...]}, ...],
+   "want_binary": true | false (default true)}
+  -> {"ok": true, "binary": base64 | null, "outputs": {"launch:arg": base64}}
    | {"ok": false, "error": build log or launch error}   (an ordinary failure, not a crash)
+
+Asking PoCL for a program's binary compiles a generic work-group function for every kernel
+in it (about as long as the kernel's first launch again), so a parent that needs no binary
+says ``"want_binary": false``.
 
 ENGINE_BUILD_FAULT is a test hook (used by tests/test_probe.py only): comma-separated
 ``action:needle`` rules; when a request's source contains ``needle`` (every part of it, if
@@ -113,12 +118,13 @@ def main():
                     host = np.empty(max(int(launch["args"][i][1]), 4), np.uint8)
                     cl.enqueue_copy(queue, host, bufs[i], is_blocking=True)
                     outputs[f"{li}:{i}"] = base64.b64encode(host.tobytes()).decode()
-            binary = program.get_info(cl.program_info.BINARIES)[0]
+            binary = program.get_info(cl.program_info.BINARIES)[0] if req.get("want_binary", True) else None
         except Exception as exc:  # a launch that fails normally: report it, keep serving
             out.write(json.dumps({"ok": False, "error": f"launch failed: {exc}"}) + "\n")
             out.flush()
             continue
-        out.write(json.dumps({"ok": True, "binary": base64.b64encode(binary).decode(), "outputs": outputs}) + "\n")
+        out.write(json.dumps({"ok": True, "binary": None if binary is None else base64.b64encode(binary).decode(),
+                              "outputs": outputs}) + "\n")
         out.flush()
 
 

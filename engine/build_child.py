@@ -58,6 +58,16 @@ def _safe_mode(device) -> str:
     return "launch" if device.is_pocl else "build"
 
 
+def _source_proven(device) -> bool:
+    """Whether a program the build child built and launched is rebuilt here from its source
+    instead of shipped as a binary: on drivers that compile at first launch (PoCL) and keep
+    their own kernel cache, which the child has just filled, so the rebuild here compiles
+    nothing, while asking for the binary would compile every kernel once more (see
+    _buildworker.py). POCL_KERNEL_CACHE=0 turns PoCL's cache off, and binaries back on."""
+    return (_safe_mode(device) == "launch" and device.is_pocl
+            and os.environ.get("POCL_KERNEL_CACHE", "1").strip() != "0")
+
+
 def _binary_of(program):
     try:
         return program.get_info(cl.program_info.BINARIES)[0]
@@ -165,12 +175,12 @@ class _BuildWorker:
             if data.endswith(b"\n"):
                 return b"".join(chunks).decode()
 
-    def request(self, source, options, launches, timeout, binary=None) -> dict:
+    def request(self, source, options, launches, timeout, binary=None, want_binary=True) -> dict:
         with self.lock:
             self.requests += 1
             if self.proc is None or self.proc.poll() is not None:
                 self._start()
-            msg = {"source": source, "options": options, "launches": launches,
+            msg = {"source": source, "options": options, "launches": launches, "want_binary": want_binary,
                    "binary": base64.b64encode(binary).decode() if binary else None}
             try:
                 self.proc.stdin.write(json.dumps(msg).encode() + b"\n")

@@ -45,11 +45,16 @@ class Device(ProgramCacheMixin):
         self._probe_lock = threading.Lock()
         self._caps = None
         self._build_worker = None
+        self._more_workers: list = []   # build children 1, 2, ... that prebuild uses beside the first
         self._no_worker = False
+        self._prebuilt: dict = {}       # key -> CompiledKernel compiled by prebuild, until build asks
+        self._group_programs: dict = {}  # group key -> the program holding a group's kernels
         # e.g. -cl-opt-disable under Oclgrind, whose uninitialised-value check cannot follow
         # the `freeze` instructions LLVM's optimiser emits
         self._extra_options = os.environ.get("ENGINE_BUILD_OPTIONS", "").strip()
-        self.stats = {"builds": 0, "disk_hits": 0, "memory_hits": 0, "build_s": 0.0, "rejected": 0}
+        # builds: kernels compiled; programs: groups of them compiled as one program (prebuild)
+        self.stats = {"builds": 0, "disk_hits": 0, "memory_hits": 0, "build_s": 0.0, "rejected": 0,
+                      "programs": 0, "group_failures": 0}
 
     def __repr__(self):
         return f"Device({self.index}: {self.platform} / {self.name}, {self.kind}, driver {self.driver})"
@@ -135,7 +140,15 @@ class Device(ProgramCacheMixin):
         return f"{self.platform}|{self.name}|{self.driver}"
 
     # --- the build child and the device probe -----------------------------------------------
-    def _worker(self) -> "_BuildWorker":
+    def _worker(self, slot: int = 0) -> "_BuildWorker":
+        """Build child number ``slot``: the first builds and probes; prebuild uses more at once."""
+        if slot:
+            with self._lock:
+                more = [w for w in self._more_workers if w.owner == os.getpid()]     # a fork's are not ours
+                while len(more) < slot:
+                    more.append(_BuildWorker(self))
+                self._more_workers = more
+            return more[slot - 1]
         if self._build_worker is None or self._build_worker.owner != os.getpid():   # none yet, or forked
             self._build_worker = _BuildWorker(self)
         return self._build_worker

@@ -147,7 +147,8 @@ def _probe_try(device, probes, timeout) -> tuple | None:
     """Build the probe kernels as one program and run each; None, or (kind, detail) of the failure."""
     source = "\n".join(p[0] for p in probes)
     try:
-        resp = device._worker().request(source, device._extra_options, [p[1] for p in probes], timeout=timeout)
+        resp = device._worker().request(source, device._extra_options, [p[1] for p in probes], timeout=timeout,
+                                        want_binary=False)      # only the numbers matter
     except _ChildFailed as f:
         return f.kind, f.detail
     if not resp["ok"]:

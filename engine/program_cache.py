@@ -11,16 +11,47 @@ import json
 import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import pyopencl as cl
 
 from .build_child import (CompilerFallbackWarning, _binary_of, _ChildFailed, _env_float, _launches_of, _safe_mode,
-                          _vec_name, _warn_once, _WorkerUnavailable)
+                          _source_proven, _vec_name, _warn_once, _WorkerUnavailable)
 from .codegen import GEMM_VECTOR_WIDTHS, with_vector_width
 from .files import atomic_write, cache_dir
 from .probe import _profile_path
 
 __all__ = ["BuildError", "CacheEntryWarning", "CompiledKernel", "ProgramCacheMixin"]
+
+
+_MEMBER_FORMAT = "many-as-one/program-member"
+
+
+def _build_workers() -> int:
+    """How many build children compile at once: ENGINE_BUILD_WORKERS, else this process's CPUs
+    (0: none, i.e. no grouped builds: every kernel is built on its own, as build() does)."""
+    try:
+        n = int(os.environ.get("ENGINE_BUILD_WORKERS") or -1)
+    except ValueError:
+        n = -1
+    if n < 0:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            n = os.cpu_count() or 1
+    return max(0, n)
+
+
+def _balanced(todo, n) -> list:
+    """``todo`` in ``n`` groups of about equal compile time, in their first order within a
+    group (a GEMM's first-launch compile costs PoCL about three small kernels')."""
+    cost = lambda item: 3 if item[1].template.startswith("gemm") else 1
+    groups, loads = [[] for _ in range(n)], [0] * n
+    for i, item in sorted(enumerate(todo), key=lambda e: -cost(e[1])):
+        j = loads.index(min(loads))
+        groups[j].append((i, item))
+        loads[j] += cost(item)
+    return [[item for _, item in sorted(g, key=lambda e: e[0])] for g in groups if g]
 
 
 class BuildError(RuntimeError):
@@ -70,6 +101,11 @@ class ProgramCacheMixin:
         if hit is not None:
             self.stats["memory_hits"] += 1
             return hit
+        ready = self._prebuilt.pop(key, None)
+        if ready is not None:      # compiled by prebuild with the other new kernels of its schedule
+            self.stats["builds"] += 1
+            self._programs[key] = ready
+            return ready
         t0 = time.perf_counter()
         spec = self._specialize(spec)
         vkey = self._cache_key(spec.source, options) if spec.source is not None else key
@@ -77,8 +113,8 @@ class ProgramCacheMixin:
         if program is not None:
             self.stats["disk_hits"] += 1
         else:
-            program, spec, binary = self._build_new(spec, options, vkey)
-            self._store_binary(spec, options, self._cache_key(spec.source, options), binary)
+            program, spec, binary, payload = self._build_new(spec, options, vkey)
+            self._store_binary(spec, options, self._cache_key(spec.source, options), binary, payload)
             self.stats["builds"] += 1
         self.stats["build_s"] += time.perf_counter() - t0
         ck = CompiledKernel(spec, cl.Kernel(program, spec.name), self)
@@ -101,11 +137,29 @@ class ProgramCacheMixin:
     def _entry_path(self, key):
         return os.path.join(cache_dir(), "programs", f"{key}.bin")
 
-    def _entry_header(self, source, options, key, binary) -> dict:
-        return {"format": "many-as-one/program", "v": 2, "key": key, "device": self.identity,
-                "pyopencl": cl.VERSION_TEXT, "options": options,
-                "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
-                "binary_sha256": hashlib.sha256(binary).hexdigest(), "binary_size": len(binary)}
+    # The stored bytes after the header are the driver's binary, or (payload "source") the
+    # source itself where the build child built and launched it and the driver keeps its own
+    # compiled kernels (PoCL, see build_child._source_proven): building that source again
+    # here compiles nothing the child did not already compile without crashing.
+    def _entry_header(self, source, options, key, binary, payload="binary") -> dict:
+        header = {"format": "many-as-one/program", "v": 2, "key": key, "device": self.identity,
+                  "pyopencl": cl.VERSION_TEXT, "options": options,
+                  "source_sha256": hashlib.sha256(source.encode()).hexdigest(),
+                  "binary_sha256": hashlib.sha256(binary).hexdigest(), "binary_size": len(binary)}
+        if payload != "binary":
+            header["payload"] = payload
+        return header
+
+    def _program_of(self, blob, payload, options):
+        """The program an entry's bytes hold (its header already checked)."""
+        if payload == "source":
+            return self._from_proven_source(blob.decode(), options)
+        return self._from_binary(blob, options)
+
+    def _from_proven_source(self, source, options):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", cl.CompilerWarning)
+            return cl.Program(self.context, source).build(options)
 
     def _load_cached(self, spec, options, key):
         path = self._entry_path(key)
@@ -120,21 +174,72 @@ class ProgramCacheMixin:
         head, _, binary = data.partition(b"\n")
         try:
             header = json.loads(head)
+            if isinstance(header, dict) and header.get("format") == _MEMBER_FORMAT:
+                return self._load_member(path, header, spec, options, key)
             expected = self._entry_header(spec.source, options, key, binary)
+            payload = header.get("payload", "binary")
             bad = [k for k in ("format", "v", "key", "device", "pyopencl", "options", "source_sha256")
                    if header.get(k) != expected[k]]
             if not bad and (header.get("binary_size") != len(binary) or header.get("binary_sha256") != expected["binary_sha256"]):
                 bad = ["binary (truncated or replaced)"]
+            if not bad and payload not in ("binary", "source"):
+                bad = ["payload"]
+            if not bad and payload == "source" and expected["binary_sha256"] != expected["source_sha256"]:
+                bad = ["source (not the kernel's)"]
         except (ValueError, AttributeError, UnicodeDecodeError):
             bad = ["header"]
         if bad:
             self._reject(path, "does not match " + ", ".join(bad))
             return None
         try:
-            return self._from_binary(binary, options)
+            return self._program_of(binary, payload, options)
         except Exception as exc:  # a binary this driver will not take after all: rebuild from source
             self._reject(path, f"not loadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
             return None
+
+    def _load_member(self, path, header, spec, options, key):
+        """A kernel built in a group (prebuild): its entry names the group's entry, whose
+        header lists each member's name and source hash and whose binary is checked as a
+        single program's is."""
+        source_sha = hashlib.sha256(spec.source.encode()).hexdigest()
+        expected = {"v": 1, "key": key, "device": self.identity, "pyopencl": cl.VERSION_TEXT, "options": options,
+                    "source_sha256": source_sha, "name": spec.name}
+        bad = [k for k, v in expected.items() if header.get(k) != v]
+        gkey = header.get("group")
+        if not bad and not (isinstance(gkey, str) and len(gkey) == 32 and gkey.isalnum()):
+            bad = ["group"]
+        if bad:
+            self._reject(path, "does not match " + ", ".join(bad))
+            return None
+        program = self._group_programs.get(gkey)
+        if program is not None:
+            return program
+        gpath = self._entry_path(gkey)
+        try:
+            with open(gpath, "rb") as f:
+                ghead, _, binary = f.read().partition(b"\n")
+            gheader = json.loads(ghead)
+            ok = (isinstance(gheader, dict) and gheader.get("format") == "many-as-one/program"
+                  and gheader.get("v") == 2 and gheader.get("key") == gkey and gheader.get("device") == self.identity
+                  and gheader.get("pyopencl") == cl.VERSION_TEXT and gheader.get("options") == options
+                  and (gheader.get("members") or {}).get(spec.name) == source_sha
+                  and gheader.get("binary_size") == len(binary)
+                  and gheader.get("binary_sha256") == hashlib.sha256(binary).hexdigest())
+            payload = gheader.get("payload", "binary")
+            ok = ok and (payload == "binary" or (payload == "source" and
+                                                 gheader.get("source_sha256") == gheader.get("binary_sha256")))
+        except (OSError, ValueError, AttributeError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            self._reject(path, f"names a group entry {gpath} that is missing or does not match")
+            return None
+        try:
+            program = self._program_of(binary, payload, options)
+        except Exception as exc:
+            self._reject(path, f"group not loadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+            return None
+        self._group_programs[gkey] = program
+        return program
 
     def _from_binary(self, binary, options):
         # pyopencl's low-level program where it has one: its Python wrapper probes a kernel
@@ -157,16 +262,112 @@ class ProgramCacheMixin:
                           f"rejected entries are counted in Device.stats['rejected'], not reported)",
                           CacheEntryWarning, stacklevel=4)
 
-    def _store_binary(self, spec, options, key, binary):
+    def _store_binary(self, spec, options, key, binary, payload="binary"):
         path = self._entry_path(key)
         try:
             if binary is None:
                 return
-            header = json.dumps(self._entry_header(spec.source, options, key, binary)).encode()
+            header = json.dumps(self._entry_header(spec.source, options, key, binary, payload)).encode()
             os.makedirs(os.path.dirname(path), exist_ok=True)
             atomic_write(path, header + b"\n" + binary)
         except Exception as exc:  # the cache is an optimisation; never fail a run over it
             warnings.warn(f"could not store program binary in {path}: {exc}")
+
+    # --- building the new kernels of a schedule together ------------------------------
+    def prebuild(self, specs, options: str = "") -> int:
+        """Compile the kernels of ``specs`` that no cache holds, before ``build`` asks for
+        them one by one: grouped into one program per build worker (a clBuildProgram costs
+        about the same for one kernel as for thirty on PoCL), the groups in parallel build
+        children (ENGINE_BUILD_WORKERS, default: the CPUs this process may use), each
+        kernel launched once there where the driver compiles at first launch. Only an
+        optimisation: a group whose child crashes, hangs or reports an error is dropped, and
+        ``build`` then builds its kernels one at a time as before, with the same crash
+        isolation, fallbacks and error reports. Returns how many kernels it compiled."""
+        if self._extra_options:
+            options = f"{options} {self._extra_options}".strip()
+        bad = self.capabilities().get("bad_programs", {})
+        todo, keys, names = [], set(), set()
+        for spec in specs:
+            if getattr(spec, "source", None) is None or spec.template == "bundle":
+                continue
+            key = self._cache_key(spec.source, options)
+            if key in self._programs or key in self._prebuilt or key in keys:
+                continue
+            vspec = self._specialize(spec)
+            vkey = self._cache_key(vspec.source, options)
+            if vkey in bad or vspec.name in names or os.path.exists(self._entry_path(vkey)):
+                continue       # remembered as bad, a name twice, or on disk: build() deals with it
+            keys.add(key)
+            names.add(vspec.name)
+            todo.append((key, vspec, vkey))
+        workers = _build_workers()
+        if len(todo) < 2 or not workers:
+            return 0
+        t0 = time.perf_counter()
+        n = max(1, min(workers, len(todo) // 2))
+        chunks = _balanced(todo, n)
+        if n == 1:
+            results = [self._build_group(chunks[0], 0, options)]
+        else:
+            with ThreadPoolExecutor(n) as pool:
+                results = list(pool.map(lambda ic: self._build_group(ic[1], ic[0], options), enumerate(chunks)))
+        built = 0
+        for chunk, (program, gkey, source, binary, payload) in zip(chunks, results):
+            if program is None:
+                self.stats["group_failures"] += 1
+                continue
+            self._group_programs[gkey] = program
+            self._store_group(chunk, options, gkey, source, binary, payload)
+            for key, vspec, _ in chunk:
+                self._prebuilt[key] = CompiledKernel(vspec, cl.Kernel(program, vspec.name), self)
+            self.stats["programs"] += 1
+            built += len(chunk)
+        self.stats["build_s"] += time.perf_counter() - t0
+        return built
+
+    def _build_group(self, chunk, slot, options):
+        """(program or None, its cache key, its source, what to store, its payload kind) of
+        one group, built in build child number ``slot`` (in this process where builds are
+        not isolated)."""
+        source = "\n".join(vspec.source for _, vspec, _ in chunk)
+        gkey = self._cache_key(source, options)
+        mode = _safe_mode(self)
+        try:
+            if mode == "off":
+                program = self._from_proven_source(source, options)
+                return program, gkey, source, _binary_of(program), "binary"
+            launches = [l for _, vspec, _ in chunk for l in _launches_of(vspec)] if mode == "launch" else []
+            proven = _source_proven(self)
+            resp = self._worker(slot).request(source, options, launches, want_binary=not proven,
+                                              timeout=_env_float("ENGINE_BUILD_TIMEOUT", 300.0))
+            if not resp["ok"]:
+                return None, gkey, source, None, None
+            if proven:
+                return self._from_proven_source(source, options), gkey, source, source.encode(), "source"
+            binary = base64.b64decode(resp["binary"])
+            return self._from_binary(binary, options), gkey, source, binary, "binary"
+        except Exception:       # _ChildFailed, _WorkerUnavailable, a build error: build() retries one by one
+            return None, gkey, source, None, None
+
+    def _store_group(self, chunk, options, gkey, source, binary, payload):
+        """The group's binary (or proven source) once, under its own key, its header listing
+        each member; each member's entry names the group (see _load_member)."""
+        if binary is None:
+            return
+        try:
+            header = self._entry_header(source, options, gkey, binary, payload)
+            header["members"] = {vspec.name: hashlib.sha256(vspec.source.encode()).hexdigest()
+                                 for _, vspec, _ in chunk}
+            path = self._entry_path(gkey)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            atomic_write(path, json.dumps(header).encode() + b"\n" + binary)
+            for _, vspec, vkey in chunk:
+                member = {"format": _MEMBER_FORMAT, "v": 1, "key": vkey, "device": self.identity,
+                          "pyopencl": cl.VERSION_TEXT, "options": options, "name": vspec.name,
+                          "source_sha256": hashlib.sha256(vspec.source.encode()).hexdigest(), "group": gkey}
+                atomic_write(self._entry_path(vkey), json.dumps(member).encode() + b"\n")
+        except Exception as exc:  # the cache is an optimisation; never fail a run over it
+            warnings.warn(f"could not store a group of program binaries in {cache_dir()}: {exc}")
 
     def _build_new(self, spec, options, key, launches=None):
         """Compile a program not in any cache: (program, the spec it was built from, binary).
@@ -177,7 +378,8 @@ class ProgramCacheMixin:
                                     f"(remembered in {_profile_path()}; delete the entry to try again)")
         if _safe_mode(self) == "off":
             program = self._compile(spec, options, key)
-            return program, spec, _binary_of(program)
+            return program, spec, _binary_of(program), "binary"
+        proven = _source_proven(self)
         candidates = [spec]
         if spec.template == "gemm":
             candidates += [with_vector_width(spec, v) for v in GEMM_VECTOR_WIDTHS if v < spec.params["VW"]]
@@ -185,7 +387,7 @@ class ProgramCacheMixin:
         for cand in candidates:
             try:
                 todo = (_launches_of(cand) if launches is None else launches) if _safe_mode(self) == "launch" else []
-                resp = self._worker().request(cand.source, options, todo,
+                resp = self._worker().request(cand.source, options, todo, want_binary=not proven,
                                               timeout=_env_float("ENGINE_BUILD_TIMEOUT", 300.0))
             except _ChildFailed as f:
                 failures.append(f)
@@ -196,16 +398,18 @@ class ProgramCacheMixin:
                 self._no_worker = True      # for the rest of this process
                 warnings.warn(f"{exc}; building in this process, unprotected", CompilerFallbackWarning, stacklevel=4)
                 program = self._compile(cand, options, key)
-                return program, cand, _binary_of(program)
+                return program, cand, _binary_of(program), "binary"
             if not resp["ok"]:      # an ordinary build error (with its log), or built but would not launch
                 raise self._build_error(cand, options, key, resp["error"])
+            if proven:          # the child built and launched it: this compiles nothing new
+                return self._compile(cand, options, key), cand, cand.source.encode(), "source"
             binary = base64.b64decode(resp["binary"])
             try:
                 program = self._from_binary(binary, options)
             except Exception:   # a driver whose binaries do not round-trip: the child proved the source safe
                 program = self._compile(cand, options, key)
                 binary = _binary_of(program)
-            return program, cand, binary
+            return program, cand, binary, "binary"
         what = failures[-1]
         self._remember(lambda prof: prof.setdefault("bad_programs", {}).__setitem__(key, what.kind))
         raise self._build_error(spec, options, key, f"the OpenCL compiler {what.kind} on every variant of this "
@@ -260,7 +464,7 @@ class ProgramCacheMixin:
             program = self._from_binary(binary, options)
         else:
             spec = _BundledSpec("bundle", whole_source)   # built (and each kernel launched once) in the child
-            program, _, _ = self._build_new(spec, options, self._cache_key(whole_source, options), launches or [])
+            program = self._build_new(spec, options, self._cache_key(whole_source, options), launches or [])[0]
         for name, src in sources.items():
             spec = _BundledSpec(name, src)
             self._programs[self._cache_key(src, options)] = CompiledKernel(spec, cl.Kernel(program, name), self)

@@ -1,0 +1,95 @@
+"""A fast first step (issue 10): the new kernels of a schedule are compiled together, one
+program per build child, the children in parallel (Device.prebuild). The kernels and their
+numbers are the ones building one at a time gives; a child that crashes on its group only
+loses that group, whose kernels are then built one at a time as before; a group is cached
+on disk once, and each member's entry points at it, checked like any other entry."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import engine
+from engine import build_child
+
+pytestmark = pytest.mark.skipif(build_child._safe_mode(engine.default_device()) == "off",
+                                reason="ENGINE_SAFE_BUILD=off: builds are not isolated")
+
+STEP = r"""
+import json, warnings
+import numpy as np
+import engine
+from engine.nn import functional as F
+warnings.simplefilter("always")
+d = engine.default_device()
+engine.manual_seed(0)
+model = engine.nn.Sequential(engine.nn.Linear(24, 40), engine.nn.ReLU(), engine.nn.Linear(40, 7))
+rng = np.random.default_rng(0)
+x = engine.tensor(rng.standard_normal((9, 24)).astype(np.float32))
+y = engine.tensor(rng.integers(0, 7, 9))
+loss = F.cross_entropy(model(x), y)
+loss.backward()
+grads = [p.grad.numpy().astype(float).tobytes().hex() for p in model.parameters()]
+print(json.dumps({"loss": float(loss.item()), "grads": grads, "stats": d.stats,
+                  "kernels": sorted(ck.spec.name for ck in d._programs.values()),
+                  "children": int(d._build_worker is not None) + len(d._more_workers)}))
+"""
+
+
+def _run(tmp_path, workers, fault="", cache="cache"):
+    env = dict(os.environ, ENGINE_CACHE_DIR=str(tmp_path / cache), POCL_CACHE_DIR=str(tmp_path / (cache + "-pocl")),
+               ENGINE_BUILD_WORKERS=str(workers), ENGINE_BUILD_FAULT=fault)
+    env.pop("ENGINE_SAFE_BUILD", None)
+    p = subprocess.run([sys.executable, "-c", STEP], env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, f"the user's process died ({p.returncode}):\n{p.stderr[-3000:]}"
+    return json.loads(p.stdout.strip().splitlines()[-1]), p.stderr
+
+
+def test_grouped_parallel_builds_give_the_same_kernels_and_numbers(tmp_path):
+    one, _ = _run(tmp_path, 0, cache="one")
+    par, _ = _run(tmp_path, 2, cache="par")
+    assert one["stats"]["programs"] == 0 and par["stats"]["programs"] == 2      # two groups, two children
+    assert par["stats"]["group_failures"] == 0 and par["children"] == 2
+    assert par["kernels"] == one["kernels"] and par["stats"]["builds"] == one["stats"]["builds"] >= 10
+    assert par["loss"] == one["loss"] and par["grads"] == one["grads"]          # bitwise: the same kernels
+
+
+def test_a_child_that_crashes_on_its_group_loses_only_that_group(tmp_path):
+    """The injected crash hits any source holding both a GEMM and a reduce kernel: every
+    group of this step, never one kernel alone. The groups' children die, their kernels are
+    built one at a time, the numbers are right and nothing is blamed on a kernel variant."""
+    ref, _ = _run(tmp_path, 0, cache="ref")
+    out, err = _run(tmp_path, 2, fault="abort:void mao_gemm&void mao_reduce", cache="crash")
+    assert out["stats"]["group_failures"] >= 1
+    assert out["loss"] == ref["loss"] and out["grads"] == ref["grads"]
+    assert out["stats"]["builds"] == ref["stats"]["builds"]
+    assert "CompilerFallbackWarning" not in err and "BuildError" not in err
+    prof = json.loads((tmp_path / "crash" / "devices.json").read_text())
+    assert all(not p.get("dropped") and not p.get("bad_programs") for p in prof.values())
+
+
+def test_a_group_is_cached_once_and_its_members_load_from_disk(tmp_path):
+    first, _ = _run(tmp_path, 2)
+    groups = []
+    for path in glob.glob(str(tmp_path / "cache" / "programs" / "*.bin")):
+        with open(path, "rb") as f:
+            header = json.loads(f.readline())
+        if "members" in header:
+            groups.append((path, header))
+    assert len(groups) == first["stats"]["programs"] == 2
+    assert sum(len(h["members"]) for _, h in groups) >= 10
+    # a new process: every kernel from disk, no build child started
+    warm, _ = _run(tmp_path, 2)
+    assert warm["stats"]["builds"] == 0 and warm["stats"]["disk_hits"] == first["stats"]["builds"]
+    assert warm["children"] == 0 and warm["loss"] == first["loss"] and warm["grads"] == first["grads"]
+    # a group entry whose bytes were replaced is refused and its members rebuilt, never run
+    path, _ = groups[0]
+    with open(path, "rb") as f:
+        head = f.readline()
+    with open(path, "wb") as f:
+        f.write(head + b"__kernel void mao_evil(__global float* o) { o[0] = 1.0f; }\n")
+    again, err = _run(tmp_path, 2)
+    assert "CacheEntryWarning" in err and again["stats"]["rejected"] >= 1 and again["stats"]["builds"] >= 1
+    assert again["loss"] == first["loss"] and again["grads"] == first["grads"]
