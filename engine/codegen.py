@@ -382,7 +382,7 @@ def _lower_reduce(group, args, leaf_name, kind):
                "out_shape": list(out.shape)}
     L = reduce_plan.group_size(kind, src.shape, axes)
     if L:       # a work-group per output: the same SSA, `gid` is the group's number
-        params = dict(params, L=L, UNROLL=reduce_plan.UNROLL)
+        params = dict(params, L=L, UNROLL=reduce_plan.group_unroll())
         return _finish(group, "reduce_group", params, dict(display, L=L), args, (numel * L,), (L,))
     params = dict(params, UNROLL=reduce_plan.plain_unroll(kind, params["loop_extent"]))
     return _finish(group, "reduce", params, display, args, (_round_up(numel, 16),))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Split", "split", "group_size", "plain_unroll", "is_inner", "force", "GROUP", "UNROLL"]
+__all__ = ["Split", "split", "group_size", "group_unroll", "plain_unroll", "is_inner", "force", "GROUP", "UNROLL"]
 
 GROUP = 256          # work-items of a GPU reduction's work-group
 UNROLL = 4           # loads a work-item has in flight per pass of the group template
@@ -29,6 +29,7 @@ SPLIT_AT = 1 << 15   # a CPU cuts only reductions at least this long: a launch c
 _GPU_ROW = (8, GROUP * UNROLL * 4)     # 8 groups of 256 = a full H100 SM; 16 loads a lane at least
 _GPU_COLUMN = (2048, 64)               # 2048 streaming work-items per SM
 _CPU = (256, 1024)                     # many contiguous rows of >= 4 KiB per core
+_CPU_COLUMN = 64                       # rows a CPU work-item sums across (measured: bench/NOTES.md)
 PLAIN_UNROLL = {"cpu": 16, "gpu": 4}    # accumulators of the one-work-item-per-output template
 _forced: list = []
 
@@ -54,6 +55,10 @@ def split(kind: str, compute_units: int, outputs: int, extent: int, inner: bool)
         return _fit(extent, parts, 1)
     if kind == "gpu":
         per_cu, least = _GPU_ROW if inner else _GPU_COLUMN
+    elif not inner:     # a work-item walks a column: short walks keep the rows it touches
+        if extent < 16 * _CPU_COLUMN:      # in cache for its neighbours, which read the same rows
+            return Split(1, extent)
+        return _fit(extent, extent // _CPU_COLUMN, 16)
     else:
         if extent < SPLIT_AT:
             return Split(1, extent)
@@ -101,10 +106,17 @@ def plain_unroll(kind: str, extent: int) -> int:
     return PLAIN_UNROLL.get(kind, 4)
 
 
+def group_unroll() -> int:
+    """Loads a work-item of the group template has in flight per pass."""
+    forced = _forced[-1].unroll if _forced else None
+    return UNROLL if forced is None else forced
+
+
 class force:
     """Force the choices (tests, benchmarks): ``with force(group=64, parts=3): ...``;
     ``group=0`` forces one work-item per output, ``unroll`` the plain template's
-    accumulators, ``None`` leaves a choice to the device.
+    accumulators and the group template's loads per pass, ``None`` leaves a choice to
+    the device.
     Lowered kernels are remembered by graph structure (``engine/plan_cache.py``), so
     plan inside the block with a fresh plan cache."""
 

@@ -14,9 +14,9 @@
     init = "0.0f" if combine == "SUM" else "-INFINITY"
 %>
 <%def name="fold(a, b)">${f"{a} + {b}" if combine == "SUM" else f"({b} > {a} ? {b} : {a})"}</%def>
-<%def name="step(acc)">
-${ssa.block(loop_index, indent='            ')}
-${ssa.block(body, indent='            ')}
+<%def name="step(acc)">\
+${ssa.block(loop_index, indent='            ')}\
+${ssa.block(body, indent='            ')}\
             ${acc} = ${fold(acc, value)};
 </%def>
 __kernel void ${name}(${ssa.params(args)})
@@ -33,14 +33,14 @@ ${ssa.block(index)}
 % for u in range(U):
         {
             const int r = r0 + ${u};
-${step(f"acc{u}")}
+${step(f"acc{u}")}\
         }
 % endfor
     }
 % endif
     for (; r0 < ${loop_extent}; ++r0) {
         const int r = r0;
-${step("acc0")}
+${step("acc0")}\
     }
 % for u in range(1, U):
     acc0 = ${fold("acc0", f"acc{u}")};

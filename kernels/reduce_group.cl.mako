@@ -10,9 +10,9 @@
 <%namespace name="ssa" file="_ssa.cl.mako"/>
 ## MAX as the plain template writes it (a NaN input is skipped the same way)
 <%def name="fold(a, b)">${f"{a} + {b}" if combine == "SUM" else f"({b} > {a} ? {b} : {a})"}</%def>
-<%def name="step()">
-${ssa.block(loop_index, indent='            ')}
-${ssa.block(body, indent='            ')}
+<%def name="step()">\
+${ssa.block(loop_index, indent='            ')}\
+${ssa.block(body, indent='            ')}\
             acc = ${fold("acc", value)};
 </%def>
 __kernel __attribute__((reqd_work_group_size(${L}, 1, 1)))
@@ -29,7 +29,7 @@ ${ssa.block(index)}
 % for u in range(UNROLL):
         {
             const int r = r0 + ${u * L};
-${step()}
+${step()}\
         }
 % endfor
     }
@@ -37,7 +37,7 @@ ${step()}
     for (; r0 < ${loop_extent}; r0 += ${L}) {
         {
             const int r = r0;
-${step()}
+${step()}\
         }
     }
     part[lid] = acc;

@@ -60,6 +60,11 @@ def test_short_or_wide_reductions_stay_one_kernel():
     assert split("cpu", 2, 1, 4000, True).parts == 1             # a CPU launch costs more than it saves
     assert split("cpu", 2, 4096, 1 << 16, True).parts == 1       # enough rows for both cores
     assert split("gpu", 132, 65536, 1024, True).parts == 1       # a group per row fills the GPU
+    assert split("cpu", 2, 512, 512, False).parts == 1            # a short column walk stays in cache
+
+
+def test_cpu_column_walks_are_cut_short():
+    assert split("cpu", 2, 512, 16384, False) == Split(256, 64)   # rows a neighbour reads again
 
 
 def test_template_choice_by_kind_and_axis():
