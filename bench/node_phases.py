@@ -7,6 +7,7 @@ import engine
 from engine.nn import functional as F
 from engine.examples import digits
 from cluster import program, hostpool
+from engine import launch
 from cluster.devicetrain import DeviceTrainer
 from cluster.optimizer import HostOptimizer
 from bench.node_vs_local import models
@@ -26,6 +27,9 @@ for key in ("digits", "wide"):
             t0 = time.perf_counter(); fn(); best = min(best, time.perf_counter() - t0)
         return best * 1e3
     fb = t(lambda: tr.forward_backward(r, x[idx], y[idx], flat))
+    ls = t(lambda: tr.local_step(r, x[idx], y[idx]))                    # a ring of one: no download
+    ap_ = t(lambda: (tr.apply(r), r.device.synchronize()))
+    ck = t(lambda: (launch.replay(tr.checks[id(r)][0], r.device), r.device.synchronize()))
     up = t(lambda: (tr.update(flat), r.device.synchronize()))
     sn = t(lambda: (tr.snapshot(0), r.device.synchronize()))
     dg = t(lambda: hostpool.checksum(tr.weights()))
@@ -41,6 +45,7 @@ for key in ("digits", "wide"):
     hd = t(lambda: hostpool.checksum(params))
     m2 = build(); step = engine.training_step(m2, F.cross_entropy, engine.optim.Adam(m2.parameters(), lr=1e-3))
     loc = t(lambda: float(step(x[idx], y[idx]).numpy()))
-    print(f"{title} B={B}: device path: fwd+bwd+grad download {fb:.2f} ms, grads up + fused Adam {up:.2f}, snapshot {sn:.2f}, "
+    print(f"{title} B={B}: ring of one: fwd+bwd+check+loss read {ls:.2f} ms (check alone {ck:.2f}), "
+          f"fused Adam alone {ap_:.2f} | device path: fwd+bwd+grad download {fb:.2f} ms, grads up + fused Adam {up:.2f}, snapshot {sn:.2f}, "
           f"digest {dg:.2f}, finite check {fin:.2f}, gradient weighting {sc:.2f} | host path: upload+fwd+bwd+download {hf:.2f}, numpy Adam {hu:.2f}, "
           f"rollback copy {hc:.2f}, checksum {hd:.2f} | local compiled step {loc:.2f} ms (best of 10)")

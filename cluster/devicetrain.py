@@ -18,10 +18,11 @@ The optimizer step is captured once (engine.launch.capture) and replayed; its ho
 advances the step counter and Adam's bias corrections, exactly as engine.compile does.
 
 A ring of one needs no all-reduce, so its gradients never leave the device
-(``local_step``): they are copied device to device into the gradient buffers the fused
-update reads, and one float comes back per step: the loss plus zero times the sum of every
-gradient, which is the loss itself when everything is finite and NaN otherwise (the
-node's refusal to apply non-finite gradients, without downloading them).
+(``local_step``): the fused update is captured once more per step program, reading that
+program's gradient outputs directly, and one float comes back per step: the loss plus
+zero times the sum of every gradient, which is the loss itself when everything is finite
+and NaN otherwise (the node's refusal to apply non-finite gradients, without downloading
+them).
 
 Reference (numpy) programs never come here: they keep cluster.optimizer.HostOptimizer.
 """
@@ -83,7 +84,7 @@ class DeviceTrainer:
         self.wbufs = [rz.buffer_of(p._storage.node) for p in self.w]
         self.gbufs = [rz.buffer_of(g._storage.node) for g in self.g]
         self.sbufs = [rz.buffer_of(self.opt.state[i][name]._storage.node) for name in self.names for i in range(n)]
-        self.update_items = None
+        self.updates = {}        # None (the gradient buffers) or id(runner) (its outputs) -> captured update
         self.snap = None         # (step, [device copies of weights + state]) for rollback
         self.checks = {}         # id(runner) -> (captured launches, buffer) of the finite-or-NaN loss
         self.checked = np.empty(1, np.float32)
@@ -125,13 +126,10 @@ class DeviceTrainer:
         return float(loss[0])
 
     def local_step(self, runner, x, y) -> float:
-        """A ring of one: forward + backward, gradients copied on the device into the
-        buffers the update reads; returns the loss, or NaN when the loss or any gradient
-        is not finite (then nothing may be applied).  Call apply() to update."""
-        outs = self._run_program(runner, x, y)
-        for src, dst, n in zip(outs[1:], self.gbufs, self.sizes):
-            if n:
-                self.device.copy(src, dst, dst.nbytes)
+        """A ring of one: forward + backward, the gradients left in the program's outputs;
+        returns the loss, or NaN when the loss or any gradient is not finite (then nothing
+        may be applied).  apply(runner) updates from those outputs."""
+        self._run_program(runner, x, y)
         if id(runner) not in self.checks:
             with launch.capture() as cap:
                 loss = runner.step.outs[0].reshape(())
@@ -155,14 +153,23 @@ class DeviceTrainer:
         q.finish()
         self.apply()
 
-    def apply(self) -> None:
-        """The fused optimizer step on the gradients in the gradient buffers."""
-        if self.update_items is None:
-            with launch.capture() as cap:
-                self.opt.step()
-            self.update_items = cap.items
+    def apply(self, runner=None) -> None:
+        """The fused optimizer step on the gradient buffers, or on `runner`'s gradient
+        outputs (a ring of one: no copy).  Each is captured once, then replayed."""
+        key = None if runner is None else id(runner)
+        if key not in self.updates:
+            grads = self.g if runner is None else runner.step.outs[1:]
+            for p, g in zip(self.w, grads):
+                p.grad = g
+            try:
+                with launch.capture() as cap:
+                    self.opt.step()
+            finally:
+                for p, g in zip(self.w, self.g):
+                    p.grad = g
+            self.updates[key] = (cap.items, runner)    # the runner stays alive with its capture
         else:
-            launch.replay(self.update_items, self.device)
+            launch.replay(self.updates[key][0], self.device)
         self.t += 1
 
     # --- rollback snapshot on the device ------------------------------------------------------

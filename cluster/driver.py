@@ -96,7 +96,7 @@ class NodeLink:
 class FitResult:
     params: dict
     step: int
-    history: list = field(default_factory=list)   # per step: loss, world, shares, times
+    history: list = field(default_factory=list)   # per step: loss, world, shares, times (t: when it ended, unix)
     events: list = field(default_factory=list)    # {"t": unix time, "text": ...}: membership, rebalances
 
 
@@ -356,18 +356,22 @@ class Cluster:
         if m["job"] != self.job or m["gen"] != self.gen or n not in ring:
             return                                    # a report from a ring that is gone
         loss, compute, ar = m["loss"], m["compute"], m["allreduce"]
-        if not (len(loss) == len(compute) == len(ar)) or not all(isinstance(v, (int, float)) for v in loss + compute + ar):
+        ends = m.fields.get("t") or [None] * len(loss)
+        if not (len(loss) == len(compute) == len(ar) == len(ends)) or \
+                not all(isinstance(v, (int, float)) for v in loss + compute + ar + [e or 0 for e in ends]):
             log.warning("refused a malformed progress report from %s", n.address)
             return
         rank, world, self._last_progress = ring.index(n), len(ring), time.monotonic()
-        for i, (lo, c, a) in enumerate(zip(loss, compute, ar)):
+        for i, (lo, c, a, e) in enumerate(zip(loss, compute, ar, ends)):
             s = m["first"] + i
             if s < self._next:
                 continue
-            rec = self._pending.setdefault(s, {"step": s + 1, "loss": lo, "world": world,
+            rec = self._pending.setdefault(s, {"step": s + 1, "loss": lo, "world": world, "t": None,
                                                "shares": [x.batch for x in ring], "compute_s": [None] * world,
                                                "allreduce_s": [None] * world})
             rec["compute_s"][rank], rec["allreduce_s"][rank] = c, a
+            if e is not None:        # when the step ended (unix time) on its slowest rank
+                rec["t"] = e if rec["t"] is None else max(rec["t"], e)
             t = max(c, 1e-6)
             n.tp = n.batch / t if n.tp is None else 0.5 * n.tp + 0.5 * n.batch / t
         for pair in m.fields.get("digests", []):

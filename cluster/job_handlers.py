@@ -211,7 +211,7 @@ class JobHandlers:
         if job.dev:    # snapshot on the device (rollback), then the fused update
             if self.snapshot_every and (world > 1 or snapshot_alone) and job.step % self.snapshot_every == 0:
                 job.dev.snapshot(job.step)
-            job.dev.update(flat) if flat is not None else job.dev.apply()
+            job.dev.update(flat) if flat is not None else job.dev.apply(job.runners[len(parts[0][0])])
         else:
             job.prev = (hostpool.copy(job.params), hostpool.copy(job.opt.state), job.opt.t)
             job.opt.update(job.params, unpack(flat[:-2], job.shapes))
@@ -271,7 +271,7 @@ class Progress:
     def add(self, step: int, loss: float, compute: float, ar: float, digest: str | None) -> None:
         if self.first is None:
             self.first = step
-        self.rows.append((loss, compute, ar))
+        self.rows.append((loss, compute, ar, time.time()))
         if digest is not None:
             self.digests.append([step + 1, digest])
         if time.monotonic() - self.last >= self.every_s or len(self.rows) >= 4096:
@@ -279,9 +279,9 @@ class Progress:
 
     def flush(self) -> None:
         if self.rows:
-            loss, compute, ar = (list(c) for c in zip(*self.rows))
+            loss, compute, ar, t = (list(c) for c in zip(*self.rows))
             self.node._reply(self.ident, None, "progress", {
                 "job": self.job, "gen": self.gen, "first": self.first, "loss": loss, "compute": compute,
-                "allreduce": ar} | ({"digests": self.digests} if self.digests else {}))
+                "allreduce": ar, "t": t} | ({"digests": self.digests} if self.digests else {}))
         self.first, self.rows, self.digests = None, [], []
         self.last = time.monotonic()

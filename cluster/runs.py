@@ -30,7 +30,8 @@ SCHEMAS = {
     "halt": {"job": ((str,), True), "run": ((int,), True)},
     # node -> driver: `progress` is unsolicited (MAC'd, bound to the job and ring generation)
     "progress": {"job": ((str,), True), "gen": ((int,), True), "first": ((int,), True), "loss": ((list,), True),
-                 "compute": ((list,), True), "allreduce": ((list,), True), "digests": ((list,), False)},
+                 "compute": ((list,), True), "allreduce": ((list,), True), "t": ((list,), False),
+                 "digests": ((list,), False)},
     "run_done": {"step": ((int,), True), "snap": ((int,), True), "why": ((str,), True),
                  "message": ((str,), False), "code": ((str,), False), "peer": ((str,), False)},
 }

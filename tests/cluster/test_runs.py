@@ -177,7 +177,7 @@ def test_a_ring_of_one_keeps_gradients_on_the_device_and_refuses_non_finite_ones
     for i in range(3):
         x, y = xtr[i * 32:(i + 1) * 32], ytr[i * 32:(i + 1) * 32]
         loss = local.local_step(r1, x, y)
-        local.apply()
+        local.apply(r1)
         want = down.forward_backward(r2, x, y, flat)
         down.update(flat)
         assert loss == want
