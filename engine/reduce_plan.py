@@ -7,8 +7,10 @@ Two choices, made where the device is known:
   ``chunk`` elements (the last chunk padded), which a second reduction combines.
 - ``group_size`` (``codegen._lower_reduce``): a GPU reduces a long innermost axis with a
   work-group per output (``kernels/reduce_group.cl.mako``): neighbouring work-items read
-  neighbouring addresses, then a local-memory tree. Everything else is one work-item per
-  output (``kernels/reduce.cl.mako``): a CPU work-item streams its contiguous row; with the
+  neighbouring addresses, then a local-memory tree; so it does a long reduction across
+  rows into few outputs (the second stage of a column sum), where one work-item per
+  output would leave the GPU nearly idle. Everything else is one work-item per output
+  (``kernels/reduce.cl.mako``): a CPU work-item streams its contiguous row; with the
   innermost axis kept, neighbouring work-items read neighbouring columns (coalesced).
 
 Pure: shapes and the device's kind and compute units in, numbers out.
@@ -28,9 +30,10 @@ SPLIT_AT = 1 << 15   # a CPU cuts only reductions at least this long: a launch c
 # work-groups of GROUP (GPU rows) or work-items (the rest)
 _GPU_ROW = (8, GROUP * UNROLL * 4)     # 8 groups of 256 = a full H100 SM; 16 loads a lane at least
 _GPU_COLUMN = (2048, 64)               # 2048 streaming work-items per SM
+GPU_FEW_OUTPUTS = 4096                 # fewer work-items than this leave a GPU idle
 _CPU = (256, 1024)                     # many contiguous rows of >= 4 KiB per core
 _CPU_COLUMN = 64                       # rows a CPU work-item sums across (measured: bench/NOTES.md)
-PLAIN_UNROLL = {"cpu": 16, "gpu": 4}    # accumulators of the one-work-item-per-output template
+PLAIN_UNROLL = {"cpu": 16, "gpu": 1}    # accumulators of the one-work-item-per-output template
 _forced: list = []
 
 
@@ -64,7 +67,7 @@ def split(kind: str, compute_units: int, outputs: int, extent: int, inner: bool)
             return Split(1, extent)
         per_cu, least = _CPU
     parts = min(-(-per_cu * max(compute_units, 1) // max(outputs, 1)), extent // least)
-    if parts < 2:
+    if parts < (4 if kind == "gpu" and not inner else 2):     # a few column blocks: one group kernel
         return Split(1, extent)
     return _fit(extent, parts, GROUP * UNROLL if kind == "gpu" and inner else 16)
 
@@ -89,21 +92,21 @@ def group_size(kind: str, shape, axes) -> int:
     forced = _forced[-1].group if _forced else None
     if forced is not None:
         return min(forced, 1 << (extent.bit_length() - 1)) if forced and extent >= 2 else 0
-    if kind != "gpu" or extent < 64 or not is_inner(shape, axes):
+    if kind != "gpu" or extent < 64 or not (is_inner(shape, axes) or math.prod(shape) // extent < GPU_FEW_OUTPUTS):
         return 0
     return min(GROUP, 1 << (extent.bit_length() - 1))
 
 
 def plain_unroll(kind: str, extent: int) -> int:
     """Separate accumulators of the one-work-item-per-output template: a CPU needs several
-    to hide the add latency of a float sum (no compiler reorders float adds), a GPU to keep
-    several loads in flight; a short loop keeps one."""
+    to hide the add latency of a float sum (no compiler reorders float adds); a GPU's
+    column walks were twice as fast with one as with four (bench/NOTES.md); a short loop
+    keeps one."""
     forced = _forced[-1].unroll if _forced else None
     if forced is not None:
         return forced
-    if extent < 4 * PLAIN_UNROLL.get(kind, 4):
-        return 1
-    return PLAIN_UNROLL.get(kind, 4)
+    unroll = PLAIN_UNROLL.get(kind, 1)
+    return unroll if extent >= 4 * unroll else 1
 
 
 def group_unroll() -> int:

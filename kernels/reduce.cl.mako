@@ -2,8 +2,7 @@
 ## the fused input expression into its accumulators, then applies the fused epilogue.
 ## UNROLL consecutive reduced elements go to UNROLL separate accumulators, combined at the
 ## end: one accumulator is a chain of dependent adds (no compiler may reorder float adds),
-## which bounds a CPU work-item at one element per add latency; separate ones overlap, and
-## the loads of a pass are all in flight at once on a GPU.
+## which bounds a CPU work-item at one element per add latency; separate ones overlap.
 ## params: name, numel, args, index (gid -> output multi-index), loop_extent, loop_index
 ## (SSA turning `r` into the reduced multi-index), body (SSA of the input value at those
 ## indices), value (SSA name of the input), combine ("SUM"|"MAX"), acc_name, epilogue

@@ -61,6 +61,7 @@ def test_short_or_wide_reductions_stay_one_kernel():
     assert split("cpu", 2, 4096, 1 << 16, True).parts == 1       # enough rows for both cores
     assert split("gpu", 132, 65536, 1024, True).parts == 1       # a group per row fills the GPU
     assert split("cpu", 2, 512, 512, False).parts == 1            # a short column walk stays in cache
+    assert split("gpu", 132, 512, 128, False).parts == 1          # a bias gradient: one group kernel
 
 
 def test_cpu_column_walks_are_cut_short():
@@ -72,7 +73,8 @@ def test_template_choice_by_kind_and_axis():
     assert group_size("gpu", (8, 1 << 20), (1,)) == 256
     assert group_size("gpu", (8, 100), (1,)) == 64               # the largest power of two inside
     assert group_size("gpu", (8, 10), (1,)) == 0                 # short rows: a work-item each
-    assert group_size("gpu", (1 << 16, 512), (0,)) == 0          # across rows: columns coalesce already
+    assert group_size("gpu", (1 << 16, 8192), (0,)) == 0         # across rows: columns coalesce already
+    assert group_size("gpu", (16384, 16), (0,)) == 256           # ... unless too few to fill the GPU
     assert group_size("gpu", (64, 1000, 1), (1,)) == 256         # a trailing 1 is not the innermost axis
 
 
@@ -81,8 +83,9 @@ def test_gpu_lowering_picks_the_group_template_and_its_loads_are_proved(rng):
     every build, and a REDUCE over a long innermost axis is a work-group per output."""
     x = engine.tensor(random_input(rng, (6, 3000)).astype(np.float32))
     y = engine.tensor(random_input(rng, (6, 3000)).astype(np.float32))
-    cases = {"rows": (x * y).sum(1).sqrt(), "columns": (x * y).sum(0), "all": x.max(),
-             "padded": x.reshape(3, 6000)[:, 1:].exp().sum(1) * 2.0}
+    cases = {"rows": (x * y).sum(1).sqrt(), "columns": (x * y).sum(0), "all": x[:2].max(),
+             "padded": x.reshape(3, 6000)[:, 1:].exp().sum(1) * 2.0,
+             "few columns": x.reshape(1125, 16)[:1000].sum(0)}     # the second stage of a column sum
     for what, t in cases.items():
         groups = schedule([t.node], is_leaf)
         made = {o for g in groups for o in g.outputs}
