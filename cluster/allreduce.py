@@ -169,18 +169,28 @@ def _gather_sum(links: RingLinks, buf: np.ndarray, step: int, transport: str = "
 
 def allreduce(links: RingLinks, flat: np.ndarray, step: int, *, bucket_bytes: int = BUCKET_BYTES,
               segment_bytes: int | None = None, small_bytes: int = SMALL_BYTES,
-              transport: str = "float32") -> np.ndarray:
+              transport: str = "float32", exact_tail: int = 0) -> np.ndarray:
     """Sum `flat` (float32, 1-D, owned by the caller and not reused while in flight)
     over the ring in place; returns it.  `segment_bytes` fixes the segment size (bytes on
     the wire) instead of deriving it from the chunk (segment_elems); buffers of at most
     `small_bytes` (float32 bytes) are gathered whole (0: always the ring).  `transport`:
     "float32" (default), "bfloat16" or "float16" ("bf16", "fp16"), the type partial sums
     travel in, accumulated in float32 (transport.py); every rank must pass the same one.
+    `exact_tail`: with a narrow transport, the last that many elements (a loss, a vote packed
+    behind the gradients) are summed in float32 all the way, by a second, small collective.
     With one rank nothing travels and `flat` is returned unchanged.  Raises PeerLost or
     PlanMismatch."""
     if flat.dtype != np.float32 or flat.ndim != 1 or not flat.flags.c_contiguous:
         raise TypeError("allreduce wants a contiguous 1-D float32 buffer")
     transport = tp.canonical(transport)
+    if exact_tail and transport != "float32":
+        if not 0 < exact_tail <= len(flat):
+            raise ValueError(f"exact_tail {exact_tail} is not within the buffer's {len(flat)} elements")
+        kw = dict(bucket_bytes=bucket_bytes, segment_bytes=segment_bytes, small_bytes=small_bytes)
+        cut = len(flat) - exact_tail
+        allreduce(links, flat[:cut], step, transport=transport, **kw)
+        allreduce(links, flat[cut:], step, transport="float32", **kw)
+        return flat
     small = flat.nbytes <= small_bytes
     agree(links, step, [len(flat)], dtype=transport, algo="gather" if small else "ring")
     if links.world == 1:

@@ -10,13 +10,17 @@ the wire, and the two conversions (narrow before a send, widen after a receive).
 
 Sums are always accumulated in float32; only the hops carry the narrow type.  numpy has no
 bfloat16, so bfloat16 values live in uint16 arrays (their bit patterns) and travel under
-the wire dtype name "bfloat16".  Conversions run over blocks small enough for the cache:
-the rounding takes five numpy passes, which on whole megabyte segments would each go to
-memory.
+the wire dtype name "bfloat16".  Conversions run over blocks small enough for the cache
+(the rounding takes five numpy passes, which on whole megabyte segments would each go to
+memory), and large arrays are cut into hostpool's fixed pieces and converted on its few
+threads (numpy releases the GIL): one thread converts only ~3 GB/s of float32, less than a
+loopback link carries.  Every conversion is element-wise, so the split changes no bit.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from . import hostpool
 
 TRANSPORTS = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(np.uint16), "float16": np.dtype(np.float16)}
 ALIASES = {"fp32": "float32", "f32": "float32", "bf16": "bfloat16", "fp16": "float16", "f16": "float16",
@@ -50,34 +54,49 @@ def _bf16_round(src: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
     np.copyto(out, tmp.view(np.uint16)[1::2])       # little-endian: the high half is the odd one
 
 
-def narrow(x: np.ndarray, name: str) -> np.ndarray:
-    """A fresh array of `x` (float32, 1-D) in transport `name` (float32: a copy).  NaN stays
-    NaN and +-Inf stays +-Inf, so the receiver's NaN/Inf check sees what the sender had."""
-    name = canonical(name)
-    if name == "float32":
-        return x.copy()
+def _narrow_piece(pair, name: str) -> None:
+    x, out = pair
     if name == "float16":
         with np.errstate(over="ignore"):   # beyond 65504 gives Inf, on purpose (the step is refused)
-            return x.astype(np.float16)     # numpy rounds to nearest even
-    out = np.empty(len(x), np.uint16)
+            np.copyto(out, x, casting="same_kind")   # numpy rounds to nearest even
+        return
     tmp = np.empty(min(len(x), BLOCK), np.uint32)
     for lo in range(0, len(x), BLOCK):
         hi = min(lo + BLOCK, len(x))
         _bf16_round(x[lo:hi], out[lo:hi], tmp[:hi - lo])
-    # a NaN whose payload sits only in the low bits would round to Inf (or wrap to -0): keep it NaN
-    nan = np.isnan(x)
-    if nan.any():
+    # a NaN whose payload sits only in the low bits would round to Inf (or wrap to -0): keep it
+    # NaN.  A finite sum means no NaN, and costs a third of an isnan pass.
+    with np.errstate(invalid="ignore", over="ignore"):   # inf - inf, or a sum of huge values
+        suspect = not np.isfinite(x.sum())
+    if suspect:
+        nan = np.isnan(x)
         out[nan] = _QNAN | (out[nan] & np.uint16(0x8000))
+
+
+def narrow(x: np.ndarray, name: str) -> np.ndarray:
+    """A fresh array of `x` (float32, 1-D, contiguous) in transport `name` (float32: a copy).
+    NaN stays NaN and +-Inf stays +-Inf, so the receiver's NaN/Inf check sees what the
+    sender had."""
+    name = canonical(name)
+    if name == "float32":
+        return x.copy()
+    out = np.empty(len(x), TRANSPORTS[name])
+    hostpool.run(lambda pair: _narrow_piece(pair, name), hostpool.split(x, out))
     return out
+
+
+def _widen_piece(pair, name: str) -> None:
+    w, out = pair
+    if name == "bfloat16":
+        np.left_shift(w, 16, out=out.view(np.uint32), dtype=np.uint32)
+    else:
+        np.copyto(out, w, casting="safe")
 
 
 def widen_into(w: np.ndarray, name: str, out: np.ndarray) -> None:
     """out[:] = float32 values of wire array `w` (exact: every narrow value is a float32)."""
     name = canonical(name)
-    if name == "bfloat16":
-        np.left_shift(w, 16, out=out.view(np.uint32), dtype=np.uint32)
-    else:
-        np.copyto(out, w, casting="safe")
+    hostpool.run(lambda pair: _widen_piece(pair, name), hostpool.split(w, out))
 
 
 def widen(w: np.ndarray, name: str) -> np.ndarray:
@@ -86,18 +105,23 @@ def widen(w: np.ndarray, name: str) -> np.ndarray:
     return out
 
 
+def _add_piece(pair, name: str) -> None:
+    acc, w = pair
+    if name != "bfloat16":
+        np.add(acc, w, out=acc)   # float16 (or float32) + float32 -> float32: widened exactly, then added
+        return
+    tmp = np.empty(min(len(w), BLOCK), np.float32)
+    for lo in range(0, len(w), BLOCK):
+        hi = min(lo + BLOCK, len(w))
+        t = tmp[:hi - lo]
+        _widen_piece((w[lo:hi], t), name)
+        acc[lo:hi] += t
+
+
 def add_into(acc: np.ndarray, w: np.ndarray, name: str) -> None:
     """acc += float32(w), in float32 (the accumulation of every hop of the reduce-scatter)."""
     name = canonical(name)
-    if name == "bfloat16":
-        tmp = np.empty(min(len(w), BLOCK), np.float32)
-        for lo in range(0, len(w), BLOCK):
-            hi = min(lo + BLOCK, len(w))
-            t = tmp[:hi - lo]
-            widen_into(w[lo:hi], name, t)
-            acc[lo:hi] += t
-    else:
-        np.add(acc, w, out=acc)   # float16 + float32 -> float32: numpy widens exactly, then adds
+    hostpool.run(lambda pair: _add_piece(pair, name), hostpool.split(acc, w))
 
 
 def round_trip(x: np.ndarray, name: str) -> np.ndarray:

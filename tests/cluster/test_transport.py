@@ -192,3 +192,21 @@ def test_ranks_with_different_transports_refuse_before_moving_data():
     inputs = [rng.standard_normal(10_000).astype(np.float32) for _ in range(3)]
     outs, errs = ring_reduce(inputs, ["bfloat16", "float32", "bfloat16"], **RING)
     assert any(isinstance(e, PlanMismatch) and "dtype" in str(e) for e in errs), errs
+
+
+@pytest.mark.parametrize("kw", [RING, GATHER])
+def test_exact_tail_sums_the_last_elements_in_float32(kw):
+    """A loss and a vote packed behind the gradients keep float32 sums under bf16 transport."""
+    rng = np.random.default_rng(8)
+    inputs = [rng.standard_normal(30_002).astype(np.float32) for _ in range(3)]
+    for x in inputs:
+        x[-2] = np.float32(2.302585) + np.float32(rng.standard_normal() * 1e-3)    # a loss: bf16 would round it
+    outs, errs = ring_reduce(inputs, ["bf16"] * 3, exact_tail=2, **kw)
+    assert errs == [None] * 3, errs
+    for o in outs[1:]:
+        assert o.tobytes() == outs[0].tobytes()
+    tail = np.sum([x[-2:].astype(np.float64) for x in inputs], axis=0)     # float32 sums: 1e-7, not bf16's 4e-3
+    np.testing.assert_allclose(outs[0][-2:], tail, rtol=1e-6, atol=1e-6)
+    head = np.sum([x[:-2].astype(np.float64) for x in inputs], axis=0)
+    assert np.all(np.abs(outs[0][:-2] - head) <= 3 * 2.0**-8 * np.sum([np.abs(x[:-2]) for x in inputs], axis=0))
+    assert not np.array_equal(outs[0][:-2], head.astype(np.float32))     # the gradients did travel narrow
