@@ -219,6 +219,9 @@ def run_ddp(backend, sizes, B, n, steps, warmup, cuda: bool) -> dict:
                "warmup": warmup, "device": "cuda" if cuda else "cpu", "threads": cpu_threads(n)}
         env = worker_env()
         env["OMP_NUM_THREADS"] = str(cpu_threads(n))
+        # NVLink multicast stays off on shared GPU hosts (it can take their GPUs out of service)
+        for k, v in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
+            env.setdefault(k, v)
         procs.append(subprocess.Popen([sys.executable, "-m", "bench.scaling", "--worker", json.dumps(cfg)],
                                       stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env))
     outs = []
