@@ -237,13 +237,23 @@ def _cmd_kernels(args):
 
 
 def _cmd_tune(args):
-    from .autotune import search
+    from .autotune import GPU_SHAPES, search, search_variants
     from .runtime import default_device
     dev = default_device()
-    print(f"tuning GEMM tiles on {dev.platform} / {dev.name} (driver {dev.driver}) ...", flush=True)
-    res = search(dev, repeat=args.repeat)
-    b = res["best"]
-    print(f"best: {b['R']} x {b['W']} ({b['gflops']:.1f} GFLOP/s); saved in {res['path']}")
+    if dev.kind != "gpu":
+        print(f"tuning GEMM tiles on {dev.platform} / {dev.name} (driver {dev.driver}) ...", flush=True)
+        res = search(dev, repeat=args.repeat)
+        b = res["best"]
+        print(f"best: {b['R']} x {b['W']} ({b['gflops']:.1f} GFLOP/s); saved in {res['path']}")
+        return 0
+    shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else GPU_SHAPES
+    budget = f"a budget of {args.budget_s:.0f} s" if args.budget_s else "no time limit"
+    print(f"tuning GEMM variants on {dev.platform} / {dev.name} (driver {dev.driver}), {budget}, "
+          f"shapes (M, N, K) {shapes} ...", flush=True)
+    res = search_variants(dev, shapes=shapes, budget_s=args.budget_s, repeat=args.repeat)
+    for cls, v in res["best"].items():
+        print(f"best {cls}: {v}")
+    print(f"saved in {res['path']}")
     return 0
 
 
@@ -279,8 +289,12 @@ def build_commands() -> Commands:
     p.add_argument("--brief", action="store_true", help="omit the sources")
     p.add_argument("--bundle", metavar="DIR", help="write the step's kernels as one .cl + manifest.json (offline compilers)")
     p.add_argument("--json", action="store_true")
-    p = c.command("tune", _cmd_tune, help="measure GEMM tile shapes on the default device and remember the best")
-    p.add_argument("--repeat", type=int, default=3)
+    p = c.command("tune", _cmd_tune, help="measure GEMM kernels on the default device and remember the best "
+                                          "(CPUs: tiles; GPUs: variants per shape class)")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (GPUs: the median counts)")
+    p.add_argument("--budget-s", type=float, default=None, help="GPUs: stop trying variants after this many seconds")
+    p.add_argument("--shapes", nargs="+", metavar="M,N,K", help="GPUs: the GEMM shapes to tune for "
+                                                                  "(default: a 784-4096-4096-10 MLP's training step)")
     c.add("data", _cmd_data, help="data tools: engine data convert|digits|info ... (see engine data --help)")
     c.add("onnx", _cmd_onnx, help="run or check an ONNX model: engine onnx run|ops|check ... (needs onnx)")
     return c

@@ -404,6 +404,23 @@ def _gemm_epilogue(em, anchor, out, bidx):
     return em.stmts, _as_name(v, out.dtype)
 
 
+def _tiled_knobs(variant, TM, TN) -> dict:
+    """Every knob of the tiled GEMM for a TM x TN tile: the variant's, else the first
+    version's (16 x 16 work-items, outputs strided by 16, scalar loads, KB 16). Tile
+    sizes in a variant belong to the layout (the panel widths), not to the kernel."""
+    first = {"WM": TM // 16, "WN": TN // 16, "KB": 16, "LV": 1, "BLOCK": 0, "VW": 1, "PAD": 0, "DBUF": 0, "MAD": 0}
+    knobs = dict(first)
+    knobs.update((k, int(v)) for k, v in variant.items() if k in knobs)
+    WM, WN, LV, VW, PAD = (knobs[k] for k in ("WM", "WN", "LV", "VW", "PAD"))
+    threads = (TM // max(WM, 1)) * (TN // max(WN, 1))
+    local = 4 * (knobs["DBUF"] + 1) * knobs["KB"] * (TM + TN + 2 * PAD)
+    # a variant chosen for the layout's tile may not fit the rows an implicit A gets
+    fits = (WM > 0 and WN > 0 and not TM % WM and not TN % WN and not WM % LV and not WN % LV
+            and not TM % VW and not TN % VW and not PAD % VW and not PAD % LV
+            and 1 <= threads <= 1024 and local <= 48 * 1024)
+    return knobs if fits else first
+
+
 def _lower_matmul(group, args, leaf_name, kind, vector_width=16):
     anchor, out = group.anchor, group.outputs[0]
     a, bp = anchor.srcs
@@ -430,9 +447,11 @@ def _lower_matmul(group, args, leaf_name, kind, vector_width=16):
         Mb = -(-M // TM)
         a_load = [] if a_packed else _a_load(em, a, bidx, "am", "ak", "a_val")
         epilogue, value = _gemm_epilogue(em, anchor, out, bidx)
-        params = dict(common, TM=TM, TN=W, KB=16, Mb=Mb, Nb=Nb, a_load=a_load, epilogue=epilogue, value=value)
-        return _finish(group, "gemm_tiled", params, dict(display, TM=TM, TN=W, KB=16), args,
-                       (Nb * 16, Mb * 16, nb), (16, 16, 1))
+        knobs = _tiled_knobs(variant, TM, W)
+        params = dict(common, TM=TM, TN=W, Mb=Mb, Nb=Nb, a_load=a_load, epilogue=epilogue, value=value, **knobs)
+        TX, TY = W // knobs["WN"], TM // knobs["WM"]
+        return _finish(group, "gemm_tiled", params, dict(display, TM=TM, TN=W, **knobs), args,
+                       (Nb * TX, Mb * TY, nb), (TX, TY, 1))
 
     R = R_packed if a_packed else min(8, M)
     Mb = -(-M // R)

@@ -52,3 +52,82 @@ def test_models_gemm_through_the_engine_at_a_narrower_width(vw):
     gemms = [ck.spec for ck in dev._programs.values() if ck.spec.template == "gemm"]
     vec = "float" if vw == 1 else f"float{vw}"
     assert gemms and all(s.params["VW"] == vw and f"{vec} acc0_0" in s.source for s in gemms)
+
+
+# --- the GPU template's variants (engine/tune.py enumerates them), run on this device as a GPU
+
+def _as_gpu():
+    """The default device, planned for as a GPU (the tiled GEMM is plain OpenCL)."""
+    d = engine.default_device()
+    dev = runtime.Device(d.cl_device, d.index)
+    dev.kind = "gpu"
+    dev._caps = dict(d.capabilities(), tiled_max=128)
+    return dev
+
+
+def _sample_variants():
+    """Each shape class's default, then an evenly spaced deterministic sample of its space
+    (tens of thousands of variants; each build here costs seconds)."""
+    from engine import tune
+    out = []
+    for cls in tune.SHAPE_CLASSES:
+        space = tune.variant_space(cls)
+        out += [space[0]] + space[len(space) // 3::len(space) // 3][:2]
+    return out
+
+
+def _gemm_specs(dev):
+    return [ck.spec for ck in dev._programs.values() if ck.spec.template == "gemm_tiled"]
+
+
+def _rand(rng, *shape):
+    x = rng.uniform(-1, 1, size=shape)
+    x[np.abs(x) < 1e-3] = 0.5      # never zeros
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("variant", _sample_variants(), ids=lambda v: "-".join(f"{k}{x}" for k, x in v.items()))
+def test_tiled_gemm_variant_batched_ragged_with_epilogue(variant):
+    """relu(A @ B + bias), batched, M, N, K not multiples of any tile, against float64."""
+    from engine import tune
+    dev = _as_gpu()
+    rng = np.random.default_rng(sum(variant.values()))
+    a, b, bias = _rand(rng, 2, 70, 37), _rand(rng, 2, 37, 45), _rand(rng, 45)
+    knobs = {k: x for k, x in variant.items() if k not in ("TM", "TN")}
+    with tune.override(variant["TM"], variant["TN"], variant=knobs):
+        out = (engine.tensor(a, device=dev) @ engine.tensor(b, device=dev) + engine.tensor(bias, device=dev)).relu()
+        got = out.numpy()
+    want = np.maximum(a.astype(np.float64) @ b.astype(np.float64) + bias, 0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+    specs = _gemm_specs(dev)
+    assert specs and all(s.params[k] == x for s in specs for k, x in variant.items()), "the variant was not used"
+    assert all(s.local_size == (variant["TN"] // variant["WN"], variant["TM"] // variant["WM"], 1) for s in specs)
+
+
+@pytest.mark.parametrize("variant", [
+    {"WM": 16, "WN": 8, "KB": 16, "LV": 4, "BLOCK": 0, "VW": 4, "PAD": 0, "DBUF": 1, "MAD": 0},
+    {"WM": 8, "WN": 4, "KB": 8, "LV": 2, "BLOCK": 1, "VW": 2, "PAD": 4, "DBUF": 0, "MAD": 1},
+])
+def test_tiled_gemm_variant_reads_a_convolution_in_place(variant):
+    """The implicit GEMM (A read through its im2col view, not packed) of a GPU convolution,
+    forward and weight gradient, against torch in float64."""
+    torch = pytest.importorskip("torch")
+    from engine import tune
+    from engine.nn import functional as F
+    dev = _as_gpu()
+    rng = np.random.default_rng(7)
+    x, w = _rand(rng, 2, 3, 9, 7), _rand(rng, 5, 3, 3, 3)
+    with tune.override(64, 64, variant=variant):
+        tx = engine.tensor(x, device=dev)
+        tw = engine.tensor(w, device=dev, requires_grad=True)
+        y = F.conv2d(tx, tw, padding=1).relu()
+        y.sum().backward()
+        got, gw = y.numpy(), tw.grad.numpy()
+    rx = torch.tensor(x, dtype=torch.float64)
+    rw = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    ry = torch.nn.functional.conv2d(rx, rw, padding=1).relu()
+    ry.sum().backward()
+    np.testing.assert_allclose(got, ry.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gw, rw.grad.numpy(), rtol=1e-4, atol=1e-4)
+    implicit = [s for s in _gemm_specs(dev) if not s.params["a_packed"]]
+    assert implicit and all(s.params[k] == x for s in implicit for k, x in variant.items())
