@@ -14,6 +14,7 @@ from .autograd import Ctx, backward_pass
 from .buffers import bind_buffer, buffer_of
 from .context import (grad_enabled as _grad_enabled, host_rng, label, manual_seed, no_grad, random_state, scope,
                       scope_of, set_random_state)
+from .lowering import compute_units
 from .runtime import NP_DTYPES
 from .shapes import (axes_of as _axes, broadcast_shape as _broadcast_shape, contiguous_strides,
                      shape_arg as _shape_arg)
@@ -23,15 +24,6 @@ from .tensor_math import TensorMath
 __all__ = ["Tensor", "tensor", "empty", "zeros", "ones", "full", "arange", "rand", "randn", "zeros_like",
            "ones_like", "cat", "stack", "where", "no_grad", "manual_seed", "random_state",
            "set_random_state", "realize_all", "scope", "scope_of", "maximum", "minimum", "host_rng"]
-
-_units: dict = {}     # device -> its compute units
-
-
-def _compute_units(device) -> int:
-    n = _units.get(device)
-    if n is None:
-        n = _units[device] = int(getattr(getattr(device, "cl_device", None), "max_compute_units", 1) or 1)
-    return n
 
 
 class Tensor(TensorMath):
@@ -376,7 +368,7 @@ class Tensor(TensorMath):
         work-items still read neighbouring columns."""
         extent = math.prod(self.shape[a] for a in axes)
         inner = reduce_plan.is_inner(self.shape, axes)
-        plan = reduce_plan.split(self.device.kind, _compute_units(self.device), self.numel() // max(extent, 1),
+        plan = reduce_plan.split(self.device.kind, compute_units(self.device), self.numel() // max(extent, 1),
                                  extent, inner)
         padded = plan.parts * plan.chunk
         if plan.parts == 1 or (padded > extent and op != "SUM" and self.dtype != "float32"):
