@@ -14,21 +14,36 @@ __all__ = ["explain", "Explanation"]
 
 class Explanation:
     """The graph as the user built it (device-neutral: MATMUL nodes) and the kernels it
-    lowers to on ``device``; each node of the device's graph (a GEMM, its panel views, a
-    split-K sum) is reported as the node it stands for."""
+    lowers to on ``device``. A node of the device's graph that stands for one of the
+    user's (a GEMM for its MATMUL, a node rebuilt over lowered sources) is reported as
+    that node; one the lowering added (a MATMUL's panel views, a split-K sum) is listed as
+    an extra node, in the scope of the MATMUL it came from."""
 
     def __init__(self, outputs, device):
         self.outputs = [t.node for t in outputs]
         self.device = device
-        self.plan = rz.plan(self.outputs, device) if device else []
         self.nodes = ir.toposort(self.outputs, stop=is_leaf)
         self.ids = {n: i for i, n in enumerate(self.nodes)}
-        origins: dict = {}
+        self._home: dict = {}       # an extra node -> the user's node it was made for
+        self.plan = []
         if device:
-            lower([rz.computed_as(t) for t in self.outputs], device, is_leaf, origins)
-        for m, n in origins.items():
-            if n in self.ids:
-                self.ids.setdefault(m, self.ids[n])
+            origins: dict = {}
+            neutral = [rz.computed_as(t) for t in self.outputs]
+            lowered = lower(neutral, device, is_leaf, origins)
+            # planned from the device's graph, so every node a kernel names is one of it;
+            # a split-K target is its sum, in the same memory (as realize computes it)
+            self.plan = rz.plan([_unreshaped(d, n) for d, n in zip(lowered, neutral)], device)
+            for _, spec in self.plan:
+                for n in list(spec.fused) + [a[1] for a in spec.args if len(a) > 1]:
+                    home = origins.get(n)
+                    if n in self.ids or home not in self.ids:
+                        continue
+                    if n.op == home.op or n.op == "GEMM":
+                        self.ids[n] = self.ids[home]
+                    else:
+                        self.ids[n] = len(self.nodes)
+                        self.nodes.append(n)
+                        self._home[n] = home
 
     @property
     def kernels(self):
@@ -38,12 +53,11 @@ class Explanation:
         kernel_of = {}
         for k, (_, spec) in enumerate(self.plan):
             for n in spec.fused:
-                home = self.nodes[self.ids[n]] if n in self.ids else n
-                if n.op == home.op or n.op == "GEMM":     # not a MATMUL's packing views or split-K sum
-                    kernel_of.setdefault(home, k)
+                if n in self.ids and (n.op == self.nodes[self.ids[n]].op or n.op == "GEMM"):
+                    kernel_of.setdefault(self.nodes[self.ids[n]], k)
         nodes = [{"id": self.ids[n], "op": n.op, "shape": list(n.shape), "dtype": n.dtype,
-                  "srcs": [self.ids[s] for s in n.srcs if s in self.ids], "scope": scope_of(n),
-                  "kernel": kernel_of.get(n)} for n in self.nodes]
+                  "srcs": [self.ids[s] for s in n.srcs if s in self.ids],
+                  "scope": scope_of(self._home.get(n, n)), "kernel": kernel_of.get(n)} for n in self.nodes]
         kernels = []
         for k, (_, spec) in enumerate(self.plan):
             d = spec.describe(self.ids)
@@ -58,6 +72,13 @@ class Explanation:
         for k, (_, spec) in enumerate(self.plan):
             lines.append(f"  [{k}] {spec.name}  ({spec.template}; fuses {', '.join(spec.ops)}; global {spec.global_size})")
         return "\n".join(lines)
+
+
+def _unreshaped(d, n):
+    """A lowered target that is a reshape of a value computed for it (a split-K sum): that value."""
+    while d is not n and d.op == "RESHAPE" and not is_leaf(d.srcs[0]):
+        d = d.srcs[0]
+    return d
 
 
 def _grad_leaves(root) -> list:

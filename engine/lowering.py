@@ -68,14 +68,16 @@ def lower(targets, device, is_leaf=lambda n: n.op in ir.SOURCE, origins: dict | 
     tset = set(targets)
     stop = lambda n: n not in tset and is_leaf(n)  # noqa: E731  (a target is always computed)
     order = ir.toposort(targets, stop=stop)
+    walked = set(order) if origins is not None else ()
     new: dict = {}
     for n in order:
         if n.op == "MATMUL" and not stop(n):
             a, b = (new.get(s, s) for s in n.srcs)
             out = new[n] = lower_matmul(a, b, device, stop)
-            if origins is not None:
-                for m in ir.toposort([out], stop=lambda x: x is a or x is b):
-                    if m is not a and m is not b:
+            if origins is not None:     # what this MATMUL's lowering made (reshapes may skip a view of a or b)
+                known = lambda x: x is a or x is b or x in origins or x in walked  # noqa: E731
+                for m in ir.toposort([out], stop=known):
+                    if not known(m):
                         origins[m] = n
         elif n.srcs and not stop(n) and any(s in new for s in n.srcs):
             out = new[n] = ir.with_srcs(n, (new.get(s, s) for s in n.srcs))

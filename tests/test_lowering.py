@@ -214,3 +214,21 @@ def test_a_forced_tile_is_not_served_a_remembered_plan(rng):
     with tune.override(*((16, 16) if dev.kind == "gpu" else (8, 16))):
         assert widths() == [16] != first
     assert widths() == first
+
+
+@pytest.mark.parametrize("kind,units", [("cpu", 2), ("gpu", 64)])
+def test_explain_shows_the_users_graph_with_every_kernel_in_it(rng, kind, units):
+    """The UI draws each kernel around the nodes it computes: the user's MATMULs sit in
+    their GEMM kernels and the lowering's panels and split-K sums appear as extra nodes."""
+    dev = _device_as(kind, units)
+    model = engine.nn.Sequential(engine.nn.Conv2d(2, 4, 3, device=dev), engine.nn.ReLU(), engine.nn.Flatten(),
+                                 engine.nn.Linear(4 * 36, 10, device=dev))
+    x, y = engine.tensor(_r(rng, 16, 2, 8, 8), device=dev), engine.tensor(rng.integers(0, 10, 16), device=dev)
+    d = engine.explain(lambda a, b: F.cross_entropy(model(a), b), x, y, backward=True).to_json()
+    ids = {n["id"] for n in d["nodes"]}
+    owned = {n["kernel"] for n in d["nodes"]}
+    assert all(k["index"] in owned and set(k["fused_ops"]) <= ids for k in d["kernels"])
+    mats = [n for n in d["nodes"] if n["op"] == "MATMUL"]
+    gemm_kernels = {k["index"] for k in d["kernels"] if k["template"].startswith("gemm")}
+    assert mats and all(n["kernel"] in gemm_kernels for n in mats)
+    assert "GEMM" not in {n["op"] for n in d["nodes"]}
