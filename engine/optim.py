@@ -12,13 +12,17 @@ import math
 import numpy as np
 
 from . import lr_scheduler  # noqa: F401  (engine.optim.lr_scheduler, as torch.optim.lr_scheduler)
-from . import realize as rz
+from . import launch, realize as rz
+from .buffers import buffer_of, computed_as
 from .tensor import Tensor, tensor, no_grad, realize_all
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "lr_scheduler"]
 
 
 class Optimizer:
+    # options read from the host at each launch (Vars), so changing them keeps a recorded update
+    host_options = ("lr", "initial_lr")
+
     def __init__(self, params, defaults: dict):
         self._defaults = dict(defaults)
         groups = list(params)
@@ -31,6 +35,7 @@ class Optimizer:
         self.state: dict = {}
         self._group_of: list = []
         self._vars: dict = {}
+        self._replay = None       # the last update's launches, replayed while nothing changed
         self.step_count = 0
         for g in groups:
             self.add_param_group(g)
@@ -88,6 +93,24 @@ class Optimizer:
     def step(self):
         realize_all(*[p.grad for p in self.params])
         rz.record_host_action(self._advance)
+        if launch.capturing():      # engine.compile records this step's launches itself
+            self._replay = None
+            self._update_all()
+            return
+        replay = self._replay
+        key = _UpdateReplay.key_of(self)
+        if replay is not None and key is not None and replay.matches(key):
+            replay.run(key)
+            return
+        # recorded only when everything was in its buffer before: realizing a lazy parameter
+        # or state inside the update would be recorded too, and must not be replayed
+        with launch.capture() as cap:
+            self._update_all()
+        after = _UpdateReplay.key_of(self) if key is not None else None
+        replay = _UpdateReplay(after, cap.items) if after is not None else None
+        self._replay = replay if replay is not None and replay.replayable else None
+
+    def _update_all(self):
         with no_grad():
             # parameters of one shape (and device) are updated by one kernel: the scheduler
             # fuses same-shaped in-place writes, and their plan is one cache lookup
@@ -164,6 +187,102 @@ class Optimizer:
                 self._buffer(i, k).assign_(tensor(arr, device=self.params[i].device))
         for gi, g in enumerate(self.param_groups):
             self._set_scalars(gi, g, max(self.step_count, 1))
+
+
+class _UpdateReplay:
+    """An optimizer update replayed over new gradients: a plain training loop updates the
+    same parameters and state, with the same options, from gradients in new buffers every
+    step, so the update's launches and in-place commits are recorded once (as a compiled
+    step records them) and later steps run them again with the new gradient buffers in
+    their argument slots: no update graph, schedule or plan lookup. The key says what the
+    recorded launches depend on: which parameters have gradients (shapes, dtypes), the
+    storages of parameters and state and the device buffer handles they keep across
+    in-place commits, and every group option except those read from the host at each
+    launch (``host_options``: the learning rate). Anything else changed: record again."""
+    __slots__ = ("key", "items", "device", "slots", "replayable")
+
+    def __init__(self, key, items):
+        fixed, handles, grads, device = key
+        self.key, self.items, self.device = key, items, device
+        where = {}
+        for k, g in enumerate(grads):
+            if g is not None:
+                where.setdefault(id(g), []).append(k)
+        self.slots = []             # (launch or copy, argument index or None for a copy's source, gradient index)
+        # what the recording reads must be a gradient, a parameter's or state's buffer, or
+        # something it wrote itself: anything else (a tensor a custom rule reads) may be
+        # gone or changed by the next step, and then the update is not replayed
+        known = {id(h) for h in handles} | {id(b) for b in grads if b is not None}
+        self.replayable = True
+        for it in items:
+            if isinstance(it, launch.Launch):
+                roles = [a[0] for a in it.spec.args if a[0] in ("out", "in", "var", "seed")]
+                self.replayable = self.replayable and len(roles) == len(it.args)
+                for j, (role, a) in enumerate(zip(roles, it.args)):
+                    if role == "out":
+                        known.add(id(a))
+                    elif role == "in":
+                        self.replayable = self.replayable and id(a) in known
+                        if id(a) in where:
+                            self.slots.append((it, j, where[id(a)][0]))
+            elif isinstance(it, rz.HostCopy):
+                self.replayable = self.replayable and id(it.src) in known
+                known.add(id(it.dst))
+                if id(it.src) in where:
+                    self.slots.append((it, None, where[id(it.src)][0]))
+
+    @staticmethod
+    def key_of(opt):
+        """(fixed structure, buffer handles, gradient buffers, device), or None when the
+        update cannot be replayed (a gradient, parameter or state not computed into a
+        buffer of its own, a parameter or state that is a view, or parameters on several
+        devices)."""
+        fixed, handles, grads, devices = [], [], [], set()
+        for i, p in enumerate(opt.params):
+            g = p.grad
+            if g is None:
+                fixed.append(None)
+                grads.append(None)
+                continue
+            gn = g.node        # a gradient may be a view, computed into a buffer of its own
+            if p._view or p._storage.node.op != "BUFFER" or computed_as(gn).op != "BUFFER":
+                return None
+            state = opt.state[i]
+            storages = [p._storage] + [t._storage for t in state.values()]
+            if any(t._view or t._storage.node.op != "BUFFER" for t in state.values()):
+                return None
+            handles.extend(buffer_of(st.node) for st in storages)
+            grads.append(buffer_of(gn))
+            fixed.append((g.shape, g.dtype, tuple(state), tuple(storages)))
+            devices.add(p.device)
+        if len(devices) != 1 or any(h is None for h in handles):
+            return None
+        # storages sharing one buffer (parameters made from one lazy value) part at their
+        # commits, and a gradient that is a parameter's or state's memory, or another's
+        # gradient, cannot be told apart from it in the recorded launches' arguments
+        present = [id(b) for b in grads if b is not None] + [id(h) for h in handles]
+        if len(set(present)) != len(present):
+            return None
+        host = opt.host_options
+        fixed.append(tuple(tuple((k, repr(v)) for k, v in g.items() if k != "params" and k not in host)
+                           for g in opt.param_groups))
+        return tuple(fixed), handles, grads, devices.pop()
+
+    def matches(self, key) -> bool:
+        return (key[0] == self.key[0] and key[3] is self.device and len(key[1]) == len(self.key[1])
+                and all(a is b for a, b in zip(key[1], self.key[1])))
+
+    def run(self, key):
+        self._put(key[2])
+        launch.replay(self.items, self.device)
+        self._put([None] * len(key[2]))     # the gradients' memory is not kept past this step
+
+    def _put(self, grads):
+        for it, j, k in self.slots:
+            if j is None:
+                it.src = grads[k]
+            else:
+                it.args[j] = grads[k]
 
 
 class SGD(Optimizer):

@@ -18,7 +18,7 @@ from .launch import HostScalar, Launch, RandState, record, record_host_action, r
 from .schedule import schedule
 from .storage import commit
 
-__all__ = ["realize", "plan", "buffer_of", "bind_buffer", "Var", "write_storages", "record_host_action"]
+__all__ = ["realize", "plan", "buffer_of", "bind_buffer", "Var", "write_storages", "record_host_action", "HostCopy"]
 
 _vars: "weakref.WeakValueDictionary[int, Var]" = weakref.WeakValueDictionary()
 _var_ids = itertools.count(1)
@@ -32,6 +32,19 @@ class Var(HostScalar):
         self.id, self.value, self.dtype = next(_var_ids), value, dtype
         self.node = ir.var(self.id, dtype)
         _vars[self.id] = self
+
+
+class HostCopy:
+    """A recorded buffer-to-buffer copy (a host action): its buffers are visible, so a
+    replay that puts new buffers in a recorded step's place (an optimizer's update over
+    new gradients) can put them here too."""
+    __slots__ = ("device", "src", "dst")
+
+    def __init__(self, device, src, dst):
+        self.device, self.src, self.dst = device, src, dst
+
+    def __call__(self):
+        self.device.copy(self.src, self.dst, self.dst.nbytes)
 
 
 def realize(targets, device, dests=None, group=False) -> list:
@@ -51,7 +64,7 @@ def realize(targets, device, dests=None, group=False) -> list:
     for t, r in zip(targets, resolved):
         if r.op == "BUFFER" and t in dests:   # assigning an existing value: a plain copy
             src, dst = buffer_of(r), dests[t]
-            record_host_action(lambda src=src, dst=dst: device.copy(src, dst, dst.nbytes))
+            record_host_action(HostCopy(device, src, dst))
     todo = list(dict.fromkeys(r for r in resolved if r.op != "BUFFER"))
     out_of = _run_plan(todo, device, group, {computed_as(t): b for t, b in dests.items()}) if todo else {}
     result = []
@@ -188,5 +201,5 @@ def _compute_into_scratch(values, device, group):
         scratch.append(buf)
     realize(list(dests), device, dests=dests, group=group)
     for a, b in twins:
-        record_host_action(lambda a=a, b=b: device.copy(a, b, b.nbytes))
+        record_host_action(HostCopy(device, a, b))
     return scratch
