@@ -140,7 +140,7 @@ rng = np.random.default_rng(0)
 x = engine.tensor(rng.standard_normal((128, 784), dtype=np.float32), device=dev)
 y = engine.tensor(rng.integers(0, 10, 128), device=dev)
 step(x, y).item()
-print(time.perf_counter() - t0, dev.stats["builds"])
+print(time.perf_counter() - t0, dev.stats["builds"], dev.stats.get("programs", 0))
 """
 
 
@@ -162,7 +162,10 @@ def row_cold(dev, peer, args):
         theirs = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                       check=True).stdout.split()[0])
     # lower is better: report rates (1/s) so the ratio reads like the others
-    return f"first step, fresh process, empty caches ({out[1]} programs built)", 1 / ours, \
+    # kernels compiled, and how many programs (one clBuildProgram each, in parallel build
+    # children) held the grouped ones (engine/program_cache.py, prebuild); bench.cold_start
+    # compares ENGINE_BUILD_WORKERS settings and an older checkout side by side
+    return f"first step, fresh process, empty caches ({out[1]} kernels built, {out[2]} grouped programs)", 1 / ours, \
         (1 / theirs if theirs else None), "1/s (inverse seconds)"
 
 

@@ -162,6 +162,7 @@ class Device(ProgramCacheMixin):
                 if self._caps is None:
                     prof = _load_profiles().get(_profile_key(self))
                     if prof is None:
+                        self._warm_more_workers()
                         prof = _probe(self)
                         if not prof.get("transient"):
                             _save_profile(self, prof)

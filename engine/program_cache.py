@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import os
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ __all__ = ["BuildError", "CacheEntryWarning", "CompiledKernel", "ProgramCacheMix
 
 
 _MEMBER_FORMAT = "many-as-one/program-member"
+_WARM_SOURCE = "__kernel void mao_warm_up(__global float* o) { o[get_global_id(0)] = 0.0f; }"
 
 
 def _build_workers() -> int:
@@ -324,6 +326,23 @@ class ProgramCacheMixin:
             built += len(chunk)
         self.stats["build_s"] += time.perf_counter() - t0
         return built
+
+    def _warm_more_workers(self):
+        """On a cold start (the device is being probed, so nothing of it is cached either),
+        start the extra build children beside the probe, each compiling a trivial kernel
+        (PoCL's first build in a process loads its kernel library), so prebuild finds them
+        ready."""
+        if _safe_mode(self) == "off":
+            return
+        for slot in range(1, _build_workers()):
+            threading.Thread(target=self._warm_worker, args=(slot,), daemon=True).start()
+
+    def _warm_worker(self, slot):
+        try:
+            self._worker(slot).request(_WARM_SOURCE, self._extra_options, [], want_binary=False,
+                                       timeout=_env_float("ENGINE_BUILD_START_TIMEOUT", 120.0))
+        except Exception:   # a child that will not start or build: prebuild's own request finds out
+            pass
 
     def _build_group(self, chunk, slot, options):
         """(program or None, its cache key, its source, what to store, its payload kind) of
