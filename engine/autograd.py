@@ -59,6 +59,22 @@ def _window_grad(g, x_shape, kernel, stride, dil):
     return total
 
 
+def _permute_grad(g, order):
+    """``g.permute(order)``. When that swaps the last two dims of a product made in this
+    pass (a weight's gradient through ``x @ w.T``: the gradient of ``w.T`` is ``x.T @ g``),
+    the swapped product ``(A @ B).T = B.T @ A.T`` is computed instead of the product and a
+    transposing copy, where that moves fewer elements: the copy writes M*N elements and B
+    was packed (K*N), the swapped product packs A.T (K*M) instead."""
+    n = len(order)
+    if n >= 2 and order == tuple(range(n - 2)) + (n - 1, n - 2) and g.node.op == "MATMUL" and not g._view:
+        a, b = g.node.srcs
+        (M, K), N = a.shape[-2:], b.shape[-1]
+        if K * M < K * N + M * N:
+            wrap = type(g)
+            return wrap(b, g.device).transpose(-1, -2).matmul(wrap(a, g.device).transpose(-1, -2))
+    return g.permute(order)
+
+
 def _product(dims):
     return list(itertools.product(*[range(k) for k in dims]))
 
@@ -85,7 +101,7 @@ GRADS = {
     "RMAX": lambda c, g: (_max_grad(c.parents[0], c.out, g, c.arg),),
     "MATMUL": lambda c, g: (g.matmul(c.parents[1].transpose(-1, -2)), c.parents[0].transpose(-1, -2).matmul(g)),
     "RESHAPE": lambda c, g: (g.reshape(c.parents[0].shape),),
-    "PERMUTE": lambda c, g: (g.permute(tuple(sorted(range(len(c.arg)), key=c.arg.__getitem__))),),
+    "PERMUTE": lambda c, g: (_permute_grad(g, tuple(sorted(range(len(c.arg)), key=c.arg.__getitem__))),),
     "EXPAND": lambda c, g: (_unbroadcast_sum(g, tuple(i for i, (a, b) in enumerate(zip(c.parents[0].shape, g.shape)) if a != b)),),
     "SHRINK": lambda c, g: (_shrink_grad(g, c.parents[0].shape, c.arg),),
     "PAD": lambda c, g: (g.shrink([(a, a + s, 1) for (a, _), s in zip(c.arg, c.parents[0].shape)]),),
