@@ -6,7 +6,8 @@
 Peers: PyTorch on the same hardware (CPU, or CUDA with TF32 off on a GPU), numpy/OpenBLAS
 for GEMM on a CPU, a copy kernel's bandwidth for the fused elementwise chain. Engine times
 are wall times of compiled steps (synchronised) or device times from the profiler, as each
-row says; engine and peer alternate ``--repeat`` times and the best of each is kept.
+row says; engine and peer alternate ``--repeat`` times and the best of each is kept (the
+MLP rows: the medians of their interleaved rounds, with the load average beside them).
 """
 from __future__ import annotations
 
@@ -75,53 +76,66 @@ def _batches(batch, width, n=4):
     return [(rng.standard_normal((batch, width), dtype=np.float32), rng.integers(0, 10, batch)) for _ in range(n)]
 
 
-def mlp_rates(dev, peer, sizes, batch, steps, compiled=True):
-    """Samples/s of SGD-momentum training, engine vs torch, same initial weights and data."""
+def mlp_rates(dev, peer, sizes, batch, steps, compiled=True, rounds=1):
+    """Samples/s of SGD-momentum training, engine vs torch, same initial weights and data:
+    the medians of ``rounds`` rounds of ``steps`` steps, engine and torch alternating
+    round by round so both see the same machine load."""
     engine.manual_seed(0)
     model = _mlp(sizes, dev)
     opt = engine.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     step = engine.training_step(model, F.cross_entropy, opt, compiled=compiled)
     data = _batches(batch, sizes[0])
     xs = [(engine.tensor(x, device=dev), engine.tensor(y, device=dev)) for x, y in data]
+    tstep = txs = None
+    if peer.torch is not None:
+        t = peer.torch
+        tm = _torch_mlp(peer, model)
+        topt = t.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+        txs = [(t.from_numpy(x).to(peer.where), t.from_numpy(y).to(peer.where)) for x, y in data]
+
+        def tstep(x, y):
+            topt.zero_grad()
+            loss = t.nn.functional.cross_entropy(tm(x), y)
+            loss.backward()
+            topt.step()
+            return loss
+        for x, y in txs[:3]:
+            tstep(x, y)
     for x, y in xs[:3]:
         step(x, y).item()
     dev.synchronize()
-    t0 = time.perf_counter()
-    for i in range(steps):
-        loss = step(*xs[i % len(xs)])
-    loss.item()
-    ours = steps * batch / (time.perf_counter() - t0)
-    if peer.torch is None:
-        return ours, None
-    t = peer.torch
-    tm = _torch_mlp(peer, model)
-    topt = t.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
-    txs = [(t.from_numpy(x).to(peer.where), t.from_numpy(y).to(peer.where)) for x, y in data]
+    ours, theirs = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for i in range(steps):
+            loss = step(*xs[i % len(xs)])
+        loss.item()
+        ours.append(steps * batch / (time.perf_counter() - t0))
+        if tstep is None:
+            continue
+        peer.sync()
+        t0 = time.perf_counter()
+        for i in range(steps):
+            tstep(*txs[i % len(txs)])
+        peer.sync()
+        theirs.append(steps * batch / (time.perf_counter() - t0))
+    return float(np.median(ours)), (float(np.median(theirs)) if theirs else None)
 
-    def tstep(x, y):
-        topt.zero_grad()
-        loss = t.nn.functional.cross_entropy(tm(x), y)
-        loss.backward()
-        topt.step()
-        return loss
-    for x, y in txs[:3]:
-        tstep(x, y)
-    peer.sync()
-    t0 = time.perf_counter()
-    for i in range(steps):
-        tstep(*txs[i % len(txs)])
-    peer.sync()
-    return ours, steps * batch / (time.perf_counter() - t0)
+
+def _load() -> str:
+    return f"load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "load ?"
 
 
 def row_mlp(dev, peer, args):
-    ours, theirs = mlp_rates(dev, peer, (784, 512, 512, 10), 128, args.steps)
-    return "MLP 784-512-512-10 b128, compiled step", ours, theirs, "samples/s"
+    ours, theirs = mlp_rates(dev, peer, (784, 512, 512, 10), 128, args.steps, rounds=args.repeat)
+    return (f"MLP 784-512-512-10 b128, compiled step (medians of {args.repeat} interleaved rounds, {_load()})",
+            ours, theirs, "samples/s")
 
 
 def row_plain(dev, peer, args):
-    ours, theirs = mlp_rates(dev, peer, (784, 512, 512, 10), 128, max(args.steps // 4, 5), compiled=False)
-    return "same, plain (uncompiled) loop", ours, theirs, "samples/s"
+    ours, theirs = mlp_rates(dev, peer, (784, 512, 512, 10), 128, max(args.steps // 2, 5), compiled=False,
+                             rounds=args.repeat)
+    return f"same, plain (uncompiled) loop (medians of {args.repeat} rounds, {_load()})", ours, theirs, "samples/s"
 
 
 _COLD = """
