@@ -4,9 +4,15 @@ size; TFLOP/s counts every kernel of the product (operand packing included), "ge
 the GEMM kernel alone.
 
     python -m bench.gemm_variants [--device nvidia] [--sizes 1024 2048 4096] [--budget-s 150]
-                                  [--json FILE] [--fake-gpu]
+                                  [--near-default] [--json FILE] [--fake-gpu]
+    python -m bench.gemm_variants --device nvidia --mlp [--fills 2 1 0]
 
-``--fake-gpu`` runs the GPU template on a CPU device (PoCL), to check the script itself.
+``--near-default`` times only the large class's default and its neighbours. ``--mlp``
+times the 784-4096-4096-10 MLP's compiled training step at batch 1024 beside torch with
+split-K as the lowering chooses it (``lowering.FILL`` 2) and with other FILL values (0 =
+never split), the square GEMMs with the default variant at each FILL, and prints where one
+step's device time goes, kernel by kernel. ``--fake-gpu`` runs the GPU template on a CPU
+device (PoCL), to check the script itself.
 """
 from __future__ import annotations
 
@@ -49,6 +55,71 @@ def variants() -> list:
         seen.add(key)
         out.append((autotune._label(v), v["TM"], v["TN"], {k: x for k, x in v.items() if k not in ("TM", "TN")}))
     return out
+
+
+def near_default() -> list:
+    """The large class's default and the variants one knob (or the work per item) away."""
+    base = dict(tune.GPU_VARIANTS["large"])
+    cands = [base] + [dict(base, **{k: x}) for k, xs in (("KB", (8,)), ("VW", (2,)), ("LV", (2,)), ("MAD", (1,)),
+                                                          ("PAD", (4,)), ("BLOCK", (1,)), ("DBUF", (0,))) for x in xs]
+    cands += [dict(base, WM=8, WN=16), dict(base, WM=8, WN=8), dict(base, TN=64, WM=16, WN=4),
+              dict(base, TN=64, WM=8, WN=8), dict(base, TM=64, TN=64, WM=8, WN=8), dict(base, KB=8, VW=2)]
+    out = [("first version (16x16 items, strided, scalar)", 128, 128, {})]
+    for v in cands:
+        if tune.variant_problem(v) is None:
+            out.append((autotune._label(v), v["TM"], v["TN"], {k: x for k, x in v.items() if k not in ("TM", "TN")}))
+    return out
+
+
+def mlp_mode(dev, args):
+    from bench.table import Peer, _batches, _mlp, mlp_rates
+    from engine import lowering
+    from engine.nn import functional as F
+    peer = Peer(dev)
+    sizes, batch = tuple(args.mlp_sizes), args.mlp_batch
+    default_fill = lowering.FILL
+    rng = np.random.default_rng(0)
+    square = {}
+    for n in args.sizes:
+        an, bn = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+        square[n] = (engine.tensor(an, device=dev), engine.tensor(bn, device=dev), an.astype(np.float64) @ bn)
+    base = tune.GPU_VARIANTS["large"]
+    knobs = {k: x for k, x in base.items() if k not in ("TM", "TN")}
+    for fill in args.fills:
+        lowering.FILL = fill
+        cells = []
+        for n in args.sizes:
+            t, g, err, plan = time_variant(dev, base["TM"], base["TN"], knobs, n, *square[n], args.repeat)
+            cells.append(f"n={n} {t:.2f} TFLOP/s ({plan.count('gemm_tiled')} GEMM, {plan.count('reduce')} reduce)")
+        print(f"FILL={fill}: square GEMMs, default variant: " + "; ".join(cells), flush=True)
+        ours, theirs = mlp_rates(dev, peer, sizes, batch, args.steps)
+        r = f", torch {theirs / batch:.0f}, engine/torch {ours / theirs:.2f}" if theirs else ""
+        print(f"FILL={fill}: MLP {'-'.join(map(str, sizes))} b{batch} compiled step: engine {ours / batch:.0f} steps/s{r}",
+              flush=True)
+    lowering.FILL = default_fill
+    engine.manual_seed(0)
+    model = _mlp(sizes, dev)
+    opt = engine.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    step = engine.training_step(model, F.cross_entropy, opt, compiled=True)
+    x, y = (engine.tensor(a, device=dev) for a in _batches(batch, sizes[0], 1)[0])
+    for _ in range(3):
+        step(x, y).item()
+    with profile() as p:
+        step(x, y).item()
+    total = sum(k["time_ns"] or 0 for k in p.kernels)
+    print(f"one step (FILL={default_fill}): {len(p.kernels)} kernels, {total / 1e3:.0f} us of device time")
+    by_template: dict = {}
+    for k in p.kernels:
+        by_template[k["template"]] = by_template.get(k["template"], 0) + (k["time_ns"] or 0)
+    print("  by template: " + ", ".join(f"{t} {ns / 1e3:.0f} us" for t, ns in sorted(by_template.items(),
+                                                                                      key=lambda i: -i[1])))
+    for k in sorted(p.kernels, key=lambda k: -(k["time_ns"] or 0))[:25]:
+        d = k["params"]
+        what = {x: d[x] for x in ("M", "N", "K", "batch", "TM", "TN", "WM", "WN", "a_packed", "shape", "in_shape",
+                                  "reduce") if x in d}
+        gf = f" {2 * d['M'] * d['N'] * d['K'] * d['batch'] / k['time_ns'] / 1e3:.1f} TFLOP/s" \
+            if k["template"].startswith("gemm") and k["time_ns"] else ""
+        print(f"  {(k['time_ns'] or 0) / 1e3:8.1f} us  {k['template']:12s} {k['global_size']} {what}{gf}")
 
 
 def time_variant(dev, TM, TN, knobs, n, a, b, ref, repeat):
@@ -101,12 +172,20 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None, help="only the first N variants")
     ap.add_argument("--json", default=None)
     ap.add_argument("--fake-gpu", action="store_true")
+    ap.add_argument("--near-default", action="store_true")
+    ap.add_argument("--mlp", action="store_true")
+    ap.add_argument("--fills", type=int, nargs="+", default=[2, 1, 0])
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--mlp-sizes", type=int, nargs="+", default=[784, 4096, 4096, 10])
+    ap.add_argument("--mlp-batch", type=int, default=1024)
     args = ap.parse_args(argv)
     dev = runtime.get_device(args.device)
     if args.fake_gpu:
         dev = runtime.Device(dev.cl_device, dev.index)
         dev.kind = "gpu"
     print(header(dev))
+    if args.mlp:
+        return mlp_mode(dev, args)
     peer = {n: torch_tflops(n, args.repeat) for n in args.sizes}
     print("torch.matmul fp32 (TF32 off) TFLOP/s: " + ", ".join(
         f"n={n}: {t:.2f}" if t else f"n={n}: -" for n, t in peer.items()), flush=True)
@@ -119,7 +198,7 @@ def main(argv=None):
                    an.astype(np.float64) @ bn.astype(np.float64))
     print("TFLOP/s with packing (ratio to torch) per size; 'gemm' = the GEMM kernel alone at the largest size")
     rows, start = [], time.monotonic()
-    todo = variants()[:args.limit]
+    todo = (near_default() if args.near_default else variants())[:args.limit]
     for i, (label, TM, TN, knobs) in enumerate(todo):
         if args.budget_s is not None and time.monotonic() - start > args.budget_s:
             print(f"budget of {args.budget_s:.0f} s spent: {len(todo) - i} variants not run")

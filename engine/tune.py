@@ -5,14 +5,14 @@ PoCL rewards a work-item that owns a register block of R rows x W columns of C w
 vector loads from packed panels: on 2 Xeon cores with AVX-512, float16 accumulators
 written as plain ``acc += a * b`` reached 239-332 GFLOP/s, float8 100-145, and a scalar
 loop 16-22 (bench/NOTES.md has the measurements behind the CPU default); a GPU wants
-128 x 128 local-memory tiles. The database is keyed by platform, device name and driver
+local-memory tiles of 64 x 128 or so. The database is keyed by platform, device name and driver
 version, so a driver update re-tunes. It is a file users and tools can edit, so every
 entry is checked before use: one that is not a valid tile for the device is ignored with
 a warning (a whole file that is not a mapping, too), never used.
 
 A GPU's tiled GEMM has more knobs than its tile (kernels/gemm_tiled.cl.mako): work per
 work-item, K slice depth, vector widths, padding, double buffering, mad(). Its choice is
-made per shape class (``shape_class``: large, small, skinny), so a device's entry holds
+made per shape class (``shape_class``: large, small, narrow, short), so a device's entry holds
 ``gemm_variants``: {class: {"TM", "TN", knobs...}}; ``gemm_tile`` takes the class's tile
 and ``gemm_variant`` its knobs. ``engine tune`` fills them from ``variant_space``.
 """
@@ -30,21 +30,24 @@ __all__ = ["gemm_tile", "gemm_variant", "matmul_layout", "device_key", "load_db"
            "override", "shape_class", "variant_problem", "variant_space", "DEFAULTS", "GPU_VARIANTS", "SHAPE_CLASSES"]
 
 # kind -> (R rows, W columns); W is a multiple of 16 (the widest GEMM vectors, float16,
-# so every narrower vector width a device may need divides it too)
+# so every narrower vector width a device may need divides it too). GPUs take their tiles
+# from GPU_VARIANTS (per shape class) unless a database from before them names one.
 DEFAULTS = {"cpu": (8, 32), "gpu": (128, 128), "accelerator": (8, 32), "other": (8, 32)}
 MAX_R, MAX_W = 32, 256      # CPU register blocks beyond these only spill
 SHAPE_CLASSES = ("large", "small", "narrow", "short")
-# untuned GPUs: per shape class, the tile and the tiled GEMM's knobs (kernels/gemm_tiled.cl.mako).
-# large and small: the fastest of bench/gemm_variants.py on an H200 (2026-11-28, bench/NOTES.md);
-# narrow and short: tiles as thin as the output, 256 work-items
+# untuned GPUs: per shape class, the tile and the tiled GEMM's knobs (kernels/gemm_tiled.cl.mako):
+# what `engine tune` found best on an H200 for a 784-4096-4096-10 MLP's training shapes
+# (2026-11-28, bench/NOTES.md); 64 x 128 tiles with 16 x 8 outputs per work-item ran the
+# MLP's large GEMMs fastest and a square n=4096 product at 0.95x cuBLAS. "short" (under 64
+# rows) was not measured: the mirror image of "narrow".
 GPU_VARIANTS = {
-    "large": {"TM": 128, "TN": 128, "WM": 16, "WN": 8, "KB": 16, "LV": 4, "BLOCK": 0, "VW": 4, "PAD": 0,
+    "large": {"TM": 64, "TN": 128, "WM": 16, "WN": 8, "KB": 16, "LV": 4, "BLOCK": 0, "VW": 4, "PAD": 0,
               "DBUF": 1, "MAD": 0},
-    "small": {"TM": 64, "TN": 64, "WM": 8, "WN": 8, "KB": 16, "LV": 4, "BLOCK": 0, "VW": 4, "PAD": 0,
+    "small": {"TM": 64, "TN": 64, "WM": 8, "WN": 8, "KB": 8, "LV": 4, "BLOCK": 0, "VW": 4, "PAD": 0,
               "DBUF": 1, "MAD": 0},
-    "narrow": {"TM": 128, "TN": 16, "WM": 8, "WN": 1, "KB": 16, "LV": 1, "BLOCK": 0, "VW": 4, "PAD": 0,
+    "narrow": {"TM": 128, "TN": 16, "WM": 8, "WN": 1, "KB": 32, "LV": 1, "BLOCK": 0, "VW": 4, "PAD": 0,
                "DBUF": 1, "MAD": 0},
-    "short": {"TM": 16, "TN": 128, "WM": 1, "WN": 8, "KB": 16, "LV": 1, "BLOCK": 0, "VW": 4, "PAD": 0,
+    "short": {"TM": 16, "TN": 128, "WM": 1, "WN": 8, "KB": 32, "LV": 1, "BLOCK": 0, "VW": 4, "PAD": 0,
               "DBUF": 1, "MAD": 0},
 }
 _KNOB_VALUES = {"TM": (16, 32, 64, 128), "TN": (16, 32, 64, 128), "WM": (1, 2, 4, 8, 16),
