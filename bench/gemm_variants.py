@@ -89,8 +89,10 @@ def mlp_mode(dev, args):
         lowering.FILL = fill
         cells = []
         for n in args.sizes:
-            t, g, err, plan = time_variant(dev, base["TM"], base["TN"], knobs, n, *square[n], args.repeat)
-            cells.append(f"n={n} {t:.2f} TFLOP/s ({plan.count('gemm_tiled')} GEMM, {plan.count('reduce')} reduce)")
+            t, _, err, plan = time_variant(dev, base["TM"], base["TN"], knobs, n, *square[n], args.repeat)
+            wrong = "" if err < 1e-4 else f" WRONG (max rel err {err:.1e})"
+            cells.append(f"n={n} {t:.2f} TFLOP/s{wrong} ({plan.count('gemm_tiled')} GEMM, "
+                         f"{plan.count('reduce')} reduce)")
         print(f"FILL={fill}: square GEMMs, default variant: " + "; ".join(cells), flush=True)
         ours, theirs = mlp_rates(dev, peer, sizes, batch, args.steps)
         r = f", torch {theirs / batch:.0f}, engine/torch {ours / theirs:.2f}" if theirs else ""

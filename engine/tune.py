@@ -19,6 +19,7 @@ and ``gemm_variant`` its knobs. ``engine tune`` fills them from ``variant_space`
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -132,26 +133,14 @@ def _enumerate(cls: str) -> list:
     thin = _CLASS_TILES[cls]
     wide = (64, 128) if cls in ("narrow", "short") else thin
     rows, cols = (wide, thin) if cls == "narrow" else (thin, wide) if cls == "short" else (thin, thin)
-    order = ("TM", "TN", "WM", "WN", "KB", "DBUF", "VW", "LV", "MAD", "BLOCK", "PAD")
-    out = []
-    for TM in rows:
-        for TN in cols:
-            for WM in (1, 2, 4, 8, 16):
-                for WN in (1, 2, 4, 8, 16):
-                    for KB in (8, 16, 32):
-                        for DBUF in (1, 0):
-                            for VW in (4, 2, 1):
-                                for LV in (4, 2, 1):
-                                    for MAD in (0, 1):
-                                        for BLOCK in (0, 1):
-                                            for PAD in (0, 4):
-                                                v = dict(TM=TM, TN=TN, WM=WM, WN=WN, KB=KB, DBUF=DBUF, VW=VW,
-                                                         LV=LV, MAD=MAD, BLOCK=BLOCK, PAD=PAD)
-                                                if variant_problem(v) is None:
-                                                    out.append(v)
+    # the knobs, most telling first (the sort below prefers changing these)
+    axes = {"TM": rows, "TN": cols, "WM": (1, 2, 4, 8, 16), "WN": (1, 2, 4, 8, 16), "KB": (8, 16, 32),
+            "DBUF": (1, 0), "VW": (4, 2, 1), "LV": (4, 2, 1), "MAD": (0, 1), "BLOCK": (0, 1), "PAD": (0, 4)}
+    out = [v for v in (dict(zip(axes, values)) for values in itertools.product(*axes.values()))
+           if variant_problem(v) is None]
     work = math.log2(base["WM"] * base["WN"])
-    out.sort(key=lambda v: (sum(v[k] != base[k] for k in order), abs(math.log2(v["WM"] * v["WN"]) - work),
-                            [v[k] != base[k] for k in reversed(order)]))
+    out.sort(key=lambda v: (sum(v[k] != base[k] for k in axes), abs(math.log2(v["WM"] * v["WN"]) - work),
+                            [v[k] != base[k] for k in reversed(axes)]))
     return out
 
 
