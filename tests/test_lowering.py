@@ -232,3 +232,23 @@ def test_explain_shows_the_users_graph_with_every_kernel_in_it(rng, kind, units)
     gemm_kernels = {k["index"] for k in d["kernels"] if k["template"].startswith("gemm")}
     assert mats and all(n["kernel"] in gemm_kernels for n in mats)
     assert "GEMM" not in {n["op"] for n in d["nodes"]}
+
+
+@pytest.mark.parametrize("kind,units", [("cpu", 16), ("gpu", 64)])
+def test_implicit_gemm_split_along_k_matches_torch(rng, kind, units):
+    """Many channels, few pixels: the forward conv's im2col A (read through its window
+    view) is split along K too, its K padded with zeros inside the view."""
+    dev = _device_as(kind, units)
+    x, w = _r(rng, 2, 256, 4, 4), _r(rng, 64, 256, 3, 3)
+    xt, wt = engine.tensor(x, device=dev, requires_grad=True), engine.tensor(w, device=dev, requires_grad=True)
+    out = F.conv2d(xt, wt, padding=1)
+    (gm,) = _gemms(lowering.lower([out.node], dev))
+    assert gm.arg[3] == 0 and len(gm.shape) == 3 and gm.shape[0] > 1     # implicit A, split along K
+    (out * out).sum().backward()
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    tw = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    to = torch.nn.functional.conv2d(tx, tw, padding=1)
+    (to * to).sum().backward()
+    _close(out.numpy(), to.detach().numpy())
+    _close(wt.grad.numpy(), tw.grad.numpy())
+    _close(xt.grad.numpy(), tx.grad.numpy())
