@@ -247,7 +247,7 @@ def _cmd_tune(args):
         print(f"best: {b['R']} x {b['W']} ({b['gflops']:.1f} GFLOP/s); saved in {res['path']}")
         return 0
     shapes = [tuple(int(x) for x in s.split(",")) for s in args.shapes] if args.shapes else GPU_SHAPES
-    budget = f"a budget of {args.budget_s:.0f} s" if args.budget_s else "no time limit"
+    budget = f"a budget of {args.budget_s:.0f} s"
     print(f"tuning GEMM variants on {dev.platform} / {dev.name} (driver {dev.driver}), {budget}, "
           f"shapes (M, N, K) {shapes} ...", flush=True)
     res = search_variants(dev, shapes=shapes, budget_s=args.budget_s, repeat=args.repeat)
@@ -292,7 +292,9 @@ def build_commands() -> Commands:
     p = c.command("tune", _cmd_tune, help="measure GEMM kernels on the default device and remember the best "
                                           "(CPUs: tiles; GPUs: variants per shape class)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (GPUs: the median counts)")
-    p.add_argument("--budget-s", type=float, default=None, help="GPUs: stop trying variants after this many seconds")
+    p.add_argument("--budget-s", type=float, default=300.0,
+                   help="GPUs: stop trying variants after this many seconds (the space holds tens of thousands; "
+                        "0 = only each class's default)")
     p.add_argument("--shapes", nargs="+", metavar="M,N,K", help="GPUs: the GEMM shapes to tune for "
                                                                   "(default: a 784-4096-4096-10 MLP's training step)")
     c.add("data", _cmd_data, help="data tools: engine data convert|digits|info ... (see engine data --help)")
