@@ -11,10 +11,11 @@ the device's GEMM template and a ``GEMM`` node over them (``ir.gemm``):
   view, KH*KW times larger than the input it reads) is read through its view instead
   (implicit GEMM) unless, on a GPU, it is a transpose of one (the weight gradient's
   cols^T), whose rows a work-group would load strided;
-- split-K: a GEMM with fewer output tiles than ``FILL`` per compute unit and a long K is a
-  batched GEMM over S slices of K followed by a SUM over the slices (S a power of two,
-  each slice at least ``SPLIT_K_MIN`` long), so a skinny product (a weight gradient, a
-  1024 x 10 logits layer) fills the device. Only the summation order changes.
+- split-K: a GEMM with fewer output tiles than ``FILL`` per compute unit and a K of at
+  least ``SPLIT_K_FROM`` is a batched GEMM over S slices of K followed by a SUM over the
+  slices (S a power of two, each slice at least ``SPLIT_K_MIN`` long), so a skinny product
+  (a convolution's weight gradient, a 1024 x 10 logits layer) fills the device. Only the
+  summation order changes.
 
 Every other node is rebuilt over its lowered sources (hash-consing keeps whatever does
 not sit above a MATMUL identical). Nodes that already have values (``is_leaf``) are
@@ -26,13 +27,16 @@ import math
 
 from . import ir, tune
 
-__all__ = ["lower", "lower_matmul", "split_k", "device_key", "compute_units", "FILL", "SPLIT_K_MIN"]
+__all__ = ["lower", "lower_matmul", "split_k", "device_key", "compute_units", "FILL", "SPLIT_K_MIN", "SPLIT_K_FROM"]
 
 # output tiles per compute unit below which a GEMM is split along K
 FILL = 2
 # the shortest K slice worth its own pass (writing S partial products and summing them
 # costs about S*M*N reads and writes; a slice this long keeps that under ~1% of the GEMM)
 SPLIT_K_MIN = {"gpu": 256, "cpu": 512}
+# a K shorter than this is quick per tile anyway: a second launch (and an epilogue the
+# split's SUM does not absorb) would cost more than the idle compute units
+SPLIT_K_FROM = 2048
 # rows of C a tiled GPU work-group computes when A is read through its view (codegen's TM)
 _GPU_IMPLICIT_ROWS = 128
 
@@ -121,7 +125,7 @@ def split_k(M: int, N: int, K: int, batch: int, tile, pack_a: bool, device) -> i
     want = FILL * compute_units(device)
     shortest = SPLIT_K_MIN.get(device.kind, SPLIT_K_MIN["cpu"])
     S = 1
-    while tiles * S < want and 2 * S * shortest <= K:
+    while K >= SPLIT_K_FROM and tiles * S < want and 2 * S * shortest <= K:
         S *= 2
     return S
 
