@@ -11,9 +11,10 @@ the device's GEMM template and a ``GEMM`` node over them (``ir.gemm``):
   view, KH*KW times larger than the input it reads) is read through its view instead
   (implicit GEMM) unless, on a GPU, it is a transpose of one (the weight gradient's
   cols^T), whose rows a work-group would load strided;
-- split-K: a GEMM with fewer output tiles than ``FILL`` per compute unit and a K of at
-  least ``SPLIT_K_FROM`` is a batched GEMM over S slices of K followed by a SUM over the
-  slices (S a power of two, each slice at least ``SPLIT_K_MIN`` long), so a skinny product
+- split-K: a GEMM with fewer output tiles than ``SPLIT_BELOW`` per compute unit and a K
+  of at least ``SPLIT_K_FROM`` is a batched GEMM over S slices of K (enough for ``FILL``
+  tiles per unit) followed by a SUM over the slices (S a power of two, each slice at
+  least ``SPLIT_K_MIN`` long), so a skinny product
   (a convolution's weight gradient, a 1024 x 10 logits layer) fills the device. Only the
   summation order changes.
 
@@ -27,9 +28,15 @@ import math
 
 from . import ir, tune
 
-__all__ = ["lower", "lower_matmul", "split_k", "device_key", "compute_units", "FILL", "SPLIT_K_MIN", "SPLIT_K_FROM"]
+__all__ = ["lower", "lower_matmul", "split_k", "device_key", "compute_units", "FILL", "SPLIT_BELOW", "SPLIT_K_MIN",
+           "SPLIT_K_FROM"]
 
-# output tiles per compute unit below which a GEMM is split along K
+# output tiles per compute unit below which a GEMM is split along K: a GPU whose tiles
+# already fill every SM once keeps them (on the H200 the 1024 x 4096 products of the big
+# MLP, 256 tiles on 132 SMs, were split in 2 and lost their fused epilogues; bench/NOTES.md);
+# a CPU splits while its cores would get unequal shares
+SPLIT_BELOW = {"gpu": 1, "cpu": 2}
+# output tiles per compute unit a split aims for
 FILL = 2
 # the shortest K slice worth its own pass (writing S partial products and summing them
 # costs about S*M*N reads and writes; a slice this long keeps that under ~1% of the GEMM)
@@ -53,10 +60,12 @@ def compute_units(device) -> int:
 
 def device_key(device) -> tuple:
     """What a lowering (and the kernels planned from it) depends on besides the graph: the
-    device's kind, identity and compute units, and the state of the tuning module's
-    choices (a tile forced while ``engine tune`` searches, the tuning database), so a plan
-    remembered by the neutral graph's structure is never one lowered under other tiles."""
-    return device.kind, getattr(device, "identity", ""), compute_units(device), _tuning_state()
+    device's kind, identity and compute units, the split-K settings of this module, and the
+    state of the tuning module's choices (a tile forced while ``engine tune`` searches, the
+    tuning database), so a plan remembered by the neutral graph's structure is never one
+    lowered under other tiles or splits."""
+    split = (FILL, SPLIT_K_FROM, tuple(sorted(SPLIT_BELOW.items())), tuple(sorted(SPLIT_K_MIN.items())))
+    return device.kind, getattr(device, "identity", ""), compute_units(device), split, _tuning_state()
 
 
 def _tuning_state() -> tuple:
@@ -115,17 +124,20 @@ def lower_matmul(a: ir.Node, b: ir.Node, device, is_leaf=lambda n: n.op in ir.SO
 
 def split_k(M: int, N: int, K: int, batch: int, tile, pack_a: bool, device) -> int:
     """Slices of K for a GEMM of ``batch`` [M, K] @ [K, N] products on ``device``: 1 when
-    its output tiles already give every compute unit ``FILL`` of them, or K is short."""
+    its output tiles already give every compute unit ``SPLIT_BELOW`` of them, or K is short;
+    else enough slices for ``FILL`` tiles per unit."""
     R, W = tile
     if device.kind == "gpu":
         rows = R if pack_a else _GPU_IMPLICIT_ROWS
     else:
         rows = R if pack_a else min(8, M)      # codegen's register block for an implicit A
     tiles = batch * -(-M // rows) * -(-N // W)
-    want = FILL * compute_units(device)
+    units = compute_units(device)
+    if K < SPLIT_K_FROM or tiles >= SPLIT_BELOW.get(device.kind, SPLIT_BELOW["cpu"]) * units:
+        return 1
     shortest = SPLIT_K_MIN.get(device.kind, SPLIT_K_MIN["cpu"])
     S = 1
-    while K >= SPLIT_K_FROM and tiles * S < want and 2 * S * shortest <= K:
+    while tiles * S < FILL * units and 2 * S * shortest <= K:
         S *= 2
     return S
 

@@ -253,3 +253,18 @@ def test_implicit_gemm_split_along_k_matches_torch(rng, kind, units):
     _close(out.numpy(), to.detach().numpy())
     _close(wt.grad.numpy(), tw.grad.numpy())
     _close(xt.grad.numpy(), tx.grad.numpy())
+
+
+def test_split_settings_changed_at_run_time_are_planned_anew(rng, monkeypatch):
+    """bench/lowering.py compares split-K on and off in one process: the plan cache must
+    see the setting (it keys on lowering.device_key)."""
+    from engine import realize
+    dev = _device_as("gpu", 64)
+    a, b = _r(rng, 40, 4096), _r(rng, 4096, 10)
+
+    def kernels():
+        out = engine.tensor(a, device=dev) @ engine.tensor(b, device=dev)
+        return [s.template for _, s in realize.plan([out.node], dev)]
+    split = kernels()
+    monkeypatch.setattr(lowering, "FILL", 0)
+    assert len(kernels()) == len(split) - 1          # no split-K sum
