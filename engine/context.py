@@ -67,7 +67,6 @@ def set_random_state(state: dict):
 
 def label(node: ir.Node) -> None:
     """Remember the module scope ``node`` was built in (first scope wins)."""
-    if node not in _scopes:
-        stack = getattr(_state, "scope", None)
-        if stack:
-            _scopes[node] = ".".join(stack)
+    stack = getattr(_state, "scope", None)
+    if stack and node not in _scopes:
+        _scopes[node] = ".".join(stack)

@@ -233,15 +233,28 @@ class Tensor(TensorMath):
         return t
 
     def _broadcast(self, other) -> tuple:
+        kind = type(other)
+        if kind is float or kind is int or kind is bool:
+            # a Python scalar becomes one constant of this shape (``_lift``'s dtype rule),
+            # not a 0-d tensor expanded: the commonest operand, built on every step
+            dtype = "float32" if kind is float or (kind is int and self.dtype == "bool") else self.dtype
+            return self, Tensor(ir.const(other, self.shape, dtype), self.device)
         other = self._lift(other)
         shape = _broadcast_shape(self.shape, other.shape)
         return self._expand_to(shape), other._expand_to(shape)
 
     def _expand_to(self, shape) -> "Tensor":
-        if self.shape == shape:
+        node = self.node
+        if node.shape == shape:
             return self
-        if self.node.op == "CONST":
-            return Tensor(ir.const(self.node.arg, shape, self.dtype), self.device)
+        if node.op == "CONST":
+            return Tensor(ir.const(node.arg, shape, node.dtype), self.device)
+        if not (self.requires_grad and _grad_enabled()):
+            # an operand nothing differentiates through: its broadcast value, without the
+            # view tensors (and their strides) a user-visible expand would make
+            if len(shape) > len(node.shape):
+                node = ir.reshape(node, (1,) * (len(shape) - len(node.shape)) + node.shape)
+            return Tensor(ir.expand(node, shape), self.device)
         t = self
         if len(shape) > self.ndim:
             t = t.reshape((1,) * (len(shape) - self.ndim) + self.shape)
