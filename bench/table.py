@@ -119,11 +119,16 @@ def mlp_rates(dev, peer, sizes, batch, steps, compiled=True, rounds=1):
             tstep(*txs[i % len(txs)])
         peer.sync()
         theirs.append(steps * batch / (time.perf_counter() - t0))
+    mlp_rates.round_ratios = [a / b for a, b in zip(ours, theirs)]
     return float(np.median(ours)), (float(np.median(theirs)) if theirs else None)
 
 
 def _load() -> str:
-    return f"load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "load ?"
+    """The load average, and each round's engine/torch ratio (the two ran back to back, so
+    under a changing load these say more than the ratio of the medians)."""
+    load = f"load {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "load ?"
+    rounds = getattr(mlp_rates, "round_ratios", [])
+    return load + (f"; per-round ratios {' '.join(f'{r:.2f}' for r in rounds)}" if rounds else "")
 
 
 def row_mlp(dev, peer, args):
