@@ -7,7 +7,8 @@ and the rest.
 Rows per model, one after another in this run: `local` (engine.training_step compiled, loss
 read every step), `1 node` (Cluster.fit, one `run`, a ring of one: gradients stay on the
 device) and `2 nodes` (one engine-node per device, `--device i`; gradients downloaded,
-ring all-reduced over loopback, uploaded).  samples/s counts steps after `warmup` by the
+ring all-reduced over loopback, uploaded; with --overlap-mb a further row whose nodes
+all-reduce buckets while backward runs).  samples/s counts steps after `warmup` by the
 end times the nodes report; efficiency = samples/s(2) / (2 x samples/s(1 node)).
 compute = forward + backward (+ gradient download on two nodes), slowest rank, median;
 all-reduce = rank 0's, median; rest = step - compute - all-reduce (upload, update,
@@ -55,10 +56,10 @@ def local(build, x, y, B, steps, warmup):
     return (steps - warmup) * B / t, t / (steps - warmup), None
 
 
-def nodes(devices, build, x, y, B, steps, warmup):
+def nodes(devices, build, x, y, B, steps, warmup, node_args=()):
     from engine.nn import functional as F
     res, _ = fit_on_nodes(devices, build(), F.cross_entropy, SPEC, (x, y), B, steps, report_s=0.5,
-                          batch_multiple=B // len(devices), rebalance_tolerance=1.0)
+                          batch_multiple=B // len(devices), rebalance_tolerance=1.0, node_args=node_args)
     timed = res.history[warmup:]
     t = timed[-1]["t"] - res.history[warmup - 1]["t"]
     compute = float(np.median([max(h["compute_s"]) for h in timed]))
@@ -72,6 +73,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--notes", help="append the table to this file")
+    ap.add_argument("--overlap-mb", type=float, default=0,
+                    help="also run 2 nodes with --overlap-mb (buckets all-reduced while backward runs)")
     a = ap.parse_args(argv)
     from bench.scaling import gpu_indices
     from engine.runtime import get_device
@@ -88,7 +91,10 @@ def main(argv=None):
         base = one = None
         for run, fn in (("local (compiled step)", lambda: local(build, x, y, B, a.steps, a.warmup)),
                         ("1 node", lambda: nodes(devices[:1], build, x, y, B, a.steps, a.warmup)),
-                        ("2 nodes", lambda: nodes(devices, build, x, y, B, a.steps, a.warmup))):
+                        ("2 nodes", lambda: nodes(devices, build, x, y, B, a.steps, a.warmup)),
+                        *([(f"2 nodes, --overlap-mb {a.overlap_mb:g}",
+                            lambda: nodes(devices, build, x, y, B, a.steps, a.warmup,
+                                          ("--overlap-mb", str(a.overlap_mb))))] if a.overlap_mb else [])):
             try:
                 sps, step, split = fn()
             except Exception as e:      # one failed configuration must not lose the others' numbers
@@ -98,7 +104,7 @@ def main(argv=None):
             base = base or sps
             if run == "1 node":
                 one = sps
-            eff = f"{sps / (2 * one) * 100:.0f}%" if run == "2 nodes" and one else "-"
+            eff = f"{sps / (2 * one) * 100:.0f}%" if run.startswith("2 nodes") and one else "-"
             extra = f"{ms(split[0])} | {ms(split[1])} | {ms(step - split[0] - split[1])}" if split else "- | - | -"
             lines.append(f"| {title} | {B} | {run} | {sps:,.0f} | {sps / base:.2f}x | {eff} | {ms(step)} | {extra} |")
             print(lines[-1], flush=True)

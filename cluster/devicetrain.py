@@ -87,6 +87,7 @@ class DeviceTrainer:
         self.updates = {}        # None (the gradient buffers) or id(runner) (its outputs) -> captured update
         self.snap = None         # (step, [device copies of weights + state]) for rollback
         self.checks = {}         # id(runner) -> (captured launches, buffer) of the finite-or-NaN loss
+        self.ready = {}          # (id(runner), bucket bytes) -> overlapped all-reduce buckets (see buckets)
         self.checked = np.empty(1, np.float32)
 
     # --- the step program ---------------------------------------------------------------
@@ -141,6 +142,70 @@ class DeviceTrainer:
             launch.replay(self.checks[id(runner)][0], self.device)
         cl.enqueue_copy(self.device.queue, self.checked, self.checks[id(runner)][1].mem, is_blocking=True)
         return float(self.checked[0])
+
+    def buckets(self, runner, target_bytes: int) -> list[tuple[int, int, int]]:
+        """Gradients grouped for an overlapped all-reduce: (first param, end param, launch
+        index after which all of them are final), in the order the step's launch list
+        makes them final; a bucket grows over parameters that become final next and sit
+        beside it in the packed buffer (one contiguous all-reduce) up to `target_bytes`."""
+        key = (id(runner), target_bytes)
+        if key not in self.ready:
+            outs = [rz.buffer_of(t.node) for t in runner.step.outs[1:]]
+            last = [-1] * len(outs)
+            for k, it in enumerate(runner.step.items):
+                if isinstance(it, launch.Launch):
+                    for a in it.args:
+                        for i, b in enumerate(outs):
+                            if a is b:
+                                last[i] = k       # the last launch that touches an output produces it
+            groups, lo, hi, size = [], None, None, 0
+            for i in sorted(range(len(outs)), key=lambda i: (last[i], i)):   # in the order they become final
+                if lo is not None and size < target_bytes and i in (hi, lo - 1):
+                    lo, hi, size = min(lo, i), max(hi, i + 1), size + 4 * self.sizes[i]
+                    continue
+                if lo is not None:
+                    groups.append((lo, hi, max(last[lo:hi])))
+                lo, hi, size = i, i + 1, 4 * self.sizes[i]
+            if lo is not None:
+                groups.append((lo, hi, max(last[lo:hi])))
+            self.ready[key] = sorted(groups, key=lambda g: g[2])
+        return self.ready[key]
+
+    def forward_backward_overlapped(self, runner, x, y, flat: np.ndarray, reduce, target_bytes: int) -> float:
+        """forward_backward whose gradients are handed over bucket by bucket while the
+        device still runs the rest of backward: the launch list is replayed in segments,
+        each bucket's download enqueued (non-blocking) right after the launch that
+        completes it, then `reduce(lo, hi)` is called on flat[lo:hi] as each download
+        lands, and the reduced bucket is uploaded (non-blocking) into the gradient
+        buffers.  The loss lands in flat[-1] (not reduced here).  Call apply() after."""
+        for name, arr in (("x", x), ("y", y)):
+            slot = runner.slots[name]
+            self.device.upload(np.ascontiguousarray(arr, dtype=NP_DTYPES[slot.dtype]), dest=rz.buffer_of(slot.node))
+        items, q = runner.step.items, self.device.queue
+        outs = [rz.buffer_of(t.node) for t in runner.step.outs]
+        offs = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
+        pending, at = [], 0
+        for first, end, ready in self.buckets(runner, target_bytes):
+            if ready + 1 > at:
+                launch.replay(items[at:ready + 1], self.device)
+                at = ready + 1
+            evs = [cl.enqueue_copy(q, flat[offs[i]:offs[i + 1]], outs[1 + i].mem, is_blocking=False)
+                   for i in range(first, end) if self.sizes[i]]
+            q.flush()                      # the device starts now; the host waits per bucket below
+            pending.append((first, end, evs))
+        launch.replay(items[at:], self.device)
+        q.flush()
+        for first, end, evs in pending:
+            cl.wait_for_events(evs) if evs else None
+            reduce(offs[first], offs[end])
+            for i in range(first, end):
+                if self.sizes[i]:
+                    cl.enqueue_copy(q, self.gbufs[i].mem, flat[offs[i]:offs[i + 1]], is_blocking=False)
+            q.flush()
+        loss = np.empty(1, np.float32)
+        cl.enqueue_copy(q, loss, outs[0].mem, is_blocking=True)   # in-order queue: the uploads are done too
+        flat[-1] = loss[0]
+        return float(loss[0])
 
     # --- the update -----------------------------------------------------------------------
     def update(self, flat: np.ndarray) -> None:

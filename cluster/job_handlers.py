@@ -178,31 +178,33 @@ class JobHandlers:
         Returns (global loss, compute s, all-reduce s, whether the ring voted to halt).
         Rollback snapshots are taken in rings of two or more (a ring of one has nobody to
         wait for), unless `snapshot_alone` (steps dealt by hand)."""
-        t0 = time.perf_counter()
+        t0, sent0 = time.perf_counter(), self.links.bytes_sent
         self.compute_since = time.monotonic()
-        world = self.links.world
+        world, hidden = self.links.world, None
         try:
             if job.dev and world == 1 and len(parts) == 1:     # a ring of one: gradients stay on the device
                 idx = parts[0][0]
                 loss = job.dev.local_step(job.runners[len(idx)], job.x[idx], job.y[idx])
                 flat = None
+            elif job.dev and self.overlap_bytes and len(parts) == 1:   # buckets reduced while backward runs
+                flat, hidden = self._overlapped(job, *parts[0])
             else:
                 flat = self._gradients(job, parts)
-            compute = time.perf_counter() - t0
+            compute = time.perf_counter() - t0 - (hidden or 0.0)
             if self.throttle > 1 and job.step >= self.throttle_from:   # simulate a slower device (load-balancing tests)
                 time.sleep(compute * (self.throttle - 1))
                 compute *= self.throttle
         finally:
             self.compute_since = None
-        t1, sent0 = time.perf_counter(), self.links.bytes_sent
+        t1 = time.perf_counter()
         if flat is not None:
             flat[-1] = 1.0 if vote_halt else 0.0       # summed: every rank sees the same vote
-            allreduce(self.links, flat, job.step)
+            allreduce(self.links, flat if hidden is None else flat[-2:], job.step)   # overlapped: loss and vote
             loss, halt = float(flat[-2]), bool(flat[-1] > 0)
             finite = hostpool.all_finite(flat)
         else:
             halt, finite = vote_halt, np.isfinite(loss)
-        ar = time.perf_counter() - t1
+        ar = time.perf_counter() - t1 + (hidden or 0.0)
         # Every rank holds the same sum, so every rank refuses together (before any update).
         if not finite:
             bad = int(np.count_nonzero(~np.isfinite(flat[:-2]))) if flat is not None else "some"
@@ -211,7 +213,12 @@ class JobHandlers:
         if job.dev:    # snapshot on the device (rollback), then the fused update
             if self.snapshot_every and (world > 1 or snapshot_alone) and job.step % self.snapshot_every == 0:
                 job.dev.snapshot(job.step)
-            job.dev.update(flat) if flat is not None else job.dev.apply(job.runners[len(parts[0][0])])
+            if flat is None:
+                job.dev.apply(job.runners[len(parts[0][0])])
+            elif hidden is not None:                  # the reduced buckets are uploaded already
+                job.dev.apply()
+            else:
+                job.dev.update(flat)
         else:
             job.prev = (hostpool.copy(job.params), hostpool.copy(job.opt.state), job.opt.t)
             job.opt.update(job.params, unpack(flat[:-2], job.shapes))
@@ -225,6 +232,26 @@ class JobHandlers:
         nbytes = flat.nbytes if flat is not None else 0
         m.allreduce_bandwidth.set(2 * (world - 1) / world * nbytes / ar if world > 1 and ar else 0)
         return loss, compute, ar, halt
+
+    def _overlapped(self, job, idx, w: float):
+        """Gradients all-reduced bucket by bucket as backward produces them (devicetrain's
+        forward_backward_overlapped); returns the packed buffer (reduced gradients, local
+        weighted loss) and the seconds spent in those all-reduces."""
+        n = sum(job.dev.sizes)
+        if job.flat is None or len(job.flat) != n + 2:
+            job.flat = np.empty(n + 2, np.float32)
+        flat, spent = job.flat, [0.0]
+
+        def reduce(lo, hi):
+            part = flat[lo:hi]
+            part *= np.float32(w)
+            t = time.perf_counter()
+            allreduce(self.links, part, job.step)
+            spent[0] += time.perf_counter() - t
+        job.dev.forward_backward_overlapped(job.runners[len(idx)], job.x[idx], job.y[idx], flat[:-1], reduce,
+                                            self.overlap_bytes)
+        flat[-2] *= np.float32(w)
+        return flat, spent[0]
 
     def _gradients(self, job, parts) -> np.ndarray:
         """[weighted gradient sum..., weighted loss, halt vote] on the host, for the all-reduce."""

@@ -63,6 +63,10 @@ def main(argv=None) -> int:
                     help="keep an engine job's weights on the host and update them in numpy (the path before "
                          "issue 14: slower, but bitwise-identical updates on rings of different device kinds) "
                          "[ENGINE_NODE_HOST_OPTIMIZER]")
+    ap.add_argument("--overlap-mb", type=float, default=float(env("ENGINE_NODE_OVERLAP_MB", "0") or 0),
+                    help="engine programs in rings of two or more: all-reduce the gradients in buckets of at least "
+                         "this many MB as backward produces them, while the device runs the rest (0: the whole "
+                         "gradient after backward) [ENGINE_NODE_OVERLAP_MB]")
     a = ap.parse_args(argv)
     logging.basicConfig(filename=a.log, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     secret = env("ENGINE_NODE_SECRET")
@@ -89,7 +93,8 @@ def main(argv=None) -> int:
                       max_message_bytes=int(a.max_message_mb * 2**20), data_port=a.data_port,
                       handshake_timeout=a.handshake_timeout, max_conns_per_peer=a.max_conns_per_peer,
                       max_conns=a.max_conns, step_budget=a.step_budget, compile_budget=a.compile_budget,
-                      snapshot_every=a.snapshot_every, digest_every=a.digest_every, host_optimizer=a.host_optimizer)
+                      snapshot_every=a.snapshot_every, digest_every=a.digest_every, host_optimizer=a.host_optimizer,
+                      overlap_mb=a.overlap_mb)
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "stopping", True))
     signal.signal(signal.SIGINT, lambda *_: setattr(node, "stopping", True))
     faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>` prints every thread's stack

@@ -107,8 +107,8 @@ def test_engine_accumulation_equals_single_process_engine(procs):
                                                    max_steps=STEPS, accumulate=2)
         np.testing.assert_allclose([h["loss"] for h in res.history], losses, rtol=2e-5, atol=2e-6,
                                    err_msg=f"{n} node(s): loss")
-        for k in want:
-            np.testing.assert_allclose(res.params[k], want[k], rtol=2e-5, atol=2e-6, err_msg=f"{n} node(s): {k}")
+        for k in want:   # float32 (micro-batch sums in another order); Adam magnifies ulps
+            np.testing.assert_allclose(res.params[k], want[k], rtol=1e-4, atol=1e-5, err_msg=f"{n} node(s): {k}")
 
 
 def test_a_node_stopped_mid_run_is_dropped_and_the_run_recovers(procs):
@@ -188,3 +188,46 @@ def test_a_ring_of_one_keeps_gradients_on_the_device_and_refuses_non_finite_ones
     bad.reshape(32, -1)[3, 5] = np.inf                # one input: Inf/NaN gradients, the loss too
     assert np.isnan(local.local_step(r1, bad, ytr[:32]))
     assert all(np.array_equal(a, b) for a, b in zip(local.weights(), before))   # nothing applied
+
+
+def test_overlapped_all_reduce_equals_single_process_engine(procs):
+    """--overlap-mb: two nodes all-reduce their gradients in buckets while backward runs
+    (tiny buckets here: several per step) and still equal engine.optim in one process."""
+    pytest.importorskip("engine")
+    from engine.nn import functional as F
+    from test_device_training import B, STEPS, digits, local_fit
+    xtr, ytr, _, _ = digits.load_digits()
+    init = {k: v.numpy().copy() for k, v in digits.build_model("mlp").state_dict().items()}
+    spec = {"name": "adam", "lr": 2e-3}
+    want, losses, _ = local_fit(init, spec, xtr, ytr)
+    nodes = start_nodes(procs, 2, extra_args=("--overlap-mb", "0.01", "--digest-every", "1"))
+    model = digits.build_model("mlp")
+    model.load_state_dict(init)
+    res = Cluster([d["control"] for d in nodes], SECRET, heartbeat_s=0.5, missed=20, batch_multiple=32,
+                  rebalance_tolerance=1.0).fit(model, F.cross_entropy, spec, (xtr, ytr), global_batch=B,
+                                               max_steps=STEPS)
+    assert res.step == STEPS and all(h["world"] == 2 for h in res.history)
+    np.testing.assert_allclose([h["loss"] for h in res.history], losses, rtol=2e-5, atol=2e-6)
+    for k in want:   # float32: the buckets sum in another order than one buffer; Adam magnifies ulps
+        np.testing.assert_allclose(res.params[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_overlap_buckets_cover_every_gradient_once_in_the_order_they_become_final():
+    pytest.importorskip("engine")
+    from engine.nn import functional as F
+    from cluster import program
+    from cluster.devicetrain import DeviceTrainer
+    from test_device_training import digits
+    xtr, ytr, _, _ = digits.load_digits()
+    model = digits.build_model("mlp")
+    runner = program.trace(model, F.cross_entropy, xtr[:32], ytr[:32]).bind()
+    tr = DeviceTrainer(runner.device, {"name": "adam", "lr": 1e-2}, list(program.params_of(model).values()), [], 0)
+    tr.bind(runner)
+    tr.forward_backward(runner, xtr[:32], ytr[:32], np.empty(sum(tr.sizes) + 1, np.float32))   # captures
+    n = len(tr.sizes)
+    for target in (1, 10 << 10, 1 << 30):
+        groups = tr.buckets(runner, target)
+        assert sorted(i for lo, hi, _ in groups for i in range(lo, hi)) == list(range(n)), groups
+        assert [g[2] for g in groups] == sorted(g[2] for g in groups)
+        assert all(0 <= g[2] < len(runner.step.items) for g in groups)
+    assert len(tr.buckets(runner, 1)) == n and len(tr.buckets(runner, 1 << 30)) == 1
