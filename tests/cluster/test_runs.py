@@ -231,3 +231,23 @@ def test_overlap_buckets_cover_every_gradient_once_in_the_order_they_become_fina
         assert [g[2] for g in groups] == sorted(g[2] for g in groups)
         assert all(0 <= g[2] < len(runner.step.items) for g in groups)
     assert len(tr.buckets(runner, 1)) == n and len(tr.buckets(runner, 1 << 30)) == 1
+
+
+def test_a_node_joins_an_autonomous_run_at_a_halted_step_boundary(procs):
+    """No sync_every: add() while the nodes run makes the driver halt them (the vote in
+    the all-reduce), admit the newcomer at the step they all stopped at, and run on with
+    three; every step is in the history once and the result is the single-process one."""
+    nodes = start_nodes(procs, 3)
+    cl = Cluster([n["control"] for n in nodes[:2]], SECRET, heartbeat_s=0.5, missed=20, report_s=0,
+                 rebalance_tolerance=1.0)
+    steps = 120
+    res = cl.fit(ReferenceMLP([64, 96, 10]), None, SPEC, (XTR, YTR), global_batch=48, epochs=10, max_steps=steps,
+                 on_step=lambda rec: rec["step"] == 3 and cl.add(nodes[2]["control"]))
+    worlds = [h["world"] for h in res.history]
+    assert res.step == steps and [h["step"] for h in res.history] == list(range(1, steps + 1))
+    joined = worlds.index(3)
+    assert joined >= 3 and worlds == [2] * joined + [3] * (steps - joined), worlds
+    assert any("joins at step" in e["text"] for e in res.events), res.events
+    want = reference_fit(ReferenceMLP([64, 96, 10]), SPEC, XTR, YTR, 48, steps)
+    for k in want:
+        np.testing.assert_allclose(res.params[k], want[k], rtol=1e-3, atol=1e-4)
