@@ -361,11 +361,14 @@ def _lower_reduce(group, args, leaf_name, kind):
     numel = math.prod(out.shape)
     em = _Emitter(leaf_name, anchor, "acc_v")
     idx = em.unflatten("gid", out.shape)
+    # an epilogue behind a reshape that drops size-1 dims (schedule.py): the output's flat
+    # position is the reduce's, indexed in each one's own shape
+    aidx = idx if out.shape == anchor.shape else em.unflatten("gid", anchor.shape)
     index_stmts, em.stmts = em.stmts, []
     red_shape = tuple(src.shape[a] for a in axes)
     ridx = em.unflatten("r", red_shape)
     loop_index, em.stmts = em.stmts, []
-    full = list(idx)
+    full = list(aidx)
     for a, ri in zip(axes, ridx):
         full[a] = ri
     em_memo_before = dict(em.memo)

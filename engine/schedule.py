@@ -6,7 +6,8 @@ Rules (pinned by tests through ``engine.profile``):
   nodes is materialised once instead of being recomputed;
 - a reduce absorbs its elementwise input (prologue);
 - a reduce or GEMM (an *anchor*) absorbs the elementwise chain after it (epilogue),
-  so ``relu(x @ W + b)`` is one kernel;
+  so ``relu(x @ W + b)`` is one kernel; a reduce also through a reshape that only drops
+  size-1 dims (``x.sum(1) * 2``, a split-K sum followed by a bias);
 - a GEMM reads B (and, where its lowering packed it, A) as panels stored by a packing
   kernel that absorbs the operand's own elementwise prologue; an implicit-GEMM A (a
   convolution's im2col window) is read through its view instead.
@@ -79,15 +80,21 @@ def schedule(targets, is_leaf, group: bool = False) -> list[KernelGroup]:
             dest[n] = n
         elif n.op in ANCHORS:
             (d,) = dests
-            ok = (d not in (GROUP, MULTI) and d not in anchor_of and d.op in ir.ELEMENTWISE and d.shape == n.shape
-                  and all(c.op in ir.ELEMENTWISE and c.shape == n.shape and pure.get(c) for c in cons))
+            # a reduce's epilogue may also start with reshapes that only drop or add size-1
+            # dims (its keepdim result squeezed, a split-K sum): the same flat positions
+            red = n.op in ir.REDUCE
+            ok = (d not in (GROUP, MULTI) and d not in anchor_of and d.op in ir.ELEMENTWISE
+                  and (d.shape == n.shape or red and _squeezed(d.shape) == _squeezed(n.shape))
+                  and all((c.op in ir.ELEMENTWISE and c.shape == n.shape or red and _unit_reshape(c))
+                          and pure.get(c) for c in cons))
             dest[n] = d if ok else n
             if ok:
                 anchor_of[d] = n
         else:
             dest[n] = next(iter(dests))
         d = dest[n]
-        pure[n] = d is n or (n.op in ir.ELEMENTWISE and all(pure.get(c) and dest.get(c) is d for c in cons)
+        pure[n] = d is n or ((n.op in ir.ELEMENTWISE or _unit_reshape(n))
+                             and all(pure.get(c) and dest.get(c) is d for c in cons)
                              and (d is GROUP or n.shape == d.shape))
         if d is n and n.op in ANCHORS:
             anchor_of[n] = n
@@ -123,6 +130,15 @@ def schedule(targets, is_leaf, group: bool = False) -> list[KernelGroup]:
         kind = "elementwise" if anchor is None else ("matmul" if anchor.op == "GEMM" else "reduce")
         kernels.append(KernelGroup(kind, (n,), anchor, _fused((n,), anchor, is_leaf, dest)))
     return kernels
+
+
+def _squeezed(shape) -> tuple:
+    return tuple(s for s in shape if s != 1)
+
+
+def _unit_reshape(n) -> bool:
+    """A reshape that only drops or adds size-1 dims (same elements, same order)."""
+    return n.op == "RESHAPE" and _squeezed(n.shape) == _squeezed(n.srcs[0].shape)
 
 
 def _cost(n, is_leaf, memo) -> int:

@@ -268,3 +268,29 @@ def test_split_settings_changed_at_run_time_are_planned_anew(rng, monkeypatch):
     split = kernels()
     monkeypatch.setattr(lowering, "FILL", 0)
     assert len(kernels()) == len(split) - 1          # no split-K sum
+
+
+def test_split_k_sum_absorbs_the_epilogue(rng):
+    """x @ w + b split along K is the GEMM of the slices and one reduce that adds the bias
+    (the sum's [1, M, N] is read as [M, N] through a reshape the reduce absorbs)."""
+    dev = _device_as("gpu", 64)
+    x64, w64, b64 = rng.uniform(-1, 1, (40, 4096)), rng.uniform(-1, 1, (4096, 10)), rng.uniform(-1, 1, 10)
+    x, w, b = (engine.tensor(v.astype(np.float32), device=dev) for v in (x64, w64, b64))
+    with engine.profile() as p:
+        out = ((x @ w + b).relu()).realize()
+    kinds = [k["template"] for k in p.kernels]
+    assert kinds.count("elementwise") == 0 or all(
+        set(k["fused_ops"]) <= {"RESHAPE", "PERMUTE", "PAD", "EXPAND"} for k in p.kernels if k["template"] == "elementwise")
+    (red,) = [k for k in p.kernels if k["template"].startswith("reduce")]
+    assert {"ADD", "RELU"} <= set(red["fused_ops"])
+    xf, wf = (v.astype(np.float32).astype(np.float64) for v in (x64, w64))
+    _close(out.numpy(), np.maximum(xf @ wf + b64.astype(np.float32), 0))
+
+
+def test_a_squeezed_reduction_and_its_epilogue_are_one_kernel(rng):
+    x64 = rng.uniform(0.5, 1.5, (6, 50))
+    x = engine.tensor(x64.astype(np.float32))
+    with engine.profile() as p:
+        out = (x.sum(1) * 0.02).exp().realize()
+    assert [k["template"] for k in p.kernels] in (["reduce"], ["reduce_group"])
+    _close(out.numpy(), np.exp(x64.astype(np.float32).astype(np.float64).sum(1) * 0.02))
