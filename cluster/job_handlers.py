@@ -122,7 +122,7 @@ class JobHandlers:
             raise JobError("bad_step", f"need a program for batch {b} and {b} int64 indices")
         if b and (idx.min() < 0 or idx.max() >= len(job.x)) or not 0 < msg["weight"] <= 1:
             raise JobError("bad_step", "indices out of range or weight not in (0, 1]")
-        t0, sent0 = time.perf_counter(), self.links.bytes_sent
+        sent0 = self.links.bytes_sent
         loss, compute, ar, _ = self._train_step(job, [(idx, float(msg["weight"]))], False, snapshot_alone=True)
         return "step_done", {"step": job.step, "loss": loss, "compute_s": compute, "allreduce_s": ar,
                              "bytes": self.links.bytes_sent - sent0} | self._digest(job)

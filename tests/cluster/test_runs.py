@@ -52,7 +52,7 @@ def test_driver_messages_do_not_grow_with_the_steps(procs):
         for k in want:
             np.testing.assert_allclose(res.params[k], want[k], rtol=2e-4, atol=2e-5)
         counts[steps] = ({t: c for t, c in cl.sent.items() if t != "ping"}, cl.reports)
-    (few, r_few), (many, r_many) = counts[8], counts[64]
+    (few, _), (many, r_many) = counts[8], counts[64]
     assert few == many, counts               # O(1) per node: no message per step
     assert few["run"] == 2 and "step" not in few, few
     # batched every 0.5 s (and at the end of the run): far fewer than one per step and node
