@@ -20,8 +20,10 @@ __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "lr_schedu
 
 
 class Optimizer:
-    # options read from the host at each launch (Vars), so changing them keeps a recorded update
-    host_options = ("lr", "initial_lr")
+    # options that reach the update only through host scalars (Vars, set by _set_scalars at
+    # each step), so changing them keeps a recorded update; a subclass that bakes an option
+    # into its update graph must not list it (the base lists none: any change records again)
+    host_options: tuple = ()
 
     def __init__(self, params, defaults: dict):
         self._defaults = dict(defaults)
@@ -286,6 +288,7 @@ class _UpdateReplay:
 
 
 class SGD(Optimizer):
+    host_options = ("lr", "initial_lr")     # lr reaches the update as a Var only
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov momentum requires a momentum and zero dampening")
@@ -310,6 +313,7 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
+    host_options = ("lr", "initial_lr")     # lr reaches the update as a Var only
     _decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
@@ -342,6 +346,7 @@ class AdamW(Adam):
 
 
 class RMSprop(Optimizer):
+    host_options = ("lr", "initial_lr")     # lr reaches the update as a Var only
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
         if lr < 0 or eps < 0 or momentum < 0 or not 0 <= alpha:
             raise ValueError(f"RMSprop: invalid lr={lr}, alpha={alpha}, eps={eps} or momentum={momentum}")
@@ -375,6 +380,7 @@ class RMSprop(Optimizer):
 
 
 class Adagrad(Optimizer):
+    host_options = ("lr", "initial_lr")     # lr reaches the update as a Var only
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10):
         if lr < 0 or lr_decay < 0 or initial_accumulator_value < 0 or eps < 0:
             raise ValueError(f"Adagrad: invalid lr={lr}, lr_decay={lr_decay}, initial_accumulator_value="
