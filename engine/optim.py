@@ -239,6 +239,9 @@ class _UpdateReplay:
         update cannot be replayed (a gradient, parameter or state not computed into a
         buffer of its own, a parameter or state that is a view, or parameters on several
         devices)."""
+        cls = type(opt)
+        if cls._update.__module__ != __name__ or cls._set_scalars.__module__ != __name__:
+            return None     # a custom update may read state this key does not cover
         fixed, handles, grads, devices = [], [], [], set()
         for i, p in enumerate(opt.params):
             g = p.grad

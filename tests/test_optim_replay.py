@@ -94,3 +94,18 @@ def test_update_inside_a_compiled_step_is_not_replayed_by_the_optimizer(monkeypa
         topt.step()
         np.testing.assert_allclose(loss, tloss.item(), rtol=1e-5)
     assert opt._replay is None
+
+
+def test_a_custom_update_is_not_replayed():
+    class Halving(engine.optim.SGD):
+        def _update(self, i, p, g, grp, gi):
+            self.calls = getattr(self, "calls", 0) + 1
+            return [(p, p - g * (0.5 ** self.calls))]     # reads state the replay key cannot see
+    model, _ = _pair(3)
+    opt = Halving(model.parameters(), lr=0.1)
+    x, y = engine.tensor(np.ones((5, 6), np.float32)), engine.tensor(np.arange(5) % 4)
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert opt._replay is None and opt.calls == 3 * len(list(model.parameters()))
