@@ -14,7 +14,7 @@ the device's GEMM template and a ``GEMM`` node over them (``ir.gemm``):
 - split-K: a GEMM with fewer output tiles than ``SPLIT_BELOW`` per compute unit and a K
   of at least ``SPLIT_K_FROM`` is a batched GEMM over S slices of K (enough for ``FILL``
   tiles per unit) followed by a SUM over the slices (S a power of two, each slice at
-  least ``SPLIT_K_MIN`` long), so a skinny product
+  least ``SPLIT_K_MIN`` long; the SUM takes the MATMUL's epilogue), so a skinny product
   (a convolution's weight gradient, a 1024 x 10 logits layer) fills the device. Only the
   summation order changes.
 
@@ -41,8 +41,8 @@ FILL = 2
 # the shortest K slice worth its own pass (writing S partial products and summing them
 # costs about S*M*N reads and writes; a slice this long keeps that under ~1% of the GEMM)
 SPLIT_K_MIN = {"gpu": 256, "cpu": 512}
-# a K shorter than this is quick per tile anyway: a second launch (and an epilogue the
-# split's SUM does not absorb) would cost more than the idle compute units
+# a K shorter than this is quick per tile anyway: a second launch and the partial products'
+# round trip through memory would cost more than the idle compute units save
 SPLIT_K_FROM = 2048
 # rows of C a tiled GPU work-group computes when A is read through its view (codegen's TM)
 _GPU_IMPLICIT_ROWS = 128
@@ -69,6 +69,8 @@ def device_key(device) -> tuple:
 
 
 def _tuning_state() -> tuple:
+    """What tune's choices depend on besides shapes and the device: the tile forced by
+    ``tune.override`` (read from its stack) and the database as loaded (a save replaces it)."""
     db = tune.load_db()
     forced = tuple(repr(t) for t in getattr(tune, "_override", ()))   # tune.override's stack
     return forced, id(db), len(db)
