@@ -381,7 +381,7 @@ class Cluster:
             seen = self._digests.setdefault(step, {})
             seen[n] = digest
             if len(seen) == world:
-                if len(set(seen.values())) > 1:
+                if len(set(seen.values())) > 1 and not self._diverged:    # the first step that differs
                     self._diverged = f"after step {step}: weights diverged across nodes: {sorted(set(seen.values()))}"
                 del self._digests[step]
 

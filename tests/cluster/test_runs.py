@@ -251,3 +251,15 @@ def test_a_node_joins_an_autonomous_run_at_a_halted_step_boundary(procs):
     want = reference_fit(ReferenceMLP([64, 96, 10]), SPEC, XTR, YTR, 48, steps)
     for k in want:
         np.testing.assert_allclose(res.params[k], want[k], rtol=1e-3, atol=1e-4)
+
+
+def test_weights_that_drift_apart_stop_the_run(procs):
+    """Checksums travel in the progress reports (--digest-every 1 here): when one node's
+    weights differ from the others' after a step, fit raises WeightsDiverged, not retried."""
+    from pathlib import Path
+    from cluster.driver import WeightsDiverged
+    nodes = start_nodes(procs, 1, extra_args=("--digest-every", "1")) + start_nodes(
+        procs, 1, extra_args=("--digest-every", "1"), entry=(str(Path(__file__).with_name("drifting_node.py")),))
+    with pytest.raises(WeightsDiverged, match="after step 3: weights diverged"):
+        Cluster([n["control"] for n in nodes], SECRET, heartbeat_s=0.5, missed=20).fit(
+            ReferenceMLP([64, 16, 10]), None, SPEC, (XTR, YTR), global_batch=32, epochs=3, max_steps=100)
