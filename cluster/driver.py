@@ -442,6 +442,16 @@ class Cluster:
                 return
             self._pump(0.02)
 
+    def _end_runs(self) -> None:
+        """fit is leaving with a run in flight (an error): stop the nodes at their next step
+        boundary (halt; abort for a ring that waits on a lost peer) instead of letting them
+        train on to the run's end, which would also keep the next job waiting."""
+        for n, rid in (self._runs or {}).items():
+            if n.alive and n not in self._run_replies:
+                n.send("halt", {"job": self.job, "run": rid})
+                n.send("abort", {"job": self.job})
+                n.sock.setsockopt(zmq.LINGER, 1000)     # let them leave before the socket closes
+
     def _run(self, start: int, until: int) -> int:
         """Steps [start, until) on the nodes' own; returns the step they stopped at
         (until, or earlier when halted for a join, a rebalance or params())."""
@@ -613,6 +623,7 @@ class Cluster:
             self._call(self.nodes, "stop", lambda n: {})
             model.load_state_dict(dict(zip(self.names, params_out)))
         finally:
+            self._end_runs()
             for n in self.nodes:
                 n.close()
             self.nodes, self._runs = [], None

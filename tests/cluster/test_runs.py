@@ -3,6 +3,7 @@ train in lockstep through the ring and report asynchronously.  The result equals
 single-process training on the same global batches, with and without gradient
 accumulation, and a node stopped mid-run (SIGSTOP) is dropped and the run recovers."""
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -262,4 +263,9 @@ def test_weights_that_drift_apart_stop_the_run(procs):
         procs, 1, extra_args=("--digest-every", "1"), entry=(str(Path(__file__).with_name("drifting_node.py")),))
     with pytest.raises(WeightsDiverged, match="after step 3: weights diverged"):
         Cluster([n["control"] for n in nodes], SECRET, heartbeat_s=0.5, missed=20).fit(
-            ReferenceMLP([64, 16, 10]), None, SPEC, (XTR, YTR), global_batch=32, epochs=3, max_steps=100)
+            ReferenceMLP([64, 16, 10]), None, SPEC, (XTR, YTR), global_batch=32, epochs=10**4, max_steps=10**6)
+    # the failed fit stopped its run: the nodes serve the next job at once, not after 10^6 steps
+    t0 = time.monotonic()
+    res = Cluster([nodes[0]["control"]], SECRET, heartbeat_s=0.5, missed=20).fit(
+        ReferenceMLP([64, 16, 10]), None, SPEC, (XTR, YTR), global_batch=32, max_steps=5)
+    assert res.step == 5 and time.monotonic() - t0 < 20
