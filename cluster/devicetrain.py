@@ -87,8 +87,20 @@ class DeviceTrainer:
         self.updates = {}        # None (the gradient buffers) or id(runner) (its outputs) -> captured update
         self.snap = None         # (step, [device copies of weights + state]) for rollback
         self.checks = {}         # id(runner) -> (captured launches, buffer) of the finite-or-NaN loss
+        self.pinned = []         # host_array's buffers
         self.ready = {}          # (id(runner), bucket bytes) -> overlapped all-reduce buckets (see buckets)
         self.checked = np.empty(1, np.float32)
+
+    def host_array(self, n: int) -> np.ndarray:
+        """float32[n] in host memory the OpenCL driver may page-lock (an ALLOC_HOST_PTR
+        buffer, kept mapped): the packed gradients' downloads and uploads go to and from
+        it, which NVIDIA's driver can DMA directly instead of staging through pageable
+        memory (not measured yet: bench/NOTES.md); on PoCL it is plain host memory."""
+        buf = cl.Buffer(self.device.context, cl.mem_flags.READ_WRITE | cl.mem_flags.ALLOC_HOST_PTR, max(4, 4 * n))
+        arr, _ = cl.enqueue_map_buffer(self.device.queue, buf, cl.map_flags.READ | cl.map_flags.WRITE, 0, (n,),
+                                       np.float32, is_blocking=True)
+        self.pinned.append(buf)          # the mapping lives as long as the trainer
+        return arr
 
     # --- the step program ---------------------------------------------------------------
     def bind(self, runner) -> None:

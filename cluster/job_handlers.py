@@ -239,7 +239,7 @@ class JobHandlers:
         weighted loss) and the seconds spent in those all-reduces."""
         n = sum(job.dev.sizes)
         if job.flat is None or len(job.flat) != n + 2:
-            job.flat = np.empty(n + 2, np.float32)
+            job.flat = job.dev.host_array(n + 2)
         flat, spent = job.flat, [0.0]
 
         def reduce(lo, hi):
@@ -256,12 +256,13 @@ class JobHandlers:
     def _gradients(self, job, parts) -> np.ndarray:
         """[weighted gradient sum..., weighted loss, halt vote] on the host, for the all-reduce."""
         n = sum(job.dev.sizes) if job.dev else sum(int(np.prod(s)) for s in job.shapes)
+        new = job.dev.host_array if job.dev else lambda k: np.empty(k, np.float32)
         if job.flat is None or len(job.flat) != n + 2:
-            job.flat = np.empty(n + 2, np.float32)
+            job.flat = new(n + 2)
         flat = job.flat
         for k, (idx, w) in enumerate(parts):
             if k == 1 and (job.scratch is None or len(job.scratch) != n + 1):
-                job.scratch = np.empty(n + 1, np.float32)
+                job.scratch = new(n + 1)
             out = flat[:-1] if k == 0 else job.scratch     # micro-batches after the first: added on the host
             runner = job.runners[len(idx)]
             if job.dev:    # gradients and loss downloaded straight into the packed buffer
