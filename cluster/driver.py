@@ -526,7 +526,7 @@ class Cluster:
     def _recover(self, why) -> int:
         """Stop what is left of the run, roll every survivor back to a common step and
         re-form the ring there; returns that step."""
-        self._event(f"run at step {self.step} stopped ({why}); re-forming the ring")
+        self._event(f"run from step {self.step} stopped ({why}); re-forming the ring")
         if self._runs is not None:
             for n in self._runs:
                 if n.alive and n not in self._run_replies:

@@ -269,3 +269,41 @@ def test_weights_that_drift_apart_stop_the_run(procs):
     res = Cluster([nodes[0]["control"]], SECRET, heartbeat_s=0.5, missed=20).fit(
         ReferenceMLP([64, 16, 10]), None, SPEC, (XTR, YTR), global_batch=32, max_steps=5)
     assert res.step == 5 and time.monotonic() - t0 < 20
+
+
+def test_engine_ring_rolls_back_to_its_common_device_snapshot_after_a_kill(procs):
+    """Device path, snapshots every 4 steps: a node killed while three run on their own;
+    the survivors go back to a step both reach (their common snapshot, or where they
+    stand) and re-run from there; the weights equal engine.optim in one process."""
+    pytest.importorskip("engine")
+    from engine import optim
+    from engine.nn import functional as F
+    from engine.tensor import tensor
+    from cluster.runs import epoch_order
+    from test_device_training import digits
+    xtr, ytr, _, _ = digits.load_digits()
+    init = {k: v.numpy().copy() for k, v in digits.build_model("mlp").state_dict().items()}
+    steps, B = 30, 96
+    model = digits.build_model("mlp")
+    model.load_state_dict(init)
+    opt = optim.Adam(model.parameters(), lr=2e-3)
+    for s in range(steps):
+        e, i = divmod(s, len(xtr) // B)
+        idx = epoch_order(len(xtr), 0, e)[i * B:(i + 1) * B]
+        opt.zero_grad()
+        F.cross_entropy(model(tensor(xtr[idx])), tensor(ytr[idx])).backward()
+        opt.step()
+    want = {k: v.numpy() for k, v in model.state_dict().items()}
+    nodes = start_nodes(procs, 3, throttle={1: 3}, extra_args=("--snapshot-every", "4"))
+    victim = nodes[1]["proc"]
+    model = digits.build_model("mlp")
+    model.load_state_dict(init)
+    cl = Cluster([n["control"] for n in nodes], SECRET, heartbeat_s=0.25, missed=6, batch_multiple=32,
+                 rebalance_tolerance=1.0, report_s=0)
+    res = cl.fit(model, F.cross_entropy, {"name": "adam", "lr": 2e-3}, (xtr, ytr), global_batch=B, epochs=3,
+                 max_steps=steps, on_step=lambda rec: rec["step"] == 5 and victim.send_signal(signal.SIGKILL))
+    assert victim.wait(5) == -signal.SIGKILL
+    assert res.step == steps and [h["step"] for h in res.history] == list(range(1, steps + 1))
+    assert res.history[0]["world"] == 3 and res.history[-1]["world"] == 2
+    for k in want:
+        np.testing.assert_allclose(res.params[k], want[k], rtol=1e-3, atol=1e-4, err_msg=k)
