@@ -99,11 +99,18 @@ class PlanCache:
 
 def _signature(targets, is_leaf, device_key, group, dests):
     tset = set(targets)
-    order = ir.toposort(targets, stop=lambda n: n not in tset and is_leaf(n))
+    leaf: dict = {}     # asked once per node (is_leaf looks into weak dictionaries)
+
+    def stop(n):
+        v = leaf.get(n)
+        if v is None:
+            v = leaf[n] = n not in tset and is_leaf(n)
+        return v
+    order = ir.toposort(targets, stop=stop)
     index = {n: i for i, n in enumerate(order)}
     parts = []
     for n in order:
-        if n not in tset and is_leaf(n):
+        if leaf[n]:
             parts.append(("leaf", n.op, n.shape, n.dtype, n.arg if n.op in ("CONST", "VAR") else None))
         else:
             parts.append((n.op, None if n.op == "RAND" else n.arg, n.shape, n.dtype, tuple(index[s] for s in n.srcs)))
