@@ -18,6 +18,7 @@ from engine.nn import functional as F
 from engine.runtime import default_device
 from engine.tensor import manual_seed
 
+from . import transport as tp
 from .driver import Cluster, ClusterError
 
 __all__ = ["register", "train_on_nodes"]
@@ -29,6 +30,10 @@ def register(commands):
         "--nodes", default=os.environ.get("ENGINE_NODES"),
         help="comma-separated engine-node control addresses (tcp://host:7070,...): train data-parallel "
              "on them; the secret comes from ENGINE_NODE_SECRET [ENGINE_NODES]")
+    commands.parser("train").add_argument(
+        "--transport", default=os.environ.get("ENGINE_TRANSPORT", "float32"),
+        help="with --nodes: the type gradients travel in around the ring, float32 (exact), bf16 or fp16 "
+             "(summed in float32; half the bytes) [ENGINE_TRANSPORT]")
     commands.handle("train", lambda args: bool(args.nodes), train_on_nodes)
 
 
@@ -40,6 +45,11 @@ def train_on_nodes(args) -> int:
         print("engine train --nodes: set ENGINE_NODE_SECRET to the cluster's shared secret", file=sys.stderr)
         return 2
     addresses = [a.strip() for a in args.nodes.split(",") if a.strip()]
+    try:
+        transport = tp.canonical(args.transport)
+    except ValueError as e:
+        print(f"engine train --nodes: {e}", file=sys.stderr)
+        return 2
     if args.checkpoint_dir or args.resume:
         print("engine train --nodes: checkpoints are not supported across nodes yet", file=sys.stderr)
         return 2
@@ -53,7 +63,7 @@ def train_on_nodes(args) -> int:
         model = digits.build_model(name)
         t0 = time.perf_counter()
         config = {"example": "digits", "model": name, "epochs": args.epochs, "nodes": addresses,
-                  "global_batch": args.batch_size, "lr": args.lr}
+                  "global_batch": args.batch_size, "lr": args.lr, "transport": transport}
         try:
             with recorded(args, f"digits-{name}-cluster", config) as recorder, \
                     tqdm(total=args.epochs * per_epoch, unit="step", mininterval=0.5) as bar:
@@ -62,7 +72,7 @@ def train_on_nodes(args) -> int:
                 # shares in steps of 1/8 of an even split: each new local batch size is one more
                 # program for a node to build, so shares should not move by a sample at a time
                 unit = max(1, args.batch_size // (8 * len(addresses)))
-                cl = Cluster(addresses, secret, batch_multiple=unit)
+                cl = Cluster(addresses, secret, batch_multiple=unit, transport=transport)
 
                 def on_step(rec):
                     bar.update(1)

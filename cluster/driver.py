@@ -24,6 +24,7 @@ import numpy as np
 import zmq
 
 from . import auth, program, runs, wire
+from . import transport as tp
 from .optimizer import check_spec
 from .runs import epoch_order  # noqa: F401  (its home was here; tests import it from here)
 
@@ -103,12 +104,15 @@ class FitResult:
 class Cluster:
     def __init__(self, addresses, secret, *, heartbeat_s: float = 0.5, missed: int = 4, step_timeout: float = 120.0,
                  rebalance_tolerance: float = 0.1, batch_multiple: int = 1, seed: int = 0, max_retries: int = 3,
-                 host_optimizer: bool | None = None, report_s: float = 0.5):
+                 host_optimizer: bool | None = None, report_s: float = 0.5, transport: str = "float32"):
         """heartbeat_s * missed: how long a silent node lives.  batch_multiple: local batches
         are multiples of it (except one remainder), bounding how many batch sizes, hence
         programs, each node compiles as the balance moves.  report_s: how often a node
         reports its steps' losses and timings (0: after every step).  step_timeout: how
-        long a run may go without any step reported before the driver gives up on it."""
+        long a run may go without any step reported before the driver gives up on it.
+        transport: the type gradients travel in around the ring, "float32" (default, exact),
+        "bfloat16" or "float16" ("bf16", "fp16"; summed in float32, cluster/transport.py);
+        the loss and the halt vote always travel in float32."""
         self.addresses = list(addresses)
         self.secret = auth.check_secret(secret)
         self.banned: dict[str, str] = {}   # address -> why: dropped for misbehaving, never re-admitted
@@ -118,6 +122,7 @@ class Cluster:
         # on the host only when the nodes' devices differ (see wants_host_optimizer)
         self.host_optimizer = host_optimizer
         self.report_s = float(report_s)
+        self.transport = tp.canonical(transport)   # ValueError naming the choices
         self._runs = None          # {node: id of its run request} while a run is in flight
         self._run_replies: dict = {}
         self._host_opt = False
@@ -291,6 +296,8 @@ class Cluster:
         fields = {"job": self.job, "optimizer": self.optimizer, "step": step, "names": self.names, "n_state": len(state)}
         if self._host_opt:
             fields["host_optimizer"] = True
+        if self.transport != "float32":   # absent: float32, which nodes of any version understand
+            fields["transport"] = self.transport
         if self.dataset_name:   # nodes read their own copy; the hash proves it is the same
             fields["dataset"] = {"name": self.dataset_name, "digest": wire.table_digest({"x": self.x, "y": self.y})}
         self._call(nodes, "job", lambda n: fields, tensors_of=lambda n: [*params, *state],

@@ -10,6 +10,7 @@ import re
 import numpy as np
 
 from . import devicetrain, hostpool, wire
+from . import transport as tp
 from .optimizer import HostOptimizer
 
 
@@ -58,6 +59,10 @@ class Job:
             self.opt.t = self.step
         self.x, self.y = table["x"], table["y"]
         self.host_optimizer = bool(msg.fields.get("host_optimizer", False))   # the driver's choice (mixed devices)
+        try:     # the type gradients travel in around the ring (transport.py); the loss and vote stay float32
+            self.transport = tp.canonical(msg.fields.get("transport", "float32"))
+        except ValueError as e:
+            raise JobError("bad_job", str(e)) from None
         self.runners: dict[int, object] = {}
         self.prev = None   # (params, state, t) before the last update (host path), to roll back a step
         # engine programs: weights and optimizer state move to the device with the first

@@ -199,7 +199,10 @@ class JobHandlers:
         t1 = time.perf_counter()
         if flat is not None:
             flat[-1] = 1.0 if vote_halt else 0.0       # summed: every rank sees the same vote
-            allreduce(self.links, flat if hidden is None else flat[-2:], job.step)   # overlapped: loss and vote
+            if hidden is None:    # the loss and the vote (the last two) are summed in float32 whatever the transport
+                allreduce(self.links, flat, job.step, transport=job.transport, exact_tail=2)
+            else:                 # overlapped: the gradients are reduced already, loss and vote left
+                allreduce(self.links, flat[-2:], job.step)
             loss, halt = float(flat[-2]), bool(flat[-1] > 0)
             finite = hostpool.all_finite(flat)
         else:
@@ -246,7 +249,7 @@ class JobHandlers:
             part = flat[lo:hi]
             part *= np.float32(w)
             t = time.perf_counter()
-            allreduce(self.links, part, job.step)
+            allreduce(self.links, part, job.step, transport=job.transport)
             spent[0] += time.perf_counter() - t
         job.dev.forward_backward_overlapped(job.runners[len(idx)], job.x[idx], job.y[idx], flat[:-1], reduce,
                                             self.overlap_bytes)

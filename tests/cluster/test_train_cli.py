@@ -15,9 +15,11 @@ TRAIN = [sys.executable, "-c", "import sys; from engine.cli import main; sys.exi
 
 
 def test_engine_train_on_two_nodes_reaches_accuracy_and_records_the_run(procs, tmp_path):
+    """With bfloat16 gradient transport (--transport bf16): it still reaches the accuracy."""
     nodes = start_nodes(procs, 2)
     addrs = ",".join(n["control"] for n in nodes)
-    out = subprocess.run([*TRAIN, "--nodes", addrs, "--model", "mlp", "--epochs", "3", "--runs", str(tmp_path)],
+    out = subprocess.run([*TRAIN, "--nodes", addrs, "--model", "mlp", "--epochs", "3", "--runs", str(tmp_path),
+                          "--transport", "bf16"],
                          cwd=ROOT, env=child_env(ENGINE_NODE_SECRET=SECRET), capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -27,6 +29,7 @@ def test_engine_train_on_two_nodes_reaches_accuracy_and_records_the_run(procs, t
     assert final == per_epoch[-1] and final > 80, (per_epoch, final)
     [run] = RunStore(tmp_path).list_runs()
     assert run["status"] == "finished" and run["config"]["nodes"] == addrs.split(",")
+    assert run["config"]["transport"] == "bfloat16"
     assert run["has_graph"] and run["has_kernels"] and run["has_weights"]   # the UI's graph, kernel and layer pages
     rows = RunStore(tmp_path).metrics(run["id"])
     assert len([r for r in rows if "loss" in r]) == 3 * (1437 // 64)
