@@ -16,11 +16,21 @@
     if VW not in (1, 4, 8, 16):
         raise ValueError("gemm: vector width VW must be 16, 8, 4 or 1, got %r" % (VW,))
     vt = "float" if VW == 1 else "float%d" % VW
+    # loads and stores through a vector type aligned like a float, not vload/vstore: PoCL
+    # 3.0 compiles vloadN/vstoreN as out-of-line calls, and a call in the k loop spilled
+    # and reloaded every accumulator each step (3-7x slower, bench/NOTES.md)
+    ut = "float" if VW == 1 else "mao_float%d_u" % VW
     def vload(v):
-        return ("bp[%d]" % v) if VW == 1 else ("vload%d(%d, bp)" % (VW, v))
+        return ("bp[%d]" % v) if VW == 1 else ("((__global const %s*)bp)[%d]" % (ut, v))
     def vstore(x, v):
-        return ("ct[%d] = %s;" % (v, x)) if VW == 1 else ("vstore%d(%s, %d, ct);" % (VW, x, v))
+        return ("ct[%d] = %s;" % (v, x)) if VW == 1 else ("((%s*)ct)[%d] = %s;" % (ut, v, x))
 %>
+% if VW > 1:
+#ifndef MAO_FLOAT${VW}_U
+#define MAO_FLOAT${VW}_U
+typedef ${vt} ${ut} __attribute__((aligned(4)));
+#endif
+% endif
 __kernel void ${name}(${ssa.params(args)})
 {
     const int mb = get_global_id(0);

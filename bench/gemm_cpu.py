@@ -1,0 +1,92 @@
+"""The CPU GEMMs of one compiled MLP 784-512-512-10 training step (batch 128), each
+timed beside numpy (OpenBLAS) in one run: forward x @ W, input gradient g @ W^T, weight
+gradient x^T @ g (K = 128), as the engine lowers them (the product's packing copies
+counted in 'engine', the GEMM kernel alone in 'gemm only'), and a square n=1024.
+
+    python -m bench.gemm_cpu [--repeat 5] [--device pocl]
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+import engine
+from bench.common import best_of, header
+
+# (label, A shape, B shape, transpose A, transpose B): how the step forms each product
+SHAPES = [
+    ("fwd 128x784 @ 784x512", (128, 784), (784, 512), False, False),
+    ("fwd 128x512 @ 512x512", (128, 512), (512, 512), False, False),
+    ("fwd 128x512 @ 512x10", (128, 512), (512, 10), False, False),
+    ("dX 128x512 @ (784x512)^T", (128, 512), (784, 512), False, True),
+    ("dX 128x512 @ (512x512)^T", (128, 512), (512, 512), False, True),
+    ("dX 128x10 @ (512x10)^T", (128, 10), (512, 10), False, True),
+    ("dW (128x784)^T @ 128x512", (128, 784), (128, 512), True, False),
+    ("dW (128x512)^T @ 128x512", (128, 512), (128, 512), True, False),
+    ("dW (128x512)^T @ 128x10", (128, 512), (128, 10), True, False),
+    ("square 1024", (1024, 1024), (1024, 1024), False, False),
+]
+
+
+def _op(ta, tb):
+    def f(x, y):
+        return (x.T if ta else x) @ (y.T if tb else y)
+    return f
+
+
+def engine_time(ashape, bshape, ta, tb, device, repeat):
+    rng = np.random.default_rng(sum(ashape) + 7 * sum(bshape))
+    an = rng.standard_normal(ashape, dtype=np.float32)
+    bn = rng.standard_normal(bshape, dtype=np.float32)
+    a, b = engine.tensor(an, device=device), engine.tensor(bn, device=device)
+    mm = engine.compile(_op(ta, tb))
+    out = mm(a, b).numpy()
+    ref = _op(ta, tb)(an.astype(np.float64), bn.astype(np.float64))
+    err = float(np.abs(out - ref).max() / np.abs(ref).max())
+    totals, gemms, kernels = [], [], None
+    for _ in range(repeat):
+        with engine.profile() as p:
+            mm(a, b)
+        totals.append(sum(k["time_ns"] for k in p.kernels) * 1e-9)
+        gemms.append(sum(k["time_ns"] for k in p.kernels if k["template"].startswith("gemm")) * 1e-9)
+        kernels = p.kernels
+    params = next((k["params"] for k in kernels if k["template"].startswith("gemm")), {})
+    return min(totals), min(gemms), err, params, len(kernels)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--only", default=None, help="substring of the labels to run")
+    args = ap.parse_args(argv)
+    dev = engine.runtime.get_device(args.device)
+    print(header(dev))
+    print(f"{'product':28s} {'engine us':>10} {'gemm us':>9} {'numpy us':>9} {'GFLOP/s':>8} {'numpy':>7} "
+          f"{'eng/np':>7} {'kern':>4}  err      params")
+    tot_e = tot_n = 0.0
+    for label, ashape, bshape, ta, tb in SHAPES:
+        if args.only and args.only not in label:
+            continue
+        t, tg, err, params, nk = engine_time(ashape, bshape, ta, tb, dev, args.repeat)
+        rng = np.random.default_rng(1)
+        an = rng.standard_normal(ashape, dtype=np.float32)
+        bn = rng.standard_normal(bshape, dtype=np.float32)
+        x, y = (np.ascontiguousarray(an.T) if False else an), bn
+        tn = best_of(lambda: _op(ta, tb)(x, y), repeat=args.repeat)
+        M = ashape[1] if ta else ashape[0]
+        K = ashape[0] if ta else ashape[1]
+        N = bshape[0] if tb else bshape[1]
+        fl = 2 * M * N * K
+        if "square" not in label:
+            tot_e, tot_n = tot_e + t, tot_n + tn
+        p = {k: params[k] for k in ("R", "W", "VW", "a_packed", "TM", "TN") if k in params}
+        print(f"{label:28s} {t * 1e6:10.0f} {tg * 1e6:9.0f} {tn * 1e6:9.0f} {fl / t / 1e9:8.1f} {fl / tn / 1e9:7.1f} "
+              f"{tn / t:7.2f} {nk:4d}  {err:.1e}  {p}", flush=True)
+    if tot_e:
+        print(f"{'MLP step GEMMs, sum':28s} {tot_e * 1e6:10.0f} {'':9s} {tot_n * 1e6:9.0f} {'':8s} {'':7s} {tot_n / tot_e:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
