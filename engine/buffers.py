@@ -11,10 +11,12 @@ import weakref
 
 from . import ir
 
-__all__ = ["bind_buffer", "buffer_of", "has_buffer", "remember", "computed_as", "is_leaf"]
+__all__ = ["bind_buffer", "buffer_of", "has_buffer", "remember", "computed_as", "is_leaf", "note_range",
+           "known_range"]
 
 _buffers: "weakref.WeakKeyDictionary[ir.Node, object]" = weakref.WeakKeyDictionary()
 _computed: "weakref.WeakKeyDictionary[ir.Node, ir.Node]" = weakref.WeakKeyDictionary()
+_ranges: "weakref.WeakKeyDictionary[ir.Node, tuple]" = weakref.WeakKeyDictionary()
 
 
 def bind_buffer(node: ir.Node, buf) -> None:
@@ -43,3 +45,19 @@ def computed_as(node: ir.Node) -> ir.Node:
 def is_leaf(n: ir.Node) -> bool:
     """Already has a value a kernel can read (a buffer, a constant or a host scalar)."""
     return n.op in ("BUFFER", "CONST", "VAR") or n in _computed
+
+
+def note_range(node: ir.Node, bounds) -> None:
+    """The smallest and largest value of the integer BUFFER ``node``, known on the host
+    from the data uploaded into it (None: unknown). A BUFFER node's value never changes
+    (an in-place write gives the storage a new node), except a compiled step's input,
+    whose buffer each replay overwrites: the replay notes the new data's range."""
+    if bounds is None:
+        _ranges.pop(node, None)
+    else:
+        _ranges[node] = bounds
+
+
+def known_range(node: ir.Node):
+    """(min, max) of ``node``'s values when known on the host without a download, else None."""
+    return _ranges.get(node)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ir
-from .buffers import bind_buffer
+from .buffers import bind_buffer, note_range
 from .context import host_rng
 from .runtime import NP_DTYPES, get_device
 from .shapes import shape_arg
@@ -37,6 +37,9 @@ def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
     arr = np.asarray(arr, dtype=NP_DTYPES[dt], order="C")   # keeps a 0-d array 0-d
     node = ir.buffer(arr.shape, dt)
     bind_buffer(node, dev.upload(arr))
+    if arr.dtype.kind == "i" and arr.size:
+        # class indices: the loss checks them against C with no download (nn.functional.loss)
+        note_range(node, (int(arr.min()), int(arr.max())))
     return Tensor(node, dev, requires_grad=requires_grad)
 
 

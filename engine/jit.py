@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import launch, realize as rz
+from .buffers import known_range, note_range
 from .bundle import export_bundle
 from .runtime import NP_DTYPES
 from .tensor import Tensor, empty, tensor, realize_all
@@ -58,15 +59,16 @@ class CompiledStep:
         return self._trace(args, sig)
 
     def _trace(self, args, sig):
-        # inputs get buffers of their own, which later calls overwrite in place
-        self.inputs = []
+        # inputs get buffers of their own, which later calls overwrite in place (kept only
+        # when the trace succeeds: a failed one must not redirect the last good trace's inputs)
+        inputs = []
         call_args = []
         for a in args:
             if isinstance(a, (Tensor, np.ndarray)):
                 arr = a.numpy() if isinstance(a, Tensor) else a
                 dev = a.device if isinstance(a, Tensor) else None
                 t = tensor(arr, dtype=a.dtype if isinstance(a, Tensor) else None, device=dev)
-                self.inputs.append(t)
+                inputs.append(t)
                 call_args.append(t)
             else:
                 call_args.append(a)
@@ -74,7 +76,7 @@ class CompiledStep:
             out = self.fn(*call_args)
             outs = _flatten(out)
             realize_all(*outs)
-        self.items, self.signature = cap.items, sig
+        self.items, self.signature, self.inputs = cap.items, sig, inputs
         self.structure, self.outs = out, outs
         self.device = (self.inputs or outs)[0].device
         return _rebuild(out, iter(self._copies()))
@@ -88,8 +90,11 @@ class CompiledStep:
                 if isinstance(a, Tensor):
                     a.realize()
                     self.device.copy(rz.buffer_of(a.node), buf, buf.nbytes)
+                    note_range(t.node, known_range(a._storage.node))   # a view's values lie in its base's range
                 else:
-                    self.device.upload(np.ascontiguousarray(a, dtype=NP_DTYPES[t.dtype]), dest=buf)
+                    arr = np.ascontiguousarray(a, dtype=NP_DTYPES[t.dtype])
+                    self.device.upload(arr, dest=buf)
+                    note_range(t.node, (int(arr.min()), int(arr.max())) if arr.dtype.kind == "i" and arr.size else None)
         launch.replay(self.items, self.device)
         self.replays += 1
         return _rebuild(self.structure, iter(self._copies()))

@@ -1,9 +1,11 @@
 """Optimizers. Each parameter's update is one fused kernel that writes the parameter and
 its state buffers in place (new storage versions, see engine/storage.py), with the
 learning rate and step-dependent factors passed as scalar arguments, one set per
-parameter group (so changing them never recompiles, and a compiled step replays them).
+parameter (so changing them never recompiles, and a compiled step replays them).
 Formulas are torch's; ``param_groups`` work as in torch (a list of dicts with their own
-options), which is what ``engine.lr_scheduler`` changes.
+options), which is what ``engine.lr_scheduler`` changes. Steps are counted per parameter,
+as torch does: a parameter without a gradient in a step keeps its count (and its bias
+correction); ``state_dict`` holds each count as torch's ``state[i]["step"]``.
 """
 from __future__ import annotations
 
@@ -38,9 +40,23 @@ class Optimizer:
         self._group_of: list = []
         self._vars: dict = {}
         self._replay = None       # the last update's launches, replayed while nothing changed
-        self.step_count = 0
+        self._steps: list = []    # per parameter: the steps that updated it (torch's state[i]["step"])
+        self._step_count = 0      # step() calls
         for g in groups:
             self.add_param_group(g)
+
+    @property
+    def step_count(self) -> int:
+        """How many times ``step()`` ran. Setting it sets every parameter's own count too
+        (restoring a snapshot in which every parameter took every step)."""
+        return self._step_count
+
+    @step_count.setter
+    def step_count(self, n):
+        self._step_count = int(n)
+        self._steps = [int(n)] * len(self.params)
+        for i in range(len(self.params)):
+            self._set_scalars(i, self.param_groups[self._group_of[i]], max(int(n), 1))
 
     @property
     def defaults(self) -> dict:
@@ -62,25 +78,27 @@ class Optimizer:
         gi = len(self.param_groups)
         self.param_groups.append(g)
         for p in params:
-            self.state[len(self.params)] = {}
+            i = len(self.params)
+            self.state[i] = {}
             self.params.append(p)
             self._group_of.append(gi)
-        self._set_scalars(gi, g, max(self.step_count, 1))
+            self._steps.append(0)
+            self._set_scalars(i, g, 1)
 
     def zero_grad(self, set_to_none=True):
         for p in self.params:
             p.grad = None
 
-    def _var(self, gi, name) -> Tensor:
-        """The group's scalar ``name`` as a tensor read from the host at each launch."""
-        key = (gi, name)
+    def _var(self, i, name) -> Tensor:
+        """Parameter ``i``'s scalar ``name`` as a tensor read from the host at each launch."""
+        key = (i, name)
         if key not in self._vars:
             self._vars[key] = rz.Var(0.0)
-        return Tensor(self._vars[key].node, self.params[0].device)
+        return Tensor(self._vars[key].node, self.params[i].device)
 
-    def _set(self, gi, **values):
+    def _set(self, i, **values):
         for name, value in values.items():
-            key = (gi, name)
+            key = (i, name)
             if key not in self._vars:
                 self._vars[key] = rz.Var(0.0)
             self._vars[key].value = float(value)
@@ -93,8 +111,10 @@ class Optimizer:
         return st[name]
 
     def step(self):
-        realize_all(*[p.grad for p in self.params])
-        rz.record_host_action(self._advance)
+        grads = [p.grad for p in self.params]
+        realize_all(*grads)
+        active = tuple(i for i, g in enumerate(grads) if g is not None)
+        rz.record_host_action(lambda: self._advance(active))
         if launch.capturing():      # engine.compile records this step's launches itself
             self._replay = None
             self._update_all()
@@ -116,19 +136,20 @@ class Optimizer:
         with no_grad():
             # parameters of one shape (and device) are updated by one kernel: the scheduler
             # fuses same-shaped in-place writes, and their plan is one cache lookup
-            updates: dict = {}      # (device, shape) -> [(tensor, new value)]
+            # All shapes' updates are one realize: one plan lookup, and at a cold start
+            # their kernels are built together (Device.prebuild groups a realize's kernels).
+            updates: dict = {}      # device -> [(tensor, new value)]
             for i, p in enumerate(self.params):
                 if p.grad is None:
                     continue
                 gi = self._group_of[i]
-                updates.setdefault((p.device, p.shape), []).extend(
-                    self._update(i, p, p.grad, self.param_groups[gi], gi))
-            for key in list(updates):
-                self._write(updates.pop(key), key[0])
+                updates.setdefault(p.device, []).extend(self._update(i, p, p.grad, self.param_groups[gi], gi))
+            for device in list(updates):
+                self._write(updates.pop(device), device)
 
     @staticmethod
     def _write(updates, device):
-        """One fused kernel writes every new value (all of one shape); each tensor's storage
+        """One schedule writes every new value (same-shaped ones in one fused kernel); each tensor's storage
         takes its value in place (a new version), so nothing computed from the old values
         is reused."""
         pairs = []
@@ -141,24 +162,33 @@ class Optimizer:
         updates.clear()     # the value graphs must not keep the old versions alive at the commit
         rz.write_storages(pairs, device, group=True)
 
-    def _advance(self):
-        """One step on the host: count it and set each group's scalars. A replayed compiled
-        step runs this too, so counters, schedules and bias corrections keep advancing."""
-        self.step_count += 1
-        for gi, g in enumerate(self.param_groups):
-            self._set_scalars(gi, g, self.step_count)
+    def _advance(self, active):
+        """One step on the host: count it for the optimizer and for each parameter in
+        ``active`` (those with a gradient), and set their scalars. A replayed compiled step
+        runs this too, so counters, schedules and bias corrections keep advancing."""
+        self._step_count += 1
+        steps, groups, group_of = self._steps, self.param_groups, self._group_of
+        for i in active:
+            steps[i] += 1
+            self._set_scalars(i, groups[group_of[i]], steps[i])
 
-    def _set_scalars(self, gi, group, t):
+    def _set_scalars(self, i, group, t):
+        """Parameter ``i``'s host scalars for its ``t``-th step (t >= 1)."""
         raise NotImplementedError
 
     def _update(self, i, p, g, group, gi):
         raise NotImplementedError
 
+    # torch keeps a step count in each parameter's state (SGD keeps none)
+    _state_step = True
+
     def state_dict(self) -> dict:
         state = {}
         for i, st in self.state.items():
-            if st:
+            if st or (self._state_step and self._steps[i]):
                 state[i] = {k: v.numpy() for k, v in st.items()}
+                if self._state_step:
+                    state[i] = {"step": np.asarray(self._steps[i], np.float32)} | state[i]
         groups, first = [], 0
         for g in self.param_groups:
             n = len(g["params"])
@@ -172,23 +202,37 @@ class Optimizer:
         if len(groups) != len(self.param_groups):
             raise ValueError(f"load_state_dict: the state has {len(groups)} parameter groups, "
                              f"this optimizer {len(self.param_groups)}")
+        count = None
         for g, saved in zip(self.param_groups, groups):
             saved = dict(saved)
-            self.step_count = int(saved.pop("step_count", 0))
+            if "step_count" in saved:
+                count = int(saved.pop("step_count"))
             saved.pop("params", None)
             g.update(saved)
-        for i, st in sd.get("state", {}).items():
-            i = int(i)
+        states = {int(i): st for i, st in sd.get("state", {}).items()}
+        steps = [0] * len(self.params)
+        for i, st in states.items():
             if not 0 <= i < len(self.params):
                 raise ValueError(f"load_state_dict: state for parameter {i}, but there are {len(self.params)}")
+            # torch's per-parameter count; an older engine state has only the optimizer's, and
+            # torch's SGD none (a momentum buffer there means at least one step was taken)
+            if "step" in st:
+                steps[i] = int(float(np.asarray(st["step"])))
+            else:
+                steps[i] = count if count is not None else (1 if st else 0)
+        self._steps = steps
+        self._step_count = count if count is not None else max(steps, default=0)
+        for i, st in states.items():
             for k, v in st.items():
+                if k == "step":
+                    continue
                 arr = np.asarray(v, np.float32)
                 if arr.shape != self.params[i].shape:
                     raise ValueError(f"load_state_dict: state {k!r} of parameter {i} has shape {arr.shape}, "
                                      f"the parameter {self.params[i].shape}")
                 self._buffer(i, k).assign_(tensor(arr, device=self.params[i].device))
-        for gi, g in enumerate(self.param_groups):
-            self._set_scalars(gi, g, max(self.step_count, 1))
+        for i in range(len(self.params)):
+            self._set_scalars(i, self.param_groups[self._group_of[i]], max(self._steps[i], 1))
 
 
 class _UpdateReplay:
@@ -298,18 +342,20 @@ class SGD(Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
                                       weight_decay=weight_decay, nesterov=nesterov))
 
-    def _set_scalars(self, gi, g, t):
-        # PyTorch starts the momentum buffer at the first gradient, undampened
-        self._set(gi, lr=g["lr"], mom=0.0 if t == 1 else g["momentum"],
+    _state_step = False
+
+    def _set_scalars(self, i, g, t):
+        # PyTorch starts the momentum buffer at the parameter's first gradient, undampened
+        self._set(i, lr=g["lr"], mom=0.0 if t == 1 else g["momentum"],
                   damp=1.0 if t == 1 else 1.0 - g["dampening"])
 
     def _update(self, i, p, g, grp, gi):
-        lr = self._var(gi, "lr")
+        lr = self._var(i, "lr")
         if grp["weight_decay"]:
             g = g + p * grp["weight_decay"]
         if grp["momentum"]:
             buf = self._buffer(i, "momentum_buffer")
-            new_buf = buf * self._var(gi, "mom") + g * self._var(gi, "damp")
+            new_buf = buf * self._var(i, "mom") + g * self._var(i, "damp")
             d = g + new_buf * grp["momentum"] if grp["nesterov"] else new_buf
             return [(p, p - d * lr), (buf, new_buf)]
         return [(p, p - g * lr)]
@@ -322,9 +368,9 @@ class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
-    def _set_scalars(self, gi, g, t):
+    def _set_scalars(self, i, g, t):
         b1, b2 = g["betas"]
-        self._set(gi, step_size=g["lr"] / (1 - b1 ** t), inv_sqrt_bc2=1.0 / math.sqrt(1 - b2 ** t), lr=g["lr"])
+        self._set(i, step_size=g["lr"] / (1 - b1 ** t), inv_sqrt_bc2=1.0 / math.sqrt(1 - b2 ** t), lr=g["lr"])
 
     def _update(self, i, p, g, grp, gi):
         b1, b2 = grp["betas"]
@@ -332,13 +378,13 @@ class Adam(Optimizer):
         m, v = self._buffer(i, "exp_avg"), self._buffer(i, "exp_avg_sq")
         base = p
         if wd and self._decoupled:
-            base = p * (1.0 - self._var(gi, "lr") * wd)
+            base = p * (1.0 - self._var(i, "lr") * wd)
         elif wd:
             g = g + p * wd
         new_m = m * b1 + g * (1 - b1)
         new_v = v * b2 + g * g * (1 - b2)
-        denom = new_v.sqrt() * self._var(gi, "inv_sqrt_bc2") + grp["eps"]
-        return [(p, base - new_m * self._var(gi, "step_size") / denom), (m, new_m), (v, new_v)]
+        denom = new_v.sqrt() * self._var(i, "inv_sqrt_bc2") + grp["eps"]
+        return [(p, base - new_m * self._var(i, "step_size") / denom), (m, new_m), (v, new_v)]
 
 
 class AdamW(Adam):
@@ -356,12 +402,12 @@ class RMSprop(Optimizer):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                                       centered=centered))
 
-    def _set_scalars(self, gi, g, t):
-        self._set(gi, lr=g["lr"])
+    def _set_scalars(self, i, g, t):
+        self._set(i, lr=g["lr"])
 
     def _update(self, i, p, g, grp, gi):
         alpha, eps, wd, mom = grp["alpha"], grp["eps"], grp["weight_decay"], grp["momentum"]
-        lr = self._var(gi, "lr")
+        lr = self._var(i, "lr")
         if wd:
             g = g + p * wd
         sq = self._buffer(i, "square_avg")
@@ -391,8 +437,8 @@ class Adagrad(Optimizer):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps))
 
-    def _set_scalars(self, gi, g, t):
-        self._set(gi, clr=g["lr"] / (1 + (t - 1) * g["lr_decay"]))
+    def _set_scalars(self, i, g, t):
+        self._set(i, clr=g["lr"] / (1 + (t - 1) * g["lr_decay"]))
 
     def _buffer(self, i, name):
         st = self.state[i]
@@ -407,4 +453,4 @@ class Adagrad(Optimizer):
             g = g + p * grp["weight_decay"]
         s = self._buffer(i, "sum")
         new_s = s + g * g
-        return [(p, p - g / (new_s.sqrt() + grp["eps"]) * self._var(gi, "clr")), (s, new_s)]
+        return [(p, p - g / (new_s.sqrt() + grp["eps"]) * self._var(i, "clr")), (s, new_s)]

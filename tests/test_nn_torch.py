@@ -415,6 +415,38 @@ def test_cross_entropy_target_check_also_in_a_compiled_step():
     step(x, engine.tensor([1, 2]))            # a replay
     with pytest.raises(IndexError, match="target 7"):
         step(x, engine.tensor([1, 7]))
+    with pytest.raises(IndexError, match="target 3"):
+        step(x, np.array([3, 0]))            # numpy targets, copied into the traced input
+    with pytest.raises(IndexError, match="target -1"):
+        step(x, engine.tensor([0, 1]).reshape(1, 2).reshape(2) - 1)     # computed: no known range
+
+
+def test_cross_entropy_target_check_downloads_nothing_for_host_targets(monkeypatch):
+    """Targets made from host data carry their range: the check reads no device memory
+    (a download would wait for every kernel queued before it), plain or replayed."""
+    m = nn.Linear(4, 3)
+    opt = engine.optim.SGD(m.parameters(), lr=0.1)
+    x = engine.tensor(np.ones((2, 4), np.float32))
+
+    def step(x, y):
+        opt.zero_grad()
+        loss = F.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    compiled, compiled_np = engine.compile(step), engine.compile(step)
+    compiled(x, engine.tensor([0, 2]))
+    compiled_np(x, np.array([0, 2]))      # traced with host targets (a trace downloads its inputs)
+    downloads = []
+    dev = x.device
+    real = type(dev).download
+    monkeypatch.setattr(type(dev), "download", lambda self, *a, **k: downloads.append(1) or real(self, *a, **k))
+    step(x, engine.tensor([1, 2]))
+    compiled(x, engine.tensor([2, 0]))
+    compiled_np(x, np.array([1, 1]))
+    assert downloads == []
+    with pytest.raises(IndexError, match="target 3"):
+        step(x, engine.tensor([3, 0]))
 
 
 def test_nn_init_and_utils_data_alias():
