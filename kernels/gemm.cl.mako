@@ -25,13 +25,23 @@
     def vstore(x, v):
         return ("ct[%d] = %s;" % (v, x)) if VW == 1 else ("((%s*)ct)[%d] = %s;" % (ut, v, x))
 %>
+## min_vector_width: without it PoCL's LLVM (icelake-client prefers 256-bit vectors) split
+## every float16 into two halves, so an 8 x 32 block needed 32 registers for its
+## accumulators alone and spilled in the k loop
+#ifndef MAO_MIN_VECTOR_WIDTH
+#ifdef __clang__
+#define MAO_MIN_VECTOR_WIDTH(bits) __attribute__((min_vector_width(bits)))
+#else
+#define MAO_MIN_VECTOR_WIDTH(bits)
+#endif
+#endif
 % if VW > 1:
 #ifndef MAO_FLOAT${VW}_U
 #define MAO_FLOAT${VW}_U
 typedef ${vt} ${ut} __attribute__((aligned(4)));
 #endif
 % endif
-__kernel void ${name}(${ssa.params(args)})
+__kernel void MAO_MIN_VECTOR_WIDTH(${32 * VW}) ${name}(${ssa.params(args)})
 {
     const int mb = get_global_id(0);
     const int nb = get_global_id(1);
