@@ -443,7 +443,7 @@ def _lower_matmul(group, args, leaf_name, kind, vector_width=16):
               "b_name": b_name, "out_name": args.names[("out", out)], "batch_index": batch_index}
     display = {"M": M, "N": N, "K": K, "batch": nb, "a_packed": a_packed,
                "epilogue_ops": [n.op for n in group.fused if n.op in ir.ELEMENTWISE]}
-    Nb = bp.shape[-3]
+    Nb = bp.shape[-3] if len(bp.shape) >= 3 else 0     # (no panels when B is read in place)
 
     if kind == "gpu":   # local-memory tiles; the panel widths are the tile sizes
         TM = R_packed if a_packed else 128
@@ -456,11 +456,21 @@ def _lower_matmul(group, args, leaf_name, kind, vector_width=16):
         return _finish(group, "gemm_tiled", params, dict(display, TM=TM, TN=W, **knobs), args,
                        (Nb * TX, Mb * TY, nb), (TX, TY, 1))
 
+    strip = variant.get("B_ROW")
+    if strip:           # B [*B, K, N] read in place: panel nb is columns nb*W.. of every row
+        W, b_step = int(strip), N
+        Nb = N // W
+        b_base = f"bz * {K * N} + nb * {W}"
+    else:               # packed panels [*B, Nb, K, W]
+        b_step = W
+        b_base = f"(bz * {Nb} + nb) * {K * W}"
     R = R_packed if a_packed else min(8, M)
     Mb = -(-M // R)
     a_rows = [] if a_packed else [_a_load(em, a, bidx, f"am{r}", "k", f"a{r}") for r in range(R)]
     epilogue, value = _gemm_epilogue(em, anchor, out, bidx)
     VW = next(v for v in GEMM_VECTOR_WIDTHS if v <= vector_width and W % v == 0)
-    params = dict(common, R=R, VW=VW, NV=W // VW, Mb=Mb, Nb=Nb, a_rows=a_rows, epilogue=epilogue, value=value)
+    params = dict(common, R=R, VW=VW, NV=W // VW, Mb=Mb, Nb=Nb, a_rows=a_rows, epilogue=epilogue, value=value,
+                  b_base=b_base, b_step=b_step)
     local = (4, 1, 1) if Mb % 4 == 0 else None
-    return _finish(group, "gemm", params, dict(display, R=R, W=W, VW=VW), args, (Mb, Nb, nb), local)
+    return _finish(group, "gemm", params, dict(display, R=R, W=W, VW=VW, b_in_place=bool(strip)), args, (Mb, Nb, nb),
+                   local)

@@ -171,11 +171,18 @@ def gemm(a: Node, bp: Node, dims, variant=()) -> Node:
     panels [*B, N/W, K, W] (W columns side by side for each k), A as panels [*B, M/R, K, R]
     when R > 0, else A [*B, M, K] read through its own view (implicit GEMM). ``dims`` is
     (M, N, K, R); ``variant``: the kernel variant the lowering chose (sorted (name, value)
-    pairs that codegen reads; empty means the template's defaults)."""
+    pairs that codegen reads; empty means the template's defaults). A variant with
+    ``B_ROW`` = W takes B as it is, [*B, K, N] with N a multiple of W, and reads W-wide
+    column strips of its rows in place (a CPU's panels without the packing copy)."""
     M, N, K, R = (int(d) for d in dims)
     variant = tuple(sorted((str(k), v) for k, v in dict(variant).items()))
-    batch = bp.shape[:-3]
-    ok_b = len(bp.shape) >= 3 and bp.shape[-2] == K and bp.shape[-3] * bp.shape[-1] >= N
+    strip = dict(variant).get("B_ROW")
+    if strip:
+        batch = bp.shape[:-2]
+        ok_b = len(bp.shape) >= 2 and bp.shape[-2:] == (K, N) and N % int(strip) == 0
+    else:
+        batch = bp.shape[:-3]
+        ok_b = len(bp.shape) >= 3 and bp.shape[-2] == K and bp.shape[-3] * bp.shape[-1] >= N
     ok_a = (a.shape == batch + (-(-M // R), K, R)) if R else (a.shape == batch + (M, K))
     if not (ok_a and ok_b) or a.dtype != "float32" or bp.dtype != "float32":
         raise ShapeError(f"gemm: operand layouts {a.shape} / {bp.shape} do not fit M={M} N={N} K={K} R={R}")

@@ -44,6 +44,11 @@ SPLIT_K_MIN = {"gpu": 256, "cpu": 512}
 # a K shorter than this is quick per tile anyway: a second launch and the partial products'
 # round trip through memory would cost more than the idle compute units save
 SPLIT_K_FROM = 2048
+# a CPU reads B in place (no packing copy) when its columns are whole tiles and it holds
+# at most this many floats: a bigger B's rows are far apart (4 KiB for n=1024), its panel's
+# k rows fall into few cache sets, and in place ran 2-2.5x slower than packed panels at
+# n=1024 while the MLP's 784 x 512 weights ran ~1.5x faster in place (bench/NOTES.md)
+CPU_B_IN_PLACE_MAX = 1 << 19
 # rows of C a tiled GPU work-group computes when A is read through its view (codegen's TM)
 _GPU_IMPLICIT_ROWS = 128
 
@@ -64,7 +69,8 @@ def device_key(device) -> tuple:
     state of the tuning module's choices (a tile forced while ``engine tune`` searches, the
     tuning database), so a plan remembered by the neutral graph's structure is never one
     lowered under other tiles or splits."""
-    split = (FILL, SPLIT_K_FROM, tuple(sorted(SPLIT_BELOW.items())), tuple(sorted(SPLIT_K_MIN.items())))
+    split = (FILL, SPLIT_K_FROM, tuple(sorted(SPLIT_BELOW.items())), tuple(sorted(SPLIT_K_MIN.items())),
+             CPU_B_IN_PLACE_MAX)
     return device.kind, getattr(device, "identity", ""), compute_units(device), split, _tuning_state()
 
 
@@ -111,8 +117,12 @@ def lower_matmul(a: ir.Node, b: ir.Node, device, is_leaf=lambda n: n.op in ir.SO
     S = split_k(M, N, K, math.prod(batch), tile, pack_a, device)
     # the tile and variant of the whole product, also for its slices: S was chosen for them
     variant = _variant(M, N, K, math.prod(batch), device)
+    # a CPU reads B's rows in place when its columns are whole tiles: a k step's W columns
+    # are one contiguous run either way, and the per-step packing copy (of every weight,
+    # activation and gradient a GEMM reads as B) goes away
+    in_place_b = device.kind != "gpu" and N % tile[1] == 0 and K * N <= CPU_B_IN_PLACE_MAX
     if S == 1:
-        return _gemm(a, b, tile, pack_a, variant)
+        return _gemm(a, b, tile, pack_a, variant, in_place_b)
     nb = len(batch)
     batch = tuple(batch)
     keep, lead = ((0, 0),) * nb, tuple(range(nb))
@@ -120,7 +130,7 @@ def lower_matmul(a: ir.Node, b: ir.Node, device, is_leaf=lambda n: n.op in ir.SO
     a = ir.pad(a, keep + ((0, 0), (0, S * Kc - K)))
     a = ir.permute(ir.reshape(a, batch + (M, S, Kc)), lead + (nb + 1, nb, nb + 2))     # [*B, S, M, Kc]
     b = ir.reshape(ir.pad(b, keep + ((0, S * Kc - K), (0, 0))), batch + (S, Kc, N))   # [*B, S, Kc, N]
-    part = _gemm(a, b, tile, pack_a, variant)                                         # [*B, S, M, N]
+    part = _gemm(a, b, tile, pack_a, variant, in_place_b)                             # [*B, S, M, N]
     return ir.reshape(ir.reduce("SUM", part, (nb,)), batch + (M, N))
 
 
@@ -144,18 +154,22 @@ def split_k(M: int, N: int, K: int, batch: int, tile, pack_a: bool, device) -> i
     return S
 
 
-def _gemm(a, b, tile, pack_a, variant) -> ir.Node:
+def _gemm(a, b, tile, pack_a, variant, in_place_b=False) -> ir.Node:
     """The panel views of ``a`` [*B, M, K] and ``b`` [*B, K, N] and the GEMM node over
-    them: B as panels [*B, N/W, K, W]; with ``pack_a``, A as panels [*B, M/R, K, R]. M and N
-    are zero-padded up to whole tiles."""
+    them: B as panels [*B, N/W, K, W] (``in_place_b``: B as it is, its rows read W
+    columns at a time); with ``pack_a``, A as panels [*B, M/R, K, R]. M and N are
+    zero-padded up to whole tiles."""
     *batch, M, K = a.shape
     N = b.shape[-1]
     R, W = tile
     batch = tuple(batch)
     nb = len(batch)
     keep, lead = ((0, 0),) * nb, tuple(range(nb))
-    bp = ir.pad(b, keep + ((0, 0), (0, -N % W)))
-    bp = ir.permute(ir.reshape(bp, batch + (K, bp.shape[-1] // W, W)), lead + (nb + 1, nb, nb + 2))
+    if in_place_b:      # B's rows read in place, W columns at a time (no packing copy)
+        bp, variant = b, dict(variant, B_ROW=W)
+    else:
+        bp = ir.pad(b, keep + ((0, 0), (0, -N % W)))
+        bp = ir.permute(ir.reshape(bp, batch + (K, bp.shape[-1] // W, W)), lead + (nb + 1, nb, nb + 2))
     if pack_a:
         ap = ir.pad(a, keep + ((0, -M % R), (0, 0)))
         a = ir.permute(ir.reshape(ap, batch + (ap.shape[-2] // R, R, K)), lead + (nb, nb + 2, nb + 1))

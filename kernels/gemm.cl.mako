@@ -2,17 +2,22 @@
 ## A work-item owns R rows x W = VW*NV columns of C as R*NV accumulators of VW floats
 ## (float16 where the compiler takes it; float8, float4 or plain float where the device
 ## probe found that it crashes or hangs on wider vectors, e.g. the PoCL 3.0 wheel on AMD
-## Zen 4 aborts in LLVM on float16). B comes as panels [Nb][K][W] and (when a_packed) A as
+## Zen 4 aborts in LLVM on float16). B comes as panels [Nb][K][W] (b_step W) or as its own
+## rows [K][N] read W columns at a time in place (b_step N), and (when a_packed) A as
 ## panels [Mb][K][R], so each k step is NV contiguous vector loads plus R scalars; plain
 ## `acc += a * b` (not fma/mad) because PoCL turns that into vector FMAs while its fma()
 ## and mad() builtins measured about 10x slower. Without a_packed, A is read through its
 ## fused index expression (implicit GEMM: a convolution's im2col window is never stored).
 ## params: name, M, N, K, R, VW (16, 8, 4 or 1), NV, Mb, Nb, args, a_packed, a_name, a_rows
-##         (R SSA blocks defining a<r> from am<r> and k), b_name, out_name, batch_index
+##         (R SSA blocks defining a<r> from am<r> and k), b_name, b_base (optional: B's first float
+##         of panel nb in batch bz), b_step (optional: floats between its k rows), out_name, batch_index
 ##         (SSA from bz), epilogue (SSA using e_acc, e_m, e_n), value
 <%namespace name="ssa" file="_ssa.cl.mako"/>
 <%
     W = VW * NV
+    # packed panels unless the caller reads B's rows in place
+    b_at = context.get("b_base", "(bz * %d + nb) * %d" % (Nb, K * W))
+    b_row = context.get("b_step", W)
     if VW not in (1, 4, 8, 16):
         raise ValueError("gemm: vector width VW must be 16, 8, 4 or 1, got %r" % (VW,))
     vt = "float" if VW == 1 else "float%d" % VW
@@ -56,7 +61,7 @@ ${ssa.block(batch_index)}
     const int am${r} = min(m0 + ${r}, ${M - 1});
 % endfor
 % endif
-    __global const float* bp = ${b_name} + (bz * ${Nb} + nb) * ${K * W};
+    __global const float* bp = ${b_name} + ${b_at};
 % for r in range(R):
 % for v in range(NV):
     ${vt} acc${r}_${v} = (${vt})(0.0f);
@@ -81,7 +86,7 @@ ${ssa.block(a_rows[r], indent='        ')}
         acc${r}_${v} += a${r} * b${v};
 % endfor
 % endfor
-        bp += ${W};
+        bp += ${b_row};
     }
     float ct[${W}];
 % for r in range(R):
