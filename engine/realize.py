@@ -173,9 +173,32 @@ def _lower_and_schedule(resolved, device, group, dests=frozenset()):
             d = d.srcs[0]
         on_device[r] = d
     targets = list(dict.fromkeys(on_device.values()))
-    groups = schedule(targets, _is_leaf, group=group)
+    groups = _schedule(targets, group)
     materialized = {o for g in groups for o in g.outputs}
     return on_device, [(g, lower(g, _is_leaf, materialized.__contains__, device.kind)) for g in groups]
+
+
+def _schedule(targets, group):
+    """The scheduler groups same-shaped elementwise targets only when all targets have one
+    shape; an optimizer writes every shape's update in one realize (so a cold start builds
+    their kernels together), so targets of several shapes are scheduled shape by shape,
+    one kernel each, when their graphs share no computed node (a shared one would be
+    computed once per shape, a shared random draw drawn twice)."""
+    if group:
+        by_shape: dict = {}
+        for t in targets:
+            by_shape.setdefault(t.shape, []).append(t)
+        if len(by_shape) > 1:
+            tset, seen = set(targets), set()
+            stop = lambda n: n not in tset and _is_leaf(n)      # noqa: E731
+            for part in by_shape.values():
+                inner = {n for n in ir.toposort(part, stop=stop) if not stop(n) and n.op not in ir.MOVEMENT and n.op not in ("CONST", "VAR")}
+                if inner & seen:
+                    break
+                seen |= inner
+            else:
+                return [g for part in by_shape.values() for g in schedule(part, _is_leaf, group=True)]
+    return schedule(targets, _is_leaf, group=group)
 
 
 def write_storages(pairs, device, group=False) -> None:

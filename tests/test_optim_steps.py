@@ -147,3 +147,22 @@ def test_compiled_step_with_a_frozen_bias_counts_its_steps_like_torch():
     assert step.replays == 3
     assert opt._steps == [6, 6, 6, 2]
     assert float(opt.state_dict()["state"][3]["step"]) == float(topt.state_dict()["state"][3]["step"]) == 2
+
+
+def test_all_shapes_updates_are_one_realize_with_one_kernel_per_shape(monkeypatch):
+    """One realize for every parameter shape (a cold start builds them together, see
+    Device.prebuild), still one fused kernel per shape (parameter and state together)."""
+    from engine import launch, realize as rz
+    model, _ = _pair(7)
+    opt = engine.optim.Adam(model.parameters(), lr=0.01)
+    x, y = _data(8, 1)[0]
+    F.cross_entropy(model(engine.tensor(x)), engine.tensor(y)).backward()
+    engine.realize_all(*[p.grad for p in model.parameters()])
+    plans = []
+    real = rz._run_plan
+    monkeypatch.setattr(rz, "_run_plan", lambda todo, *a: plans.append(len(todo)) or real(todo, *a))
+    with launch.capture() as cap:
+        opt.step()
+    shapes = {p.shape for p in model.parameters()}
+    assert plans == [3 * 4]       # parameter, exp_avg and exp_avg_sq of each of 4 parameters
+    assert sum(isinstance(it, launch.Launch) for it in cap.items) == len(shapes)
