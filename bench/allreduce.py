@@ -48,13 +48,20 @@ def reps_for(mb: float) -> int:
 
 
 # --- workers (each in its own process) ----------------------------------------------------
-def worker_ours(rank: int, sizes_mb, bucket_mb: float, segment_kb: float, transport: str = "float32") -> None:
+def worker_ours(rank: int, sizes_mb, bucket_mb: float, segment_kb: float, transport: str = "float32",
+                link: str = "tcp") -> None:
     import zmq
     from cluster import RingLinks, allreduce
     ctx = zmq.Context(io_threads=io_threads())   # RingLinks pins its sockets apart when there are two
     links = RingLinks(ctx, "tcp://127.0.0.1:*", SECRET, name=f"rank{rank}", timeout_s=120)
+    # ipc: same-host neighbours connect through a Unix socket (ring.py), the TCP ring's algorithm;
+    # shm: what engine-nodes on one host do, the sum through shared memory (localsum.py)
+    os.environ["ENGINE_NODE_SHM"] = "on" if link == "shm" else "off"
+    if link in ("ipc", "shm"):
+        assert links.bind_local(), "no Unix socket for the ring"
     print(links.endpoint, flush=True)
     links.connect(1, rank, json.loads(sys.stdin.readline()))
+    assert links.via.startswith("tcp" if link == "tcp" else "ipc"), (link, links.via)
     out, step = {}, 0
     for mb in sizes_mb:
         x = np.ones(int(mb * 2**20) // 4, np.float32)
@@ -156,8 +163,9 @@ def slowest_median(outs, mb) -> float:
     return statistics.median(max(r) for r in per_rep)
 
 
-def run_ours(n, sizes, bucket_mb, segment_kb, transport="float32"):
-    ps = [spawn(sys.executable, ["--worker", "ours", str(r), json.dumps(sizes), str(bucket_mb), str(segment_kb), transport])
+def run_ours(n, sizes, bucket_mb, segment_kb, transport="float32", link="tcp"):
+    ps = [spawn(sys.executable, ["--worker", "ours", str(r), json.dumps(sizes), str(bucket_mb), str(segment_kb), transport,
+                                 link])
           for r in range(n)]
     peers = [p.stdout.readline().strip() for p in ps]
     for p in ps:
@@ -201,7 +209,7 @@ def main(argv=None):
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         kind, args = sys.argv[2], sys.argv[3:]
         if kind == "ours":
-            return worker_ours(int(args[0]), json.loads(args[1]), float(args[2]), float(args[3]), args[4])
+            return worker_ours(int(args[0]), json.loads(args[1]), float(args[2]), float(args[3]), args[4], args[5])
         if kind == "gloo":
             return worker_gloo(int(args[0]), int(args[1]), int(args[2]), json.loads(args[3]))
         return worker_stream(args[0], args[1], int(args[2]), int(args[3]), args[4] == "1")
@@ -212,6 +220,10 @@ def main(argv=None):
     ap.add_argument("--segment-kb", type=float, default=0, help="fixed segment size (default: a quarter of a chunk, 256 KB-4 MB)")
     ap.add_argument("--transports", nargs="+", default=["float32"],
                     help="gradient transport dtypes to time (float32 bfloat16 float16); gloo runs float32")
+    ap.add_argument("--links", nargs="+", default=["tcp", "ipc", "shm"], choices=["tcp", "ipc", "shm"],
+                    help="ranks on this host: the ring over loopback TCP, over Unix sockets (cluster/ring.py), or "
+                         "the sum through shared memory (cluster/localsum.py: what engine-nodes on one host do)")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds of our configurations (best kept)")
     ap.add_argument("--torch-python", default=sys.executable)
     ap.add_argument("--notes", help="put the results at the top of this file's '## All-reduce' section")
     a = ap.parse_args(argv)
@@ -222,20 +234,25 @@ def main(argv=None):
              f"torch {tv or 'not importable: gloo column empty'})", "",
              f"One raw ZeroMQ stream (PUSH->PULL, 4 MB messages): {ceil_raw:.2f} GB/s; "
              f"with HMAC-SHA256 per message on both ends: {ceil_mac:.2f} GB/s.", "",
-             "| ranks | size | transport | ours: time | ours: bus GB/s | vs ours float32 | gloo: time | gloo: bus GB/s "
+             "| ranks | size | transport, link | ours: time | ours: bus GB/s | vs first float32 | gloo: time | gloo: bus GB/s "
              "| ours/gloo | ours/raw stream |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     transports = [tp.canonical(t) for t in a.transports]
     for n in a.ranks:
-        ours = {t: run_ours(n, sizes, a.bucket_mb, a.segment_kb, t) for t in transports}
+        configs = [(lk, t) for lk in a.links for t in transports]
+        ours = {}
+        for _ in range(a.rounds):     # interleaved rounds, the best of each: load bursts hit every config alike
+            for c in configs:
+                r = run_ours(n, sizes, a.bucket_mb, a.segment_kb, c[1], c[0])
+                ours[c] = {mb: min(t, ours.get(c, {}).get(mb, t)) for mb, t in r.items()}
         gloo = run_gloo(a.torch_python, n, sizes) if tv else {}
         for mb in sizes:
             nbytes = mb * 2**20
             bus = lambda t: 2 * (n - 1) / n * nbytes / t / 1e9
             g = gloo.get(mb)
-            for t in transports:
-                o, f32 = ours[t][mb], ours.get("float32", {}).get(mb)
-                lines.append(f"| {n} | {mb} MB | {t} | {o * 1e3:.1f} ms | {bus(o):.2f} | "
+            for lk, t in configs:
+                o, f32 = ours[lk, t][mb], ours.get((a.links[0], "float32"), {}).get(mb)
+                lines.append(f"| {n} | {mb} MB | {t}, {lk} | {o * 1e3:.1f} ms | {bus(o):.2f} | "
                              + (f"{f32 / o:.2f}x | " if f32 else "- | ")
                              + (f"{g * 1e3:.1f} ms | {bus(g):.2f} | {g / o:.2f}x" if g else "- | - | -")
                              + f" | {bus(o) / ceil_raw:.2f} |")

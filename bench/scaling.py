@@ -117,7 +117,24 @@ def gpu_indices() -> list[int]:
     return [d.index for d in engine.devices() if d.kind == "gpu"]
 
 
-def run_engine(sizes, B, n, steps, warmup, x, y) -> dict:
+def parse_variant(spec: str):
+    """'NAME=WORDS': an engine configuration.  Words: transport=T (Cluster's gradient
+    transport), env:K=V (the nodes' environment), anything else goes to engine-node's
+    command line (e.g. --overlap-mb 16).  Returns (name, node_args, env, cluster kwargs)."""
+    name, _, words = spec.partition("=")
+    node_args, env, kw = [], {}, {}
+    for w in words.split():
+        if w.startswith("transport="):
+            kw["transport"] = w.split("=", 1)[1]
+        elif w.startswith("env:"):
+            k, _, v = w[4:].partition("=")
+            env[k] = v
+        else:
+            node_args.append(w)
+    return name or "engine", node_args, env, kw
+
+
+def run_engine(sizes, B, n, steps, warmup, x, y, node_args=(), env=None, cluster_kw=None) -> dict:
     from engine import nn
     from engine.nn import functional as F
     gpus = gpu_indices()
@@ -127,9 +144,11 @@ def run_engine(sizes, B, n, steps, warmup, x, y) -> dict:
     for a, b in zip(sizes, sizes[1:]):
         layers += [nn.Linear(a, b), nn.ReLU()]
     model = nn.Sequential(*layers[:-1])
-    env = {} if gpus else {"POCL_MAX_PTHREAD_COUNT": str(cpu_threads(n)), "POCL_CPU_MAX_CU_NUM": str(cpu_threads(n))}
+    env = dict(env or {}, **({} if gpus else {"POCL_MAX_PTHREAD_COUNT": str(cpu_threads(n)),
+                                             "POCL_CPU_MAX_CU_NUM": str(cpu_threads(n))}))
     res, stamps = fit_on_nodes(gpus[:n] if gpus else [None] * n, model, F.cross_entropy, SPEC, (x, y), B, steps,
-                               env=env, batch_multiple=B // n, rebalance_tolerance=1.0)
+                               node_args=node_args, env=env, batch_multiple=B // n, rebalance_tolerance=1.0,
+                               **(cluster_kw or {}))
     timed = res.history[warmup:]
     if len(stamps) != steps or not timed:
         raise RuntimeError(f"the fit reported {len(stamps)} of {steps} steps")
@@ -267,6 +286,11 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="small MLPs and 8 steps: a check that everything runs")
     ap.add_argument("--systems", nargs="+", default=["engine", "gloo", "nccl"])
     ap.add_argument("--notes", help="append the table to this file")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="an engine configuration for the rows with 2+ workers, NAME=WORDS (repeatable): "
+                         "transport=bf16, env:K=V, or engine-node options such as --overlap-mb 16; one worker "
+                         "runs once, with the defaults (a ring of one never all-reduces)")
+    ap.add_argument("--models", type=int, nargs="+", help="indices into the model list (default: all)")
     a = ap.parse_args(argv)
     if a.quick:
         a.steps, a.warmup = min(a.steps, 8), min(a.warmup, 3)
@@ -285,23 +309,30 @@ def main(argv=None):
     print("\n".join(header), flush=True)
     rng = np.random.default_rng(0)
     lines = []
-    for name, sizes, B in (QUICK if a.quick else MODELS):
+    variants = [parse_variant(v) for v in a.variant] or [("engine", [], {}, {})]
+    models = QUICK if a.quick else MODELS
+    for name, sizes, B in [models[i] for i in (a.models or range(len(models)))]:
         x, y = rng.random((ROWS, sizes[0]), dtype=np.float32), rng.integers(0, sizes[-1], ROWS)
         results = {}
         for n in workers:
-            for s in systems:
+            runs = []
+            if "engine" in systems:   # one worker: the defaults (a ring of one never all-reduces)
+                runs += [("engine", "engine", ("engine", [], {}, {}))] if n == 1 else [
+                    ("engine" if len(variants) == 1 and v[0] == "engine" else f"engine ({v[0]})", "engine", v)
+                    for v in variants]
+            runs += [(f"DDP-{s}", s, None) for s in systems if s != "engine"]
+            for label, s, v in runs:
                 try:
                     if s == "engine":
-                        r = run_engine(sizes, B, n, a.steps, a.warmup, x, y)
+                        r = run_engine(sizes, B, n, a.steps, a.warmup, x, y, *v[1:])
                     else:   # on a CUDA host DDP-gloo also trains on the GPUs (gloo stages through the host)
                         r = run_ddp(s, sizes, B, n, a.steps, a.warmup, cuda)
                 except Exception as e:   # one failed configuration must not lose the table
-                    print(f"<!-- {name} {s} x{n} failed: {type(e).__name__}: {str(e)[:300]} -->", flush=True)
+                    print(f"<!-- {name} {label} x{n} failed: {type(e).__name__}: {str(e)[:300]} -->", flush=True)
                     continue
-                results[s, n] = r
-                one = results.get((s, 1))
-                lines.append(row_text(name, "engine" if s == "engine" else f"DDP-{s}", n, B, r,
-                                      B / one["step"] if one else None))
+                results[label, n] = r
+                one = results.get(("engine" if s == "engine" else label, 1))
+                lines.append(row_text(name, label, n, B, r, B / one["step"] if one else None))
                 print(lines[-1], flush=True)
     # engine rows are printed before their DDP peers have run: the final table has the ratios
     text = "\n".join([head, "", *header, *_with_ratios(lines)])
@@ -317,7 +348,7 @@ def _with_ratios(lines):
     sps = {(c[0], c[1], c[2]): float(c[3].replace(",", "")) for c in cells}
     out = []
     for c in cells:
-        if c[1] == "engine":
+        if c[1].startswith("engine"):
             for col, peer in ((10, "DDP-gloo"), (11, "DDP-nccl")):
                 p = sps.get((c[0], peer, c[2]))
                 c[col] = f"{float(c[3].replace(',', '')) / p:.2f}x" if p else "-"

@@ -21,6 +21,11 @@ around it and every rank adds all of them in rank order (the same float32 additi
 everywhere, so again bitwise identical).  That is n-1 hops instead of 2(n-1), for
 buffers where a hop (~0.1 ms of Python and ZeroMQ) costs more than the bytes.
 
+Ranks on one host (every rank's right neighbour reached through a Unix socket, ring.py)
+sum buffers above SMALL_BYTES through shared memory instead (localsum.py): the links carry
+two tiny signals per call, the bytes never touch a socket; exact float32 whatever the
+transport, bitwise identical on every rank (chunk c summed by rank c in rank order).
+
 Narrow transport (`transport="bfloat16"` or `"float16"`, transport.py): every hop sends
 its float32 partial sum rounded to the narrow type, the receiver widens it and adds in
 float32; the rank that completes a chunk rounds the sum once, keeps the rounded value
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import localsum
 from . import transport as tp
 from .ring import PeerLost, RingLinks
 
@@ -192,6 +198,10 @@ def allreduce(links: RingLinks, flat: np.ndarray, step: int, *, bucket_bytes: in
         allreduce(links, flat[cut:], step, transport="float32", **kw)
         return flat
     small = flat.nbytes <= small_bytes
+    if links.world > 1 and not small and localsum.local_ring(links, step):   # one host: shared memory
+        agree(links, step, [len(flat)], dtype=transport, algo="shm")
+        if localsum.allreduce_local(links, links.segments, flat, step):
+            return flat                   # else some rank's /dev/shm was full: all fall back together
     agree(links, step, [len(flat)], dtype=transport, algo="gather" if small else "ring")
     if links.world == 1:
         return flat

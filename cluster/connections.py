@@ -55,7 +55,8 @@ class ConnectionCap:
                 except OSError:
                     continue            # already gone
                 try:
-                    peer = dup.getpeername()[0]
+                    addr = dup.getpeername()
+                    peer = addr[0] if isinstance(addr, tuple) else "local ipc"   # a same-host ring link (ring.py)
                     if self.count.get(peer, 0) >= self.per_peer or len(self.by_fd) >= self.total:
                         dup.shutdown(socket.SHUT_RDWR)
                         self.dropped += 1

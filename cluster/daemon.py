@@ -109,6 +109,7 @@ class NodeDaemon(JobHandlers):
             self.endpoint = f"tcp://{advertise}:{self.endpoint.rsplit(':', 1)[1]}"
             self.links.endpoint = f"tcp://{advertise}:{self.links.endpoint.rsplit(':', 1)[1]}"
         self.links.name = f"node {self.endpoint}"
+        self.links.bind_local()   # same-host neighbours skip loopback TCP (ring.py)
         # the ring's data socket is as open as the control one: the same caps (its own
         # handshake timeout is set in ring.py)
         self.ring_conns = ConnectionCap(self.links.pull, max_conns_per_peer, max_conns, "ring data")

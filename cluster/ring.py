@@ -5,6 +5,13 @@ Authentication is per connection (auth.py): the PULL admits only a PUSH that pre
 a fresh token made with the cluster secret, so ring messages carry no MAC and a
 stranger's connection delivers nothing.
 
+Same host, no TCP: the PULL also binds a Unix socket (ZeroMQ ipc://) whose path is derived
+from its advertised TCP endpoint (local_path), and a PUSH whose right neighbour has that
+socket on this machine connects through it instead of loopback TCP (less kernel work per
+byte: bench/NOTES.md).  Only a process on this host can have bound that path for that
+endpoint, so a peer on another host is never mistaken for a local one; the connection is
+authenticated exactly as over TCP (the token names the TCP endpoint either way).
+
 Every message carries the ring generation `gen`; after the ring re-forms (a node died
 or joined) leftovers from the old ring are dropped instead of being mistaken for data.
 Receives wait in short slices so an abort from the node's control thread, or a `bye`
@@ -14,6 +21,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
+import os
+import stat
+import tempfile
 import threading
 import time
 
@@ -59,6 +70,28 @@ def _pin(sock: zmq.Socket, ctx: zmq.Context, thread: int) -> None:
         sock.setsockopt(zmq.AFFINITY, 1 << thread)
 
 
+def local_dir() -> str:
+    """Where same-host ring sockets live: ENGINE_NODE_IPC_DIR, else the temp directory;
+    ENGINE_NODE_IPC_DIR=off: no Unix sockets (loopback TCP between local ranks)."""
+    return os.environ.get("ENGINE_NODE_IPC_DIR") or tempfile.gettempdir()
+
+
+def local_path(endpoint: str, directory: str | None = None) -> str | None:
+    """The Unix socket path a node that advertises TCP `endpoint` binds on this host
+    (None: same-host sockets are off)."""
+    directory = directory or local_dir()
+    if directory == "off":
+        return None
+    return os.path.join(directory, "engine-ring-" + hashlib.sha256(endpoint.encode()).hexdigest()[:20] + ".sock")
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
 class PeerLost(RuntimeError):
     """The ring cannot make progress: a neighbour left, went silent, or we were told to abort."""
 
@@ -87,9 +120,27 @@ class RingLinks:
             raise
         self.endpoint = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
         self.ctx, self.push = ctx, None
+        self.local = None          # the Unix socket path bound beside the TCP endpoint (bind_local)
+        self.via = None            # the endpoint the PUSH connected to (ipc:// for a same-host neighbour)
+        self.segments = None       # shared-memory segments of a ring on one host (localsum.py)
+        self.shm_gen, self.shm_ok = None, False
         self.gen, self.rank, self.world, self.peers = -1, 0, 1, [self.endpoint]
         self.dropped = 0          # stale or malformed messages we threw away
         self.bytes_sent = 0
+
+    def bind_local(self, directory: str | None = None) -> str | None:
+        """Also accept same-host neighbours on a Unix socket named after the advertised
+        endpoint (call after the endpoint is final).  Returns its path, or None when
+        same-host sockets are off or the directory is not usable."""
+        path = local_path(self.endpoint, directory)
+        if path is None or self.local == path:
+            return self.local
+        try:
+            self.pull.bind("ipc://" + path)      # replaces a stale file of a dead node at that endpoint
+        except zmq.ZMQError:
+            return None                          # e.g. a read-only directory: TCP still works
+        self.local = path
+        return path
 
     def connect(self, gen: int, rank: int, peers: list[str]) -> None:
         """Join ring generation `gen` as `rank`; peers[i] is rank i's data endpoint."""
@@ -103,7 +154,9 @@ class RingLinks:
             self.push.setsockopt(zmq.LINGER, 0)
             _pin(self.push, self.ctx, 1)
             auth.client(self.push, self.secret, self.endpoint, self.right)
-            self.push.connect(self.right)
+            near = local_path(self.right)
+            self.via = "ipc://" + near if near and _is_socket(near) else self.right
+            self.push.connect(self.via)
 
     @property
     def left(self) -> str:
@@ -168,3 +221,11 @@ class RingLinks:
             self.push.close(linger=linger_ms)
         self.pull.close(linger=0)
         auth.ZapHandler.unregister(self.ctx, self.domain)
+        if self.segments is not None:
+            self.segments.close()
+            self.segments = None
+        if self.local:
+            try:
+                os.unlink(self.local)
+            except OSError:
+                pass

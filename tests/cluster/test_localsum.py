@@ -1,0 +1,91 @@
+"""Same-host rings: Unix-socket links (ring.py bind_local) and the shared-memory sum
+(cluster/localsum.py) that replaces the TCP ring's bytes when every rank is local."""
+import os
+import threading
+
+import numpy as np
+import pytest
+import zmq
+
+from cluster import RingLinks, allreduce, localsum
+from cluster.ring import local_path
+
+SECRET = b"localsum-test-secret-0123456"
+
+
+def reduce_calls(inputs_per_call, local=True, **kw):
+    """Each rank (a thread with real RingLinks) all-reduces each call's buffer in turn;
+    returns per rank: the outputs, bytes sent, whether shared memory was used."""
+    n = len(inputs_per_call[0])
+    ctx = zmq.Context(io_threads=2)
+    links = [RingLinks(ctx, "tcp://127.0.0.1:*", SECRET, name=f"rank{r}", timeout_s=20) for r in range(n)]
+    if local:
+        for lk in links:
+            assert lk.bind_local() == local_path(lk.endpoint)
+    peers = [lk.endpoint for lk in links]
+    for r, lk in enumerate(links):
+        lk.connect(1, r, peers)
+    res, errs = [None] * n, [None] * n
+
+    def run(r):
+        try:
+            outs = [allreduce(links[r], call[r].copy(), 10 + i, **kw) for i, call in enumerate(inputs_per_call)]
+            res[r] = (outs, links[r].bytes_sent, links[r].shm_ok, links[r].via)
+        except Exception as e:
+            errs[r] = e
+            for other in links:
+                other.cancel.set()
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    paths = [lk.segments and [c[1] for c in lk.segments.mine if c] for lk in links]
+    for lk in links:
+        lk.close(linger_ms=0)
+    ctx.term()
+    assert errs == [None] * n, errs
+    return res, paths
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_a_ring_on_one_host_sums_through_shared_memory_bitwise_equal_on_every_rank(n):
+    rng = np.random.default_rng(n)
+    # growing, odd and repeated sizes: both segments, regrowth, uneven chunks
+    calls = [[rng.standard_normal(size).astype(np.float32) for _ in range(n)] for size in (70_001, 300_000, 300_000, 1_000_003)]
+    res, paths = reduce_calls(calls)
+    for i, call in enumerate(calls):
+        want = np.sum([c.astype(np.float64) for c in call], axis=0)
+        for r in range(n):
+            outs, sent, shm, via = res[r]
+            assert shm and via.startswith("ipc://")
+            assert outs[i].tobytes() == res[0][0][i].tobytes()                # every rank the same bits
+            np.testing.assert_allclose(outs[i], want, rtol=1e-5, atol=1e-5)
+    for r in range(n):     # only signals crossed the sockets: a few hundred bytes a call, no data
+        assert res[r][1] < 2_000 * len(calls), res[r][1]
+    for ps in paths:       # the segments are files in /dev/shm until the links close
+        assert ps and all(not os.path.exists(p) for p in ps)
+
+
+def test_without_shared_memory_the_same_ring_moves_the_bytes_over_its_sockets(monkeypatch):
+    monkeypatch.setenv("ENGINE_NODE_SHM", "off")
+    rng = np.random.default_rng(0)
+    calls = [[rng.standard_normal(200_000).astype(np.float32) for _ in range(2)]]
+    res, _ = reduce_calls(calls)
+    assert not res[0][2] and res[0][3].startswith("ipc://")        # Unix sockets, the TCP ring's algorithm
+    assert res[0][1] > 200_000 * 4 // 2
+    np.testing.assert_allclose(res[0][0][0], calls[0][0] + calls[0][1], rtol=1e-6, atol=1e-6)
+
+
+def test_a_ring_without_local_sockets_keeps_tcp():
+    rng = np.random.default_rng(1)
+    calls = [[rng.standard_normal(100_000).astype(np.float32) for _ in range(2)]]
+    res, _ = reduce_calls(calls, local=False)
+    assert not res[0][2] and res[0][3].startswith("tcp://")
+
+
+def test_local_socket_path_belongs_to_the_advertised_endpoint_only():
+    assert local_path("tcp://10.0.0.1:7071") != local_path("tcp://10.0.0.2:7071")
+    assert local_path("tcp://10.0.0.1:7071", "off") is None
+    assert localsum.usable() == os.access("/dev/shm", os.W_OK)
