@@ -459,7 +459,7 @@ def _lower_matmul(group, args, leaf_name, kind, vector_width=16):
     strip = variant.get("B_ROW")
     if strip:           # B [*B, K, N] read in place: panel nb is columns nb*W.. of every row
         W, b_step = int(strip), N
-        Nb = N // W
+        Nb = -(-N // W)
         b_base = f"bz * {K * N} + nb * {W}"
     else:               # packed panels [*B, Nb, K, W]
         b_step = W

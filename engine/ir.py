@@ -172,14 +172,15 @@ def gemm(a: Node, bp: Node, dims, variant=()) -> Node:
     when R > 0, else A [*B, M, K] read through its own view (implicit GEMM). ``dims`` is
     (M, N, K, R); ``variant``: the kernel variant the lowering chose (sorted (name, value)
     pairs that codegen reads; empty means the template's defaults). A variant with
-    ``B_ROW`` = W takes B as it is, [*B, K, N] with N a multiple of W, and reads W-wide
-    column strips of its rows in place (a CPU's panels without the packing copy)."""
+    ``B_ROW`` = W takes B as it is, [*B, K, N], and reads W-wide column strips of its
+    rows in place (a CPU's panels without the packing copy; the template reads a ragged
+    last strip column by column)."""
     M, N, K, R = (int(d) for d in dims)
     variant = tuple(sorted((str(k), v) for k, v in dict(variant).items()))
     strip = dict(variant).get("B_ROW")
     if strip:
         batch = bp.shape[:-2]
-        ok_b = len(bp.shape) >= 2 and bp.shape[-2:] == (K, N) and N % int(strip) == 0
+        ok_b = len(bp.shape) >= 2 and bp.shape[-2:] == (K, N) and int(strip) > 0
     else:
         batch = bp.shape[:-3]
         ok_b = len(bp.shape) >= 3 and bp.shape[-2] == K and bp.shape[-3] * bp.shape[-1] >= N

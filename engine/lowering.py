@@ -44,11 +44,12 @@ SPLIT_K_MIN = {"gpu": 256, "cpu": 512}
 # a K shorter than this is quick per tile anyway: a second launch and the partial products'
 # round trip through memory would cost more than the idle compute units save
 SPLIT_K_FROM = 2048
-# a CPU reads B in place (no packing copy) when its columns are whole tiles and it holds
-# at most this many floats: a bigger B's rows are far apart (4 KiB for n=1024), its panel's
+# a CPU reads B in place (no packing copy) when it holds at most this many floats: a bigger B's rows are far apart (4 KiB for n=1024), its panel's
 # k rows fall into few cache sets, and in place ran 2-2.5x slower than packed panels at
 # n=1024 while the MLP's 784 x 512 weights ran ~1.5x faster in place (bench/NOTES.md)
 CPU_B_IN_PLACE_MAX = 1 << 19
+# strips of W columns from which a B whose N is not whole strips is read in place anyway
+RAGGED_STRIPS_FROM = 8
 # rows of C a tiled GPU work-group computes when A is read through its view (codegen's TM)
 _GPU_IMPLICIT_ROWS = 128
 
@@ -70,7 +71,7 @@ def device_key(device) -> tuple:
     tuning database), so a plan remembered by the neutral graph's structure is never one
     lowered under other tiles or splits."""
     split = (FILL, SPLIT_K_FROM, tuple(sorted(SPLIT_BELOW.items())), tuple(sorted(SPLIT_K_MIN.items())),
-             CPU_B_IN_PLACE_MAX)
+             CPU_B_IN_PLACE_MAX, RAGGED_STRIPS_FROM)
     return device.kind, getattr(device, "identity", ""), compute_units(device), split, _tuning_state()
 
 
@@ -111,16 +112,19 @@ def lower_matmul(a: ir.Node, b: ir.Node, device, is_leaf=lambda n: n.op in ir.SO
     """MATMUL(a, b) as ``device`` computes it: [*B, M, N], from panel views and GEMM nodes."""
     *batch, M, K = a.shape
     N = b.shape[-1]
+    b = _fold_permutes(b)
     tile, pack_a = tune.matmul_layout(a.shape, b.shape, device)
     if _reads_window(a, is_leaf) and not (device.kind == "gpu" and _transposed(a)):
         pack_a = False
     S = split_k(M, N, K, math.prod(batch), tile, pack_a, device)
     # the tile and variant of the whole product, also for its slices: S was chosen for them
     variant = _variant(M, N, K, math.prod(batch), device)
-    # a CPU reads B's rows in place when its columns are whole tiles: a k step's W columns
-    # are one contiguous run either way, and the per-step packing copy (of every weight,
-    # activation and gradient a GEMM reads as B) goes away
-    in_place_b = device.kind != "gpu" and N % tile[1] == 0 and K * N <= CPU_B_IN_PLACE_MAX
+    # a CPU reads B's rows in place: a k step's W columns are one contiguous run either
+    # way, and the per-step packing copy (of every weight, activation and gradient a GEMM
+    # reads as B) goes away; a ragged last strip (N not whole tiles) is read column by
+    # column, so only where it is a small part of B
+    in_place_b = (device.kind != "gpu" and K * N <= CPU_B_IN_PLACE_MAX
+                  and (N % tile[1] == 0 or N >= RAGGED_STRIPS_FROM * tile[1]))
     if S == 1:
         return _gemm(a, b, tile, pack_a, variant, in_place_b)
     nb = len(batch)
@@ -180,6 +184,20 @@ def _variant(M, N, K, batch, device) -> dict:
     """The kernel variant the tuning module picks for this GEMM ({} = the template's defaults)."""
     pick = getattr(tune, "gemm_variant", None)
     return dict(pick(M, N, K, batch, device) or {}) if pick is not None else {}
+
+
+def _fold_permutes(x) -> ir.Node:
+    """``x`` with a chain of permutes composed into one (none where they cancel): the
+    backward pass of ``x @ w.T`` multiplies by ``w.T.T``, which is ``w`` itself, read in
+    place instead of copied."""
+    order = tuple(range(len(x.shape)))
+    base = x
+    while base.op == "PERMUTE":
+        order = tuple(base.arg[o] for o in order)
+        base = base.srcs[0]
+    if base is x or base is x.srcs[0]:
+        return x
+    return ir.permute(base, order)
 
 
 def _reads_window(a, is_leaf) -> bool:

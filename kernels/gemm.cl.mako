@@ -18,6 +18,8 @@
     # packed panels unless the caller reads B's rows in place
     b_at = context.get("b_base", "(bz * %d + nb) * %d" % (Nb, K * W))
     b_row = context.get("b_step", W)
+    # B read in place with N not a multiple of W: the last strip reads its columns one by one
+    ragged = b_row != W and N % W != 0
     if VW not in (1, 4, 8, 16):
         raise ValueError("gemm: vector width VW must be 16, 8, 4 or 1, got %r" % (VW,))
     vt = "float" if VW == 1 else "float%d" % VW
@@ -25,8 +27,9 @@
     # 3.0 compiles vloadN/vstoreN as out-of-line calls, and a call in the k loop spilled
     # and reloaded every accumulator each step (3-7x slower, bench/NOTES.md)
     ut = "float" if VW == 1 else "mao_float%d_u" % VW
-    def vload(v):
-        return ("bp[%d]" % v) if VW == 1 else ("((__global const %s*)bp)[%d]" % (ut, v))
+    def bload(v, tail=False):
+        src, space = ("bt", "") if tail else ("bp", "__global const ")
+        return ("%s[%d]" % (src, v)) if VW == 1 else ("((%s%s*)%s)[%d]" % (space, ut, src, v))
     def vstore(x, v):
         return ("ct[%d] = %s;" % (v, x)) if VW == 1 else ("((%s*)ct)[%d] = %s;" % (ut, v, x))
 %>
@@ -67,9 +70,14 @@ ${ssa.block(batch_index)}
     ${vt} acc${r}_${v} = (${vt})(0.0f);
 % endfor
 % endfor
+<%def name="k_loop(tail)">\
     for (int k = 0; k < ${K}; ++k) {
+% if tail:
+        for (int j = 0; j < ${W}; ++j)
+            bt[j] = n0 + j < ${N} ? bp[j] : 0.0f;
+% endif
 % for v in range(NV):
-        const ${vt} b${v} = ${vload(v)};
+        const ${vt} b${v} = ${bload(v, tail)};
 % endfor
 % if a_packed:
 % for r in range(R):
@@ -88,6 +96,17 @@ ${ssa.block(a_rows[r], indent='        ')}
 % endfor
         bp += ${b_row};
     }
+</%def>\
+% if ragged:
+    if (n0 + ${W} > ${N}) {      // the last strip of B's rows: its columns past N are not there
+        float bt[${W}];
+${k_loop(True)}\
+    } else {
+${k_loop(False)}\
+    }
+% else:
+${k_loop(False)}\
+% endif
     float ct[${W}];
 % for r in range(R):
     if (m0 + ${r} < ${M}) {

@@ -131,3 +131,56 @@ def test_tiled_gemm_variant_reads_a_convolution_in_place(variant):
     np.testing.assert_allclose(gw, rw.grad.numpy(), rtol=1e-4, atol=1e-4)
     implicit = [s for s in _gemm_specs(dev) if not s.params["a_packed"]]
     assert implicit and all(s.params[k] == x for s in implicit for k, x in variant.items())
+
+
+# --- the CPU template's B layouts: packed panels, or B's rows read in place
+
+def _cpu_device():
+    d = engine.default_device()
+    if d.kind == "gpu":
+        pytest.skip("GPUs use the tiled GEMM")
+    return runtime.Device(d.cl_device, d.index)         # its own caches, so its kernels can be listed
+
+
+def _cpu_gemms(dev):
+    return [ck.spec for ck in dev._programs.values() if ck.spec.template == "gemm"]
+
+
+@pytest.mark.parametrize("batch, M, K, N, tile, in_place", [
+    ((), 37, 21, 64, (5, 16), True),          # whole strips, ragged rows
+    ((), 19, 33, 200, (8, 16), True),         # ragged last strip (200 = 12 x 16 + 8) read column by column
+    ((3,), 11, 17, 272, (4, 32), True),       # batched, ragged last strip (8.5 strips)
+    ((2,), 9, 40, 40, (4, 16), False),        # too few strips for a ragged one: packed panels
+])
+def test_cpu_gemm_reads_b_in_place_batched_ragged_with_epilogue(batch, M, K, N, tile, in_place):
+    from engine import tune
+    dev = _cpu_device()
+    rng = np.random.default_rng(M * N + K)
+    a, b, bias = _rand(rng, *batch, M, K), _rand(rng, *batch, K, N), _rand(rng, N)
+    with tune.override(*tile):
+        x, w, c = (engine.tensor(v, device=dev) for v in (a, b, bias))
+        got = ((x @ w) * 0.5 + c).relu().numpy()
+    want = np.maximum((a.astype(np.float64) @ b) * 0.5 + bias, 0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    gemms = _cpu_gemms(dev)
+    assert len(gemms) == 1 and gemms[0].display["b_in_place"] == in_place
+    assert [ck.spec.template for ck in dev._programs.values()] == ["gemm"] * in_place + ["elementwise", "gemm"] * (not in_place)
+
+
+def test_cpu_gemm_reads_a_transposed_twice_weight_in_place_and_a_big_b_packed(monkeypatch):
+    """x @ w.T.T (the input gradient of x @ w.T) reads w itself, no copy; a B above
+    CPU_B_IN_PLACE_MAX floats is packed into panels (its rows far apart in memory)."""
+    from engine import lowering
+    dev = _cpu_device()
+    rng = np.random.default_rng(5)
+    a, w = _rand(rng, 24, 64), _rand(rng, 96, 64)
+    x, wt = engine.tensor(a, device=dev), engine.tensor(w, device=dev)
+    np.testing.assert_allclose((x @ wt.T.T.T).numpy(), a.astype(np.float64) @ w.T, rtol=1e-4, atol=1e-4)
+    g = _rand(rng, 24, 96)
+    np.testing.assert_allclose((engine.tensor(g, device=dev) @ wt.T.T).numpy(), g.astype(np.float64) @ w,
+                               rtol=1e-4, atol=1e-4)
+    in_place = [s.display["b_in_place"] for s in _cpu_gemms(dev)]
+    assert in_place == [True, True]
+    monkeypatch.setattr(lowering, "CPU_B_IN_PLACE_MAX", 96 * 64 - 1)
+    np.testing.assert_allclose((x @ wt.T.T.T).numpy(), a.astype(np.float64) @ w.T, rtol=1e-4, atol=1e-4)
+    assert [s.display["b_in_place"] for s in _cpu_gemms(dev)] == [True, True, False]
