@@ -9,6 +9,9 @@ N=${1:-3}; RATE=${2:-}; P=${NETNS_PREFIX:-mao}; PY=${PYTHON:-$PWD/.venv/bin/pyth
 EPOCHS=${EPOCHS:-4}
 [ "$(id -u)" = 0 ] || { echo "netns_train.sh: needs root (ip netns)" >&2; exit 77; }
 export ENGINE_NODE_SECRET=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n') PYTHONPATH=$PWD OMP_NUM_THREADS=1
+# the namespaces stand in for hosts: their ring must cross the (tc-limited) veth links, not
+# the Unix sockets and shared memory that nodes sharing this /tmp would otherwise find
+export ENGINE_NODE_IPC_DIR=off
 LOGS=$(mktemp -d)
 pids=()
 cleanup() {  # SIGTERM first: nodes say bye and exit cleanly; netns_down.sh kills what is left
