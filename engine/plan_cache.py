@@ -98,23 +98,33 @@ class PlanCache:
 
 
 def _signature(targets, is_leaf, device_key, group, dests):
+    # one walk (ir.toposort's order: sources first, depth first from each target) that
+    # also writes each node's part of the key as it is placed, since this runs for every
+    # realize of a plain loop
     tset = set(targets)
-    leaf: dict = {}     # asked once per node (is_leaf looks into weak dictionaries)
-
-    def stop(n):
-        v = leaf.get(n)
-        if v is None:
-            v = leaf[n] = n not in tset and is_leaf(n)
-        return v
-    order = ir.toposort(targets, stop=stop)
-    index = {n: i for i, n in enumerate(order)}
-    parts = []
-    for n in order:
-        if leaf[n]:
-            parts.append(("leaf", n.op, n.shape, n.dtype, n.arg if n.op in ("CONST", "VAR") else None))
-        else:
-            parts.append((n.op, None if n.op == "RAND" else n.arg, n.shape, n.dtype, tuple(index[s] for s in n.srcs)))
-    return (device_key, group, tuple(index[t] for t in targets), tuple(i for i, t in enumerate(targets) if t in dests),
+    order, index, parts, seen = [], {}, [], set()
+    for root in targets:
+        stack = [(root, 0)]
+        while stack:
+            n, state = stack.pop()
+            if state:           # 1: computed here, 2: a leaf (a buffer, constant or host scalar)
+                index[n] = len(order)
+                order.append(n)
+                if state == 2:
+                    parts.append(("leaf", n.op, n.shape, n.dtype, n.arg if n.op in ("CONST", "VAR") else None))
+                else:
+                    parts.append((n.op, None if n.op == "RAND" else n.arg, n.shape, n.dtype,
+                                  tuple([index[s] for s in n.srcs])))
+                continue
+            if n in seen:
+                continue
+            seen.add(n)
+            if n not in tset and is_leaf(n):    # asked once per node (it looks into weak dictionaries)
+                stack.append((n, 2))
+            else:
+                stack.append((n, 1))
+                stack.extend([(s, 0) for s in reversed(n.srcs) if s not in seen])
+    return (device_key, group, tuple([index[t] for t in targets]), tuple([i for i, t in enumerate(targets) if t in dests]),
             tuple(parts)), order
 
 

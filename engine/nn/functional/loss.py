@@ -90,6 +90,19 @@ def _class_last(logits: Tensor, target: Tensor, what: str):
     return logits, target
 
 
+_ids: dict = {}
+
+
+def _class_ids(c: int, device, dtype) -> Tensor:
+    """0..C-1 on ``device``, uploaded once: a fresh upload every step would be a blocking
+    write, which waits for everything queued before it (the previous step's kernels)."""
+    key = (device, c, dtype)
+    t = _ids.get(key)
+    if t is None:
+        t = _ids[key] = arange(c, device=device, dtype=dtype)
+    return t
+
+
 def nll_loss(log_probs: Tensor, target: Tensor, weight=None, ignore_index=-100, reduction="mean") -> Tensor:
     return _nll(log_probs, target, weight, ignore_index, reduction, 0.0, "nll_loss")
 
@@ -103,8 +116,10 @@ def _nll(logp, target, weight, ignore_index, reduction, label_smoothing, what):
     lp, y = _class_last(logp, target, what)
     c = lp.shape[1]
     _check_targets(y, c, ignore_index, what)
-    onehot = ops.logical_and(y.unsqueeze(-1).eq(arange(c, device=y.device, dtype=y.dtype)),
-                             y.ne(ignore_index).unsqueeze(-1))                  # [M, C]; all False when ignored
+    onehot = y.unsqueeze(-1).eq(_class_ids(c, y.device, y.dtype))              # [M, C]
+    if ignore_index is not None and 0 <= ignore_index < c:
+        # an ignore_index outside [0, C) (the default -100) matches no class id already
+        onehot = ops.logical_and(onehot, y.ne(ignore_index).unsqueeze(-1))     # all False when ignored
     valid = y.ne(ignore_index).float()
     w = weight if weight is not None else None
     picked = onehot.where_(lp * w if w is not None else lp, 0.0).sum(1)          # w[y] * logp[y]
