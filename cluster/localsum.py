@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import secrets
 
 import numpy as np
 
@@ -46,7 +47,9 @@ class Segments:
         self.dir, self.endpoint = directory, endpoint
         self.calls = 0
         self.mine: list = [None, None]      # (serial, path, mmap, nbytes) per parity
-        self.serial = 0
+        # serials start at random: a node restarted at the same endpoint never reuses a
+        # name a peer may still have mapped from its previous life
+        self.serial = secrets.randbelow(1 << 30) << 8
         self.peers: dict[str, tuple] = {}   # path -> (mmap, nbytes)
 
     def name(self, endpoint: str, parity: int, serial: int) -> str:
@@ -105,6 +108,17 @@ class Segments:
             cur[2].close()
         except BufferError:   # a view is still alive somewhere: the mapping goes with it
             pass
+
+    def new_ring(self) -> None:
+        """A new ring generation: every member starts at segment 0 again, and peers'
+        segments are mapped afresh (a member may be a new process at an old endpoint)."""
+        self.calls = 0
+        for mm, _ in self.peers.values():
+            try:
+                mm.close()
+            except BufferError:
+                pass
+        self.peers = {}
 
     def close(self) -> None:
         for cur in self.mine:
@@ -178,6 +192,8 @@ def local_ring(links, step: int) -> bool:
         links.shm_gen = links.gen
         if links.shm_ok and links.segments is None:
             links.segments = Segments(links.endpoint)
+        elif links.shm_ok:
+            links.segments.new_ring()
     return links.shm_ok
 
 

@@ -89,3 +89,43 @@ def test_local_socket_path_belongs_to_the_advertised_endpoint_only():
     assert local_path("tcp://10.0.0.1:7071") != local_path("tcp://10.0.0.2:7071")
     assert local_path("tcp://10.0.0.1:7071", "off") is None
     assert localsum.usable() == os.access("/dev/shm", os.W_OK)
+
+
+def test_a_newcomer_in_the_next_generation_sums_with_members_that_have_history():
+    """Members count their calls (segment parity); a ring re-formed with a fresh process
+    must start them all at the same segment and map every peer afresh."""
+    ctx = zmq.Context(io_threads=2)
+    links = [RingLinks(ctx, "tcp://127.0.0.1:*", SECRET, name=f"rank{r}", timeout_s=20) for r in range(3)]
+    for lk in links:
+        lk.bind_local()
+    rng = np.random.default_rng(7)
+
+    def ring(members, gen, calls):
+        peers = [lk.endpoint for lk in members]
+        for r, lk in enumerate(members):
+            lk.connect(gen, r, peers)
+        outs, errs = [None] * len(members), []
+
+        def run(r):
+            try:
+                outs[r] = [allreduce(members[r], c[r].copy(), 100 * gen + i) for i, c in enumerate(calls)]
+            except Exception as e:
+                errs.append(e)
+                for other in members:
+                    other.cancel.set()
+        ts = [threading.Thread(target=run, args=(r,)) for r in range(len(members))]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(60)
+        assert not errs, errs
+        for i, c in enumerate(calls):
+            assert all(o[i].tobytes() == outs[0][i].tobytes() for o in outs)
+            np.testing.assert_allclose(outs[0][i], np.sum(c, axis=0, dtype=np.float64), rtol=1e-5, atol=1e-5)
+        assert all(lk.shm_ok for lk in members)
+
+    ring(links[:2], 1, [[rng.standard_normal(100_000).astype(np.float32) for _ in range(2)]])
+    ring(links, 2, [[rng.standard_normal(150_000).astype(np.float32) for _ in range(3)] for _ in range(2)])
+    for lk in links:
+        lk.close(linger_ms=0)
+    ctx.term()
