@@ -399,11 +399,12 @@ def _a_load(em, a, bidx, row, col, name):
     return em.stmts
 
 
-def _gemm_epilogue(em, anchor, out, bidx):
-    """SSA of the fused epilogue at (batch, e_m, e_n) with the accumulator as e_acc."""
+def _gemm_epilogue(em, anchor, out, bidx, swap=False):
+    """SSA of the fused epilogue at (batch, e_m, e_n) with the accumulator as e_acc
+    (at (batch, e_n, e_m) when the kernel computes the transposed product)."""
     em.memo, em.stmts = {}, []
     em.anchor, em.anchor_value = anchor, "e_acc"
-    v = "e_acc" if out is anchor else _compute(em, out, tuple(bidx) + ("e_m", "e_n"))
+    v = "e_acc" if out is anchor else _compute(em, out, tuple(bidx) + (("e_n", "e_m") if swap else ("e_m", "e_n")))
     return em.stmts, _as_name(v, out.dtype)
 
 
@@ -467,10 +468,12 @@ def _lower_matmul(group, args, leaf_name, kind, vector_width=16):
     R = R_packed if a_packed else min(8, M)
     Mb = -(-M // R)
     a_rows = [] if a_packed else [_a_load(em, a, bidx, f"am{r}", "k", f"a{r}") for r in range(R)]
-    epilogue, value = _gemm_epilogue(em, anchor, out, bidx)
+    swap = bool(variant.get("SWAP"))    # the kernel computes C^T: the output is [*B, N, M]
+    epilogue, value = _gemm_epilogue(em, anchor, out, bidx, swap)
+    out_index = f"(bz * {N} + e_n) * {M} + e_m" if swap else f"(bz * {M} + e_m) * {N} + e_n"
     VW = next(v for v in GEMM_VECTOR_WIDTHS if v <= vector_width and W % v == 0)
     params = dict(common, R=R, VW=VW, NV=W // VW, Mb=Mb, Nb=Nb, a_rows=a_rows, epilogue=epilogue, value=value,
-                  b_base=b_base, b_step=b_step)
+                  b_base=b_base, b_step=b_step, out_index=out_index)
     local = (4, 1, 1) if Mb % 4 == 0 else None
-    return _finish(group, "gemm", params, dict(display, R=R, W=W, VW=VW, b_in_place=bool(strip)), args, (Mb, Nb, nb),
-                   local)
+    return _finish(group, "gemm", params, dict(display, R=R, W=W, VW=VW, b_in_place=bool(strip), swapped=swap), args,
+                   (Mb, Nb, nb), local)

@@ -174,7 +174,8 @@ def gemm(a: Node, bp: Node, dims, variant=()) -> Node:
     pairs that codegen reads; empty means the template's defaults). A variant with
     ``B_ROW`` = W takes B as it is, [*B, K, N], and reads W-wide column strips of its
     rows in place (a CPU's panels without the packing copy; the template reads a ragged
-    last strip column by column)."""
+    last strip column by column). With ``SWAP`` the kernel's product is the transpose of
+    the node's: the node is [*B, N, M], stored transposed."""
     M, N, K, R = (int(d) for d in dims)
     variant = tuple(sorted((str(k), v) for k, v in dict(variant).items()))
     strip = dict(variant).get("B_ROW")
@@ -187,7 +188,8 @@ def gemm(a: Node, bp: Node, dims, variant=()) -> Node:
     ok_a = (a.shape == batch + (-(-M // R), K, R)) if R else (a.shape == batch + (M, K))
     if not (ok_a and ok_b) or a.dtype != "float32" or bp.dtype != "float32":
         raise ShapeError(f"gemm: operand layouts {a.shape} / {bp.shape} do not fit M={M} N={N} K={K} R={R}")
-    return Node("GEMM", (a, bp), (M, N, K, R, variant), batch + (M, N), "float32")
+    shape = batch + ((N, M) if dict(variant).get("SWAP") else (M, N))
+    return Node("GEMM", (a, bp), (M, N, K, R, variant), shape, "float32")
 
 
 def with_srcs(n: Node, srcs) -> Node:

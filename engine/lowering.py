@@ -113,6 +113,8 @@ def lower_matmul(a: ir.Node, b: ir.Node, device, is_leaf=lambda n: n.op in ir.SO
     *batch, M, K = a.shape
     N = b.shape[-1]
     b = _fold_permutes(b)
+    if _swap_pays(a, b, device):
+        return _swapped(a, b, device, is_leaf)
     tile, pack_a = tune.matmul_layout(a.shape, b.shape, device)
     if _reads_window(a, is_leaf) and not (device.kind == "gpu" and _transposed(a)):
         pack_a = False
@@ -184,6 +186,36 @@ def _variant(M, N, K, batch, device) -> dict:
     """The kernel variant the tuning module picks for this GEMM ({} = the template's defaults)."""
     pick = getattr(tune, "gemm_variant", None)
     return dict(pick(M, N, K, batch, device) or {}) if pick is not None else {}
+
+
+def _swap_pays(a, b, device) -> bool:
+    """A CPU computes C = A @ B as the transposed product C^T = B^T @ A^T, stored
+    transposed by its epilogue, when B is a transposed view (a weight ``w`` [N, K] in
+    ``x @ w.T``) and A is the smaller operand: B^T is then ``w`` itself, whose rows the
+    kernel reads in place as its A, and the one copy the product needs is A^T (M x K
+    floats) instead of B (K x N)."""
+    if device.kind == "gpu" or len(a.shape) < 2 or not _transposed(b):
+        return False
+    *batch, M, K = a.shape
+    N = b.shape[-1]
+    nb = len(batch)
+    if b.arg != tuple(range(nb)) + (nb + 1, nb) or M >= N or K * M > CPU_B_IN_PLACE_MAX:
+        return False
+    tile, _ = tune.matmul_layout(b.shape[:-2] + (N, K), a.shape[:-2] + (K, M), device)
+    return split_k(N, M, K, math.prod(batch), tile, False, device) == 1 and M % tile[1] == 0
+
+
+def _swapped(a, b, device, is_leaf) -> ir.Node:
+    """C = A @ B as GEMM(B^T, A^T) with the SWAP variant (see _swap_pays)."""
+    *batch, M, K = a.shape
+    N = b.shape[-1]
+    nb = len(batch)
+    swap = tuple(range(nb)) + (nb + 1, nb)
+    bt = _fold_permutes(ir.permute(b, swap))                     # [*B, N, K]: the weight itself
+    at = ir.permute(a, swap)                                     # [*B, K, M]
+    tile, _ = tune.matmul_layout(bt.shape, at.shape, device)
+    variant = dict(_variant(N, M, K, math.prod(batch), device), SWAP=1)
+    return _gemm(bt, at, tile, False, variant, True)
 
 
 def _fold_permutes(x) -> ir.Node:

@@ -11,7 +11,8 @@
 ## params: name, M, N, K, R, VW (16, 8, 4 or 1), NV, Mb, Nb, args, a_packed, a_name, a_rows
 ##         (R SSA blocks defining a<r> from am<r> and k), b_name, b_base (optional: B's first float
 ##         of panel nb in batch bz), b_step (optional: floats between its k rows), out_name, batch_index
-##         (SSA from bz), epilogue (SSA using e_acc, e_m, e_n), value
+##         (SSA from bz), epilogue (SSA using e_acc, e_m, e_n), value, out_index (optional:
+##         the output's element of C[e_m][e_n])
 <%namespace name="ssa" file="_ssa.cl.mako"/>
 <%
     W = VW * NV
@@ -20,6 +21,8 @@
     b_row = context.get("b_step", W)
     # B read in place with N not a multiple of W: the last strip reads its columns one by one
     ragged = b_row != W and N % W != 0
+    # where C[e_m][e_n] goes (optional: the transposed product's caller stores it transposed)
+    out_at = context.get("out_index", "(bz * %d + e_m) * %d + e_n" % (M, N))
     if VW not in (1, 4, 8, 16):
         raise ValueError("gemm: vector width VW must be 16, 8, 4 or 1, got %r" % (VW,))
     vt = "float" if VW == 1 else "float%d" % VW
@@ -49,7 +52,7 @@
 typedef ${vt} ${ut} __attribute__((aligned(4)));
 #endif
 % endif
-__kernel void MAO_MIN_VECTOR_WIDTH(${32 * VW}) ${name}(${ssa.params(args)})
+MAO_MIN_VECTOR_WIDTH(${32 * VW}) __kernel void ${name}(${ssa.params(args)})
 {
     const int mb = get_global_id(0);
     const int nb = get_global_id(1);
@@ -119,7 +122,7 @@ ${k_loop(False)}\
             if (e_n < ${N}) {
                 const float e_acc = ct[j];
 ${ssa.block(epilogue, indent='                ')}
-                ${out_name}[(bz * ${M} + e_m) * ${N} + e_n] = ${value};
+                ${out_name}[${out_at}] = ${value};
             }
         }
     }

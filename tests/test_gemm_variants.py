@@ -184,3 +184,21 @@ def test_cpu_gemm_reads_a_transposed_twice_weight_in_place_and_a_big_b_packed(mo
     monkeypatch.setattr(lowering, "CPU_B_IN_PLACE_MAX", 96 * 64 - 1)
     np.testing.assert_allclose((x @ wt.T.T.T).numpy(), a.astype(np.float64) @ w.T, rtol=1e-4, atol=1e-4)
     assert [s.display["b_in_place"] for s in _cpu_gemms(dev)] == [True, True, False]
+
+
+@pytest.mark.parametrize("batch, M, K, N", [((), 32, 50, 96), ((), 64, 33, 200), ((2,), 32, 21, 70)])
+def test_cpu_gemm_of_a_transposed_weight_runs_as_the_transposed_product(batch, M, K, N):
+    """x @ w.T + bias, ReLU (a Linear layer, w [N, K]) with fewer rows than outputs: the
+    kernel computes (w @ x.T).T, reading w in place, and its epilogue stores C transposed."""
+    dev = _cpu_device()
+    rng = np.random.default_rng(M + K + N)
+    a, w, bias = _rand(rng, *batch, M, K), _rand(rng, *batch, N, K), _rand(rng, N)
+    x, wt, c = (engine.tensor(v, device=dev) for v in (a, w, bias))
+    got = ((x @ wt.transpose(-1, -2)) + c).relu().numpy()
+    want = np.maximum(a.astype(np.float64) @ np.swapaxes(w, -1, -2) + bias, 0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    gemms = _cpu_gemms(dev)
+    assert len(gemms) == 1 and gemms[0].display["swapped"] and (gemms[0].display["M"], gemms[0].display["N"]) == (N, M)
+    # the one copy is x.T (M x K floats), not w.T (K x N)
+    copies = [ck.spec for ck in dev._programs.values() if ck.spec.template == "elementwise"]
+    assert len(copies) == 1 and copies[0].display["numel"] == int(np.prod(batch, dtype=int)) * M * K
