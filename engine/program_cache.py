@@ -208,7 +208,7 @@ class ProgramCacheMixin:
                     "source_sha256": source_sha, "name": spec.name}
         bad = [k for k, v in expected.items() if header.get(k) != v]
         gkey = header.get("group")
-        if not bad and not (isinstance(gkey, str) and len(gkey) == 32 and gkey.isalnum()):
+        if not bad and not (isinstance(gkey, str) and len(gkey) == 32 and gkey.isalnum() and gkey != key):
             bad = ["group"]
         if bad:
             self._reject(path, "does not match " + ", ".join(bad))
@@ -287,34 +287,58 @@ class ProgramCacheMixin:
         isolation, fallbacks and error reports. Returns how many kernels it compiled."""
         if self._extra_options:
             options = f"{options} {self._extra_options}".strip()
-        bad = self.capabilities().get("bad_programs", {})
-        todo, keys, names = [], set(), set()
+        probing = self._probing()       # a cold start: the probe runs in build child 0 right now
+        bad = {} if probing else self.capabilities().get("bad_programs", {})   # a fresh probe remembers none
+        todo, gemms, keys, names = [], [], set(), set()
         for spec in specs:
             if getattr(spec, "source", None) is None or spec.template == "bundle":
                 continue
             key = self._cache_key(spec.source, options)
             if key in self._programs or key in self._prebuilt or key in keys:
                 continue
-            vspec = self._specialize(spec)
-            vkey = self._cache_key(vspec.source, options)
-            if vkey in bad or vspec.name in names or os.path.exists(self._entry_path(vkey)):
-                continue       # remembered as bad, a name twice, or on disk: build() deals with it
             keys.add(key)
-            names.add(vspec.name)
-            todo.append((key, vspec, vkey))
+            if probing and spec.template == "gemm":     # its vector width is the probe's answer
+                gemms.append((key, spec))
+                continue
+            item = self._admitted(key, spec, options, bad, names)
+            if item is not None:
+                todo.append(item)
         workers = _build_workers()
-        if len(todo) < 2 or not workers:
+        if len(todo) + len(gemms) < 2 or not workers:
             return 0
         t0 = time.perf_counter()
-        n = max(1, min(workers, len(todo) // 2))
-        chunks = _balanced(todo, n)
-        if n == 1:
-            results = [self._build_group(chunks[0], 0, options)]
+        if gemms and workers >= 2 and len(todo) >= 2:
+            # the other kernels in children 1.. now, the GEMMs in child 0 once its probe is done
+            n = max(1, min(workers - 1, len(todo) // 2))
+            jobs = [(lambda c=c, slot=slot: (c, self._build_group(c, slot, options, load=False)))
+                    for slot, c in enumerate(_balanced(todo, n), start=1)]
+            jobs.append(lambda: self._build_gemms_after_probe(gemms, options, names))
         else:
-            with ThreadPoolExecutor(n) as pool:
-                results = list(pool.map(lambda ic: self._build_group(ic[1], ic[0], options), enumerate(chunks)))
+            for key, spec in gemms:         # waits for the probe here (_specialize)
+                item = self._admitted(key, spec, options, self.capabilities().get("bad_programs", {}), names)
+                if item is not None:
+                    todo.append(item)
+            if len(todo) < 2:
+                return 0
+            n = max(1, min(workers, len(todo) // 2))
+            jobs = [(lambda c=c, slot=slot: (c, self._build_group(c, slot, options, load=False)))
+                    for slot, c in enumerate(_balanced(todo, n))]
+        if len(jobs) == 1 or _safe_mode(self) == "off":     # in this process: one build at a time
+            results = [job() for job in jobs]
+        else:
+            with ThreadPoolExecutor(len(jobs)) as pool:
+                results = list(pool.map(lambda job: job(), jobs))
         built = 0
-        for chunk, (program, gkey, source, binary, payload) in zip(chunks, results):
+        for chunk, (program, gkey, source, binary, payload) in results:
+            if not chunk:
+                continue
+            if program is None and binary is not None:
+                # made a program here, in this thread only: the children built in parallel, but
+                # Oclgrind crashed loading binaries from several threads at once
+                try:
+                    program = self._program_of(binary, payload, options)
+                except Exception:
+                    program = None
             if program is None:
                 self.stats["group_failures"] += 1
                 continue
@@ -326,6 +350,25 @@ class ProgramCacheMixin:
             built += len(chunk)
         self.stats["build_s"] += time.perf_counter() - t0
         return built
+
+    def _admitted(self, key, spec, options, bad, names):
+        """(key, the variant to build, its key), or None where build() deals with the kernel:
+        remembered as bad, a name twice, or on disk."""
+        vspec = self._specialize(spec)
+        vkey = self._cache_key(vspec.source, options)
+        if vkey in bad or vspec.name in names or os.path.exists(self._entry_path(vkey)):
+            return None
+        names.add(vspec.name)
+        return key, vspec, vkey
+
+    def _build_gemms_after_probe(self, gemms, options, names):
+        """The GEMMs of a cold start's first prebuild: narrowed to what the probe found, one
+        group in child 0 (where the probe ran), while the other children build the rest."""
+        bad = self.capabilities().get("bad_programs", {})      # waits for the probe
+        chunk = [item for item in (self._admitted(key, spec, options, bad, names) for key, spec in gemms) if item]
+        if len(chunk) < 2:          # one kernel: build() builds it on its own
+            return [], (None, None, None, None, None)
+        return chunk, self._build_group(chunk, 0, options, load=False)
 
     def _warm_more_workers(self):
         """On a cold start (the device is being probed, so nothing of it is cached either),
@@ -344,10 +387,11 @@ class ProgramCacheMixin:
         except Exception:   # a child that will not start or build: prebuild's own request finds out
             pass
 
-    def _build_group(self, chunk, slot, options):
-        """(program or None, its cache key, its source, what to store, its payload kind) of
-        one group, built in build child number ``slot`` (in this process where builds are
-        not isolated)."""
+    def _build_group(self, chunk, slot, options, load=True):
+        """(program or None, its cache key, its source, what to store or None, its payload
+        kind) of one group, built in build child number ``slot`` (in this process where
+        builds are not isolated); ``load=False``: what the child built is not made a program
+        here (the caller does, in one thread)."""
         source = "\n".join(vspec.source for _, vspec, _ in chunk)
         gkey = self._cache_key(source, options)
         mode = _safe_mode(self)
@@ -361,10 +405,8 @@ class ProgramCacheMixin:
                                               timeout=_env_float("ENGINE_BUILD_TIMEOUT", 300.0))
             if not resp["ok"]:
                 return None, gkey, source, None, None
-            if proven:
-                return self._from_proven_source(source, options), gkey, source, source.encode(), "source"
-            binary = base64.b64decode(resp["binary"])
-            return self._from_binary(binary, options), gkey, source, binary, "binary"
+            blob, payload = (source.encode(), "source") if proven else (base64.b64decode(resp["binary"]), "binary")
+            return (self._program_of(blob, payload, options) if load else None), gkey, source, blob, payload
         except Exception:       # _ChildFailed, _WorkerUnavailable, a build error: build() retries one by one
             return None, gkey, source, None, None
 
@@ -373,6 +415,9 @@ class ProgramCacheMixin:
         each member; each member's entry names the group (see _load_member)."""
         if binary is None:
             return
+        if len(chunk) == 1:     # the group's source is its one member's: gkey is the member's own key,
+            _, vspec, vkey = chunk[0]   # and a member entry written there would name itself as its group
+            return self._store_binary(vspec, options, vkey, binary, payload)
         try:
             header = self._entry_header(source, options, gkey, binary, payload)
             header["members"] = {vspec.name: hashlib.sha256(vspec.source.encode()).hexdigest()

@@ -9,10 +9,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+import pyopencl as cl
 import pytest
 
 import engine
-from engine import build_child
+from engine import build_child, program_cache, runtime
 
 pytestmark = pytest.mark.skipif(build_child._safe_mode(engine.default_device()) == "off",
                                 reason="ENGINE_SAFE_BUILD=off: builds are not isolated")
@@ -57,11 +59,12 @@ def test_grouped_parallel_builds_give_the_same_kernels_and_numbers(tmp_path):
 
 
 def test_a_child_that_crashes_on_its_group_loses_only_that_group(tmp_path):
-    """The injected crash hits any source holding both a GEMM and a reduce kernel: every
-    group of this step, never one kernel alone. The groups' children die, their kernels are
-    built one at a time, the numbers are right and nothing is blamed on a kernel variant."""
+    """The injected crash hits any source holding both a reduce and an elementwise kernel:
+    a group of this step (on a cold start the GEMMs, built after the probe, have a group of
+    their own), never one kernel alone. The group's child dies, its kernels are built one at
+    a time, the numbers are right and nothing is blamed on a kernel variant."""
     ref, _ = _run(tmp_path, 0, cache="ref")
-    out, err = _run(tmp_path, 2, fault="abort:void mao_gemm&void mao_reduce", cache="crash")
+    out, err = _run(tmp_path, 2, fault="abort:void mao_reduce&void mao_elementwise", cache="crash")
     assert out["stats"]["group_failures"] >= 1
     assert out["loss"] == ref["loss"] and out["grads"] == ref["grads"]
     assert out["stats"]["builds"] == ref["stats"]["builds"]
@@ -93,3 +96,41 @@ def test_a_group_is_cached_once_and_its_members_load_from_disk(tmp_path):
     again, err = _run(tmp_path, 2)
     assert "CacheEntryWarning" in err and again["stats"]["rejected"] >= 1 and again["stats"]["builds"] >= 1
     assert again["loss"] == first["loss"] and again["grads"] == first["grads"]
+
+
+class _Spec:
+    """A kernel description as codegen gives one, for a hand-written source (no launch args)."""
+    args, global_size, local_size, params, display = (), (4,), None, {}, {}
+
+    def __init__(self, name, source, template="elementwise"):
+        self.name, self.source, self.template = name, source, template
+
+
+def test_a_group_of_one_kernel_is_stored_as_that_kernel(monkeypatch, tmp_path):
+    """The split can leave one kernel alone in a group (a GEMM weighs three small kernels):
+    its group source is the kernel's own, so the group's key is the member's key. It is
+    stored as a plain entry, not as a member entry naming itself as its group (which once
+    overwrote the group's bytes and was refused by every later process)."""
+    items = [("k0", _Spec("g", "", "gemm"), "v0")] + [(f"k{i}", _Spec(f"e{i}", ""), f"v{i}") for i in (1, 2, 3)]
+    assert [len(g) for g in program_cache._balanced(items, 2)] == [1, 3]
+    monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path))
+    d = engine.default_device()
+    spec = _Spec("mao_put_one", "__kernel void mao_put_one(__global float* o) { o[get_global_id(0)] = 3.0f; }")
+    dev = runtime.Device(d.cl_device, d.index)
+    opts = dev._extra_options       # what build() adds (ENGINE_BUILD_OPTIONS, e.g. under Oclgrind)
+    key = dev._cache_key(spec.source, opts)
+    chunk = [(key, spec, key)]
+    program, gkey, source, binary, payload = dev._build_group(chunk, 0, opts)
+    assert program is not None and gkey == key
+    dev._store_group(chunk, opts, gkey, source, binary, payload)
+    with open(dev._entry_path(key), "rb") as f:
+        header = json.loads(f.readline())
+    assert header["format"] == "many-as-one/program" and "group" not in header
+    fresh = runtime.Device(d.cl_device, d.index)       # a new process's view: from disk, no rejection
+    ck = fresh.build(spec)
+    assert fresh.stats["disk_hits"] == 1 and fresh.stats["rejected"] == 0 and fresh.stats["builds"] == 0
+    buf = cl.Buffer(fresh.context, cl.mem_flags.READ_WRITE, 16)
+    ck.kernel(fresh.queue, (4,), None, buf)
+    out = np.empty(4, np.float32)
+    cl.enqueue_copy(fresh.queue, out, buf, is_blocking=True)
+    assert out.tolist() == [3.0] * 4
