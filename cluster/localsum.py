@@ -17,6 +17,8 @@ Step 3 of call k and step 1 of call k+1 write different segments, and call k+2 r
 segment k % 2 only after every rank signalled "ready" in call k+1, i.e. finished call k.
 Copies and sums run on hostpool's threads, in its fixed pieces.
 
+Segments live as long as their owner: one that is SIGKILLed leaves its files, and the next
+Segments on the host removes them (`sweep`: an owner holds a flock on each of its files).
 A segment is allocated with posix_fallocate, so a full /dev/shm is an error now (the ring
 is used instead) rather than a SIGBUS later.  The ring decides once per generation whether
 every rank's right neighbour is on this host (ring.py's Unix socket) and /dev/shm works
@@ -25,10 +27,12 @@ apply here: the sum is exact float32.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import mmap
 import os
 import secrets
+import time
 
 import numpy as np
 
@@ -51,6 +55,7 @@ class Segments:
         # name a peer may still have mapped from its previous life
         self.serial = secrets.randbelow(1 << 30) << 8
         self.peers: dict[str, tuple] = {}   # path -> (mmap, nbytes)
+        sweep(directory)
 
     def name(self, endpoint: str, parity: int, serial: int) -> str:
         tag = hashlib.sha256(endpoint.encode()).hexdigest()[:20]
@@ -63,18 +68,21 @@ class Segments:
         if cur is None or cur[3] < nbytes:
             self.serial += 1
             path = self.name(self.endpoint, parity, self.serial)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            # created under a temporary name and locked before it gets its real one, so a
+            # sweep (below) never sees a live segment unlocked
+            fd = os.open(path + ".new", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
+                fcntl.flock(fd, fcntl.LOCK_SH)        # held while this process lives
                 os.posix_fallocate(fd, 0, max(4, nbytes))
                 mm = mmap.mmap(fd, max(4, nbytes), flags=MAP_FLAGS)
+                os.rename(path + ".new", path)
             except OSError:
                 os.close(fd)
-                os.unlink(path)
+                os.unlink(path + ".new")
                 return None
-            os.close(fd)
             if cur is not None:
                 self._drop(cur)
-            cur = self.mine[parity] = (self.serial, path, mm, max(4, nbytes))
+            cur = self.mine[parity] = (self.serial, path, mm, max(4, nbytes), fd)
         return cur[0], np.frombuffer(cur[2], np.float32)
 
     def peer(self, endpoint: str, parity: int, serial: int, nbytes: int) -> np.ndarray:
@@ -104,6 +112,7 @@ class Segments:
             os.unlink(cur[1])
         except OSError:
             pass
+        os.close(cur[4])
         try:
             cur[2].close()
         except BufferError:   # a view is still alive somewhere: the mapping goes with it
@@ -131,6 +140,37 @@ class Segments:
             except BufferError:
                 pass
         self.peers = {}
+
+
+def sweep(directory: str = SHM_DIR, grace_s: float = 60.0) -> int:
+    """Remove the segments of dead processes (a SIGKILLed node cannot remove its own, and
+    they hold memory): a live owner keeps a shared flock on each of its segments, so one
+    we can lock exclusively has no owner.  Returns how many were removed."""
+    removed = 0
+    try:
+        names = [n for n in os.listdir(directory) if n.startswith("engine-ring-")]
+    except OSError:
+        return 0
+    for n in names:
+        path = os.path.join(directory, n)
+        try:
+            if n.endswith(".new"):       # died while creating it (or is creating it right now)
+                if time.time() - os.stat(path).st_mtime > grace_s:
+                    os.unlink(path)
+                    removed += 1
+                continue
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+            removed += 1
+        except OSError:                  # locked: its owner lives
+            pass
+        finally:
+            os.close(fd)
+    return removed
 
 
 def usable(directory: str = SHM_DIR) -> bool:
@@ -226,4 +266,4 @@ def allreduce_local(links, seg: Segments, flat: np.ndarray, step: int) -> bool:
     return True
 
 
-__all__ = ["Segments", "allreduce_local", "exchange", "local_ring", "usable"]
+__all__ = ["Segments", "allreduce_local", "exchange", "local_ring", "sweep", "usable"]

@@ -129,3 +129,16 @@ def test_a_newcomer_in_the_next_generation_sums_with_members_that_have_history()
     for lk in links:
         lk.close(linger_ms=0)
     ctx.term()
+
+
+def test_segments_of_a_dead_process_are_swept_and_live_ones_kept(tmp_path):
+    live = localsum.Segments("tcp://127.0.0.1:1", str(tmp_path))
+    assert live.own(0, 4096) is not None
+    dead = tmp_path / "engine-ring-0123456789abcdef0123-0-7"     # no owner holds a lock on it
+    dead.write_bytes(b"\0" * 4096)
+    creating = tmp_path / "engine-ring-0123456789abcdef0123-1-8.new"   # a young temporary: left alone
+    creating.write_bytes(b"")
+    assert localsum.sweep(str(tmp_path)) == 1
+    assert not dead.exists() and creating.exists() and os.path.exists(live.mine[0][1])
+    live.close()
+    assert os.listdir(tmp_path) == [creating.name]
