@@ -1,7 +1,8 @@
 """The CPU GEMMs of one compiled MLP 784-512-512-10 training step (batch 128), each
-timed beside numpy (OpenBLAS) in one run: forward x @ W, input gradient g @ W^T, weight
-gradient x^T @ g (K = 128), as the engine lowers them (the product's packing copies
-counted in 'engine', the GEMM kernel alone in 'gemm only'), and a square n=1024.
+timed beside numpy (OpenBLAS) in one run: forward x @ w.T, input gradient g @ w, weight
+gradient g.T @ x (K = 128), as the engine lowers them ('engine us': every kernel of the
+product, its operand copies included; 'gemm us': the GEMM kernel alone), and a square
+n=1024. Both sides are the best of ``--repeat`` runs.
 
     python -m bench.gemm_cpu [--repeat 5] [--device pocl]
 """
@@ -14,17 +15,18 @@ import numpy as np
 import engine
 from bench.common import best_of, header
 
-# (label, A shape, B shape, transpose A, transpose B): how the step forms each product
+# (label, A shape, B shape, transpose A, transpose B): the products as an engine.nn.Linear
+# step forms them (weights [out, in], like PyTorch's): forward x @ w.T, input gradient
+# g @ w, weight gradient g.T @ x
 SHAPES = [
-    ("fwd 128x784 @ 784x512", (128, 784), (784, 512), False, False),
-    ("fwd 128x512 @ 512x512", (128, 512), (512, 512), False, False),
-    ("fwd 128x512 @ 512x10", (128, 512), (512, 10), False, False),
-    ("dX 128x512 @ (784x512)^T", (128, 512), (784, 512), False, True),
-    ("dX 128x512 @ (512x512)^T", (128, 512), (512, 512), False, True),
-    ("dX 128x10 @ (512x10)^T", (128, 10), (512, 10), False, True),
-    ("dW (128x784)^T @ 128x512", (128, 784), (128, 512), True, False),
+    ("fwd 128x784 @ (512x784)^T", (128, 784), (512, 784), False, True),
+    ("fwd 128x512 @ (512x512)^T", (128, 512), (512, 512), False, True),
+    ("fwd 128x512 @ (10x512)^T", (128, 512), (10, 512), False, True),
+    ("dX 128x512 @ 512x512", (128, 512), (512, 512), False, False),
+    ("dX 128x10 @ 10x512", (128, 10), (10, 512), False, False),
+    ("dW (128x512)^T @ 128x784", (128, 512), (128, 784), True, False),
     ("dW (128x512)^T @ 128x512", (128, 512), (128, 512), True, False),
-    ("dW (128x512)^T @ 128x10", (128, 512), (128, 10), True, False),
+    ("dW (128x10)^T @ 128x512", (128, 10), (128, 512), True, False),
     ("square 1024", (1024, 1024), (1024, 1024), False, False),
 ]
 
@@ -73,8 +75,7 @@ def main(argv=None):
         rng = np.random.default_rng(1)
         an = rng.standard_normal(ashape, dtype=np.float32)
         bn = rng.standard_normal(bshape, dtype=np.float32)
-        x, y = (np.ascontiguousarray(an.T) if False else an), bn
-        tn = best_of(lambda: _op(ta, tb)(x, y), repeat=args.repeat)
+        tn = best_of(lambda: _op(ta, tb)(an, bn), repeat=args.repeat)
         M = ashape[1] if ta else ashape[0]
         K = ashape[0] if ta else ashape[1]
         N = bshape[0] if tb else bshape[1]

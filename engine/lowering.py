@@ -50,6 +50,10 @@ SPLIT_K_FROM = 2048
 CPU_B_IN_PLACE_MAX = 1 << 19
 # strips of W columns from which a B whose N is not whole strips is read in place anyway
 RAGGED_STRIPS_FROM = 8
+# the shortest K for which a CPU computes x @ w.T as (w @ x.T).T: the transposed store
+# costs about as much as a short product (a 128 x 512 output with K = 10 took ~12x longer
+# swapped than the plain GEMM after its 5 K-float copy)
+SWAP_K_FROM = 128
 # rows of C a tiled GPU work-group computes when A is read through its view (codegen's TM)
 _GPU_IMPLICIT_ROWS = 128
 
@@ -71,7 +75,7 @@ def device_key(device) -> tuple:
     tuning database), so a plan remembered by the neutral graph's structure is never one
     lowered under other tiles or splits."""
     split = (FILL, SPLIT_K_FROM, tuple(sorted(SPLIT_BELOW.items())), tuple(sorted(SPLIT_K_MIN.items())),
-             CPU_B_IN_PLACE_MAX, RAGGED_STRIPS_FROM)
+             CPU_B_IN_PLACE_MAX, RAGGED_STRIPS_FROM, SWAP_K_FROM)
     return device.kind, getattr(device, "identity", ""), compute_units(device), split, _tuning_state()
 
 
@@ -199,7 +203,8 @@ def _swap_pays(a, b, device) -> bool:
     *batch, M, K = a.shape
     N = b.shape[-1]
     nb = len(batch)
-    if b.arg != tuple(range(nb)) + (nb + 1, nb) or M >= N or K * M > CPU_B_IN_PLACE_MAX:
+    if (b.arg != tuple(range(nb)) + (nb + 1, nb) or M >= N or K < SWAP_K_FROM
+            or K * M > CPU_B_IN_PLACE_MAX):
         return False
     tile, _ = tune.matmul_layout(b.shape[:-2] + (N, K), a.shape[:-2] + (K, M), device)
     return split_k(N, M, K, math.prod(batch), tile, False, device) == 1 and M % tile[1] == 0

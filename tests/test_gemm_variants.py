@@ -186,10 +186,11 @@ def test_cpu_gemm_reads_a_transposed_twice_weight_in_place_and_a_big_b_packed(mo
     assert [s.display["b_in_place"] for s in _cpu_gemms(dev)] == [True, True, False]
 
 
-@pytest.mark.parametrize("batch, M, K, N", [((), 32, 50, 96), ((), 64, 33, 200), ((2,), 32, 21, 70)])
+@pytest.mark.parametrize("batch, M, K, N", [((), 32, 130, 96), ((), 64, 160, 200), ((2,), 32, 128, 70)])
 def test_cpu_gemm_of_a_transposed_weight_runs_as_the_transposed_product(batch, M, K, N):
     """x @ w.T + bias, ReLU (a Linear layer, w [N, K]) with fewer rows than outputs: the
-    kernel computes (w @ x.T).T, reading w in place, and its epilogue stores C transposed."""
+    kernel computes (w @ x.T).T, reading w in place, and its epilogue stores C transposed;
+    with a short K the plain product is kept (its transposed store would cost more)."""
     dev = _cpu_device()
     rng = np.random.default_rng(M + K + N)
     a, w, bias = _rand(rng, *batch, M, K), _rand(rng, *batch, N, K), _rand(rng, N)
@@ -202,3 +203,7 @@ def test_cpu_gemm_of_a_transposed_weight_runs_as_the_transposed_product(batch, M
     # the one copy is x.T (M x K floats), not w.T (K x N)
     copies = [ck.spec for ck in dev._programs.values() if ck.spec.template == "elementwise"]
     assert len(copies) == 1 and copies[0].display["numel"] == int(np.prod(batch, dtype=int)) * M * K
+    short = engine.tensor(a[..., :10], device=dev) @ engine.tensor(w[..., :10], device=dev).transpose(-1, -2)
+    np.testing.assert_allclose(short.numpy(), a[..., :10].astype(np.float64) @ np.swapaxes(w[..., :10], -1, -2),
+                               rtol=1e-4, atol=1e-4)
+    assert not _cpu_gemms(dev)[-1].display["swapped"]
