@@ -22,7 +22,11 @@
     # B read in place with N not a multiple of W: the last strip reads its columns one by one
     ragged = b_row != W and N % W != 0
     # where C[e_m][e_n] goes (optional: the transposed product's caller stores it transposed)
-    out_at = context.get("out_index", "(bz * %d + e_m) * %d + e_n" % (M, N))
+    c_at = "(bz * %d + e_m) * %d + e_n" % (M, N)
+    out_at = context.get("out_index", c_at)
+    # C stored as it is (no epilogue, C's own layout): whole strips go out as vectors; with
+    # a short K the scalar epilogue loop took about as long as the products
+    direct = not epilogue and value == "e_acc" and out_at == c_at
     if VW not in (1, 4, 8, 16):
         raise ValueError("gemm: vector width VW must be 16, 8, 4 or 1, got %r" % (VW,))
     vt = "float" if VW == 1 else "float%d" % VW
@@ -33,6 +37,10 @@
     def bload(v, tail=False):
         src, space = ("bt", "") if tail else ("bp", "__global const ")
         return ("%s[%d]" % (src, v)) if VW == 1 else ("((%s%s*)%s)[%d]" % (space, ut, src, v))
+    def vstore_global(x, v, off):
+        if VW == 1:
+            return "ct[%d] = %s;" % (off + v, x)
+        return "*(__global %s*)(ct + %d) = %s;" % (ut, off + v * VW, x)
     def vstore(x, v):
         return ("ct[%d] = %s;" % (v, x)) if VW == 1 else ("((%s*)ct)[%d] = %s;" % (ut, v, x))
 %>
@@ -109,6 +117,19 @@ ${k_loop(False)}\
     }
 % else:
 ${k_loop(False)}\
+% endif
+% if direct:
+    if (n0 + ${W} <= ${N}) {    // nothing fused and the strip inside C: whole vectors stored
+        __global float* ct = ${out_name} + (bz * ${M} + m0) * ${N} + n0;
+% for r in range(R):
+        if (m0 + ${r} < ${M}) {
+% for v in range(NV):
+            ${vstore_global("acc%d_%d" % (r, v), v, r * N)}
+% endfor
+        }
+% endfor
+        return;
+    }
 % endif
     float ct[${W}];
 % for r in range(R):
