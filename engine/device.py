@@ -13,7 +13,7 @@ import pyopencl as cl
 from .build_child import _BuildWorker
 from .codegen import set_gemm_vector_width
 from .device_buffer import NP_DTYPES, Buffer
-from .probe import _load_profiles, _probe, _profile_key, _save_profile, _warn_probe
+from .probe import _load_profiles, _probe, _profile_key, _save_profile
 from .program_cache import CompiledKernel, ProgramCacheMixin
 
 __all__ = ["Device", "DEVICE_ALIASES"]
@@ -44,8 +44,6 @@ class Device(ProgramCacheMixin):
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
         self._caps = None
-        self._probe_thread = None       # a cold start's probe, running beside the first lowering and builds
-        self._probe_result = None
         self._build_worker = None
         self._more_workers: list = []   # build children 1, 2, ... that prebuild uses beside the first
         self._no_worker = False
@@ -90,8 +88,8 @@ class Device(ProgramCacheMixin):
         if self._ctx is None:
             self._ctx = cl.Context([self.cl_device])
             self._queue = cl.CommandQueue(self._ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
-            try:    # first use: the probe (from disk once done, else started in the background)
-                self._start_probe()
+            try:    # first use: the probe (from disk once done), so the first plan has the right GEMM width
+                self.capabilities()
             except Exception as exc:    # never let the probe machinery break the device itself
                 warnings.warn(f"device probe of {self.name} failed ({exc!r}); default kernel variants used")
         return self._ctx
@@ -144,46 +142,16 @@ class Device(ProgramCacheMixin):
     # --- the build child and the device probe -----------------------------------------------
     def _worker(self, slot: int = 0) -> "_BuildWorker":
         """Build child number ``slot``: the first builds and probes; prebuild uses more at once."""
-        with self._lock:            # the probe's thread and prebuild's ask from several threads
-            if not slot:
-                if self._build_worker is None or self._build_worker.owner != os.getpid():   # none yet, or forked
-                    self._build_worker = _BuildWorker(self)
-                return self._build_worker
-            more = [w for w in self._more_workers if w.owner == os.getpid()]     # a fork's are not ours
-            while len(more) < slot:
-                more.append(_BuildWorker(self))
-            self._more_workers = more
+        if slot:
+            with self._lock:
+                more = [w for w in self._more_workers if w.owner == os.getpid()]     # a fork's are not ours
+                while len(more) < slot:
+                    more.append(_BuildWorker(self))
+                self._more_workers = more
             return more[slot - 1]
-
-    def _start_probe(self):
-        """The probe's answer from disk, or, on a cold start, the probe started in a
-        background thread (in build child 0, as ever): only GEMM kernels need its answer
-        (their vector width), so the first plan is lowered and its other kernels are built
-        meanwhile; capabilities() waits for it, and prebuild builds the GEMMs after it."""
-        with self._probe_lock:
-            if self._caps is not None or self._probe_thread is not None:
-                return
-            prof = _load_profiles().get(_profile_key(self))
-            if prof is not None:
-                self._caps = prof
-                self._tell_codegen(prof)
-                return
-            self._warm_more_workers()
-            self._probe_thread = threading.Thread(target=self._probe_in_background, name="engine-probe", daemon=True)
-            self._probe_thread.start()
-
-    def _probe_in_background(self):
-        try:
-            prof = _probe(self)
-            if not prof.get("transient"):
-                _save_profile(self, prof)
-            self._probe_result = prof
-        except BaseException as exc:    # told by capabilities(), in the thread that waits
-            self._probe_result = exc
-
-    def _probing(self) -> bool:
-        """Whether a background probe has not been waited for yet (its answer may be pending)."""
-        return self._caps is None and self._probe_thread is not None
+        if self._build_worker is None or self._build_worker.owner != os.getpid():   # none yet, or forked
+            self._build_worker = _BuildWorker(self)
+        return self._build_worker
 
     def capabilities(self) -> dict:
         """What this device's compiler builds and runs (probed once per device and driver,
@@ -192,23 +160,12 @@ class Device(ProgramCacheMixin):
         if self._caps is None:
             with self._probe_lock:
                 if self._caps is None:
-                    thread, self._probe_thread = self._probe_thread, None
-                    fresh = True        # probed in this process just now: its warnings are told
-                    if thread is not None:
-                        thread.join()
-                        prof, self._probe_result = self._probe_result, None
-                        if isinstance(prof, BaseException):
-                            raise prof
-                    else:
-                        prof = _load_profiles().get(_profile_key(self))
-                        fresh = prof is None
-                        if fresh:
-                            self._warm_more_workers()
-                            prof = _probe(self)
-                            if not prof.get("transient"):
-                                _save_profile(self, prof)
-                    if fresh:
-                        _warn_probe(self, prof)
+                    prof = _load_profiles().get(_profile_key(self))
+                    if prof is None:
+                        self._warm_more_workers()
+                        prof = _probe(self)
+                        if not prof.get("transient"):
+                            _save_profile(self, prof)
                     self._caps = prof
                     self._tell_codegen(prof)
         return self._caps

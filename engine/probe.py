@@ -202,24 +202,12 @@ def _probe(device) -> dict:
             prof["local_memory"] = any(w.startswith("tiled") for w in prof["works"])
     except _WorkerUnavailable as exc:   # not remembered on disk: the next process tries again
         device._no_worker = True
+        warnings.warn(f"{exc}; the device probe did not run and programs are built in this process, "
+                      f"unprotected from compiler crashes", CompilerFallbackWarning, stacklevel=4)
         prof["probe"] = f"not run: {exc}"
         prof["safe_build"] = "off"
         prof["transient"] = True
     prof["probe_s"] = round(time.perf_counter() - t0, 3)
-    return prof
-
-
-def _warn_probe(device, prof):
-    """The probe's warnings (what it dropped, or that it could not run), told once it is
-    waited for: it may have run in a background thread (Device._start_probe), whose
-    warnings the user's filters and pytest.warns would not see."""
-    if prof.get("transient"):
-        warnings.warn(f"{prof['probe'][len('not run: '):]}; the device probe did not run and programs are built "
-                      f"in this process, unprotected from compiler crashes", CompilerFallbackWarning, stacklevel=4)
-    if device.kind in ("gpu", "accelerator"):
-        field, label = "tiled_max", lambda v: f"tiled gemm {v}x{v} (local memory)"
-    else:
-        field, label = "gemm_vector_width", lambda v: f"gemm {_vec_name(v)}"
     for d in prof["dropped"]:
         last = d["detail"].strip().splitlines()[-1] if d["detail"].strip() else "no output"
         instead = (f"using {label(prof[field])} instead" if d["variant"] != "elementwise+reduce"
@@ -228,3 +216,4 @@ def _warn_probe(device, prof):
                    f"the OpenCL compiler of {device.name} ({device.platform}, driver {device.driver}) {d['why']} on "
                    f"{d['variant']} kernels ({last}); {instead} "
                    f"(found by the device probe, remembered in {_profile_path()})")
+    return prof

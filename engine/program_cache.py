@@ -287,9 +287,8 @@ class ProgramCacheMixin:
         isolation, fallbacks and error reports. Returns how many kernels it compiled."""
         if self._extra_options:
             options = f"{options} {self._extra_options}".strip()
-        probing = self._probing()       # a cold start: the probe runs in build child 0 right now
-        bad = {} if probing else self.capabilities().get("bad_programs", {})   # a fresh probe remembers none
-        todo, gemms, keys, names = [], [], set(), set()
+        bad = self.capabilities().get("bad_programs", {})
+        todo, keys, names = [], set(), set()
         for spec in specs:
             if getattr(spec, "source", None) is None or spec.template == "bundle":
                 continue
@@ -297,32 +296,16 @@ class ProgramCacheMixin:
             if key in self._programs or key in self._prebuilt or key in keys:
                 continue
             keys.add(key)
-            if probing and spec.template == "gemm":     # its vector width is the probe's answer
-                gemms.append((key, spec))
-                continue
             item = self._admitted(key, spec, options, bad, names)
             if item is not None:
                 todo.append(item)
         workers = _build_workers()
-        if len(todo) + len(gemms) < 2 or not workers:
+        if len(todo) < 2 or not workers:
             return 0
         t0 = time.perf_counter()
-        if gemms and workers >= 2 and len(todo) >= 2:
-            # the other kernels in children 1.. now, the GEMMs in child 0 once its probe is done
-            n = max(1, min(workers - 1, len(todo) // 2))
-            jobs = [(lambda c=c, slot=slot: (c, self._build_group(c, slot, options, load=False)))
-                    for slot, c in enumerate(_balanced(todo, n), start=1)]
-            jobs.append(lambda: self._build_gemms_after_probe(gemms, options, names))
-        else:
-            for key, spec in gemms:         # waits for the probe here (_specialize)
-                item = self._admitted(key, spec, options, self.capabilities().get("bad_programs", {}), names)
-                if item is not None:
-                    todo.append(item)
-            if len(todo) < 2:
-                return 0
-            n = max(1, min(workers, len(todo) // 2))
-            jobs = [(lambda c=c, slot=slot: (c, self._build_group(c, slot, options, load=False)))
-                    for slot, c in enumerate(_balanced(todo, n))]
+        n = max(1, min(workers, len(todo) // 2))
+        jobs = [(lambda c=c, slot=slot: (c, self._build_group(c, slot, options, load=False)))
+                for slot, c in enumerate(_balanced(todo, n))]
         if len(jobs) == 1 or _safe_mode(self) == "off":     # in this process: one build at a time
             results = [job() for job in jobs]
         else:
@@ -330,11 +313,9 @@ class ProgramCacheMixin:
                 results = list(pool.map(lambda job: job(), jobs))
         built = 0
         for chunk, (program, gkey, source, binary, payload) in results:
-            if not chunk:
-                continue
             if program is None and binary is not None:
                 # made a program here, in this thread only: the children built in parallel, but
-                # Oclgrind crashed loading binaries from several threads at once
+                # Oclgrind was seen to segfault loading binaries from several threads at once
                 try:
                     program = self._program_of(binary, payload, options)
                 except Exception:
@@ -360,15 +341,6 @@ class ProgramCacheMixin:
             return None
         names.add(vspec.name)
         return key, vspec, vkey
-
-    def _build_gemms_after_probe(self, gemms, options, names):
-        """The GEMMs of a cold start's first prebuild: narrowed to what the probe found, one
-        group in child 0 (where the probe ran), while the other children build the rest."""
-        bad = self.capabilities().get("bad_programs", {})      # waits for the probe
-        chunk = [item for item in (self._admitted(key, spec, options, bad, names) for key, spec in gemms) if item]
-        if len(chunk) < 2:          # one kernel: build() builds it on its own
-            return [], (None, None, None, None, None)
-        return chunk, self._build_group(chunk, 0, options, load=False)
 
     def _warm_more_workers(self):
         """On a cold start (the device is being probed, so nothing of it is cached either),

@@ -60,9 +60,10 @@ def test_grouped_parallel_builds_give_the_same_kernels_and_numbers(tmp_path):
 
 def test_a_child_that_crashes_on_its_group_loses_only_that_group(tmp_path):
     """The injected crash hits any source holding both a reduce and an elementwise kernel:
-    a group of this step (on a cold start the GEMMs, built after the probe, have a group of
-    their own), never one kernel alone. The group's child dies, its kernels are built one at
-    a time, the numbers are right and nothing is blamed on a kernel variant."""
+    the groups of this step, never one kernel alone (the GEMM template's kernel line carries
+    an attribute between `void` and the name, so a needle on `void mao_gemm` no longer hits).
+    The groups' children die, their kernels are built one at a time, the numbers are right
+    and nothing is blamed on a kernel variant."""
     ref, _ = _run(tmp_path, 0, cache="ref")
     out, err = _run(tmp_path, 2, fault="abort:void mao_reduce&void mao_elementwise", cache="crash")
     assert out["stats"]["group_failures"] >= 1
