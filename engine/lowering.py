@@ -117,7 +117,7 @@ def lower_matmul(a: ir.Node, b: ir.Node, device, is_leaf=lambda n: n.op in ir.SO
     *batch, M, K = a.shape
     N = b.shape[-1]
     b = _fold_permutes(b)
-    if _swap_pays(a, b, device):
+    if _swap_pays(a, b, device) and not _reads_window(a, is_leaf):     # (never store an im2col matrix)
         return _swapped(a, b, device, is_leaf)
     tile, pack_a = tune.matmul_layout(a.shape, b.shape, device)
     if _reads_window(a, is_leaf) and not (device.kind == "gpu" and _transposed(a)):
