@@ -6,6 +6,11 @@ the device's GEMM template and a ``GEMM`` node over them (``ir.gemm``):
 
 - the tile (``tune.gemm_tile``, via ``tune.matmul_layout``) and the kernel variant
   (``tune.gemm_variant`` where the tuning module has it);
+- on a CPU, whether B is read in place instead of packed (``B_ROW``: a B of at most
+  ``CPU_B_IN_PLACE_MAX`` floats whose N is whole strips or at least ``RAGGED_STRIPS_FROM``
+  of them; a permute chain on B is composed first), and whether ``x @ w.T`` runs as the
+  transposed product GEMM(w, x.T) (``SWAP``: fewer rows than outputs, K of at least
+  ``SWAP_K_FROM``), so the per-step copy is x.T rather than the weight's transpose;
 - whether A is packed into panels: a GPU packs (its work-groups load contiguous rows), a
   CPU streams A's rows in place; an A that reads a sliding WINDOW (a convolution's im2col
   view, KH*KW times larger than the input it reads) is read through its view instead
@@ -29,7 +34,7 @@ import math
 from . import ir, tune
 
 __all__ = ["lower", "lower_matmul", "split_k", "device_key", "compute_units", "FILL", "SPLIT_BELOW", "SPLIT_K_MIN",
-           "SPLIT_K_FROM"]
+           "SPLIT_K_FROM", "CPU_B_IN_PLACE_MAX", "RAGGED_STRIPS_FROM", "SWAP_K_FROM"]
 
 # output tiles per compute unit below which a GEMM is split along K: a GPU whose tiles
 # already fill every SM once keeps them (on the H200 the 1024 x 4096 products of the big
