@@ -106,7 +106,7 @@ def variant_problem(v, kind="gpu") -> str | None:
     threads = (TM // WM) * (TN // WN)
     if not 32 <= threads <= 1024:
         return f"{threads} work-items in a work-group; 32 to 1024 are allowed"
-    local = 4 * (v["DBUF"] + 1) * v["KB"] * (TM + TN + 2 * PAD)
+    local = local_bytes(v)
     if local > LOCAL_BYTES:
         return f"{local} bytes of local memory; at most {LOCAL_BYTES}"
     return None
@@ -324,4 +324,19 @@ def gemm_variant(M: int, N: int, K: int, batch: int, device) -> dict:
     v = _gpu_choice(M, N, K, batch, device)
     if (v.get("TM"), v.get("TN")) != gemm_tile(M, N, K, device, batch):
         return {}
+    if v and local_bytes(v) > device_local_bytes(device):
+        return {}       # a device with less local memory than the GPUs we tune for (Oclgrind: 32 KB)
     return {k: x for k, x in v.items() if k not in ("TM", "TN")}
+
+
+def local_bytes(v) -> int:
+    """Local memory a tiled-GEMM variant's work-group declares."""
+    return 4 * (v.get("DBUF", 0) + 1) * v.get("KB", 16) * (v["TM"] + v["TN"] + 2 * v.get("PAD", 0))
+
+
+def device_local_bytes(device) -> int:
+    """The local memory one work-group may use on ``device`` (LOCAL_BYTES where unknown)."""
+    try:
+        return int(device.cl_device.local_mem_size)
+    except Exception:
+        return LOCAL_BYTES

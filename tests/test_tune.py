@@ -134,6 +134,23 @@ def test_gpu_defaults_fit_their_tiles_and_a_capped_tile_gets_the_first_version(f
         engine.default_device().kind == "gpu"
 
 
+def test_a_variant_needing_more_local_memory_than_the_device_has_gets_the_first_version(fresh_db, monkeypatch):
+    """The narrow class's default declares 36 KiB of local memory; a GPU (or Oclgrind) that
+    gives a work-group 32 KiB runs the template's first version (16 KiB) instead."""
+    dev = _as_gpu()
+    M, N, K = 1024, 10, 4096
+    v = tune.GPU_VARIANTS[tune.shape_class(M, N, K)]
+    assert tune.local_bytes(v) > 32 * 1024
+    monkeypatch.setattr(tune, "device_local_bytes", lambda device: 48 * 1024)
+    assert tune.gemm_variant(M, N, K, 1, dev) != {}
+    monkeypatch.setattr(tune, "device_local_bytes", lambda device: 32 * 1024)
+    assert tune.gemm_variant(M, N, K, 1, dev) == {}
+    x = np.random.default_rng(3).uniform(0.5, 1.5, (M, K)).astype(np.float32)
+    w = np.random.default_rng(4).uniform(-1, 1, (K, N)).astype(np.float32)
+    got = (engine.tensor(x, device=dev) @ engine.tensor(w, device=dev)).numpy()
+    np.testing.assert_allclose(got, x.astype(np.float64) @ w, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("bad", [
     {"WM": 3},                        # does not divide the tile
     {"TM": 96},                       # not a tile size
