@@ -296,6 +296,10 @@ def main(argv=None):
         a.steps, a.warmup = min(a.steps, 8), min(a.warmup, 3)
     gloo_ok, cuda, tinfo = torch_info()
     gpus = gpu_indices() if "engine" in a.systems else []
+    # the peers train where the engine does: on CPUs when the engine's device is one, even on
+    # a host with CUDA (a CPU comparison against DDP on GPUs says nothing)
+    if cuda and not gpus and "engine" in a.systems:
+        cuda, tinfo = False, tinfo + "; DDP on the CPU, as the engine"
     workers = a.workers or ([1, 2] if gpus or cuda else [1, 2, 4])
     systems = [s for s in a.systems if s == "engine" or (s == "gloo" and gloo_ok) or (s == "nccl" and cuda)]
     import engine
@@ -325,7 +329,7 @@ def main(argv=None):
                 try:
                     if s == "engine":
                         r = run_engine(sizes, B, n, a.steps, a.warmup, x, y, *v[1:])
-                    else:   # on a CUDA host DDP-gloo also trains on the GPUs (gloo stages through the host)
+                    else:   # with GPUs DDP-gloo also trains on them (gloo stages through the host)
                         r = run_ddp(s, sizes, B, n, a.steps, a.warmup, cuda)
                 except Exception as e:   # one failed configuration must not lose the table
                     print(f"<!-- {name} {label} x{n} failed: {type(e).__name__}: {str(e)[:300]} -->", flush=True)

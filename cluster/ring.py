@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import hashlib
 import os
+import socket
 import stat
 import tempfile
 import threading
@@ -92,6 +93,23 @@ def _is_socket(path: str) -> bool:
         return False
 
 
+def _is_listening(path: str) -> bool:
+    """Whether a live socket listens at ``path``: a SIGKILLed node leaves its socket file
+    behind, and a later node handed the same TCP port (ports are reused) would otherwise
+    connect its PUSH to the dead file, where ZeroMQ queues the messages forever."""
+    if not _is_socket(path):
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 class PeerLost(RuntimeError):
     """The ring cannot make progress: a neighbour left, went silent, or we were told to abort."""
 
@@ -155,7 +173,7 @@ class RingLinks:
             _pin(self.push, self.ctx, 1)
             auth.client(self.push, self.secret, self.endpoint, self.right)
             near = local_path(self.right)
-            self.via = "ipc://" + near if near and _is_socket(near) else self.right
+            self.via = "ipc://" + near if near and _is_listening(near) else self.right
             self.push.connect(self.via)
 
     @property

@@ -142,3 +142,49 @@ def test_segments_of_a_dead_process_are_swept_and_live_ones_kept(tmp_path):
     assert not dead.exists() and creating.exists() and os.path.exists(live.mine[0][1])
     live.close()
     assert os.listdir(tmp_path) == [creating.name]
+
+
+def test_a_dead_nodes_socket_file_at_a_reused_endpoint_is_not_connected_to():
+    """A node SIGKILLed leaves its Unix socket file; a later ring whose neighbour got the same
+    TCP port (and binds no Unix socket of its own) must reach it over TCP, not queue its
+    messages for the dead file (a full-suite run hung a 3-rank all-reduce exactly so)."""
+    import socket as pysocket
+    ctx = zmq.Context(io_threads=2)
+    links = [RingLinks(ctx, "tcp://127.0.0.1:*", SECRET, name=f"rank{r}", timeout_s=20) for r in range(2)]
+    peers = [lk.endpoint for lk in links]
+    stale = local_path(peers[1])
+    dead = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    try:
+        if os.path.exists(stale):
+            os.unlink(stale)
+        dead.bind(stale)          # bound, never listening, then closed: what a killed node leaves
+        dead.close()
+        for r, lk in enumerate(links):
+            lk.connect(1, r, peers)
+        assert links[0].via == peers[1]
+        inputs = [np.random.default_rng(r).standard_normal(50_000).astype(np.float32) for r in range(2)]
+        outs, errs = [None, None], [None, None]
+
+        def run(r):
+            try:
+                outs[r] = allreduce(links[r], inputs[r].copy(), 5)
+            except Exception as e:
+                errs[r] = e
+                for other in links:
+                    other.cancel.set()
+
+        threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errs == [None, None], errs
+        want = inputs[0].astype(np.float64) + inputs[1]
+        for r in range(2):
+            np.testing.assert_allclose(outs[r], want, rtol=1e-6, atol=1e-6)
+    finally:
+        for lk in links:
+            lk.close(linger_ms=0)
+        ctx.term()
+        if os.path.exists(stale):
+            os.unlink(stale)
