@@ -122,10 +122,13 @@ class Segments:
         """A new ring generation: every member starts at segment 0 again, and peers'
         segments are mapped afresh (a member may be a new process at an old endpoint)."""
         self.calls = 0
+        self._unmap_peers()
+
+    def _unmap_peers(self) -> None:
         for mm, _ in self.peers.values():
             try:
                 mm.close()
-            except BufferError:
+            except BufferError:   # a view is still alive somewhere: the mapping goes with it
                 pass
         self.peers = {}
 
@@ -134,12 +137,7 @@ class Segments:
             if cur is not None:
                 self._drop(cur)
         self.mine = [None, None]
-        for mm, _ in self.peers.values():
-            try:
-                mm.close()
-            except BufferError:
-                pass
-        self.peers = {}
+        self._unmap_peers()
 
 
 def sweep(directory: str = SHM_DIR, grace_s: float = 60.0) -> int:

@@ -50,3 +50,16 @@ def check_op(engine_fn, numpy_fn, inputs, rtol=1e-5, atol=1e-6, grad=True, grad_
         assert t.grad is not None, f"input {i} got no gradient"
         np.testing.assert_allclose(t.grad.numpy(), num, rtol=grad_rtol, atol=grad_atol,
                                    err_msg=f"gradient of input {i}")
+
+
+def small_mlp_pair(seed=0):
+    """A 6-9-4 ReLU MLP in the engine and the same weights in a torch model (torch must be
+    importable: the callers skip without it)."""
+    import torch
+    engine.manual_seed(seed)
+    model = engine.nn.Sequential(engine.nn.Linear(6, 9), engine.nn.ReLU(), engine.nn.Linear(9, 4))
+    tmodel = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.ReLU(), torch.nn.Linear(9, 4))
+    with torch.no_grad():
+        for tp, p in zip(tmodel.parameters(), model.parameters()):
+            tp.copy_(torch.tensor(p.numpy()))
+    return model, tmodel

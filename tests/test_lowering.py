@@ -47,6 +47,18 @@ def _close(got, want):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
 
 
+def _check_conv_against_torch(x, w, out, xt, wt):
+    """out = conv2d(xt, wt, padding=1) after (out * out).sum().backward(): its value and
+    both gradients against torch in float64."""
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    tw = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    to = torch.nn.functional.conv2d(tx, tw, padding=1)
+    (to * to).sum().backward()
+    _close(out.numpy(), to.detach().numpy())
+    _close(wt.grad.numpy(), tw.grad.numpy())
+    _close(xt.grad.numpy(), tx.grad.numpy())
+
+
 def test_user_graph_is_device_neutral(rng):
     x = engine.tensor(_r(rng, 5, 7), requires_grad=True)
     w = engine.tensor(_r(rng, 7, 3), requires_grad=True)
@@ -140,13 +152,7 @@ def test_conv_weight_gradient_matches_torch(rng, kind, units):
     split = [g for g in _gemms(lowering.lower(wgrads, dev)) if len(g.shape) == 3]
     assert bool(split) == (kind == "gpu")    # 5 output tiles on 64 units: split; 18 on 2 CPU cores: not
     loss.backward()
-    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    tw = torch.tensor(w, dtype=torch.float64, requires_grad=True)
-    to = torch.nn.functional.conv2d(tx, tw, padding=1)
-    (to * to).sum().backward()
-    _close(out.numpy(), to.detach().numpy())
-    _close(wt.grad.numpy(), tw.grad.numpy())
-    _close(xt.grad.numpy(), tx.grad.numpy())
+    _check_conv_against_torch(x, w, out, xt, wt)
 
 
 def test_training_steps_after_updates_stay_correct(rng):
@@ -246,13 +252,7 @@ def test_implicit_gemm_split_along_k_matches_torch(rng, kind, units):
     (gm,) = _gemms(lowering.lower([out.node], dev))
     assert gm.arg[3] == 0 and len(gm.shape) == 3 and gm.shape[0] > 1     # implicit A, split along K
     (out * out).sum().backward()
-    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
-    tw = torch.tensor(w, dtype=torch.float64, requires_grad=True)
-    to = torch.nn.functional.conv2d(tx, tw, padding=1)
-    (to * to).sum().backward()
-    _close(out.numpy(), to.detach().numpy())
-    _close(wt.grad.numpy(), tw.grad.numpy())
-    _close(xt.grad.numpy(), tx.grad.numpy())
+    _check_conv_against_torch(x, w, out, xt, wt)
 
 
 def test_split_settings_changed_at_run_time_are_planned_anew(rng, monkeypatch):

@@ -10,16 +10,7 @@ from engine import optim
 from engine.nn import functional as F
 
 torch = pytest.importorskip("torch")
-
-
-def _pair(seed=0):
-    engine.manual_seed(seed)
-    model = engine.nn.Sequential(engine.nn.Linear(6, 9), engine.nn.ReLU(), engine.nn.Linear(9, 4))
-    tmodel = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.ReLU(), torch.nn.Linear(9, 4))
-    with torch.no_grad():
-        for tp, p in zip(tmodel.parameters(), model.parameters()):
-            tp.copy_(torch.tensor(p.numpy()))
-    return model, tmodel
+from helpers import small_mlp_pair as _pair  # noqa: E402
 
 
 def _count_updates(monkeypatch):

@@ -9,20 +9,11 @@ import engine
 from engine.nn import functional as F
 
 torch = pytest.importorskip("torch")
+from helpers import small_mlp_pair as _pair  # noqa: E402
 
 CASES = [("Adam", dict(lr=0.01)), ("AdamW", dict(lr=0.01, weight_decay=0.1)),
          ("RMSprop", dict(lr=0.01, momentum=0.5)), ("Adagrad", dict(lr=0.1, lr_decay=0.05)),
          ("SGD", dict(lr=0.05, momentum=0.9))]
-
-
-def _pair(seed=0):
-    engine.manual_seed(seed)
-    model = engine.nn.Sequential(engine.nn.Linear(6, 9), engine.nn.ReLU(), engine.nn.Linear(9, 4))
-    tmodel = torch.nn.Sequential(torch.nn.Linear(6, 9), torch.nn.ReLU(), torch.nn.Linear(9, 4))
-    with torch.no_grad():
-        for tp, p in zip(tmodel.parameters(), model.parameters()):
-            tp.copy_(torch.tensor(p.numpy()))
-    return model, tmodel
 
 
 def _data(seed, n):
