@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
+from zmq.utils import monitor as zmq_monitor
 
 from . import auth, program, runs, wire
 from . import transport as tp
@@ -57,7 +58,7 @@ class NonFiniteGradients(ClusterError):
 
 class NodesLost(Exception):
     def __init__(self, nodes):
-        super().__init__(", ".join(n.address for n in nodes))
+        super().__init__(", ".join(f"{n.address} ({n.why})" if n.why else n.address for n in nodes))
         self.nodes = nodes
 
 
@@ -65,11 +66,19 @@ class NodeLink:
     """The driver's connection to one node."""
     _ids = itertools.count(1)
 
-    def __init__(self, ctx, address: str, secret: bytes):
+    def __init__(self, ctx, address: str, secret: bytes, heartbeat_s: float = 0.5, missed: int = 4):
         self.address, self.secret = address, secret
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, wire.SOCKET_MAX_FRAME)
+        # ZMTP heartbeats are answered by the node's libzmq I/O thread, which needs no GIL: a
+        # node whose Python is held by a long C call (PoCL compiles a kernel's work-group
+        # function inside clEnqueueNDRangeKernel) keeps its connection, a stopped or dead one
+        # loses it.  The monitor tells us which (see Cluster._pump).
+        self.sock.setsockopt(zmq.HEARTBEAT_IVL, max(1, int(heartbeat_s * 1000)))
+        self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(heartbeat_s * missed * 1000)))
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self.link_up = False
         # our own routing id: the node's session for us survives a reconnect of this socket
         self.sock.setsockopt(zmq.ROUTING_ID, secrets.token_bytes(16))
         auth.control_client(self.sock, secret, address)
@@ -89,7 +98,14 @@ class NodeLink:
         self.nonces[rid] = nonce
         return rid
 
+    def read_link_events(self) -> None:
+        while self.monitor.poll(0):
+            event = zmq_monitor.recv_monitor_message(self.monitor)["event"]
+            self.link_up = event == zmq.EVENT_HANDSHAKE_SUCCEEDED
+
     def close(self):
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
         self.sock.close(linger=0)
 
 
@@ -105,7 +121,8 @@ class Cluster:
     def __init__(self, addresses, secret, *, heartbeat_s: float = 0.5, missed: int = 4, step_timeout: float = 120.0,
                  rebalance_tolerance: float = 0.1, batch_multiple: int = 1, seed: int = 0, max_retries: int = 3,
                  host_optimizer: bool | None = None, report_s: float = 0.5, transport: str = "float32"):
-        """heartbeat_s * missed: how long a silent node lives.  batch_multiple: local batches
+        """heartbeat_s * missed: how long a silent node lives once its connection is lost too
+        (one that still answers ZMTP heartbeats is busy in a long C call: up to step_timeout).  batch_multiple: local batches
         are multiples of it (except one remainder), bounding how many batch sizes, hence
         programs, each node compiles as the balance moves.  report_s: how often a node
         reports its steps' losses and timings (0: after every step).  step_timeout: how
@@ -149,12 +166,16 @@ class Cluster:
         if now >= self._next_ping:
             # Silence is counted in pings we sent and got nothing back for, not in seconds:
             # a driver that was itself busy (or starved of CPU) must not blame its nodes.
+            # A node whose connection still answers ZMTP heartbeats is busy, not gone: it
+            # gets until step_timeout before it is given up.
             for n in self.nodes:
                 if n.alive and n.session:       # before hello's reply there is no session to ping in
+                    n.read_link_events()
                     n.missed = 0 if n.heard else n.missed + 1
                     n.heard = False
-                    if n.missed >= self.missed:
-                        self._dead(n, f"silent for {n.missed} heartbeats ({time.monotonic() - n.last_seen:.1f}s)")
+                    if n.missed >= self.missed and (not n.link_up or n.missed * self.heartbeat_s >= self.step_timeout):
+                        state = "its connection still up" if n.link_up else "its connection down"
+                        self._dead(n, f"silent for {n.missed} heartbeats ({time.monotonic() - n.last_seen:.1f}s, {state})")
                     else:
                         n.send("ping", {"t": time.time()})
             self._next_ping = now + self.heartbeat_s
@@ -233,7 +254,7 @@ class Cluster:
     def _hello(self, address: str) -> NodeLink:
         if address in self.banned:
             raise ClusterError(f"node {address} was dropped from this job: {self.banned[address]}")
-        n = NodeLink(self.ctx, address, self.secret)
+        n = NodeLink(self.ctx, address, self.secret, self.heartbeat_s, self.missed)
         self.nodes.append(n)
         try:
             n.info = self._call([n], "hello", lambda _: {}, timeout_s=10)[n].fields

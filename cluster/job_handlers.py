@@ -6,7 +6,9 @@ JobHandlers is a mixin of NodeDaemon (cluster/daemon.py) and uses its attributes
 job, the ring links, the metrics, the budgets and the lock it shares with the watchdog."""
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import time
 
 import numpy as np
@@ -18,6 +20,15 @@ from .optimizer import OptimizerError
 from .ring import PeerLost
 
 log = logging.getLogger("engine-node")
+
+
+def _stall_as_a_compiler_would() -> None:
+    """ENGINE_NODE_STALL_S, a test hook (tests/cluster/test_membership.py): hold the GIL that
+    many seconds while a program is made, as PoCL does when it compiles a work-group function
+    inside a launch; the node's Python then answers no ping, but its connection does."""
+    seconds = float(os.environ.get("ENGINE_NODE_STALL_S") or 0)
+    if seconds > 0:
+        ctypes.PyDLL(None).sleep(int(seconds))     # a PyDLL call keeps the GIL
 
 
 class JobHandlers:
@@ -67,6 +78,7 @@ class JobHandlers:
 
     def _on_program(self, ident, msg):
         job = self._need_job(msg)
+        _stall_as_a_compiler_would()
         prog = program.load(msg["program"])
         if list(prog.param_names) != job.names or [tuple(s) for s in prog.param_shapes] != job.shapes:
             raise JobError("bad_program", "program parameters do not match the job's")

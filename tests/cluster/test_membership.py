@@ -61,6 +61,17 @@ def test_sigkill_mid_epoch_ring_reforms_and_training_completes(procs, reference)
         np.testing.assert_allclose(res.params[k], params[k], rtol=1e-3, atol=1e-4)
 
 
+def test_a_node_busy_in_a_long_c_call_is_not_taken_for_dead(procs):
+    """Python silent for 3 s (the GIL held, as PoCL holds it compiling a kernel at its first
+    launch) with 0.8 s of heartbeats: the connection still answers, so both nodes stay."""
+    nodes = start_nodes(procs, 2, ENGINE_NODE_STALL_S=3)
+    t0 = time.monotonic()
+    res = Cluster([n["control"] for n in nodes], SECRET, heartbeat_s=0.2, missed=4).fit(
+        mlp(), None, SPEC, (XTR, YTR), epochs=1, global_batch=B, max_steps=5)
+    assert time.monotonic() - t0 > 3, "the stall happened"
+    assert lost_events(res) == [] and res.step == 5 and res.history[-1]["world"] == 2, res.events
+
+
 def test_sigterm_exits_cleanly_and_tells_peers(procs):
     nodes = start_nodes(procs, 3)
     leaver = nodes[2]["proc"]
