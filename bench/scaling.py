@@ -1,7 +1,7 @@
 """Data-parallel scaling of the engine's nodes beside PyTorch DDP (gloo, and nccl where CUDA
 is present), on the same models, devices and worker counts, as one table.
 
-    ./dev bench scaling [--workers 1 2 4] [--steps 30] [--warmup 5] [--quick] [--notes bench/NOTES.md]
+    ./dev bench scaling [--workers 1 2 4] [--steps 30] [--warmup 5] [--quick] [--pin] [--notes bench/NOTES.md]
     ENGINE_DEVICE=nvidia python3 -m bench.scaling --workers 1 2      # one node / DDP rank per GPU
 
 Workloads (issue 14): MLP 784-1024-1024-10, global batch 512, and MLP 784-4096-4096-10,
@@ -14,6 +14,13 @@ Systems, each in fresh processes:
     (PoCL) device with cores/workers threads;
   * DDP-gloo, DDP-nccl: torch.nn.parallel.DistributedDataParallel, rank i on GPU i (or on the
     CPU with cores/workers threads), TF32 off.
+
+`--pin` (CPU workers): worker i gets its own slice of the CPUs this process may use, the same
+size k = CPUs // max(--workers) in every row, the 1-worker baseline included, so the
+efficiency compares equal hardware per worker (W workers on W x k CPUs against one on k):
+engine nodes through `engine-node --cpus` (which sets PoCL's thread count to k), DDP ranks
+through sched_setaffinity and torch.set_num_threads(k).  Without it every worker may run
+anywhere with cores/workers threads.
 
 Columns, per step (medians after the warm-up):
   step      wall time per step (samples/s = global batch / step)
@@ -46,6 +53,7 @@ import numpy as np
 
 from bench.allreduce import env as worker_env, machine
 from cluster import Cluster
+from cluster.node_cli import cpu_list
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = {"name": "adam", "lr": 1e-3}
@@ -54,14 +62,16 @@ QUICK = [("MLP 784-128-128-10", [784, 128, 128, 10], 128), ("MLP 784-256-256-10"
 ROWS = 8192
 
 
-def start_nodes(n: int, secret: str, devices=None, node_args=(), env=None):
+def start_nodes(n: int, secret: str, devices=None, node_args=(), env=None, cpus=None):
     """n engine-node processes on free loopback ports; devices[i], if given, is node i's
-    --device (None: the default device); node_args go to every node's command line; env:
-    extra environment variables.  A node that fails to start raises with what it wrote to stderr."""
+    --device (None: the default device); cpus[i], if given, its --cpus (a list of CPUs);
+    node_args go to every node's command line; env: extra environment variables.  A node
+    that fails to start raises with what it wrote to stderr."""
     env = worker_env(ENGINE_NODE_SECRET=secret, **(env or {}))
     procs = []
     for i in range(n):
         dev = ["--device", str(devices[i])] if devices and devices[i] is not None else []
+        dev += ["--cpus", cpu_list(cpus[i])] if cpus else []
         err = tempfile.TemporaryFile("w+")   # a file, not a pipe nobody reads
         p = subprocess.Popen([sys.executable, "-m", "cluster.node", "--listen", "tcp://127.0.0.1:*",
                               "--metrics", "127.0.0.1:0", *dev, *node_args], env=env, cwd=ROOT, stdout=subprocess.PIPE,
@@ -81,19 +91,26 @@ def start_nodes(n: int, secret: str, devices=None, node_args=(), env=None):
     return procs, addrs
 
 
-def fit_on_nodes(devices, model, loss_fn, spec: dict, data, B: int, steps: int, node_args=(), env=None, **cluster_kw):
-    """Train on fresh engine-node processes, one per entry of `devices`; returns the
-    FitResult and the wall-clock time at which the driver saw each step (nodes that step on
-    their own are asked to report every step: Cluster(report_s=0) where it exists)."""
+def fit_on_nodes(devices, model, loss_fn, spec: dict, data, B: int, steps: int, node_args=(), env=None, cpus=None,
+                 **cluster_kw):
+    """Train on fresh engine-node processes, one per entry of `devices` (cpus: each one's
+    --cpus, or None); returns the FitResult and the wall-clock time at which the driver saw
+    each step (nodes that step on their own are asked to report every step:
+    Cluster(report_s=0) where it exists).  Pinned nodes must report the CPUs they were given."""
     secret = secrets.token_hex(8)
-    procs, addrs = start_nodes(len(devices), secret, devices, node_args, env)
-    stamps = []
+    procs, addrs = start_nodes(len(devices), secret, devices, node_args, env, cpus)
+    stamps, told = [], {}
     if "report_s" in inspect.signature(Cluster).parameters:   # nodes that step on their own report
         cluster_kw.setdefault("report_s", 0)                   # every step, so on_step keeps time
+
+    def on_step(rec):
+        stamps.append(time.perf_counter())
+        told.setdefault("cpus", [(n.info or {}).get("cpus") for n in cl.nodes])   # what each hello said
     try:
-        res = Cluster(addrs, secret, heartbeat_s=1.0, missed=30, **cluster_kw).fit(
-            model, loss_fn, spec, data, epochs=10**6, global_batch=B, max_steps=steps,
-            on_step=lambda rec: stamps.append(time.perf_counter()))
+        cl = Cluster(addrs, secret, heartbeat_s=1.0, missed=30, **cluster_kw)
+        res = cl.fit(model, loss_fn, spec, data, epochs=10**6, global_batch=B, max_steps=steps, on_step=on_step)
+        if cpus and told.get("cpus") != [sorted(c) for c in cpus]:
+            raise RuntimeError(f"nodes were given CPUs {cpus} but report {told.get('cpus')}")
     finally:
         for p in procs:
             p.terminate()
@@ -104,6 +121,25 @@ def fit_on_nodes(devices, model, loss_fn, spec: dict, data, B: int, steps: int, 
 
 def cpu_threads(n: int) -> int:
     return max(1, (os.cpu_count() or 1) // n)
+
+
+def cpu_slices(n: int, size: int) -> list[list[int]]:
+    """--pin: n disjoint slices of `size` of the CPUs this process may use, in order."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if size < 1 or n * size > len(allowed):
+        raise SystemExit(f"--pin: {n} worker(s) of {size} CPU(s) each, but this process may use "
+                         f"{len(allowed)} CPUs ({cpu_list(allowed)})")
+    return [allowed[i * size:(i + 1) * size] for i in range(n)]
+
+
+def pin_all_threads(cpus) -> None:
+    """sched_setaffinity(0) moves the calling thread only: move every thread there is
+    (threads started later inherit the main thread's set)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            pass
 
 
 def _seconds(v) -> float:
@@ -134,7 +170,8 @@ def parse_variant(spec: str):
     return name or "engine", node_args, env, kw
 
 
-def run_engine(sizes, B, n, steps, warmup, x, y, node_args=(), env=None, cluster_kw=None) -> dict:
+def run_engine(sizes, B, n, steps, warmup, x, y, node_args=(), env=None, cluster_kw=None, pin=0) -> dict:
+    """pin: CPUs per node (--pin; CPU nodes only), 0: unpinned."""
     from engine import nn
     from engine.nn import functional as F
     gpus = gpu_indices()
@@ -144,11 +181,13 @@ def run_engine(sizes, B, n, steps, warmup, x, y, node_args=(), env=None, cluster
     for a, b in zip(sizes, sizes[1:]):
         layers += [nn.Linear(a, b), nn.ReLU()]
     model = nn.Sequential(*layers[:-1])
-    env = dict(env or {}, **({} if gpus else {"POCL_MAX_PTHREAD_COUNT": str(cpu_threads(n)),
-                                             "POCL_CPU_MAX_CU_NUM": str(cpu_threads(n))}))
+    pinned = pin and not gpus
+    # a pinned node sets PoCL's thread count to its CPUs itself (engine-node --cpus)
+    env = dict(env or {}, **({} if gpus or pinned else {"POCL_MAX_PTHREAD_COUNT": str(cpu_threads(n)),
+                                                          "POCL_CPU_MAX_CU_NUM": str(cpu_threads(n))}))
     res, stamps = fit_on_nodes(gpus[:n] if gpus else [None] * n, model, F.cross_entropy, SPEC, (x, y), B, steps,
-                               node_args=node_args, env=env, batch_multiple=B // n, rebalance_tolerance=1.0,
-                               **(cluster_kw or {}))
+                               node_args=node_args, env=env, cpus=cpu_slices(n, pin) if pinned else None,
+                               batch_multiple=B // n, rebalance_tolerance=1.0, **(cluster_kw or {}))
     timed = res.history[warmup:]
     if len(stamps) != steps or not timed:
         raise RuntimeError(f"the fit reported {len(stamps)} of {steps} steps")
@@ -161,6 +200,8 @@ def run_engine(sizes, B, n, steps, warmup, x, y, node_args=(), env=None, cluster
 
 # --- PyTorch DDP (each rank a process running worker_ddp) -------------------------------
 def worker_ddp(cfg: dict) -> None:
+    if cfg.get("cpus"):   # --pin: before torch starts its threads, which inherit the set
+        pin_all_threads(cfg["cpus"])
     import contextlib
 
     import torch
@@ -224,20 +265,25 @@ def worker_ddp(cfg: dict) -> None:
         sync()
         ar.append(time.perf_counter() - t)
     out["allreduce"] = statistics.median(ar[cfg["warmup"]:])
+    out["cpus"], out["threads"] = sorted(os.sched_getaffinity(0)), torch.get_num_threads()   # what --pin made of it
     print(json.dumps(out), flush=True)
     dist.destroy_process_group()
 
 
-def run_ddp(backend, sizes, B, n, steps, warmup, cuda: bool) -> dict:
+def run_ddp(backend, sizes, B, n, steps, warmup, cuda: bool, pin: int = 0) -> dict:
+    """pin: CPUs per rank (--pin; CPU ranks only), 0: unpinned."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = []
+    slices = cpu_slices(n, pin) if pin and not cuda else None
     for r in range(n):
+        threads = len(slices[r]) if slices else cpu_threads(n)
         cfg = {"rank": r, "world": n, "port": port, "backend": backend, "sizes": sizes, "batch": B, "steps": steps,
-               "warmup": warmup, "device": "cuda" if cuda else "cpu", "threads": cpu_threads(n)}
+               "warmup": warmup, "device": "cuda" if cuda else "cpu", "threads": threads,
+               "cpus": slices[r] if slices else None}
         env = worker_env()
-        env["OMP_NUM_THREADS"] = str(cpu_threads(n))
+        env["OMP_NUM_THREADS"] = str(threads)
         # NVLink multicast stays off on shared GPU hosts (it can take their GPUs out of service)
         for k, v in (("NCCL_NVLS_ENABLE", "0"), ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"), ("NVSHMEM_DISABLE_NVLS", "1")):
             env.setdefault(k, v)
@@ -249,6 +295,9 @@ def run_ddp(backend, sizes, B, n, steps, warmup, cuda: bool) -> dict:
         if p.wait(timeout=600) != 0 or not line:
             raise RuntimeError(f"DDP-{backend} rank failed (exit {p.returncode})")
         outs.append(json.loads(line))
+    if slices and [(o["cpus"], o["threads"]) for o in outs] != [(c, len(c)) for c in slices]:
+        raise RuntimeError(f"DDP ranks were given CPUs {slices} but ran on "
+                           f"{[(o['cpus'], o['threads']) for o in outs]} (CPUs, torch threads)")
     step = max(o["sync"][1] for o in outs)
     compute = max(o["no_sync"][0] for o in outs)
     exposed = max(0.0, step - max(o["no_sync"][1] for o in outs))
@@ -291,6 +340,9 @@ def main(argv=None):
                          "transport=bf16, env:K=V, or engine-node options such as --overlap-mb 16; one worker "
                          "runs once, with the defaults (a ring of one never all-reduces)")
     ap.add_argument("--models", type=int, nargs="+", help="indices into the model list (default: all)")
+    ap.add_argument("--pin", action="store_true",
+                    help="CPU workers: worker i of W on its own CPUs, CPUs // max(--workers) of them in every row "
+                         "(engine-node --cpus; DDP ranks: sched_setaffinity and torch.set_num_threads)")
     a = ap.parse_args(argv)
     if a.quick:
         a.steps, a.warmup = min(a.steps, 8), min(a.warmup, 3)
@@ -304,8 +356,18 @@ def main(argv=None):
     systems = [s for s in a.systems if s == "engine" or (s == "gloo" and gloo_ok) or (s == "nccl" and cuda)]
     import engine
     dev = engine.default_device()
-    head = (f"### Scaling beside DDP (`bench.scaling{' --quick' if a.quick else ''}`, {machine()}; engine device "
-            f"{'GPUs ' + str(gpus) if gpus else dev.name} ({dev.platform}); {tinfo}; {a.steps} steps after {a.warmup} warm-up)")
+    pin = 0
+    cpu_workers = ("engine" in systems and not gpus) or (not cuda and any(s != "engine" for s in systems))
+    if a.pin and cpu_workers:
+        pin = len(os.sched_getaffinity(0)) // max(workers)
+        slices = {n: cpu_slices(n, pin) for n in workers}          # refuses too few CPUs now
+        pinned = (f"; --pin: CPU workers on {pin} CPU(s) each, "
+                  + ", ".join(f"{n} worker(s) on {' / '.join(cpu_list(c) for c in slices[n])}" for n in workers))
+    else:
+        pinned = "; --pin: no CPU workers, nothing pinned" if a.pin else ""
+    head = (f"### Scaling beside DDP (`bench.scaling{' --quick' if a.quick else ''}{' --pin' if a.pin else ''}`, "
+            f"{machine()}; engine device {'GPUs ' + str(gpus) if gpus else dev.name} ({dev.platform}); {tinfo}; "
+            f"{a.steps} steps after {a.warmup} warm-up{pinned})")
     print(head, flush=True)
     header = ["| model | system | workers | samples/s | efficiency | step ms | compute ms | all-reduce ms | "
               "exposed all-reduce ms | rest ms | vs DDP-gloo | vs DDP-nccl |",
@@ -328,9 +390,9 @@ def main(argv=None):
             for label, s, v in runs:
                 try:
                     if s == "engine":
-                        r = run_engine(sizes, B, n, a.steps, a.warmup, x, y, *v[1:])
+                        r = run_engine(sizes, B, n, a.steps, a.warmup, x, y, *v[1:], pin=pin)
                     else:   # with GPUs DDP-gloo also trains on them (gloo stages through the host)
-                        r = run_ddp(s, sizes, B, n, a.steps, a.warmup, cuda)
+                        r = run_ddp(s, sizes, B, n, a.steps, a.warmup, cuda, pin=pin)
                 except Exception as e:   # one failed configuration must not lose the table
                     print(f"<!-- {name} {label} x{n} failed: {type(e).__name__}: {str(e)[:300]} -->", flush=True)
                     continue

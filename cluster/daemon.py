@@ -72,8 +72,10 @@ class NodeDaemon(JobHandlers):
                  max_message_bytes: int = wire.MAX_MESSAGE_BYTES, data_port: int | None = None,
                  handshake_timeout: float = 5.0, max_conns_per_peer: int = 16, max_conns: int = 128,
                  step_budget: float = 600.0, compile_budget: float = 1800.0, snapshot_every: int = 1,
-                 digest_every: int = 10, host_optimizer: bool = False, overlap_mb: float = 0.0):
+                 digest_every: int = 10, host_optimizer: bool = False, overlap_mb: float = 0.0,
+                 cpus: list[int] | None = None):
         self.max_bytes = max_message_bytes
+        self.cpus = sorted(cpus) if cpus else None   # engine-node --cpus (already pinned): told in hello
         # rollback snapshot (device copy) before every Nth update; weights checksum after every Kth (0: never)
         self.snapshot_every, self.digest_every = max(0, int(snapshot_every)), max(0, int(digest_every))
         self.host_optimizer = host_optimizer   # engine programs too: weights on the host, numpy update
@@ -232,7 +234,8 @@ class NodeDaemon(JobHandlers):
                 self.sessions.popitem(last=False)
             self._reply(ident, msg, "info", {"node": self.endpoint, "devices": self._devices, "session": sid,
                                              "speed": self.speed, "data": self.links.endpoint}
-                        | ({"device": self.device_id} if self.device_id else {}), worker=False)
+                        | ({"device": self.device_id} if self.device_id else {})
+                        | ({"cpus": self.cpus} if self.cpus else {}), worker=False)
         elif msg.type == "ping":
             self._reply(ident, msg, "pong", {"t": msg["t"], "busy": self.busy,
                                              "step": self.job.step if self.job else -1}, worker=False)
@@ -246,7 +249,16 @@ class NodeDaemon(JobHandlers):
             self.inbox.put((ident, msg))
 
     def devices(self) -> list:
-        return program.engine_devices() or [{"name": "host numpy", "kind": "cpu"}]
+        """What hello reports: the engine's devices (with their compute units, which a node
+        pinned with --cpus shrinks on PoCL), or the host's numpy."""
+        devs = program.engine_devices()
+        try:
+            from engine.device_selection import devices as engine_devices
+            units = {d.index: int(d.cl_device.max_compute_units) for d in engine_devices()}
+            devs = [d | {"compute_units": units[d["index"]]} if d.get("index") in units else d for d in devs]
+        except Exception:   # no engine, or no OpenCL: the devices as they are
+            pass
+        return devs or [{"name": "host numpy", "kind": "cpu"}]
 
     @property
     def _devices(self) -> list:

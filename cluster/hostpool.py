@@ -21,7 +21,13 @@ _pool_lock = threading.Lock()
 
 
 def threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    """Up to 4, never more than the CPUs this process may run on: a node pinned with
+    `engine-node --cpus` (sched_setaffinity) counts its own CPUs, not the host's."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):   # no affinity call (macOS)
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
 
 
 def pieces(n: int) -> list[tuple[int, int]]:

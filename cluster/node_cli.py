@@ -1,12 +1,16 @@
 """The `engine-node` command (setup.cfg's entry point, `python -m cluster.node`):
 options and their ENGINE_NODE_* environment variables, the secret check, then a
-NodeDaemon (cluster/daemon.py) serving until SIGTERM or SIGINT."""
+NodeDaemon (cluster/daemon.py) serving until SIGTERM or SIGINT.
+
+`--cpus LIST` pins the node to those CPUs before anything opens the OpenCL platform: several
+PoCL nodes on one host would otherwise each start a worker thread per core of the host."""
 from __future__ import annotations
 
 import argparse
 import faulthandler
 import logging
 import os
+import re
 import signal
 import sys
 
@@ -15,6 +19,58 @@ from .connections import raise_fd_limit
 from .daemon import NodeDaemon
 
 log = logging.getLogger("engine-node")
+POCL_THREADS = ("POCL_MAX_PTHREAD_COUNT", "POCL_CPU_MAX_CU_NUM")   # PoCL < 4 reads the first, newer the second
+
+
+def cpu_list(cpus) -> str:
+    """[0, 1, 2, 3, 8] -> "0-3,8" (the form Linux uses: taskset -c, Cpus_allowed_list)."""
+    out, cpus = [], sorted(cpus)
+    for c in cpus:
+        if out and out[-1][1] == c - 1:
+            out[-1][1] = c
+        else:
+            out.append([c, c])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
+
+
+def parse_cpus(text: str) -> list[int]:
+    """"0-3,8,10-11" -> [0, 1, 2, 3, 8, 10, 11], checked against the CPUs this process may
+    run on; ValueError naming the bad part (or the CPUs the host lacks) and what it has."""
+    allowed = os.sched_getaffinity(0)
+    host = f"this host has {os.cpu_count()} CPUs, this process may use {cpu_list(allowed)}"
+    top, cpus, beyond = max(allowed), set(), []
+    for part in str(text).split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise ValueError(f"{part.strip()!r} in {text!r} is not a CPU number or a range "
+                             f"(the form is e.g. 0-3,8,10-11; {host})")
+        lo, hi = int(m[1]), int(m[2] if m[2] is not None else m[1])
+        if hi < lo:
+            raise ValueError(f"{part.strip()!r} in {text!r}: a range runs from low to high ({host})")
+        cpus.update(range(lo, min(hi, top) + 1))   # never expand "0-999999999"
+        if hi > top:
+            first = max(lo, top + 1)
+            beyond.append(f"{first}-{hi}" if hi > first else str(hi))
+    missing = [cpu_list(cpus - allowed)] if cpus - allowed else []
+    if missing or beyond:
+        raise ValueError(f"CPU(s) {','.join(missing + beyond)} of {text!r} not available: {host}")
+    return sorted(cpus)
+
+
+def pin(cpus: list[int]) -> None:
+    """Run this process on `cpus` only, with as many PoCL worker threads as CPUs.  Must run
+    before the OpenCL platform initialises (PoCL reads its thread count then, and its
+    workers inherit the affinity of the thread that starts them).  sched_setaffinity(0)
+    moves the calling thread only, so every thread already running (numpy's BLAS pool)
+    is moved too; threads started later inherit the main thread's set."""
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]:
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:   # a thread that ended meanwhile
+            pass
+    if not any(k in os.environ for k in POCL_THREADS):   # the user's own setting wins
+        for k in POCL_THREADS:
+            os.environ[k] = str(len(cpus))
 
 
 def main(argv=None) -> int:
@@ -28,6 +84,9 @@ def main(argv=None) -> int:
     ap.add_argument("--log", default=env("ENGINE_NODE_LOG"), help="log file (default stderr) [ENGINE_NODE_LOG]")
     ap.add_argument("--metrics", default=env("ENGINE_NODE_METRICS", "127.0.0.1:9100"),
                     help="host:port of /healthz and /metrics; port 0 picks one [ENGINE_NODE_METRICS]")
+    ap.add_argument("--cpus", default=env("ENGINE_NODE_CPUS"),
+                    help="run on these CPUs only, e.g. 0-3,8 (sched_setaffinity), with as many PoCL threads "
+                         "(POCL_MAX_PTHREAD_COUNT, unless set): for several CPU nodes on one host [ENGINE_NODE_CPUS]")
     ap.add_argument("--data-port", type=int, default=env("ENGINE_NODE_DATA_PORT"),
                     help="port of the ring data socket, on --listen's host; default (or 0) picks a free one "
                          "[ENGINE_NODE_DATA_PORT]")
@@ -69,6 +128,16 @@ def main(argv=None) -> int:
                          "gradient after backward) [ENGINE_NODE_OVERLAP_MB]")
     a = ap.parse_args(argv)
     logging.basicConfig(filename=a.log, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cpus = None
+    if a.cpus:
+        try:
+            cpus = parse_cpus(a.cpus)
+        except ValueError as e:
+            print(f"engine-node: --cpus: {e}", file=sys.stderr)
+            return 2
+        pin(cpus)   # before --device's check or the daemon opens the OpenCL platform
+        log.info("pinned to CPUs %s (%d); PoCL threads %s", cpu_list(cpus), len(cpus),
+                 ", ".join(f"{k}={os.environ.get(k)}" for k in POCL_THREADS))
     secret = env("ENGINE_NODE_SECRET")
     if not secret:
         print("engine-node: set ENGINE_NODE_SECRET (the cluster's shared secret); refusing to run unauthenticated",
@@ -94,7 +163,7 @@ def main(argv=None) -> int:
                       handshake_timeout=a.handshake_timeout, max_conns_per_peer=a.max_conns_per_peer,
                       max_conns=a.max_conns, step_budget=a.step_budget, compile_budget=a.compile_budget,
                       snapshot_every=a.snapshot_every, digest_every=a.digest_every, host_optimizer=a.host_optimizer,
-                      overlap_mb=a.overlap_mb)
+                      overlap_mb=a.overlap_mb, cpus=cpus)
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "stopping", True))
     signal.signal(signal.SIGINT, lambda *_: setattr(node, "stopping", True))
     faulthandler.register(signal.SIGUSR1)   # `kill -USR1 <pid>` prints every thread's stack

@@ -71,7 +71,8 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "stop": {},
     # node -> driver
     "info": {"node": ((str,), True), "devices": ((list,), True), "speed": (_NUM, True),
-             "data": ((str,), True), "device": ((str,), False)},
+             "data": ((str,), True), "device": ((str,), False),
+             "cpus": ((list,), False)},   # engine-node --cpus: sent only by a pinned node
     "pong": {"t": (_NUM, True), "step": ((int,), True), "busy": ((bool,), True)},
     "ok": {"step": ((int,), False)},
     "step_done": {"step": ((int,), True), "loss": (_NUM, True), "compute_s": (_NUM, True),
