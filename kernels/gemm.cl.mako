@@ -41,6 +41,8 @@
         if VW == 1:
             return "ct[%d] = %s;" % (off + v, x)
         return "*(__global %s*)(ct + %d) = %s;" % (ut, off + v * VW, x)
+    def vstore_row(x, r, v):
+        return ("ct[%d] = %s;" % (r * W + v, x)) if VW == 1 else ("((%s*)ct)[%d] = %s;" % (ut, r * NV + v, x))
     def vstore(x, v):
         return ("ct[%d] = %s;" % (v, x)) if VW == 1 else ("((%s*)ct)[%d] = %s;" % (ut, v, x))
 %>
@@ -131,21 +133,23 @@ ${k_loop(False)}\
         return;
     }
 % endif
-    float ct[${W}];
+    float ct[${R * W}];
 % for r in range(R):
-    if (m0 + ${r} < ${M}) {
-        const int e_m = m0 + ${r};
 % for v in range(NV):
-        ${vstore("acc%d_%d" % (r, v), v)}
+    ${vstore_row("acc%d_%d" % (r, v), r, v)}
 % endfor
-        for (int j = 0; j < ${W}; ++j) {
-            const int e_n = n0 + j;
-            if (e_n < ${N}) {
-                const float e_acc = ct[j];
-${ssa.block(epilogue, indent='                ')}
-                ${out_name}[${out_at}] = ${value};
+% endfor
+    for (int r = 0; r < ${R}; ++r) {
+        const int e_m = m0 + r;
+        if (e_m < ${M}) {
+            for (int j = 0; j < ${W}; ++j) {
+                const int e_n = n0 + j;
+                if (e_n < ${N}) {
+                    const float e_acc = ct[r * ${W} + j];
+${ssa.block(epilogue, indent='                    ')}
+                    ${out_name}[${out_at}] = ${value};
+                }
             }
         }
     }
-% endfor
 }
