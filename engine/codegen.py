@@ -474,6 +474,8 @@ def _lower_matmul(group, args, leaf_name, kind, vector_width=16):
     VW = next(v for v in GEMM_VECTOR_WIDTHS if v <= vector_width and W % v == 0)
     params = dict(common, R=R, VW=VW, NV=W // VW, Mb=Mb, Nb=Nb, a_rows=a_rows, epilogue=epilogue, value=value,
                   b_base=b_base, b_step=b_step, out_index=out_index)
-    local = (4, 1, 1) if Mb % 4 == 0 else None
+    # one work-item per work-group: the block is already explicit vectors, and PoCL compiles
+    # the work-group function of a wider group (its loop over work-items) for nothing
+    local = (1, 1, 1)
     return _finish(group, "gemm", params, dict(display, R=R, W=W, VW=VW, b_in_place=bool(strip), swapped=swap), args,
                    (Mb, Nb, nb), local)

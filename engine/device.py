@@ -10,11 +10,11 @@ import warnings
 import numpy as np
 import pyopencl as cl
 
-from .build_child import _BuildWorker
+from .build_child import _BuildWorker, _safe_mode
 from .codegen import set_gemm_vector_width
 from .device_buffer import NP_DTYPES, Buffer
 from .probe import _load_profiles, _probe, _profile_key, _save_profile
-from .program_cache import CompiledKernel, ProgramCacheMixin
+from .program_cache import CompiledKernel, ProgramCacheMixin, _build_workers
 
 __all__ = ["Device", "DEVICE_ALIASES"]
 
@@ -44,6 +44,7 @@ class Device(ProgramCacheMixin):
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
         self._caps = None
+        self._provisional = None        # the profile plans use while the probe runs in the background
         self._build_worker = None
         self._more_workers: list = []   # build children 1, 2, ... that prebuild uses beside the first
         self._no_worker = False
@@ -52,9 +53,11 @@ class Device(ProgramCacheMixin):
         # e.g. -cl-opt-disable under Oclgrind, whose uninitialised-value check cannot follow
         # the `freeze` instructions LLVM's optimiser emits
         self._extra_options = os.environ.get("ENGINE_BUILD_OPTIONS", "").strip()
-        # builds: kernels compiled; programs: groups of them compiled as one program (prebuild)
+        # builds: kernels compiled; programs: groups of them compiled as one program (prebuild);
+        # beside_probe: kernels prebuilt while the probe ran; dropped_after_probe: of those,
+        # built for a width the probe then rejected
         self.stats = {"builds": 0, "disk_hits": 0, "memory_hits": 0, "build_s": 0.0, "rejected": 0,
-                      "programs": 0, "group_failures": 0}
+                      "programs": 0, "group_failures": 0, "beside_probe": 0, "dropped_after_probe": 0}
 
     def __repr__(self):
         return f"Device({self.index}: {self.platform} / {self.name}, {self.kind}, driver {self.driver})"
@@ -89,7 +92,8 @@ class Device(ProgramCacheMixin):
             self._ctx = cl.Context([self.cl_device])
             self._queue = cl.CommandQueue(self._ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
             try:    # first use: the probe (from disk once done), so the first plan has the right GEMM width
-                self.capabilities()
+                if not self._probe_in_background():
+                    self.capabilities()
             except Exception as exc:    # never let the probe machinery break the device itself
                 warnings.warn(f"device probe of {self.name} failed ({exc!r}); default kernel variants used")
         return self._ctx
@@ -166,9 +170,41 @@ class Device(ProgramCacheMixin):
                         prof = _probe(self)
                         if not prof.get("transient"):
                             _save_profile(self, prof)
-                    self._caps = prof
+                    self._caps, self._provisional = prof, None
                     self._tell_codegen(prof)
         return self._caps
+
+    def _probe_in_background(self) -> bool:
+        """On a cold start where build children launch what they build (PoCL), the probe runs
+        on build child 0 in the background while the first schedule is lowered and its
+        kernels are built, for the width the probe tries first, on the other children
+        (prebuild). Nothing is launched in this process before the probe has answered
+        (prebuild and build wait for it), and what was built for a width the probe then
+        rejects is dropped. Elsewhere, or with a profile on disk: False (probe as before)."""
+        if (self._caps is not None or self.kind != "cpu" or _safe_mode(self) != "launch"
+                or _build_workers() < 2 or _load_profiles().get(_profile_key(self)) is not None):
+            return False
+        self._provisional = {"gemm_vector_width": 16, "tiled_max": 128, "provisional": True}
+        self._tell_codegen(self._provisional)
+        threading.Thread(target=self._probe_quietly, daemon=True, name="engine-probe").start()
+        return True
+
+    def _probe_quietly(self):
+        try:
+            self.capabilities()
+        except Exception:   # the next capabilities() call probes again, in the caller's thread
+            pass
+
+    def planning_profile(self) -> dict:
+        """The profile to lower and group kernels by now: the probed one, or while the probe
+        runs in the background, the provisional one (never waits)."""
+        caps, provisional = self._caps, self._provisional
+        if caps is not None:
+            return caps
+        return provisional if provisional is not None else self.capabilities()
+
+    def probe_pending(self) -> bool:
+        return self._caps is None and self._provisional is not None
 
     def _remember(self, update):
         prof = dict(self.capabilities())

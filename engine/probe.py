@@ -107,7 +107,7 @@ def _probe_kernels(kind: str, variant) -> list:
             ("buf", "in2", "float32", True)]
     epilogue = [("e0", "LOAD", ("in2", "e_n"), "float32"), ("e1", "ADD", ("e_acc", "e0"), "float32"),
                 ("e2", "RELU", ("e1",), "float32")]
-    if kind == "gemm":          # relu(A @ B + bias), M 32 x N 30 (W 32) x K 16, R 8: 4 work-items, local size 4
+    if kind == "gemm":          # relu(A @ B + bias), M 32 x N 30 (W 32) x K 16, R 8: 4 work-items, one per group
         vw, M, N, K, R, W = variant, 32, 30, 16, 8, 32
         A, B, bias = f32(M, K), f32(K, N), f32(N)
         panel = np.zeros((1, K, W), np.float32)
@@ -124,7 +124,7 @@ def _probe_kernels(kind: str, variant) -> list:
                                  args=decl, a_packed=packed, a_name="in1", a_rows=a_rows, b_name="in0",
                                  out_name="out0", batch_index=[], epilogue=epilogue, value="e2")
             args, read = _probe_args([np.zeros(M * N, np.float32), panel, a_panels if packed else A, bias])
-            out.append((src, {"name": name, "global": [M // R, 1, 1], "local": [4, 1, 1], "args": args,
+            out.append((src, {"name": name, "global": [M // R, 1, 1], "local": [1, 1, 1], "args": args,
                               "read": read}, lambda o: (o[:M * N], ref.ravel())))
         return out
     # tiled: one TM x TN work-group tile of relu(A @ B + bias), with N and K not whole tiles

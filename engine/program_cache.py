@@ -12,7 +12,8 @@ import os
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from queue import Queue
 
 import pyopencl as cl
 
@@ -42,6 +43,11 @@ def _build_workers() -> int:
         except (AttributeError, OSError):
             n = os.cpu_count() or 1
     return max(0, n)
+
+
+# beside a running probe: groups queued per build child (each group is one more
+# clBuildProgram, ~0.15 s on PoCL, against children idling while the other works)
+_QUEUED_GROUPS_PER_CHILD = 2
 
 
 def _balanced(todo, n) -> list:
@@ -123,11 +129,12 @@ class ProgramCacheMixin:
         self._programs[key] = ck
         return ck
 
-    def _specialize(self, spec):
-        """The variant of ``spec`` this device's compiler is known to take (narrower GEMM vectors)."""
+    def _specialize(self, spec, profile=None):
+        """The variant of ``spec`` this device's compiler is known to take (narrower GEMM
+        vectors), by ``profile`` (default: the probed one, waiting for the probe)."""
         if spec.template != "gemm":
             return spec
-        cap = self.capabilities().get("gemm_vector_width", 16)
+        cap = (profile or self.capabilities()).get("gemm_vector_width", 16)
         return with_vector_width(spec, cap)
 
     # On-disk entries: one JSON header line (what the binary was built from: source, options,
@@ -287,7 +294,11 @@ class ProgramCacheMixin:
         isolation, fallbacks and error reports. Returns how many kernels it compiled."""
         if self._extra_options:
             options = f"{options} {self._extra_options}".strip()
-        bad = self.capabilities().get("bad_programs", {})
+        # while the probe runs on child 0 (Device._probe_in_background), the kernels are built
+        # for the width it tries first, by whichever child is free (_build_beside_probe)
+        speculative = self.probe_pending()
+        profile = self.planning_profile()
+        bad = profile.get("bad_programs", {})
         todo, keys, names = [], set(), set()
         for spec in specs:
             if getattr(spec, "source", None) is None or spec.template == "bundle":
@@ -296,30 +307,31 @@ class ProgramCacheMixin:
             if key in self._programs or key in self._prebuilt or key in keys:
                 continue
             keys.add(key)
-            item = self._admitted(key, spec, options, bad, names)
+            item = self._admitted(key, spec, options, bad, names, profile)
             if item is not None:
                 todo.append(item)
         workers = _build_workers()
         if len(todo) < 2 or not workers:
+            if speculative:
+                self.capabilities()     # build() will want it; wait here as before
             return 0
         t0 = time.perf_counter()
         n = max(1, min(workers, len(todo) // 2))
-        jobs = [(lambda c=c, slot=slot: (c, self._build_group(c, slot, options, load=False)))
-                for slot, c in enumerate(_balanced(todo, n))]
-        if len(jobs) == 1 or _safe_mode(self) == "off":     # in this process: one build at a time
-            results = [job() for job in jobs]
+        if speculative:
+            # more groups than children, taken as children come free (the probe's length varies)
+            chunks = _balanced(todo, max(1, min(_QUEUED_GROUPS_PER_CHILD * n, len(todo) // 2)))
+            results = self._build_beside_probe(chunks, list(range(n)), options, profile)
+            self.stats["beside_probe"] += len(todo)
         else:
-            with ThreadPoolExecutor(len(jobs)) as pool:
-                results = list(pool.map(lambda job: job(), jobs))
+            jobs = [(lambda c=c, slot=slot: (c, self._build_group(c, slot, options, load=False)))
+                    for slot, c in enumerate(_balanced(todo, n))]
+            if len(jobs) == 1 or _safe_mode(self) == "off":     # in this process: one build at a time
+                results = [self._loaded(job(), options) for job in jobs]
+            else:
+                with ThreadPoolExecutor(len(jobs)) as pool:
+                    results = [self._loaded(f.result(), options) for f in as_completed(pool.submit(j) for j in jobs)]
         built = 0
         for chunk, (program, gkey, source, binary, payload) in results:
-            if program is None and binary is not None:
-                # made a program here, in this thread only: the children built in parallel, but
-                # Oclgrind was seen to segfault loading binaries from several threads at once
-                try:
-                    program = self._program_of(binary, payload, options)
-                except Exception:
-                    program = None
             if program is None:
                 self.stats["group_failures"] += 1
                 continue
@@ -332,10 +344,83 @@ class ProgramCacheMixin:
         self.stats["build_s"] += time.perf_counter() - t0
         return built
 
-    def _admitted(self, key, spec, options, bad, names):
+    def _loaded(self, result, options):
+        """A built group with its program made here, in the thread that calls prebuild, as
+        each group comes back (the children build in parallel, but Oclgrind was seen to
+        segfault loading binaries from several threads at once)."""
+        chunk, (program, gkey, source, binary, payload) = result
+        if program is None and binary is not None:
+            try:
+                program = self._program_of(binary, payload, options)
+            except Exception:
+                program = None
+        return chunk, (program, gkey, source, binary, payload)
+
+    def _build_beside_probe(self, chunks, slots, options, profile) -> list:
+        """[(chunk, _build_group's result)] of groups built for ``profile``'s GEMM width while
+        the probe runs on child 0. The children ``slots`` take the groups from one queue as
+        they come free (child 0 once the probe has answered), so however long the probe
+        takes, neither child idles while the other has a queue. If the probe rejects that
+        width, the children still compiling for it are stopped (a width that hangs the
+        compiler must not hold the user for the build timeout) and nothing built for it is
+        kept (nor counted as a failed group); build() then makes those kernels one by one."""
+        width = profile.get("gemm_vector_width")
+        todo = list(reversed(chunks))       # popped from the end: the first chunk first
+        lock, busy, done = threading.Lock(), set(), Queue()
+
+        def child(slot):
+            try:
+                if slot == 0 and self.capabilities().get("gemm_vector_width") != width:
+                    return
+                while True:
+                    with lock:
+                        if not todo:
+                            return
+                        chunk = todo.pop()
+                        busy.add(slot)
+                    res = self._build_group(chunk, slot, options, load=False)
+                    with lock:
+                        busy.discard(slot)
+                    done.put((chunk, res))
+            finally:
+                done.put(None)
+
+        def verdict():      # stop what is being built for a width the probe rejected
+            if self.capabilities().get("gemm_vector_width") != width:
+                with lock:
+                    self.stats["dropped_after_probe"] += sum(len(chunk) for chunk in todo)
+                    todo.clear()
+                    stop = [self._worker(slot).proc for slot in busy if slot]
+                for proc in stop:
+                    if proc is not None:
+                        proc.kill()     # its request then ends as a crash: that group is dropped
+
+        results = []
+        with ThreadPoolExecutor(len(slots) + 1) as pool:
+            watcher = pool.submit(verdict)
+            for slot in slots:
+                pool.submit(child, slot)
+            left = len(slots)
+            while left:
+                item = done.get()
+                if item is None:
+                    left -= 1
+                else:
+                    results.append(self._loaded(item, options))
+            watcher.result()
+        final = self.capabilities()
+        kept = []
+        for chunk, res in results:
+            if all(self._specialize(vspec, final).source == vspec.source for _, vspec, _ in chunk):
+                kept.append((chunk, res))
+            else:
+                self.stats["dropped_after_probe"] += len(chunk)
+        return kept
+
+    def _admitted(self, key, spec, options, bad, names, profile):
         """(key, the variant to build, its key), or None where build() deals with the kernel:
         remembered as bad, a name twice, or on disk."""
-        vspec = self._specialize(spec)
+        vspec = self._specialize(spec, profile)
         vkey = self._cache_key(vspec.source, options)
         if vkey in bad or vspec.name in names or os.path.exists(self._entry_path(vkey)):
             return None

@@ -92,6 +92,35 @@ def test_a_crash_the_probe_missed_falls_back_at_build_time(tmp_path):
     assert len(warned) == 1 and "GEMM kernels with float16 vectors" in warned[0]
 
 
+STATS = USER.replace('print(json.dumps({', 'print(json.dumps({"stats": d.stats, ')
+
+
+@cpu_gemm
+def test_a_cold_start_builds_beside_the_probe_and_keeps_what_it_confirms(tmp_path):
+    """Empty caches on PoCL: the probe runs in the background on build child 0 while the
+    kernels are built for the width it tries first; it confirms that width, so they are used."""
+    if not engine.default_device().is_pocl or program_cache._build_workers() < 2:
+        pytest.skip("the probe runs beside builds on PoCL with two or more build children")
+    out, _ = _run(tmp_path, "", code=STATS)
+    assert out["err"] < 1e-4 and out["vw"] == 16 and out["float16_in_gemm"]
+    assert out["stats"]["beside_probe"] >= 2 and out["stats"]["dropped_after_probe"] == 0
+    assert out["stats"]["group_failures"] == 0 and out["stats"]["programs"] >= 1
+    warm, _ = _run(tmp_path, "", code=STATS)      # the profile is on disk now: no background probe
+    assert warm["stats"]["beside_probe"] == 0 and warm["err"] < 1e-4
+
+
+@cpu_gemm
+def test_kernels_built_for_a_width_the_probe_then_rejects_are_dropped(tmp_path):
+    """Only the probe's own float16 GEMM crashes: the model's float16 GEMM, built beside the
+    probe, compiles fine, but the device is now float8 and that kernel must not be used."""
+    if not engine.default_device().is_pocl or program_cache._build_workers() < 2:
+        pytest.skip("the probe runs beside builds on PoCL with two or more build children")
+    out, _ = _run(tmp_path, "abort:mao_probe_gemm&float16", code=STATS)
+    assert out["vw"] == 8 and out["float8_in_gemm"] and not out["float16_in_gemm"] and out["err"] < 1e-4
+    assert out["stats"]["dropped_after_probe"] >= 1
+    assert [d["variant"] for d in out["dropped"]] == ["gemm float16"]
+
+
 def test_a_kernel_with_no_safer_variant_raises_build_error_and_the_process_lives_on(tmp_path):
     code = r"""
 import json, numpy as np, engine
