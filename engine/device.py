@@ -49,6 +49,7 @@ class Device(ProgramCacheMixin):
         self._more_workers: list = []   # build children 1, 2, ... that prebuild uses beside the first
         self._no_worker = False
         self._prebuilt: dict = {}       # key -> CompiledKernel compiled by prebuild, until build asks
+        self._expected: list = []       # specs of kernels needed soon, built with the next prebuild's
         self._group_programs: dict = {}  # group key -> the program holding a group's kernels
         # e.g. -cl-opt-disable under Oclgrind, whose uninitialised-value check cannot follow
         # the `freeze` instructions LLVM's optimiser emits

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from . import lr_scheduler  # noqa: F401  (engine.optim.lr_scheduler, as torch.optim.lr_scheduler)
-from . import launch, realize as rz
+from . import ir, launch, realize as rz
 from .buffers import buffer_of, computed_as
 from .tensor import Tensor, tensor, no_grad, realize_all
 
@@ -42,6 +42,8 @@ class Optimizer:
         self._replay = None       # the last update's launches, replayed while nothing changed
         self._steps: list = []    # per parameter: the steps that updated it (torch's state[i]["step"])
         self._step_count = 0      # step() calls
+        self._announced = False   # the update kernels handed to the device ahead of the first step
+        self._planning = False    # planning them: state is stood in for, never created
         for g in groups:
             self.add_param_group(g)
 
@@ -88,6 +90,35 @@ class Optimizer:
     def zero_grad(self, set_to_none=True):
         for p in self.params:
             p.grad = None
+        if not self._announced:
+            self._announced = True
+            self._announce_update_kernels()
+
+    def _announce_update_kernels(self):
+        """Before the first step: the update kernels, planned on stand-ins for the gradients
+        and the state (nothing allocated, stored or run) and handed to each device, which
+        builds them with the backward pass's new kernels (realize.expect): a cold start then
+        compiles one round of kernels, not a second one for the update alone. Only a hint:
+        whatever it misses, the step builds as before. Only for this module's own updates: a
+        subclass's ``_update`` may count its calls or keep host state."""
+        if type(self)._update.__module__ != __name__:
+            return
+        stand_in = lambda t: Tensor(ir.buffer(t.shape, t.dtype), t.device)     # noqa: E731
+        values: dict = {}
+        self._planning = True
+        try:
+            with no_grad():
+                for i, p in enumerate(self.params):
+                    if p.requires_grad and not p._view and p._storage.realized:
+                        gi = self._group_of[i]
+                        pairs = self._update(i, p, stand_in(p), self.param_groups[gi], gi)
+                        values.setdefault(p.device, []).extend(v.node for _, v in pairs)
+            for device, nodes in values.items():
+                rz.expect(nodes, device, group=True)
+        except Exception:   # noqa: BLE001  (a hint that failed: the step reports any real error itself)
+            pass
+        finally:
+            self._planning = False
 
     def _var(self, i, name) -> Tensor:
         """Parameter ``i``'s scalar ``name`` as a tensor read from the host at each launch."""
@@ -107,6 +138,8 @@ class Optimizer:
         st = self.state[i]
         if name not in st:
             p = self.params[i]
+            if self._planning:      # _announce_update_kernels: the state's shape, not the state
+                return Tensor(ir.buffer(p.shape, "float32"), p.device)
             st[name] = tensor(np.zeros(p.shape, np.float32), device=p.device)
         return st[name]
 
@@ -442,7 +475,7 @@ class Adagrad(Optimizer):
 
     def _buffer(self, i, name):
         st = self.state[i]
-        if name == "sum" and name not in st:
+        if name == "sum" and name not in st and not self._planning:
             p = self.params[i]
             init = self.param_groups[self._group_of[i]]["initial_accumulator_value"]
             st[name] = tensor(np.full(p.shape, init, np.float32), device=p.device)

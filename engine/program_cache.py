@@ -283,6 +283,10 @@ class ProgramCacheMixin:
             warnings.warn(f"could not store program binary in {path}: {exc}")
 
     # --- building the new kernels of a schedule together ------------------------------
+    def expect(self, specs) -> None:
+        """Kernels needed soon (realize.expect): built with the next prebuild's."""
+        self._expected = [*self._expected, *specs]
+
     def prebuild(self, specs, options: str = "") -> int:
         """Compile the kernels of ``specs`` that no cache holds, before ``build`` asks for
         them one by one: grouped into one program per build worker (a clBuildProgram costs
@@ -294,6 +298,7 @@ class ProgramCacheMixin:
         isolation, fallbacks and error reports. Returns how many kernels it compiled."""
         if self._extra_options:
             options = f"{options} {self._extra_options}".strip()
+        specs, self._expected = [*specs, *self._expected], []     # realize.expect's, built now too
         # while the probe runs on child 0 (Device._probe_in_background), the kernels are built
         # for the width it tries first, by whichever child is free (_build_beside_probe)
         speculative = self.probe_pending()

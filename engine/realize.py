@@ -163,6 +163,18 @@ def plan(targets, device, group=False):
     return _lower_and_schedule(resolved, device, group)[1] if resolved else []
 
 
+def expect(targets, device, group=False) -> None:
+    """Kernels that computing ``targets`` will need soon (an optimizer's update, before its
+    first step): planned now, their loads proved in bounds, and handed to the device, which
+    compiles them with the next schedule's new kernels (Device.prebuild). Nothing runs."""
+    specs = [spec for _, spec in plan(targets, device, group)]
+    for spec in specs:
+        if spec.name not in _proved:
+            prove(spec)
+            _proved.add(spec.name)
+    device.expect(specs)
+
+
 def _lower_and_schedule(resolved, device, group, dests=frozenset()):
     """({target: its node in the device's graph}, [(group, spec)]). A target whose device
     node is a reshape of a computed value (a split-K sum) is that value, in its memory,

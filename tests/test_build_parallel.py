@@ -136,3 +136,42 @@ def test_a_group_of_one_kernel_is_stored_as_that_kernel(monkeypatch, tmp_path):
     out = np.empty(4, np.float32)
     cl.enqueue_copy(fresh.queue, out, buf, is_blocking=True)
     assert out.tolist() == [3.0] * 4
+
+
+ANNOUNCED = r"""
+import json
+import numpy as np, engine
+from engine.nn import functional as F
+d = engine.default_device()
+engine.manual_seed(0)
+model = engine.nn.Sequential(engine.nn.Linear(24, 40), engine.nn.ReLU(), engine.nn.Linear(40, 7))
+opt = engine.optim.Adam(model.parameters(), lr=1e-3)
+rounds, real = [], d.prebuild
+d.prebuild = lambda specs, options="": rounds.append(real(specs, options)) or rounds[-1]
+rng = np.random.default_rng(0)
+x = engine.tensor(rng.standard_normal((9, 24)).astype(np.float32))
+y = engine.tensor(rng.integers(0, 7, 9))
+ZERO_GRAD
+state_before = opt.state_dict()["state"]
+loss = F.cross_entropy(model(x), y)
+loss.backward()
+opt.step()
+print(json.dumps({"rounds": rounds, "state_before": len(state_before), "builds": d.stats["builds"],
+                  "loss": loss.item(), "w": model[0].weight.numpy().astype(float).tobytes().hex()}))
+"""
+
+
+def test_the_update_kernels_are_built_with_the_backward_pass_after_zero_grad(tmp_path):
+    """zero_grad before the first step hands the optimizer's update kernels to the device
+    (planned on stand-ins: no state appears before the step), so a cold start compiles one
+    round of kernels; the same kernels and numbers as when the update builds its own round."""
+    def run(zero_grad, cache):
+        env = dict(os.environ, ENGINE_CACHE_DIR=str(tmp_path / cache), POCL_CACHE_DIR=str(tmp_path / (cache + "-pocl")))
+        code = ANNOUNCED.replace("ZERO_GRAD", "opt.zero_grad()" if zero_grad else "")
+        p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    ahead, own = run(True, "ahead"), run(False, "own")
+    assert ahead["state_before"] == 0
+    assert [r for r in ahead["rounds"] if r] == [ahead["builds"]] and len([r for r in own["rounds"] if r]) == 2
+    assert ahead["builds"] == own["builds"] and ahead["loss"] == own["loss"] and ahead["w"] == own["w"]
