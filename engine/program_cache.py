@@ -296,6 +296,7 @@ class ProgramCacheMixin:
         optimisation: a group whose child crashes, hangs or reports an error is dropped, and
         ``build`` then builds its kernels one at a time as before, with the same crash
         isolation, fallbacks and error reports. Returns how many kernels it compiled."""
+        given_options = options
         if self._extra_options:
             options = f"{options} {self._extra_options}".strip()
         specs, self._expected = [*specs, *self._expected], []     # realize.expect's, built now too
@@ -304,7 +305,7 @@ class ProgramCacheMixin:
         speculative = self.probe_pending()
         profile = self.planning_profile()
         bad = profile.get("bad_programs", {})
-        todo, keys, names = [], set(), set()
+        todo, keys, names, originals = [], set(), set(), {}
         for spec in specs:
             if getattr(spec, "source", None) is None or spec.template == "bundle":
                 continue
@@ -312,6 +313,7 @@ class ProgramCacheMixin:
             if key in self._programs or key in self._prebuilt or key in keys:
                 continue
             keys.add(key)
+            originals[key] = spec
             item = self._admitted(key, spec, options, bad, names, profile)
             if item is not None:
                 todo.append(item)
@@ -320,13 +322,17 @@ class ProgramCacheMixin:
             if speculative:
                 self.capabilities()     # build() will want it; wait here as before
             return 0
-        t0 = time.perf_counter()
+        t0, built = time.perf_counter(), 0
         n = max(1, min(workers, len(todo) // 2))
         if speculative:
             # more groups than children, taken as children come free (the probe's length varies)
             chunks = _balanced(todo, max(1, min(_QUEUED_GROUPS_PER_CHILD * n, len(todo) // 2)))
-            results = self._build_beside_probe(chunks, list(range(n)), options, profile)
+            results, dropped = self._build_beside_probe(chunks, list(range(n)), options, profile)
             self.stats["beside_probe"] += len(todo)
+            if dropped:     # the probe chose another width: those kernels again, grouped, for it
+                self.stats["build_s"] += time.perf_counter() - t0
+                built = self.prebuild([originals[key] for key, _, _ in dropped], given_options)
+                t0 = time.perf_counter()
         else:
             jobs = [(lambda c=c, slot=slot: (c, self._build_group(c, slot, options, load=False)))
                     for slot, c in enumerate(_balanced(todo, n))]
@@ -335,7 +341,6 @@ class ProgramCacheMixin:
             else:
                 with ThreadPoolExecutor(len(jobs)) as pool:
                     results = [self._loaded(f.result(), options) for f in as_completed(pool.submit(j) for j in jobs)]
-        built = 0
         for chunk, (program, gkey, source, binary, payload) in results:
             if program is None:
                 self.stats["group_failures"] += 1
@@ -361,17 +366,18 @@ class ProgramCacheMixin:
                 program = None
         return chunk, (program, gkey, source, binary, payload)
 
-    def _build_beside_probe(self, chunks, slots, options, profile) -> list:
-        """[(chunk, _build_group's result)] of groups built for ``profile``'s GEMM width while
+    def _build_beside_probe(self, chunks, slots, options, profile) -> tuple:
+        """([(chunk, _build_group's result)], [dropped items]) of groups built for ``profile``'s GEMM width while
         the probe runs on child 0. The children ``slots`` take the groups from one queue as
         they come free (child 0 once the probe has answered), so however long the probe
         takes, neither child idles while the other has a queue. If the probe rejects that
         width, the children still compiling for it are stopped (a width that hangs the
         compiler must not hold the user for the build timeout) and nothing built for it is
-        kept (nor counted as a failed group); build() then makes those kernels one by one."""
+        kept (nor counted as a failed group): those items come back as dropped, and prebuild
+        builds them again, grouped, for the width the probe chose."""
         width = profile.get("gemm_vector_width")
         todo = list(reversed(chunks))       # popped from the end: the first chunk first
-        lock, busy, done = threading.Lock(), set(), Queue()
+        lock, busy, done, unbuilt = threading.Lock(), set(), Queue(), []
 
         def child(slot):
             try:
@@ -393,7 +399,7 @@ class ProgramCacheMixin:
         def verdict():      # stop what is being built for a width the probe rejected
             if self.capabilities().get("gemm_vector_width") != width:
                 with lock:
-                    self.stats["dropped_after_probe"] += sum(len(chunk) for chunk in todo)
+                    unbuilt.extend(item for chunk in todo for item in chunk)
                     todo.clear()
                     stop = [self._worker(slot).proc for slot in busy if slot]
                 for proc in stop:
@@ -414,13 +420,14 @@ class ProgramCacheMixin:
                     results.append(self._loaded(item, options))
             watcher.result()
         final = self.capabilities()
-        kept = []
+        kept, dropped = [], list(unbuilt)
         for chunk, res in results:
             if all(self._specialize(vspec, final).source == vspec.source for _, vspec, _ in chunk):
                 kept.append((chunk, res))
             else:
-                self.stats["dropped_after_probe"] += len(chunk)
-        return kept
+                dropped.extend(chunk)
+        self.stats["dropped_after_probe"] += len(dropped)
+        return kept, dropped
 
     def _admitted(self, key, spec, options, bad, names, profile):
         """(key, the variant to build, its key), or None where build() deals with the kernel:

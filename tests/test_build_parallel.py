@@ -52,8 +52,15 @@ def _run(tmp_path, workers, fault="", cache="cache"):
 def test_grouped_parallel_builds_give_the_same_kernels_and_numbers(tmp_path):
     one, _ = _run(tmp_path, 0, cache="one")
     par, _ = _run(tmp_path, 2, cache="par")
-    # two groups, one per child; on a cold start beside the background probe, two per child (a queue)
-    assert one["stats"]["programs"] == 0 and par["stats"]["programs"] == (4 if par["stats"]["beside_probe"] else 2)
+    # two groups, one per child; on a cold start beside the background probe, two per child (a queue),
+    # and where the probe narrows the GEMM width (Zen 4), the dropped ones grouped again
+    assert one["stats"]["programs"] == 0
+    if not par["stats"]["beside_probe"]:
+        assert par["stats"]["programs"] == 2
+    elif not par["stats"]["dropped_after_probe"]:
+        assert par["stats"]["programs"] == 4
+    else:
+        assert par["stats"]["programs"] >= 2
     assert par["stats"]["group_failures"] == 0 and par["children"] == 2
     assert par["kernels"] == one["kernels"] and par["stats"]["builds"] == one["stats"]["builds"] >= 10
     assert par["loss"] == one["loss"] and par["grads"] == one["grads"]          # bitwise: the same kernels

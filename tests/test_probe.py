@@ -102,9 +102,12 @@ def test_a_cold_start_builds_beside_the_probe_and_keeps_what_it_confirms(tmp_pat
     if not engine.default_device().is_pocl or program_cache._build_workers() < 2:
         pytest.skip("the probe runs beside builds on PoCL with two or more build children")
     out, _ = _run(tmp_path, "", code=STATS)
-    assert out["err"] < 1e-4 and out["vw"] == 16 and out["float16_in_gemm"]
-    assert out["stats"]["beside_probe"] >= 2 and out["stats"]["dropped_after_probe"] == 0
-    assert out["stats"]["group_failures"] == 0 and out["stats"]["programs"] >= 1
+    assert out["err"] < 1e-4 and out["stats"]["beside_probe"] >= 2 and out["stats"]["programs"] >= 1
+    if out["vw"] == 16:     # the probe confirmed the width tried first (Intel; Debian's PoCL)
+        assert out["float16_in_gemm"] and out["stats"]["dropped_after_probe"] == 0
+        assert out["stats"]["group_failures"] == 0
+    else:                   # the wheel's PoCL on AMD Zen 4 aborts on float16 (../shared/POCL.md)
+        assert not out["float16_in_gemm"] and out["stats"]["dropped_after_probe"] >= 1
     warm, _ = _run(tmp_path, "", code=STATS)      # the profile is on disk now: no background probe
     assert warm["stats"]["beside_probe"] == 0 and warm["err"] < 1e-4
 
@@ -117,7 +120,7 @@ def test_kernels_built_for_a_width_the_probe_then_rejects_are_dropped(tmp_path):
         pytest.skip("the probe runs beside builds on PoCL with two or more build children")
     out, _ = _run(tmp_path, "abort:mao_probe_gemm&float16", code=STATS)
     assert out["vw"] == 8 and out["float8_in_gemm"] and not out["float16_in_gemm"] and out["err"] < 1e-4
-    assert out["stats"]["dropped_after_probe"] >= 1
+    assert out["stats"]["dropped_after_probe"] >= 1 and out["stats"]["programs"] >= 1   # rebuilt, grouped
     assert [d["variant"] for d in out["dropped"]] == ["gemm float16"]
 
 
