@@ -106,7 +106,7 @@ def test_a_cold_start_builds_beside_the_probe_and_keeps_what_it_confirms(tmp_pat
     if out["vw"] == 16:     # the probe confirmed the width tried first (Intel; Debian's PoCL)
         assert out["float16_in_gemm"] and out["stats"]["dropped_after_probe"] == 0
         assert out["stats"]["group_failures"] == 0
-    else:                   # the wheel's PoCL on AMD Zen 4 aborts on float16 (../shared/POCL.md)
+    else:                   # the wheel's PoCL on AMD Zen 4 aborts on float16 (docs/ARCHITECTURE.md, the device probe)
         assert not out["float16_in_gemm"] and out["stats"]["dropped_after_probe"] >= 1
     warm, _ = _run(tmp_path, "", code=STATS)      # the profile is on disk now: no background probe
     assert warm["stats"]["beside_probe"] == 0 and warm["err"] < 1e-4
