@@ -62,15 +62,8 @@ def engine_time(ashape, bshape, ta, tb, device, repeat):
 
 def step_profile(device, repeat, top=12):
     """(device ns of the fastest of ``repeat`` compiled MLP steps, its kernels)."""
-    import engine.nn.functional as F
-    engine.manual_seed(0)
-    sizes = (784, 512, 512, 10)
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [engine.nn.Linear(a, b, device=device), engine.nn.ReLU()]
-    model = engine.nn.Sequential(*layers[:-1])
-    opt = engine.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    step = engine.training_step(model, F.cross_entropy, opt)
+    from bench.mlp import mlp_step
+    step = mlp_step(device)
     rng = np.random.default_rng(0)
     x = engine.tensor(rng.standard_normal((128, 784), dtype=np.float32), device=device)
     y = engine.tensor(rng.integers(0, 10, 128), device=device)

@@ -53,7 +53,7 @@ import numpy as np
 
 from bench.allreduce import env as worker_env, machine
 from cluster import Cluster
-from cluster.node_cli import cpu_list
+from cluster.node_cli import cpu_list, pin_threads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = {"name": "adam", "lr": 1e-3}
@@ -132,16 +132,6 @@ def cpu_slices(n: int, size: int) -> list[list[int]]:
     return [allowed[i * size:(i + 1) * size] for i in range(n)]
 
 
-def pin_all_threads(cpus) -> None:
-    """sched_setaffinity(0) moves the calling thread only: move every thread there is
-    (threads started later inherit the main thread's set)."""
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), cpus)
-        except ProcessLookupError:
-            pass
-
-
 def _seconds(v) -> float:
     """A history field: one number, or one per node (the slowest counts)."""
     return float(max(v)) if isinstance(v, (list, tuple)) else float(v)
@@ -201,7 +191,7 @@ def run_engine(sizes, B, n, steps, warmup, x, y, node_args=(), env=None, cluster
 # --- PyTorch DDP (each rank a process running worker_ddp) -------------------------------
 def worker_ddp(cfg: dict) -> None:
     if cfg.get("cpus"):   # --pin: before torch starts its threads, which inherit the set
-        pin_all_threads(cfg["cpus"])
+        pin_threads(cfg["cpus"])
     import contextlib
 
     import torch

@@ -66,7 +66,7 @@ class NodeLink:
     """The driver's connection to one node."""
     _ids = itertools.count(1)
 
-    def __init__(self, ctx, address: str, secret: bytes, heartbeat_s: float = 0.5, missed: int = 4):
+    def __init__(self, ctx, address: str, secret: bytes, heartbeat_s: float, missed: int):
         self.address, self.secret = address, secret
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)

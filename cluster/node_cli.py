@@ -57,17 +57,21 @@ def parse_cpus(text: str) -> list[int]:
     return sorted(cpus)
 
 
-def pin(cpus: list[int]) -> None:
-    """Run this process on `cpus` only, with as many PoCL worker threads as CPUs.  Must run
-    before the OpenCL platform initialises (PoCL reads its thread count then, and its
-    workers inherit the affinity of the thread that starts them).  sched_setaffinity(0)
-    moves the calling thread only, so every thread already running (numpy's BLAS pool)
-    is moved too; threads started later inherit the main thread's set."""
+def pin_threads(cpus) -> None:
+    """sched_setaffinity(0) moves the calling thread only: move every thread already running
+    (numpy's BLAS pool) to `cpus`; threads started later inherit the main thread's set."""
     for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]:
         try:
             os.sched_setaffinity(int(tid), cpus)
         except ProcessLookupError:   # a thread that ended meanwhile
             pass
+
+
+def pin(cpus: list[int]) -> None:
+    """Run this process on `cpus` only, with as many PoCL worker threads as CPUs.  Must run
+    before the OpenCL platform initialises (PoCL reads its thread count then, and its
+    workers inherit the affinity of the thread that starts them)."""
+    pin_threads(cpus)
     if not any(k in os.environ for k in POCL_THREADS):   # the user's own setting wins
         for k in POCL_THREADS:
             os.environ[k] = str(len(cpus))

@@ -13,7 +13,7 @@ import pyopencl as cl
 from .build_child import _BuildWorker, _safe_mode
 from .codegen import set_gemm_vector_width
 from .device_buffer import NP_DTYPES, Buffer
-from .probe import _load_profiles, _probe, _profile_key, _save_profile
+from .probe import FIRST_TRIED, _load_profiles, _probe, _profile_key, _save_profile
 from .program_cache import CompiledKernel, ProgramCacheMixin, _build_workers
 
 __all__ = ["Device", "DEVICE_ALIASES"]
@@ -185,7 +185,7 @@ class Device(ProgramCacheMixin):
         if (self._caps is not None or self.kind != "cpu" or _safe_mode(self) != "launch"
                 or _build_workers() < 2 or _load_profiles().get(_profile_key(self)) is not None):
             return False
-        self._provisional = {"gemm_vector_width": 16, "tiled_max": 128, "provisional": True}
+        self._provisional = {**FIRST_TRIED, "provisional": True}
         self._tell_codegen(self._provisional)
         threading.Thread(target=self._probe_quietly, daemon=True, name="engine-probe").start()
         return True

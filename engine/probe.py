@@ -23,6 +23,8 @@ from .codegen import GEMM_VECTOR_WIDTHS
 from .files import atomic_write, cache_dir
 
 _PROBE_VERSION = 1
+# what the probe tries first, and what plans assume while it runs in the background
+FIRST_TRIED = {"gemm_vector_width": 16, "tiled_max": 128}
 
 
 def _profile_path() -> str:
@@ -165,7 +167,7 @@ def _probe(device) -> dict:
     t0 = time.perf_counter()
     mode = _safe_mode(device)
     prof = {"device": device.identity, "kind": device.kind, "safe_build": mode, "dropped": [], "works": [],
-            "gemm_vector_width": 16, "tiled_max": 128}
+            **FIRST_TRIED}
     if mode == "off" or os.environ.get("ENGINE_PROBE", "1").strip().lower() in ("0", "off", "no"):
         prof["probe"] = "skipped (ENGINE_SAFE_BUILD=off or ENGINE_PROBE=0)"
         return prof

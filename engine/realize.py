@@ -135,10 +135,7 @@ def _run_plan(todo, device, group, dests) -> dict:
 def _build(plan, device) -> None:
     """Prove and build the kernels of ``plan`` for ``device`` (the first time it runs there)."""
     specs = [k.spec for k in plan.kernels if device not in k.built]
-    for spec in specs:
-        if spec.name not in _proved:
-            prove(spec)        # every generated load inside its buffer, before anything is built
-            _proved.add(spec.name)
+    _prove_once(specs)
     device.prebuild(specs)     # this schedule's new kernels compiled together, in parallel build children
     for k in plan.kernels:
         if device in k.built:
@@ -156,6 +153,14 @@ _plans = PlanCache()
 _proved: set = set()     # kernel names (their source hash included) whose loads are proved in bounds
 
 
+def _prove_once(specs) -> None:
+    """Every generated load of each spec inside its buffer, before anything is built."""
+    for spec in specs:
+        if spec.name not in _proved:
+            prove(spec)
+            _proved.add(spec.name)
+
+
 def plan(targets, device, group=False):
     """Lower ``targets`` for ``device`` (engine/lowering.py), schedule them and lower each
     kernel, without building or launching: [(group, spec)]."""
@@ -168,10 +173,7 @@ def expect(targets, device, group=False) -> None:
     first step): planned now, their loads proved in bounds, and handed to the device, which
     compiles them with the next schedule's new kernels (Device.prebuild). Nothing runs."""
     specs = [spec for _, spec in plan(targets, device, group)]
-    for spec in specs:
-        if spec.name not in _proved:
-            prove(spec)
-            _proved.add(spec.name)
+    _prove_once(specs)
     device.expect(specs)
 
 

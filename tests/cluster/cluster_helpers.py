@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from cluster.reference import reference_fit  # noqa: F401  (the tests import it from here)
@@ -127,3 +128,26 @@ def proc_status(pid):
             k, _, v = line.partition(":")
             out[k] = v.split()[0] if v.split() else ""
     return out
+
+
+def on_every_rank(links, work, join_s=60):
+    """work(r) on each rank r of `links` in a thread of its own -> (results, errors) per
+    rank. A rank that fails cancels every link: the others would wait for data that never
+    comes."""
+    n = len(links)
+    results, errors = [None] * n, [None] * n
+
+    def run(r):
+        try:
+            results[r] = work(r)
+        except Exception as e:
+            errors[r] = e
+            for other in links:
+                other.cancel.set()
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(join_s)
+    return results, errors

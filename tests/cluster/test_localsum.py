@@ -1,7 +1,6 @@
 """Same-host rings: Unix-socket links (ring.py bind_local) and the shared-memory sum
 (cluster/localsum.py) that replaces the TCP ring's bytes when every rank is local."""
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -9,6 +8,7 @@ import zmq
 
 from cluster import RingLinks, allreduce, localsum
 from cluster.ring import local_path
+from cluster_helpers import on_every_rank
 
 SECRET = b"localsum-test-secret-0123456"
 
@@ -25,22 +25,12 @@ def reduce_calls(inputs_per_call, local=True, **kw):
     peers = [lk.endpoint for lk in links]
     for r, lk in enumerate(links):
         lk.connect(1, r, peers)
-    res, errs = [None] * n, [None] * n
 
-    def run(r):
-        try:
-            outs = [allreduce(links[r], call[r].copy(), 10 + i, **kw) for i, call in enumerate(inputs_per_call)]
-            res[r] = (outs, links[r].bytes_sent, links[r].shm_ok, links[r].via)
-        except Exception as e:
-            errs[r] = e
-            for other in links:
-                other.cancel.set()
+    def work(r):
+        outs = [allreduce(links[r], call[r].copy(), 10 + i, **kw) for i, call in enumerate(inputs_per_call)]
+        return outs, links[r].bytes_sent, links[r].shm_ok, links[r].via
 
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    res, errs = on_every_rank(links, work)
     paths = [lk.segments and [c[1] for c in lk.segments.mine if c] for lk in links]
     for lk in links:
         lk.close(linger_ms=0)
@@ -104,21 +94,9 @@ def test_a_newcomer_in_the_next_generation_sums_with_members_that_have_history()
         peers = [lk.endpoint for lk in members]
         for r, lk in enumerate(members):
             lk.connect(gen, r, peers)
-        outs, errs = [None] * len(members), []
-
-        def run(r):
-            try:
-                outs[r] = [allreduce(members[r], c[r].copy(), 100 * gen + i) for i, c in enumerate(calls)]
-            except Exception as e:
-                errs.append(e)
-                for other in members:
-                    other.cancel.set()
-        ts = [threading.Thread(target=run, args=(r,)) for r in range(len(members))]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(60)
-        assert not errs, errs
+        outs, errs = on_every_rank(
+            members, lambda r: [allreduce(members[r], c[r].copy(), 100 * gen + i) for i, c in enumerate(calls)])
+        assert errs == [None] * len(members), errs
         for i, c in enumerate(calls):
             assert all(o[i].tobytes() == outs[0][i].tobytes() for o in outs)
             np.testing.assert_allclose(outs[0][i], np.sum(c, axis=0, dtype=np.float64), rtol=1e-5, atol=1e-5)
@@ -163,21 +141,7 @@ def test_a_dead_nodes_socket_file_at_a_reused_endpoint_is_not_connected_to():
             lk.connect(1, r, peers)
         assert links[0].via == peers[1]
         inputs = [np.random.default_rng(r).standard_normal(50_000).astype(np.float32) for r in range(2)]
-        outs, errs = [None, None], [None, None]
-
-        def run(r):
-            try:
-                outs[r] = allreduce(links[r], inputs[r].copy(), 5)
-            except Exception as e:
-                errs[r] = e
-                for other in links:
-                    other.cancel.set()
-
-        threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
+        outs, errs = on_every_rank(links, lambda r: allreduce(links[r], inputs[r].copy(), 5))
         assert errs == [None, None], errs
         want = inputs[0].astype(np.float64) + inputs[1]
         for r in range(2):

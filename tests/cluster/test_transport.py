@@ -3,7 +3,6 @@
 Conversions are checked against PyTorch's (round to nearest even) on random inputs; the
 all-reduce runs real RingLinks (ZeroMQ over 127.0.0.1, authenticated) in one thread per
 rank, against a float64 sum of the same inputs."""
-import threading
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import zmq
 
 from cluster import RingLinks, allreduce, transport as tp, wire
 from cluster.allreduce import PlanMismatch
+from cluster_helpers import on_every_rank
 
 SECRET = b"transport-test-secret-0123"
 
@@ -96,22 +96,7 @@ def ring_reduce(inputs, transports, **kw):
     peers = [lk.endpoint for lk in links]
     for r, lk in enumerate(links):
         lk.connect(1, r, peers)
-    outs, errs = [None] * n, [None] * n
-
-    def run(r):
-        buf = inputs[r].copy()
-        try:
-            outs[r] = allreduce(links[r], buf, 3, transport=transports[r], **kw)
-        except Exception as e:
-            errs[r] = e
-            for other in links:      # the others would wait for data that never comes
-                other.cancel.set()
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    outs, errs = on_every_rank(links, lambda r: allreduce(links[r], inputs[r].copy(), 3, transport=transports[r], **kw))
     for lk in links:
         lk.close(linger_ms=0)
     ctx.term()
