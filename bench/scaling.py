@@ -330,6 +330,7 @@ def main(argv=None):
                          "transport=bf16, env:K=V, or engine-node options such as --overlap-mb 16; one worker "
                          "runs once, with the defaults (a ring of one never all-reduces)")
     ap.add_argument("--models", type=int, nargs="+", help="indices into the model list (default: all)")
+    ap.add_argument("--batch", type=int, help="global batch of every model (default: each model's own)")
     ap.add_argument("--pin", action="store_true",
                     help="CPU workers: worker i of W on its own CPUs, CPUs // max(--workers) of them in every row "
                          "(engine-node --cpus; DDP ranks: sched_setaffinity and torch.set_num_threads)")
@@ -368,6 +369,8 @@ def main(argv=None):
     variants = [parse_variant(v) for v in a.variant] or [("engine", [], {}, {})]
     models = QUICK if a.quick else MODELS
     for name, sizes, B in [models[i] for i in (a.models or range(len(models)))]:
+        if a.batch:
+            name, B = f"{name} b{a.batch}", a.batch
         x, y = rng.random((ROWS, sizes[0]), dtype=np.float32), rng.integers(0, sizes[-1], ROWS)
         results = {}
         for n in workers:
