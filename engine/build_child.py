@@ -175,6 +175,13 @@ class _BuildWorker:
             if data.endswith(b"\n"):
                 return b"".join(chunks).decode()
 
+    def start(self) -> int:
+        """Start the child now if it is not running; the number of requests made so far."""
+        with self.lock:
+            if self.proc is None or self.proc.poll() is not None:
+                self._start()
+            return self.requests
+
     def request(self, source, options, launches, timeout, binary=None, want_binary=True) -> dict:
         with self.lock:
             self.requests += 1

@@ -27,6 +27,7 @@ __all__ = ["BuildError", "CacheEntryWarning", "CompiledKernel", "ProgramCacheMix
 
 
 _MEMBER_FORMAT = "many-as-one/program-member"
+_WARM_GRACE_S = 0.05     # how long a started child waits for real work before warming up on its own
 _WARM_SOURCE = "__kernel void mao_warm_up(__global float* o) { o[get_global_id(0)] = 0.0f; }"
 
 
@@ -441,18 +442,25 @@ class ProgramCacheMixin:
 
     def _warm_more_workers(self):
         """On a cold start (the device is being probed, so nothing of it is cached either),
-        start the extra build children beside the probe, each compiling a trivial kernel
-        (PoCL's first build in a process loads its kernel library), so prebuild finds them
-        ready."""
+        start the extra build children beside the probe, so prebuild finds them ready."""
         if _safe_mode(self) == "off":
             return
         for slot in range(1, _build_workers()):
             threading.Thread(target=self._warm_worker, args=(slot,), daemon=True).start()
 
     def _warm_worker(self, slot):
+        """Start child ``slot``; if no build has come for it shortly after, have it compile a
+        trivial kernel (PoCL's first build in a process loads its kernel library, ~0.5 s),
+        so that the first real group finds that done. Not when a group is already waiting:
+        the trivial build would cost that group a whole clBuildProgram (~0.2 s of parsing
+        OpenCL's header) and gain nothing, as the group's own build loads the library."""
         try:
-            self._worker(slot).request(_WARM_SOURCE, self._extra_options, [], want_binary=False,
-                                       timeout=_env_float("ENGINE_BUILD_START_TIMEOUT", 120.0))
+            worker = self._worker(slot)
+            seen = worker.start()
+            time.sleep(_WARM_GRACE_S)
+            if worker.requests == seen:
+                worker.request(_WARM_SOURCE, self._extra_options, [], want_binary=False,
+                               timeout=_env_float("ENGINE_BUILD_START_TIMEOUT", 120.0))
         except Exception:   # a child that will not start or build: prebuild's own request finds out
             pass
 
