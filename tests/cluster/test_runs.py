@@ -213,6 +213,31 @@ def test_overlapped_all_reduce_equals_single_process_engine(procs):
         np.testing.assert_allclose(res.params[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
+def test_overlapped_buckets_with_nan_are_never_applied(procs):
+    """--overlap-mb: the buckets are reduced and uploaded into the gradient buffers while
+    backward runs; a step whose sum holds NaN is still refused by both nodes before the
+    update, and nothing is applied."""
+    pytest.importorskip("engine")
+    from engine.nn import functional as F
+    from cluster import NonFiniteGradients
+    from test_device_training import digits
+    xtr, ytr, _, _ = digits.load_digits()
+    x = xtr[:64].copy()
+    x[5] = np.nan                             # in every batch of 64 rows
+    model = digits.build_model("mlp")
+    init = [v.numpy().copy() for v in model.state_dict().values()]
+    nodes = start_nodes(procs, 2, extra_args=("--overlap-mb", "0.01", "--digest-every", "1"))
+    cl = Cluster([d["control"] for d in nodes], SECRET, heartbeat_s=0.5, missed=20, batch_multiple=32,
+                 rebalance_tolerance=1.0)
+    steps = []
+    with pytest.raises(NonFiniteGradients, match="refused"):
+        cl.fit(model, F.cross_entropy, {"name": "sgd", "lr": 0.1}, (x, ytr[:64]), global_batch=64, max_steps=2,
+               on_step=steps.append)
+    assert steps == []                        # no step was applied
+    for got, want in zip(model.state_dict().values(), init):    # nor loaded into the model
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
 def test_overlap_buckets_cover_every_gradient_once_in_the_order_they_become_final():
     pytest.importorskip("engine")
     from engine.nn import functional as F
