@@ -469,6 +469,8 @@ class Adagrad(Optimizer):
                              f"{initial_accumulator_value} or eps={eps}")
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps))
+        for i in range(len(self.params)):   # as torch: the sums exist (and are saved) before any step
+            self._buffer(i, "sum")
 
     def _set_scalars(self, i, g, t):
         self._set(i, clr=g["lr"] / (1 + (t - 1) * g["lr_decay"]))

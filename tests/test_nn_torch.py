@@ -398,6 +398,28 @@ def test_rmsprop_adagrad(rng, make_e, make_t):
     np.testing.assert_allclose(pe.numpy(), pt.detach().numpy(), rtol=2e-5, atol=2e-6)
 
 
+def test_adagrad_state_dict_matches_torch_before_and_after_a_step(rng):
+    """torch's Adagrad holds its sums (initial_accumulator_value) and step 0 from
+    construction: a state saved before the first step has them, and loads either way."""
+    w0 = _inp(rng, (3, 5))
+    pe = engine.tensor(w0, requires_grad=True)
+    pt = torch.tensor(w0, requires_grad=True)
+    oe, ot = Adagrad([pe], lr=0.1, initial_accumulator_value=0.25), torch.optim.Adagrad([pt], lr=0.1,
+                                                                                       initial_accumulator_value=0.25)
+    for k in range(2):
+        se, st = oe.state_dict()["state"], ot.state_dict()["state"]
+        assert set(se) == set(st) == {0} and set(se[0]) == set(st[0]) == {"step", "sum"}
+        assert float(se[0]["step"]) == float(st[0]["step"]) == k
+        np.testing.assert_allclose(se[0]["sum"], st[0]["sum"].numpy(), rtol=1e-6)
+        ((pe * pe).sum() * 0.5 + pe.sum()).backward()
+        ((pt * pt).sum() * 0.5 + pt.sum()).backward()
+        oe.step(), ot.step()
+    fresh = Adagrad([engine.tensor(w0, requires_grad=True)], lr=0.1)
+    fresh.load_state_dict(oe.state_dict())            # the saved sums replace the fresh ones
+    np.testing.assert_allclose(fresh.state_dict()["state"][0]["sum"], ot.state_dict()["state"][0]["sum"].numpy(),
+                               rtol=1e-5)
+
+
 def test_cross_entropy_target_check_also_in_a_compiled_step():
     m = nn.Linear(4, 3)
     opt = engine.optim.SGD(m.parameters(), lr=0.1)
