@@ -34,7 +34,7 @@ try:
     import pyopencl as cl
     from engine import launch, optim, realize as rz
     from engine.runtime import NP_DTYPES
-    from engine.tensor import tensor
+    from engine.tensor import Tensor, tensor
 except Exception:   # a node without the engine runs reference programs only
     cl = None
 
@@ -87,6 +87,7 @@ class DeviceTrainer:
         self.updates = {}        # None (the gradient buffers) or id(runner) (its outputs) -> captured update
         self.snap = None         # (step, [device copies of weights + state]) for rollback
         self.checks = {}         # id(runner) -> (captured launches, buffer) of the finite-or-NaN loss
+        self.scaled = {}         # id(runner) -> (weight Var, captured launches, buffers, runner) of weighted gradients
         self.pinned = []         # host_array's buffers
         self.ready = {}          # (id(runner), bucket bytes) -> overlapped all-reduce buckets (see buckets)
         self.checked = np.empty(1, np.float32)
@@ -124,10 +125,14 @@ class DeviceTrainer:
             launch.replay(step.items, self.device)
         return [rz.buffer_of(t.node) for t in step.outs]
 
-    def forward_backward(self, runner, x, y, flat: np.ndarray) -> float:
-        """Run the step program; the gradients land in flat[:-1] (packed in parameter
-        order), the loss in flat[-1].  Returns the loss."""
+    def forward_backward(self, runner, x, y, flat: np.ndarray, weight: float = 1.0) -> float:
+        """Run the step program; the gradients times `weight` land in flat[:-1] (packed in
+        parameter order), the loss times `weight` in flat[-1].  Returns the unweighted loss.
+        The gradients are weighted on the device, before they come down: on the host that
+        multiply was one more pass over every gradient (8 ms for 20 M floats on one core)."""
         outs = self._run_program(runner, x, y)
+        if weight != 1.0:
+            outs = [outs[0], *self._weighted(runner, weight)]
         q, off = self.device.queue, 0
         for buf, n in zip(outs[1:], self.sizes):
             if n:
@@ -135,8 +140,24 @@ class DeviceTrainer:
             off += n
         loss = np.empty(1, np.float32)
         cl.enqueue_copy(q, loss, outs[0].mem, is_blocking=True)   # in-order queue: all copies done
-        flat[-1] = loss[0]
+        flat[-1] = loss[0] * np.float32(weight)
         return float(loss[0])
+
+    def _weighted(self, runner, weight: float) -> list:
+        """The buffers of `weight` x each gradient output of `runner`'s program, computed on
+        the device (captured once per program, the weight a host scalar of each replay)."""
+        if id(runner) not in self.scaled:
+            w = rz.Var(1.0)
+            wt = Tensor(w.node, self.device)
+            with launch.capture() as cap:
+                scaled = [g * wt for g in runner.step.outs[1:]]
+                for t in scaled:
+                    t.realize()
+            self.scaled[id(runner)] = (w, cap.items, [rz.buffer_of(t.node) for t in scaled], runner)
+        w, items, bufs, _ = self.scaled[id(runner)]
+        w.value = float(weight)
+        launch.replay(items, self.device)
+        return bufs
 
     def local_step(self, runner, x, y) -> float:
         """A ring of one: forward + backward, the gradients left in the program's outputs;

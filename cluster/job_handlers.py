@@ -93,7 +93,8 @@ class JobHandlers:
         if b > 0 and len(job.x):   # build every kernel now: a step's compute time then measures the device, not the compiler
             idx = np.arange(b) % len(job.x)
             if on_device:   # captures the launch list too (gradients only: no update)
-                job.dev.forward_backward(runner, job.x[idx], job.y[idx], np.empty(sum(job.dev.sizes) + 1, np.float32))
+                job.dev.forward_backward(runner, job.x[idx], job.y[idx], np.empty(sum(job.dev.sizes) + 1, np.float32),
+                                         weight=0.5)      # any weight but 1: builds the weighting kernels too
                 job.dev.local_step(runner, job.x[idx], job.y[idx])   # a ring of one's path: its check kernels
             else:
                 runner.run(job.params, job.x[idx], job.y[idx])
@@ -280,12 +281,12 @@ class JobHandlers:
                 job.scratch = new(n + 1)
             out = flat[:-1] if k == 0 else job.scratch     # micro-batches after the first: added on the host
             runner = job.runners[len(idx)]
-            if job.dev:    # gradients and loss downloaded straight into the packed buffer
-                job.dev.forward_backward(runner, job.x[idx], job.y[idx], out)
+            if job.dev:    # gradients and loss weighted on the device, downloaded straight into the packed buffer
+                job.dev.forward_backward(runner, job.x[idx], job.y[idx], out, weight=w)
             else:
                 loss, grads = runner.run(job.params, job.x[idx], job.y[idx])
                 out[:] = pack([*grads, np.float32([loss])])
-            out *= np.float32(w)
+                out *= np.float32(w)
             if k:
                 flat[:-1] += out
         return flat

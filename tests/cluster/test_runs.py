@@ -46,7 +46,9 @@ def test_driver_messages_do_not_grow_with_the_steps(procs):
     nodes = start_nodes(procs, 2)
     counts = {}
     for steps in (8, 64):
-        cl = CountingCluster([n["control"] for n in nodes], SECRET, heartbeat_s=0.5, missed=20, report_s=0.5)
+        # no rebalancing: shares moved by a timing blip would add a legitimate program message
+        cl = CountingCluster([n["control"] for n in nodes], SECRET, heartbeat_s=0.5, missed=20, report_s=0.5,
+                             rebalance_tolerance=1.0)
         res = cl.fit(ReferenceMLP([64, 32, 10]), None, SPEC, (XTR, YTR), global_batch=40, epochs=2, max_steps=steps)
         assert res.step == steps == len(res.history)
         want = reference_fit(ReferenceMLP([64, 32, 10]), SPEC, XTR, YTR, 40, steps)
@@ -189,6 +191,30 @@ def test_a_ring_of_one_keeps_gradients_on_the_device_and_refuses_non_finite_ones
     bad.reshape(32, -1)[3, 5] = np.inf                # one input: Inf/NaN gradients, the loss too
     assert np.isnan(local.local_step(r1, bad, ytr[:32]))
     assert all(np.array_equal(a, b) for a, b in zip(local.weights(), before))   # nothing applied
+
+
+def test_gradients_weighted_on_the_device_equal_the_host_multiply():
+    """forward_backward(weight=w) scales the gradients and the loss on the device before
+    they come down: the same float32 numbers as the host's multiply it replaced, step after
+    step with other weights (the weight is read at each replay)."""
+    pytest.importorskip("engine")
+    from engine.nn import functional as F
+    from cluster import program
+    from cluster.devicetrain import DeviceTrainer
+    from test_device_training import digits
+    xtr, ytr, _, _ = digits.load_digits()
+    model = digits.build_model("mlp")
+    runner = program.trace(model, F.cross_entropy, xtr[:32], ytr[:32]).bind()
+    tr = DeviceTrainer(runner.device, {"name": "sgd", "lr": 0.1}, list(program.params_of(model).values()), [], 0)
+    tr.bind(runner)
+    plain, weighted = (np.empty(sum(tr.sizes) + 1, np.float32) for _ in range(2))
+    for i, w in enumerate((0.25, 0.375, 1.0, 0.7)):
+        x, y = xtr[i * 32:(i + 1) * 32], ytr[i * 32:(i + 1) * 32]
+        loss = tr.forward_backward(runner, x, y, plain)
+        assert tr.forward_backward(runner, x, y, weighted, weight=w) == loss
+        assert np.abs(plain[:-1]).max() > 0
+        np.testing.assert_array_equal(weighted, plain * np.float32(w))
+        tr.update(weighted)                       # the weights move: the next step's gradients differ
 
 
 def test_overlapped_all_reduce_equals_single_process_engine(procs):

@@ -1,0 +1,101 @@
+"""Device <-> host bandwidth through OpenCL for the ways a node can hold its gradients on
+the host (issue 14: a GPU node downloads every gradient and uploads the reduced sum each
+step), side by side in one run:
+
+    python -m bench.host_transfer [--device nvidia] [--mb 80] [--repeat 10]
+
+  pageable   a numpy array (the driver stages through its own pinned memory)
+  mapped     an ALLOC_HOST_PTR buffer kept mapped, read into / written from its mapping
+             (what cluster/devicetrain.py's host_array does today)
+  copy+map   clEnqueueCopyBuffer between the device buffer and an ALLOC_HOST_PTR buffer,
+             the host reading the latter's mapping (the copy is a device-side DMA)
+  pieces     mapped, in 8 pieces of MB/8 each, all enqueued before one wait (the shape an
+             overlapped download takes)
+
+Prints GB/s per direction (best of --repeat), and the device time of each transfer.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import pyopencl as cl
+
+import engine
+from bench.common import header
+
+
+def _best(fn, repeat):
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--mb", type=float, default=80.0)
+    ap.add_argument("--repeat", type=int, default=10)
+    a = ap.parse_args(argv)
+    dev = engine.runtime.get_device(a.device)
+    print(header(dev))
+    ctx, q = dev.context, dev.queue
+    n = int(a.mb * 2**20) // 4
+    mf = cl.mem_flags
+    src = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
+    dbuf = cl.Buffer(ctx, mf.READ_WRITE, 4 * n)
+    cl.enqueue_copy(q, dbuf, src, is_blocking=True)
+    pageable = np.empty(n, np.float32)
+    hbuf = cl.Buffer(ctx, mf.READ_WRITE | mf.ALLOC_HOST_PTR, 4 * n)
+    mapped, _ = cl.enqueue_map_buffer(q, hbuf, cl.map_flags.READ | cl.map_flags.WRITE, 0, (n,), np.float32,
+                                      is_blocking=True)
+    pieces = 8
+    cut = [i * n // pieces for i in range(pieces + 1)]
+
+    def down_pageable():
+        cl.enqueue_copy(q, pageable, dbuf, is_blocking=True)
+
+    def up_pageable():
+        cl.enqueue_copy(q, dbuf, pageable, is_blocking=True)
+
+    def down_mapped():
+        cl.enqueue_copy(q, mapped, dbuf, is_blocking=True)
+
+    def up_mapped():
+        cl.enqueue_copy(q, dbuf, mapped, is_blocking=True)
+
+    def down_copy():
+        cl.enqueue_copy(q, hbuf, dbuf, byte_count=4 * n)
+        q.finish()
+
+    def up_copy():
+        cl.enqueue_copy(q, dbuf, hbuf, byte_count=4 * n)
+        q.finish()
+
+    def down_pieces():
+        for lo, hi in zip(cut, cut[1:]):
+            cl.enqueue_copy(q, mapped[lo:hi], dbuf, src_offset=4 * lo, is_blocking=False)
+        q.finish()
+
+    def up_pieces():
+        for lo, hi in zip(cut, cut[1:]):
+            cl.enqueue_copy(q, dbuf, mapped[lo:hi], dst_offset=4 * lo, is_blocking=False)
+        q.finish()
+
+    print(f"| {a.mb:g} MB | download GB/s | upload GB/s |")
+    print("|---|---|---|")
+    for name, down, up in (("pageable", down_pageable, up_pageable), ("mapped", down_mapped, up_mapped),
+                           ("copy+map", down_copy, up_copy), ("pieces (mapped)", down_pieces, up_pieces)):
+        d, u = _best(down, a.repeat), _best(up, a.repeat)
+        print(f"| {name} | {4 * n / d / 1e9:.1f} | {4 * n / u / 1e9:.1f} |", flush=True)
+    down_copy()
+    ok = np.array_equal(mapped, src)
+    print(f"copy+map holds the device's data: {ok}")
+
+
+if __name__ == "__main__":
+    main()
