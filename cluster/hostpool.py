@@ -21,13 +21,19 @@ _pool_lock = threading.Lock()
 
 
 def threads() -> int:
-    """Up to 4, never more than the CPUs this process may run on: a node pinned with
-    `engine-node --cpus` (sched_setaffinity) counts its own CPUs, not the host's."""
+    """ENGINE_NODE_HOST_THREADS (default 4), never more than the CPUs this process may run
+    on: a node pinned with `engine-node --cpus` (sched_setaffinity) counts its own CPUs,
+    not the host's."""
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):   # no affinity call (macOS)
         n = os.cpu_count() or 1
-    return max(1, min(4, n))
+    try:
+        cap = int(os.environ.get("ENGINE_NODE_HOST_THREADS", "") or 4)
+    except ValueError:
+        raise ValueError(f"ENGINE_NODE_HOST_THREADS={os.environ['ENGINE_NODE_HOST_THREADS']!r} is not a "
+                         f"number of threads") from None
+    return max(1, min(cap, n))
 
 
 def pieces(n: int) -> list[tuple[int, int]]:
