@@ -1,6 +1,6 @@
 """Where a node's step goes: each phase of the device path (cluster/devicetrain.py) and of
 the host path (--host-optimizer) timed alone in one process, beside the single-process
-compiled step (best of 10, ms).  `python -m bench.node_phases`"""
+compiled step (best of 10, ms).  `python -m bench.node_phases [digits wide big]` (default: digits wide)"""
 import time, numpy as np, sys
 
 import engine
@@ -11,7 +11,7 @@ from engine import launch
 from cluster.devicetrain import DeviceTrainer
 from cluster.optimizer import HostOptimizer
 from bench.node_vs_local import models
-for key in ("digits", "wide"):
+for key in sys.argv[1:] or ("digits", "wide"):
     title, build, x, y, B = models()[key]
     model = build()
     p = program.trace(model, F.cross_entropy, x[:B], y[:B])
@@ -27,6 +27,7 @@ for key in ("digits", "wide"):
             t0 = time.perf_counter(); fn(); best = min(best, time.perf_counter() - t0)
         return best * 1e3
     fb = t(lambda: tr.forward_backward(r, x[idx], y[idx], flat))
+    fbw = t(lambda: tr.forward_backward(r, x[idx], y[idx], flat, weight=0.5))
     ls = t(lambda: tr.local_step(r, x[idx], y[idx]))                    # a ring of one: no download
     ap_ = t(lambda: (tr.apply(r), r.device.synchronize()))
     ck = t(lambda: (launch.replay(tr.checks[id(r)][0], r.device), r.device.synchronize()))
@@ -46,6 +47,7 @@ for key in ("digits", "wide"):
     m2 = build(); step = engine.training_step(m2, F.cross_entropy, engine.optim.Adam(m2.parameters(), lr=1e-3))
     loc = t(lambda: float(step(x[idx], y[idx]).numpy()))
     print(f"{title} B={B}: ring of one: fwd+bwd+check+loss read {ls:.2f} ms (check alone {ck:.2f}), "
+          f"weighted on the device: fwd+bwd+grad download {fbw:.2f} ms, "
           f"fused Adam alone {ap_:.2f} | device path: fwd+bwd+grad download {fb:.2f} ms, grads up + fused Adam {up:.2f}, snapshot {sn:.2f}, "
           f"digest {dg:.2f}, finite check {fin:.2f}, gradient weighting {sc:.2f} | host path: upload+fwd+bwd+download {hf:.2f}, numpy Adam {hu:.2f}, "
           f"rollback copy {hc:.2f}, checksum {hd:.2f} | local compiled step {loc:.2f} ms (best of 10)")

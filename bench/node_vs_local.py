@@ -42,7 +42,9 @@ def models():
     wide = lambda: nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
                                  nn.Linear(1024, 10))
     return {"digits": ("digits MLP 64-128-64-10", lambda: digits.build_model("mlp"), xd.reshape(len(xd), -1), yd, 256),
-            "wide": ("MLP 784-1024-1024-10", wide, xw, yw, 512)}
+            "wide": ("MLP 784-1024-1024-10", wide, xw, yw, 512),
+            "big": ("MLP 784-4096-4096-10", lambda: nn.Sequential(nn.Linear(784, 4096), nn.ReLU(), nn.Linear(4096, 4096),
+                                                                   nn.ReLU(), nn.Linear(4096, 10)), xw, yw, 1024)}
 
 
 def make_opt(params):

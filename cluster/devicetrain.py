@@ -87,6 +87,7 @@ class DeviceTrainer:
         self.updates = {}        # None (the gradient buffers) or id(runner) (its outputs) -> captured update
         self.snap = None         # (step, [device copies of weights + state]) for rollback
         self.checks = {}         # id(runner) -> (captured launches, buffer) of the finite-or-NaN loss
+        self.gcheck = None       # (captured launches, buffer, tensor) of the gradient buffers' finite check
         self.scaled = {}         # id(runner) -> (weight Var, captured launches, buffers, runner) of weighted gradients
         self.pinned = []         # host_array's buffers
         self.ready = {}          # (id(runner), bucket bytes) -> overlapped all-reduce buckets (see buckets)
@@ -243,13 +244,35 @@ class DeviceTrainer:
     # --- the update -----------------------------------------------------------------------
     def update(self, flat: np.ndarray) -> None:
         """Upload the reduced gradients (flat[:-1]) and apply the fused optimizer step."""
+        self.upload(flat)
+        self.device.queue.finish()
+        self.apply()
+
+    def upload(self, flat: np.ndarray) -> None:
+        """The reduced gradients (flat[:len]) into the gradient buffers, not waited for:
+        `flat` must stay as it is until the queue has run them (grads_finite waits)."""
         q, off = self.device.queue, 0
         for buf, n in zip(self.gbufs, self.sizes):
             if n:
                 cl.enqueue_copy(q, buf.mem, flat[off:off + n], is_blocking=False)
             off += n
-        q.finish()
-        self.apply()
+
+    def grads_finite(self) -> bool:
+        """Whether every value in the gradient buffers is finite, decided on the device (the
+        sum of g * 0 over all of them is 0, or NaN when one is NaN or Inf) with one float
+        read back: the host scan of 20 M floats it replaces took ~4.5 ms on 4 threads."""
+        if self.gcheck is None:
+            with launch.capture() as cap:
+                acc = None
+                for g in self.g:
+                    term = (g * 0.0).sum()
+                    acc = term if acc is None else acc + term
+                acc.realize()
+            self.gcheck = (cap.items, rz.buffer_of(acc.node), acc)
+        else:
+            launch.replay(self.gcheck[0], self.device)
+        cl.enqueue_copy(self.device.queue, self.checked, self.gcheck[1].mem, is_blocking=True)
+        return bool(np.isfinite(self.checked[0]))
 
     def apply(self, runner=None) -> None:
         """The fused optimizer step on the gradient buffers, or on `runner`'s gradient

@@ -96,6 +96,7 @@ class JobHandlers:
                 job.dev.forward_backward(runner, job.x[idx], job.y[idx], np.empty(sum(job.dev.sizes) + 1, np.float32),
                                          weight=0.5)      # any weight but 1: builds the weighting kernels too
                 job.dev.local_step(runner, job.x[idx], job.y[idx])   # a ring of one's path: its check kernels
+                job.dev.grads_finite()      # a ring's: the check of the reduced gradients (built once per job)
             else:
                 runner.run(job.params, job.x[idx], job.y[idx])
         job.runners[b] = runner
@@ -216,11 +217,17 @@ class JobHandlers:
                 allreduce(self.links, flat, job.step, transport=job.transport, exact_tail=2)
             else:                 # overlapped: the gradients are reduced already, loss and vote left
                 allreduce(self.links, flat[-2:], job.step)
+            t2 = time.perf_counter()
             loss, halt = float(flat[-2]), bool(flat[-1] > 0)
-            finite = hostpool.all_finite(flat)
+            if job.dev and hidden is None:    # uploaded now, checked on the device, applied below
+                job.dev.upload(flat)
+                finite = job.dev.grads_finite() and bool(np.isfinite(flat[-2:]).all())
+            else:
+                finite = hostpool.all_finite(flat)
         else:
+            t2 = time.perf_counter()
             halt, finite = vote_halt, np.isfinite(loss)
-        ar = time.perf_counter() - t1 + (hidden or 0.0)
+        ar = t2 - t1 + (hidden or 0.0)
         # Every rank holds the same sum, so every rank refuses together (before any update).
         if not finite:
             bad = int(np.count_nonzero(~np.isfinite(flat[:-2]))) if flat is not None else "some"
@@ -231,10 +238,8 @@ class JobHandlers:
                 job.dev.snapshot(job.step)
             if flat is None:
                 job.dev.apply(job.runners[len(parts[0][0])])
-            elif hidden is not None:                  # the reduced buckets are uploaded already
+            else:                                     # the reduced gradients are uploaded already
                 job.dev.apply()
-            else:
-                job.dev.update(flat)
         else:
             job.prev = (hostpool.copy(job.params), hostpool.copy(job.opt.state), job.opt.t)
             job.opt.update(job.params, unpack(flat[:-2], job.shapes))

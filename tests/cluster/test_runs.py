@@ -239,10 +239,11 @@ def test_overlapped_all_reduce_equals_single_process_engine(procs):
         np.testing.assert_allclose(res.params[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
-def test_overlapped_buckets_with_nan_are_never_applied(procs):
-    """--overlap-mb: the buckets are reduced and uploaded into the gradient buffers while
-    backward runs; a step whose sum holds NaN is still refused by both nodes before the
-    update, and nothing is applied."""
+@pytest.mark.parametrize("overlap", [(), ("--overlap-mb", "0.01")], ids=["checked-on-device", "overlapped"])
+def test_reduced_gradients_with_nan_are_never_applied(procs, overlap):
+    """Two nodes: the reduced gradients are uploaded and checked for NaN/Inf on the device
+    (or, with --overlap-mb, on the host bucket by bucket); a step whose sum holds NaN is
+    refused by both nodes before the update, and nothing is applied."""
     pytest.importorskip("engine")
     from engine.nn import functional as F
     from cluster import NonFiniteGradients
@@ -252,7 +253,7 @@ def test_overlapped_buckets_with_nan_are_never_applied(procs):
     x[5] = np.nan                             # in every batch of 64 rows
     model = digits.build_model("mlp")
     init = [v.numpy().copy() for v in model.state_dict().values()]
-    nodes = start_nodes(procs, 2, extra_args=("--overlap-mb", "0.01", "--digest-every", "1"))
+    nodes = start_nodes(procs, 2, extra_args=(*overlap, "--digest-every", "1"))
     cl = Cluster([d["control"] for d in nodes], SECRET, heartbeat_s=0.5, missed=20, batch_multiple=32,
                  rebalance_tolerance=1.0)
     steps = []
