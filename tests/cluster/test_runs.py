@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from cluster import Cluster, ReferenceMLP
+from cluster import Cluster, ReferenceMLP, hostpool
 from cluster.driver import ClusterError
 from cluster.reference import blobs
 from cluster_helpers import SECRET, reference_fit, start_nodes
@@ -196,7 +196,8 @@ def test_a_ring_of_one_keeps_gradients_on_the_device_and_refuses_non_finite_ones
 def test_gradients_weighted_on_the_device_equal_the_host_multiply():
     """forward_backward(weight=w) scales the gradients and the loss on the device before
     they come down: the same float32 numbers as the host's multiply it replaced, step after
-    step with other weights (the weight is read at each replay)."""
+    step with other weights (the weight is read at each replay); the digest's weights, read
+    into one reused buffer, are the updated ones each time."""
     pytest.importorskip("engine")
     from engine.nn import functional as F
     from cluster import program
@@ -215,6 +216,9 @@ def test_gradients_weighted_on_the_device_equal_the_host_multiply():
         assert np.abs(plain[:-1]).max() > 0
         np.testing.assert_array_equal(weighted, plain * np.float32(w))
         tr.update(weighted)                       # the weights move: the next step's gradients differ
+        fresh = tr.weights()                      # the digest's reused buffer holds the same, after every update
+        assert hostpool.checksum(tr.weights_view()) == hostpool.checksum(fresh)
+        assert all(np.array_equal(a, b) for a, b in zip(tr.weights_view(), fresh))
 
 
 def test_overlapped_all_reduce_equals_single_process_engine(procs):
