@@ -5,9 +5,10 @@ device and the update as one fused kernel (engine.optim).  A node does the same;
 gradients leave the device (downloaded into the packed all-reduce buffer) and the reduced
 gradients come back (uploaded into fixed gradient buffers).  Per step:
 
-    upload x, y -> replay the step program (forward + backward) -> download the gradients
-    -> ring all-reduce (host) -> NaN/Inf check (host) -> device snapshot for rollback
-    -> upload the reduced gradients -> replay the optimizer's captured fused update
+    upload x, y -> replay the step program (forward + backward) -> weight the gradients
+    (b_i / B, on the device) -> download them -> ring all-reduce (host) -> upload the
+    reduced gradients -> NaN/Inf check (device, one float read back) -> device snapshot
+    for rollback -> replay the optimizer's captured fused update
 
 How the pieces share memory: an engine optimizer writes each parameter in place
 (engine/storage.py ``commit``): the parameter's storage keeps its device Buffer *handle*
