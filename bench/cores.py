@@ -22,6 +22,7 @@ import sys
 import time
 
 from bench.common import commit
+from bench.scaling import cpu_slices
 
 _WORK = r"""
 import json, os, sys, time
@@ -88,17 +89,14 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--work", choices=["torch", "numpy", "engine"], default="torch")
     a = ap.parse_args(argv)
-    cpus = sorted(os.sched_getaffinity(0))
-    k = len(cpus) // max(a.workers)
-    if k < 1:
-        raise SystemExit(f"{len(cpus)} CPUs cannot give {max(a.workers)} workers one each")
+    k = len(os.sched_getaffinity(0)) // max(a.workers)
     print(f"commit {commit()}; host: {os.cpu_count()} CPUs, {k} per worker, work: {a.work}, "
           f"{a.seconds:g} s per run, load {os.getloadavg()[0]:.1f}")
     print("| workers | CPUs | per-worker rate (it/s) | per-worker ratio | aggregate speedup |")
     print("|---|---|---|---|---|")
     alone = None
     for w in a.workers:
-        slices = [cpus[i * k:(i + 1) * k] for i in range(w)]
+        slices = cpu_slices(w, k)       # the same slices as `bench.scaling --pin` (too few CPUs: a clear exit)
         rates = run_together(slices, a.seconds, a.work)
         mean = sum(rates) / len(rates)
         alone = alone or mean

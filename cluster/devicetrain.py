@@ -58,6 +58,14 @@ def _slots(spec: dict) -> tuple:
     return _SLOTS["adam"]
 
 
+def _plus_nan_of(start, tensors):
+    """start + the sum of t * 0 over `tensors`: `start` when every value is finite, NaN when
+    one is NaN or Inf (NaN * 0 and Inf * 0 are NaN; finite * 0 is 0)."""
+    for t in tensors:
+        start = start + (t * 0.0).sum()
+    return start
+
+
 class DeviceTrainer:
     """Weights, gradients and optimizer state of one job on one device."""
 
@@ -65,6 +73,7 @@ class DeviceTrainer:
         self.device, self.spec, self.t = device, spec, int(t)
         self.shapes = [tuple(p.shape) for p in params]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.offsets = [int(o) for o in np.concatenate([[0], np.cumsum(self.sizes)])]   # of each in the packed buffer
         self.w = [tensor(np.ascontiguousarray(p, np.float32), device=device) for p in params]
         for p in self.w:
             p.realize()
@@ -87,9 +96,8 @@ class DeviceTrainer:
         self.sbufs = [rz.buffer_of(self.opt.state[i][name]._storage.node) for name in self.names for i in range(n)]
         self.updates = {}        # None (the gradient buffers) or id(runner) (its outputs) -> captured update
         self.snap = None         # (step, [device copies of weights + state]) for rollback
-        self.checks = {}         # id(runner) -> (captured launches, buffer) of the finite-or-NaN loss
+        self.checks = {}         # id(runner) or "grads" -> (captured launches, buffer, kept alive) of a finite check
         self.wview = None        # weights_view's host views
-        self.gcheck = None       # (captured launches, buffer, tensor) of the gradient buffers' finite check
         self.scaled = {}         # id(runner) -> (weight Var, captured launches, buffers, runner) of weighted gradients
         self.pinned = []         # host_array's buffers
         self.ready = {}          # (id(runner), bucket bytes) -> overlapped all-reduce buckets (see buckets)
@@ -167,16 +175,20 @@ class DeviceTrainer:
         returns the loss, or NaN when the loss or any gradient is not finite (then nothing
         may be applied).  apply(runner) updates from those outputs."""
         self._run_program(runner, x, y)
-        if id(runner) not in self.checks:
+        outs = runner.step.outs
+        return self._finite_check(id(runner), lambda: _plus_nan_of(outs[0].reshape(()), outs[1:]), keep=runner)
+
+    def _finite_check(self, key, build, keep=None) -> float:
+        """The one float of build() (see _plus_nan_of), built and captured under `key` the
+        first time (with `keep`, whose id the key may be, held alive), replayed after."""
+        if key not in self.checks:
             with launch.capture() as cap:
-                loss = runner.step.outs[0].reshape(())
-                for g in runner.step.outs[1:]:
-                    loss = loss + (g * 0.0).sum()     # NaN * 0 and Inf * 0 are NaN; finite * 0 is 0
-                loss.realize()
-            self.checks[id(runner)] = (cap.items, rz.buffer_of(loss.node), runner)   # the runner stays alive
+                out = build()
+                out.realize()
+            self.checks[key] = (cap.items, rz.buffer_of(out.node), keep)
         else:
-            launch.replay(self.checks[id(runner)][0], self.device)
-        cl.enqueue_copy(self.device.queue, self.checked, self.checks[id(runner)][1].mem, is_blocking=True)
+            launch.replay(self.checks[key][0], self.device)
+        cl.enqueue_copy(self.device.queue, self.checked, self.checks[key][1].mem, is_blocking=True)
         return float(self.checked[0])
 
     def buckets(self, runner, target_bytes: int) -> list[tuple[int, int, int]]:
@@ -219,7 +231,7 @@ class DeviceTrainer:
             self.device.upload(np.ascontiguousarray(arr, dtype=NP_DTYPES[slot.dtype]), dest=rz.buffer_of(slot.node))
         items, q = runner.step.items, self.device.queue
         outs = [rz.buffer_of(t.node) for t in runner.step.outs]
-        offs = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
+        offs = self.offsets
         pending, at = [], 0
         for first, end, ready in self.buckets(runner, target_bytes):
             if ready + 1 > at:
@@ -263,18 +275,7 @@ class DeviceTrainer:
         """Whether every value in the gradient buffers is finite, decided on the device (the
         sum of g * 0 over all of them is 0, or NaN when one is NaN or Inf) with one float
         read back: the host scan of 20 M floats it replaces took ~4.5 ms on 4 threads."""
-        if self.gcheck is None:
-            with launch.capture() as cap:
-                acc = None
-                for g in self.g:
-                    term = (g * 0.0).sum()
-                    acc = term if acc is None else acc + term
-                acc.realize()
-            self.gcheck = (cap.items, rz.buffer_of(acc.node), acc)
-        else:
-            launch.replay(self.gcheck[0], self.device)
-        cl.enqueue_copy(self.device.queue, self.checked, self.gcheck[1].mem, is_blocking=True)
-        return bool(np.isfinite(self.checked[0]))
+        return bool(np.isfinite(self._finite_check("grads", lambda: _plus_nan_of((self.g[0] * 0.0).sum(), self.g[1:]))))
 
     def apply(self, runner=None) -> None:
         """The fused optimizer step on the gradient buffers, or on `runner`'s gradient
@@ -324,8 +325,7 @@ class DeviceTrainer:
         with one wait; views valid until the next call. For the digest every K steps."""
         if self.wview is None:
             flat = self.host_array(sum(self.sizes))
-            offs = np.concatenate([[0], np.cumsum(self.sizes)]).astype(int)
-            self.wview = [flat[a:b].reshape(s) for a, b, s in zip(offs, offs[1:], self.shapes)]
+            self.wview = [flat[a:b].reshape(s) for a, b, s in zip(self.offsets, self.offsets[1:], self.shapes)]
         q = self.device.queue
         for buf, view in zip(self.wbufs, self.wview):
             if view.size:

@@ -14,7 +14,7 @@ import re
 import signal
 import sys
 
-from . import auth, daemon, program, wire
+from . import auth, daemon, hostpool, program, wire
 from .connections import raise_fd_limit
 from .daemon import NodeDaemon
 
@@ -142,6 +142,11 @@ def main(argv=None) -> int:
         pin(cpus)   # before --device's check or the daemon opens the OpenCL platform
         log.info("pinned to CPUs %s (%d); PoCL threads %s", cpu_list(cpus), len(cpus),
                  ", ".join(f"{k}={os.environ.get(k)}" for k in POCL_THREADS))
+    try:
+        hostpool.threads()      # a malformed ENGINE_NODE_HOST_THREADS stops the node now, not its first step
+    except ValueError as e:
+        print(f"engine-node: {e}", file=sys.stderr)
+        return 2
     secret = env("ENGINE_NODE_SECRET")
     if not secret:
         print("engine-node: set ENGINE_NODE_SECRET (the cluster's shared secret); refusing to run unauthenticated",
