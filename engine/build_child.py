@@ -110,12 +110,26 @@ def _launches_of(spec) -> list:
              "local": None if spec.local_size is None else list(spec.local_size), "args": args, "read": []}]
 
 
+def _opencl_loader() -> str | None:
+    """The OpenCL library (ICD loader) this process uses (pyopencl's own, in a wheel), for the
+    build child to load through ctypes, so both list the same platforms in the same order."""
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1]
+                if "libOpenCL" in os.path.basename(path) and os.path.exists(path):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
 class _BuildWorker:
     """One child process per device that builds programs (engine/_buildworker.py); a crash
     or hang there is reported as _ChildFailed and the next request starts a new child."""
 
     def __init__(self, device):
-        self.sel = {"index": device.index, "platform": device.platform, "name": device.name}
+        self.sel = {"index": device.index, "platform": device.platform, "name": device.name, "lib": _opencl_loader()}
         self.owner = os.getpid()
         self.requests = 0
         self.proc = None

@@ -46,21 +46,46 @@ def _build_workers() -> int:
     return max(0, n)
 
 
-# beside a running probe: groups queued per build child (each group is one more
-# clBuildProgram, ~0.15 s on PoCL, against children idling while the other works)
-_QUEUED_GROUPS_PER_CHILD = 2
+def _cost(item) -> int:
+    """A kernel's compile time in small-kernel units: on PoCL a small kernel costs ~0.03 CPU-s
+    to build and ~0.03 more at its first launch, a GEMM about twice that (bench/NOTES.md)."""
+    return 2 if item[1].template.startswith("gemm") else 1
+
+
+# the smallest group taken off the queue, in those units (a clBuildProgram's own cost is small
+# once a process has built one program: ~0.03 s)
+_MIN_GROUP_COST = 3
+# PoCL's first build in a process loads its kernel library (~0.45 CPU-s), in those units
+_LIBRARY_LOAD_COST = 8
 
 
 def _balanced(todo, n) -> list:
-    """``todo`` in ``n`` groups of about equal compile time, in their first order within a
-    group (a GEMM's first-launch compile costs PoCL about three small kernels')."""
-    cost = lambda item: 3 if item[1].template.startswith("gemm") else 1
+    """``todo`` in ``n`` groups of about equal compile time, in their first order within a group."""
     groups, loads = [[] for _ in range(n)], [0] * n
-    for i, item in sorted(enumerate(todo), key=lambda e: -cost(e[1])):
+    for i, item in sorted(enumerate(todo), key=lambda e: -_cost(e[1])):
         j = loads.index(min(loads))
         groups[j].append((i, item))
-        loads[j] += cost(item)
+        loads[j] += _cost(item)
     return [[item for _, item in sorted(g, key=lambda e: e[0])] for g in groups if g]
+
+
+def _next_group(todo, children, fresh=False) -> list:
+    """Take the next group off ``todo`` for a child that has come free: its share of what is
+    left (guided self-scheduling), so groups shrink as the queue empties and the children
+    finish together, whenever each came free (the one that probed starts late). A ``fresh``
+    child, which has built nothing yet, takes less, as its first build also loads PoCL's
+    kernel library."""
+    left = sum(map(_cost, todo))
+    want = max(_MIN_GROUP_COST, -(-(left - (_LIBRARY_LOAD_COST if fresh else 0)) // children))
+    taken, cost = 0, 0
+    while taken < len(todo) and cost < want:
+        cost += _cost(todo[taken])
+        taken += 1
+    if left - cost < _MIN_GROUP_COST:       # what would be left is not worth a group of its own
+        taken = len(todo)
+    group = todo[:taken]
+    del todo[:taken]
+    return group
 
 
 class BuildError(RuntimeError):
@@ -167,9 +192,20 @@ class ProgramCacheMixin:
         return self._from_binary(blob, options)
 
     def _from_proven_source(self, source, options):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", cl.CompilerWarning)
-            return cl.Program(self.context, source).build(options)
+        return self._build_source(source, options)
+
+    def _build_source(self, source, options):
+        """``source`` built with exactly ``options``, as the build child builds it (pyopencl's
+        wrapper would add its own include path, and PoCL's kernel cache, which the child has
+        filled, is keyed by the options too); cl.RuntimeError (with the build log) if it fails."""
+        low = getattr(getattr(cl, "_cl", None), "_Program", None)
+        if low is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", cl.CompilerWarning)
+                return cl.Program(self.context, source).build(options)
+        program = low(self.context, source)
+        program.build(options.encode(), [self.cl_device])
+        return program
 
     def _load_cached(self, spec, options, key):
         path = self._entry_path(key)
@@ -326,9 +362,7 @@ class ProgramCacheMixin:
         t0, built = time.perf_counter(), 0
         n = max(1, min(workers, len(todo) // 2))
         if speculative:
-            # more groups than children, taken as children come free (the probe's length varies)
-            chunks = _balanced(todo, max(1, min(_QUEUED_GROUPS_PER_CHILD * n, len(todo) // 2)))
-            results, dropped = self._build_beside_probe(chunks, list(range(n)), options, profile)
+            results, dropped = self._build_beside_probe(todo, list(range(n)), options, profile)
             self.stats["beside_probe"] += len(todo)
             if dropped:     # the probe chose another width: those kernels again, grouped, for it
                 self.stats["build_s"] += time.perf_counter() - t0
@@ -367,17 +401,18 @@ class ProgramCacheMixin:
                 program = None
         return chunk, (program, gkey, source, binary, payload)
 
-    def _build_beside_probe(self, chunks, slots, options, profile) -> tuple:
+    def _build_beside_probe(self, items, slots, options, profile) -> tuple:
         """([(chunk, _build_group's result)], [dropped items]) of groups built for ``profile``'s GEMM width while
-        the probe runs on child 0. The children ``slots`` take the groups from one queue as
-        they come free (child 0 once the probe has answered), so however long the probe
-        takes, neither child idles while the other has a queue. If the probe rejects that
+        the probe runs on child 0. The children ``slots`` take groups off one queue as they
+        come free (child 0 once the probe has answered), each its share of what is left
+        (_next_group), so however long the probe takes, neither child idles while the other
+        has a queue. If the probe rejects that
         width, the children still compiling for it are stopped (a width that hangs the
         compiler must not hold the user for the build timeout) and nothing built for it is
         kept (nor counted as a failed group): those items come back as dropped, and prebuild
         builds them again, grouped, for the width the probe chose."""
         width = profile.get("gemm_vector_width")
-        todo = list(reversed(chunks))       # popped from the end: the first chunk first
+        todo = list(items)
         lock, busy, done, unbuilt = threading.Lock(), set(), Queue(), []
 
         def child(slot):
@@ -388,7 +423,7 @@ class ProgramCacheMixin:
                     with lock:
                         if not todo:
                             return
-                        chunk = todo.pop()
+                        chunk = _next_group(todo, len(slots), fresh=self._worker(slot).requests == 0)
                         busy.add(slot)
                     res = self._build_group(chunk, slot, options, load=False)
                     with lock:
@@ -400,7 +435,7 @@ class ProgramCacheMixin:
         def verdict():      # stop what is being built for a width the probe rejected
             if self.capabilities().get("gemm_vector_width") != width:
                 with lock:
-                    unbuilt.extend(item for chunk in todo for item in chunk)
+                    unbuilt.extend(todo)
                     todo.clear()
                     stop = [self._worker(slot).proc for slot in busy if slot]
                 for proc in stop:
@@ -589,9 +624,7 @@ class ProgramCacheMixin:
 
     def _compile(self, spec, options, key):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", cl.CompilerWarning)
-                return cl.Program(self.context, spec.source).build(options)
+            return self._build_source(spec.source, options)
         except cl.RuntimeError as exc:
             raise self._build_error(spec, options, key, str(exc)) from exc
 
