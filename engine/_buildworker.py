@@ -82,7 +82,9 @@ def _fault(source: str):
 def _preload_shipped_drivers(lib):
     """The drivers a wheel ships beside its loader (pyopencl's: PoCL, named in .icd files
     next to it by a bare file name, which the loader then dlopens): load them first from that
-    folder, so the loader's dlopen finds them loaded, as it does in the parent."""
+    folder, so the loader's dlopen finds them loaded, as it does in the parent. Local, not
+    global: exported, a shipped PoCL's symbols would bind another PoCL that the loader also
+    lists (Debian's, through OCL_ICD_VENDORS), and that one crashed at its first call."""
     folder = os.path.dirname(lib)
     try:
         names = [n for n in os.listdir(folder) if n.endswith(".icd")] if folder else []
@@ -93,7 +95,7 @@ def _preload_shipped_drivers(lib):
             with open(os.path.join(folder, name)) as f:
                 driver = f.read().strip()
             if driver and not os.path.isabs(driver) and os.path.exists(os.path.join(folder, driver)):
-                ctypes.CDLL(os.path.join(folder, driver), mode=ctypes.RTLD_GLOBAL)
+                ctypes.CDLL(os.path.join(folder, driver), mode=ctypes.RTLD_LOCAL)
         except OSError:
             continue
 

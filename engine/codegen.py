@@ -76,6 +76,7 @@ class _Emitter:
         self.leaf_name = leaf_name          # node -> kernel argument name, or None if not a leaf
         self.anchor, self.anchor_value = anchor, anchor_value
         self.count = 0
+        self.flat_of: dict = {}     # (multi-index, shape) -> the flat index unflatten made it from
 
     def emit(self, op, args, dtype="int32"):
         key = (op, tuple(args), dtype)
@@ -127,9 +128,16 @@ class _Emitter:
                 continue
             q = self.idiv(flat, st)
             idx.append(q if (i == 0 and bounded) else self.imod(q, s))
-        return tuple(idx)
+        idx = tuple(idx)
+        self.flat_of[(idx, tuple(shape))] = flat
+        return idx
 
     def flatten(self, idx, shape):
+        # a buffer read at the very index the kernel's own flat index unflattened to (a
+        # contiguous operand of the output's shape) is read at that flat index
+        known = self.flat_of.get((tuple(idx), tuple(shape)))
+        if known is not None:
+            return known
         flat = 0
         for i, st in zip(idx, contiguous_strides(shape)):
             flat = self.iadd(flat, self.imul(i, st))
@@ -311,6 +319,18 @@ def with_vector_width(spec: KernelSpec, vector_width: int) -> KernelSpec:
                       spec.global_size, spec.local_size, spec.fused, dict(spec.display, VW=vector_width))
 
 
+def _live(stmts, roots) -> list:
+    """``stmts`` without those no root (a stored value) depends on, e.g. the index
+    arithmetic of a multi-index that every read turned back into the flat index."""
+    used = {r for r in roots if isinstance(r, str)}
+    kept = []
+    for stmt in reversed(stmts):
+        if stmt[0] in used:
+            kept.append(stmt)
+            used.update(a for a in stmt[2] if isinstance(a, str))
+    return kept[::-1]
+
+
 def _lower_elementwise(group, args, leaf_name):
     shape = group.outputs[0].shape
     numel = math.prod(shape)
@@ -322,9 +342,23 @@ def _lower_elementwise(group, args, leaf_name):
     for out in group.outputs:
         v = _compute(em, out, idx)
         stores.append((args.names[("out", out)], _as_name(v, out.dtype)))
-    params = {"numel": numel, "args": args.decl, "index": index_stmts, "body": em.stmts, "stores": stores}
+    live = {stmt[0] for stmt in _live(index_stmts + em.stmts, [v for _, v in stores])}
+    index_stmts, body = [st for st in index_stmts if st[0] in live], [st for st in em.stmts if st[0] in live]
+    # numbered afresh, so that equal kernels are equal text whatever was dropped
+    names = {st[0]: f"t{i}" for i, st in enumerate(index_stmts + body)}
+    rename = lambda a: names.get(a, a) if isinstance(a, str) else a      # noqa: E731
+    index_stmts, body = ([(names[n], op, tuple(map(rename, a)), dt) for n, op, a, dt in block]
+                         for block in (index_stmts, body))
+    stores = [(buf, rename(v)) for buf, v in stores]
+    # launched with exactly numel work-items where that is a whole number of 64-wide groups
+    # (or fewer than 64): no bound check, so the source does not name numel and kernels that
+    # differ only in their length (the optimizer's update of each parameter) are one kernel,
+    # built once
+    exact = numel > 0 and (numel % 64 == 0 or numel < 64)
+    params = {"numel": numel, "args": args.decl, "index": index_stmts, "body": body, "stores": stores,
+              "bounded": not exact}
     display = {"numel": numel, "shape": list(shape), "dtype": group.outputs[0].dtype}
-    return _finish(group, "elementwise", params, display, args, (_round_up(numel, 64),))
+    return _finish(group, "elementwise", params, display, args, (numel,) if exact else (_round_up(numel, 64),))
 
 
 def _compute(em, out, idx):

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import engine
@@ -59,3 +60,28 @@ def test_engine_devices_and_a_typo_from_the_command_line():
     p = subprocess.run([sys.executable, "-m", "engine.cli", "devices"], env=env, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 0 and "*" in p.stdout
+
+
+def test_the_build_child_builds_and_runs_a_kernel_on_this_device(rng):
+    """The build child (engine/_buildworker.py, OpenCL through ctypes) starts on this
+    OpenCL implementation, finds the same device, builds, launches and reads back; a child
+    that crashed at its start was once only seen as a warning, with every build then made
+    unprotected in the user's process (Debian's PoCL beside the wheel's)."""
+    import base64
+    from engine import build_child
+    d = engine.default_device()
+    if build_child._safe_mode(d) == "off":
+        pytest.skip("ENGINE_SAFE_BUILD=off: builds are not isolated")
+    x = rng.uniform(-1, 1, 37).astype(np.float32)
+    src = "__kernel void mao_twice_plus_one(__global float* o, __global const float* x) " \
+          "{ int i = get_global_id(0); if (i < 37) o[i] = 2.0f * x[i] + 1.0f; }"
+    launch = {"name": "mao_twice_plus_one", "global": [64], "local": None, "read": [0],
+              "args": [["buf", 4 * 37, None], ["buf", 4 * 37, base64.b64encode(x.tobytes()).decode()]]}
+    worker = build_child._BuildWorker(d)
+    try:
+        resp = worker.request(src, d._extra_options, [launch], timeout=120, want_binary=False)
+    finally:
+        worker.close()
+    assert resp["ok"], resp
+    got = np.frombuffer(base64.b64decode(resp["outputs"]["0:0"]), np.float32)
+    np.testing.assert_allclose(got, 2.0 * x.astype(np.float64) + 1.0, rtol=1e-6)

@@ -74,6 +74,31 @@ def test_optimizer_update_is_one_kernel_per_parameter(rng):
         assert len(p.kernels) == 2, [k["name"] for k in p.kernels]
 
 
+def test_updates_of_parameters_that_differ_only_in_length_are_one_kernel(rng):
+    """A contiguous elementwise kernel launched with exactly its length in work-items names
+    no length (codegen): the update of a [64, 32] weight, of a [2048] bias and of a [10]
+    bias is one kernel, built once, launched three times, and each parameter gets its own
+    numbers (float64 reference over two steps, with momentum)."""
+    shapes = [(64, 32), (2048,), (10,)]
+    ps = [engine.tensor(rng.uniform(-1, 1, size=s).astype(np.float32), requires_grad=True) for s in shapes]
+    ref = [p.numpy().astype(np.float64) for p in ps]
+    bufs = [np.zeros_like(r) for r in ref]
+    opt = engine.optim.SGD(ps, lr=0.1, momentum=0.9)
+    for step in range(2):
+        gs = [rng.uniform(0.5, 1.5, size=s).astype(np.float32) for s in shapes]
+        for p, g in zip(ps, gs):
+            p.grad = engine.tensor(g)
+        with engine.profile() as prof:
+            opt.step()
+        for i, g in enumerate(gs):
+            bufs[i] = 0.9 * bufs[i] + g if step else g.astype(np.float64)
+            ref[i] = ref[i] - 0.1 * bufs[i]
+        assert len(prof.kernels) == 3 and len({k["name"] for k in prof.kernels}) == 1, \
+            [k["name"] for k in prof.kernels]
+        for p, r in zip(ps, ref):
+            np.testing.assert_allclose(p.numpy(), r, rtol=1e-5, atol=1e-6)
+
+
 def test_bad_shapes_fail_at_the_users_line_with_both_shapes(rng):
     a, b = _t(rng, 3, 4), _t(rng, 5, 6)
     with pytest.raises(engine.ShapeError, match=r"\(3, 4\).*\(5, 6\)"):
