@@ -33,8 +33,8 @@ for key in sys.argv[1:] or ("digits", "wide"):
     ck = t(lambda: (launch.replay(tr.checks[id(r)][0], r.device), r.device.synchronize()))
     up = t(lambda: (tr.update(flat), r.device.synchronize()))
     sn = t(lambda: (tr.snapshot(0), r.device.synchronize()))
-    dg0 = t(lambda: hostpool.checksum(tr.weights()))
-    dg = t(lambda: hostpool.checksum(tr.weights_view()))
+    dg0 = t(lambda: hostpool.weights_checksum(tr.weights()))
+    dg = t(lambda: tr.checksum())
     fin = t(lambda: hostpool.all_finite(flat))
     sc = t(lambda: np.multiply(flat, np.float32(1.0), out=flat))
     # host path for comparison
@@ -44,11 +44,11 @@ for key in sys.argv[1:] or ("digits", "wide"):
     grads = [np.ones_like(q) for q in params]
     hu = t(lambda: opt.update(params, grads))
     hc = t(lambda: (hostpool.copy(params), hostpool.copy(opt.state)))
-    hd = t(lambda: hostpool.checksum(params))
+    hd = t(lambda: hostpool.weights_checksum(params))
     m2 = build(); step = engine.training_step(m2, F.cross_entropy, engine.optim.Adam(m2.parameters(), lr=1e-3))
     loc = t(lambda: float(step(x[idx], y[idx]).numpy()))
     print(f"{title} B={B}: ring of one: fwd+bwd+check+loss read {ls:.2f} ms (check alone {ck:.2f}), "
           f"weighted on the device: fwd+bwd+grad download {fbw:.2f} ms, "
           f"fused Adam alone {ap_:.2f} | device path: fwd+bwd+grad download {fb:.2f} ms, grads up + fused Adam {up:.2f}, snapshot {sn:.2f}, "
-          f"digest {dg:.2f} (fresh arrays: {dg0:.2f}), finite check {fin:.2f}, gradient weighting {sc:.2f} | host path: upload+fwd+bwd+download {hf:.2f}, numpy Adam {hu:.2f}, "
+          f"digest {dg:.2f} on the device (downloaded and summed on the host: {dg0:.2f}), finite check {fin:.2f}, gradient weighting {sc:.2f} | host path: upload+fwd+bwd+download {hf:.2f}, numpy Adam {hu:.2f}, "
           f"rollback copy {hc:.2f}, checksum {hd:.2f} | local compiled step {loc:.2f} ms (best of 10)")

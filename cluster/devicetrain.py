@@ -34,6 +34,8 @@ import numpy as np
 try:
     import pyopencl as cl
     from engine import launch, optim, realize as rz
+    import kernels
+    from engine.codegen import KernelSpec
     from engine.runtime import NP_DTYPES
     from engine.tensor import Tensor, tensor
 except Exception:   # a node without the engine runs reference programs only
@@ -97,7 +99,7 @@ class DeviceTrainer:
         self.updates = {}        # None (the gradient buffers) or id(runner) (its outputs) -> captured update
         self.snap = None         # (step, [device copies of weights + state]) for rollback
         self.checks = {}         # id(runner) or "grads" -> (captured launches, buffer, kept alive) of a finite check
-        self.wview = None        # weights_view's host views
+        self.summer = None       # checksum's (kernel, partial sums on the device, their host array, groups)
         self.scaled = {}         # id(runner) -> (weight Var, captured launches, buffers, runner) of weighted gradients
         self.pinned = []         # host_array's buffers
         self.ready = {}          # (id(runner), bucket bytes) -> overlapped all-reduce buckets (see buckets)
@@ -319,19 +321,25 @@ class DeviceTrainer:
     def weights(self) -> list[np.ndarray]:
         return [self.device.download(b, s, "float32") for b, s in zip(self.wbufs, self.shapes)]
 
-    def weights_view(self) -> list[np.ndarray]:
-        """The weights, downloaded into one reused host_array (page-locked where the driver
-        does that: 55 GB/s against 9-15 for fresh numpy arrays on the H200, bench/NOTES.md)
-        with one wait; views valid until the next call. For the digest every K steps."""
-        if self.wview is None:
-            flat = self.host_array(sum(self.sizes))
-            self.wview = [flat[a:b].reshape(s) for a, b, s in zip(self.offsets, self.offsets[1:], self.shapes)]
-        q = self.device.queue
-        for buf, view in zip(self.wbufs, self.wview):
-            if view.size:
-                cl.enqueue_copy(q, view, buf.mem, is_blocking=False)
-        q.finish()
-        return self.wview
+    def checksum(self) -> str:
+        """The weights' checksum (hostpool.weights_checksum's value) computed on the device
+        (kernels/checksum.cl.mako): a few thousand 64-bit partial sums come back instead of
+        the weights (the big MLP's 80 MB cost 33 ms to download and CRC-32 on the host). For
+        the digest every K steps."""
+        if self.summer is None:
+            groups = max(16, min(1024, 4 * int(self.device.cl_device.max_compute_units)))
+            params = {"name": "mao_weights_checksum", "wg": 64}
+            spec = KernelSpec(params["name"], "checksum", params, kernels.render("checksum", **params),
+                              global_size=(groups * params["wg"],), local_size=(params["wg"],))
+            partial = self.device.alloc(8 * groups * len(self.wbufs))
+            self.summer = (self.device.build(spec), partial, np.empty(groups * len(self.wbufs), np.uint64), groups)
+        ck, partial, host, groups = self.summer
+        local = ck.spec.params["wg"]
+        for k, (buf, a, b) in enumerate(zip(self.wbufs, self.offsets, self.offsets[1:])):
+            self.device.launch(ck, (groups * local,), (local,),
+                               [buf.mem, np.uint32(b - a), np.uint64(a), partial.mem, np.uint32(k * groups)])
+        cl.enqueue_copy(self.device.queue, host, partial.mem, is_blocking=True)
+        return f"{int(host.sum(dtype=np.uint64)):016x}"
 
     def state(self) -> list[np.ndarray]:
         n = len(self.shapes)

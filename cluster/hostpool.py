@@ -1,7 +1,7 @@
 """A node's per-step host work (optimizer update, rollback copy, weights checksum) split
 into fixed pieces and run on a few threads.
 
-numpy's element-wise loops and zlib.crc32 release the GIL on large buffers, so on a
+numpy's element-wise loops release the GIL on large buffers, so on a
 multi-core host this takes a fraction of the single-thread time (bench/NOTES.md,
 "rest" of a step).  The pieces are fixed by size, never by the thread count, so every
 result, checksums included, is the same on every node whatever its core count.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -68,11 +67,21 @@ def copy(arrays: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def checksum(arrays: list[np.ndarray]) -> str:
-    """CRC-32 of each fixed piece, then CRC-32 of those: the same value on any core count."""
-    crcs = run(lambda piece: zlib.crc32(memoryview(piece[0]).cast("B")),   # split() pieces are contiguous
-               [p for a in arrays for p in split(a)])
-    return f"{zlib.crc32(np.array(crcs, '<u4').tobytes()):08x}"
+def weights_checksum(arrays: list[np.ndarray]) -> str:
+    """The weights' checksum nodes compare (kernels/checksum.cl.mako computes the same on a
+    device): the sum over the arrays' elements, numbered across all of them, of each
+    float32's bits times (2 i + 1), modulo 2^64, as 16 hex digits."""
+    def piece(item):
+        chunk, first = item
+        w = np.arange(first, first + chunk.size, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        return int(np.multiply(chunk, w, dtype=np.uint64).sum(dtype=np.uint64))
+    items, base = [], 0
+    for a in arrays:
+        bits = np.ascontiguousarray(a, np.float32).reshape(-1).view(np.uint32)
+        items += [(bits[lo:hi], base + lo) for lo, hi in pieces(bits.size)]
+        base += bits.size
+    total = sum(run(piece, items))
+    return f"{total % (1 << 64):016x}"
 
 
 def all_finite(flat: np.ndarray) -> bool:

@@ -133,7 +133,7 @@ class OpenCL:
                 ("clReleaseProgram", _int, [_ptr])):
             fn = getattr(cl, name)
             fn.restype, fn.argtypes = res, args
-        self.device = self._device(sel)
+        self.device, self.name = self._device(sel), sel["name"]
         err = _int(0)
         self.ctx = cl.clCreateContext(None, 1, _c.byref(_ptr(self.device)), None, None, _c.byref(err))
         self._check("clCreateContext", err.value)
@@ -193,7 +193,7 @@ class OpenCL:
                 log = ""
             cl.clReleaseProgram(prog)
             raise CLError(f"clBuildProgram failed: {_ERRORS.get(code, 'error')} ({code})\n\n"
-                          f"Build on {self.device} failed with log:\n{log}")
+                          f"Build on {self.name} failed with log:\n{log}")
         return prog
 
     def binary(self, prog) -> bytes:

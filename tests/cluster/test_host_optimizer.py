@@ -63,7 +63,7 @@ def test_results_do_not_depend_on_the_thread_count(spec, monkeypatch):
         opt = HostOptimizer(spec, SHAPES)
         for g in grads:
             opt.update(p, g)
-        out[n] = (p, hostpool.checksum(p), hostpool.copy(p))
+        out[n] = (p, hostpool.weights_checksum(p), hostpool.copy(p))
     assert all(a.tobytes() == b.tobytes() for a, b in zip(out[1][0], out[4][0]))
     assert out[1][1] == out[4][1]
     assert all(np.array_equal(a, b) for a, b in zip(out[4][2], out[4][0]))
@@ -72,9 +72,14 @@ def test_results_do_not_depend_on_the_thread_count(spec, monkeypatch):
 def test_checksum_sees_any_changed_element():
     rng = np.random.default_rng(2)
     p = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
-    before = hostpool.checksum(p)
-    p[0][799, 699] = np.nextafter(p[0][799, 699], np.float32(np.inf))
-    assert hostpool.checksum(p) != before
+    before = hostpool.weights_checksum(p)
+    was = p[0][799, 699]
+    p[0][799, 699] = np.nextafter(was, np.float32(np.inf))          # one bit
+    assert hostpool.weights_checksum(p) != before
+    p[0][799, 699] = was
+    assert hostpool.weights_checksum(p) == before
+    p[0][799, 699], p[0][0, 0] = p[0][0, 0], p[0][799, 699]           # two values swapped
+    assert hostpool.weights_checksum(p) != before
 
 
 def test_the_thread_count_test_really_uses_the_pool():

@@ -196,8 +196,8 @@ def test_a_ring_of_one_keeps_gradients_on_the_device_and_refuses_non_finite_ones
 def test_gradients_weighted_on_the_device_equal_the_host_multiply():
     """forward_backward(weight=w) scales the gradients and the loss on the device before
     they come down: the same float32 numbers as the host's multiply it replaced, step after
-    step with other weights (the weight is read at each replay); the digest's weights, read
-    into one reused buffer, are the updated ones each time."""
+    step with other weights (the weight is read at each replay); the digest, computed on the
+    device, is the host's checksum of the updated weights each time."""
     pytest.importorskip("engine")
     from engine.nn import functional as F
     from cluster import program
@@ -216,9 +216,26 @@ def test_gradients_weighted_on_the_device_equal_the_host_multiply():
         assert np.abs(plain[:-1]).max() > 0
         np.testing.assert_array_equal(weighted, plain * np.float32(w))
         tr.update(weighted)                       # the weights move: the next step's gradients differ
-        fresh = tr.weights()                      # the digest's reused buffer holds the same, after every update
-        assert hostpool.checksum(tr.weights_view()) == hostpool.checksum(fresh)
-        assert all(np.array_equal(a, b) for a, b in zip(tr.weights_view(), fresh))
+        fresh = tr.weights()                      # the digest, on the device, is the host's value after every update
+        assert tr.checksum() == hostpool.weights_checksum(fresh)
+
+
+def test_the_device_digest_is_the_host_checksum_bit_for_bit():
+    """Nodes on different paths (device, host optimizer, reference) compare one checksum:
+    the device's kernel gives numpy's value on random weights and on NaN, infinities,
+    signed zeros and subnormals, over several arrays numbered as one."""
+    engine = pytest.importorskip("engine")
+    from cluster.devicetrain import DeviceTrainer
+    rng = np.random.default_rng(5)
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-40, 3.4e38], np.float32)
+    params = [rng.standard_normal((300, 77)).astype(np.float32), special,
+              rng.standard_normal(1000).astype(np.float32), np.float32(rng.standard_normal((1,)))]
+    tr = DeviceTrainer(engine.default_device(), {"name": "sgd", "lr": 0.1}, params, [], 0)
+    assert tr.checksum() == hostpool.weights_checksum(params)
+    moved = [p.copy() for p in params]
+    moved[2][999] = np.nextafter(moved[2][999], np.float32(np.inf))
+    assert DeviceTrainer(engine.default_device(), {"name": "sgd", "lr": 0.1}, moved, [], 0).checksum() \
+        == hostpool.weights_checksum(moved) != hostpool.weights_checksum(params)
 
 
 def test_overlapped_all_reduce_equals_single_process_engine(procs):
