@@ -19,16 +19,24 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-def threads() -> int:
-    """ENGINE_NODE_HOST_THREADS (default 4), never more than the CPUs this process may run
-    on: a node pinned with `engine-node --cpus` (sched_setaffinity) counts its own CPUs,
-    not the host's."""
+# threads for a call over fewer / at least BIG elements when ENGINE_NODE_HOST_THREADS is not
+# set: on a 32-core host with two H200 nodes, the big MLP's 80 MB all-reduce step was 12-16 %
+# faster on 8 threads than on 4 in three runs, the small MLP's 7.5 MB one 0-12 % slower
+# (bench/NOTES.md)
+THREADS, BIG_THREADS, BIG = 4, 8, 1 << 23
+
+
+def threads(elems: int = 0) -> int:
+    """Threads for a call over ``elems`` elements: ENGINE_NODE_HOST_THREADS, else THREADS
+    (BIG_THREADS from BIG elements on), never more than the CPUs this process may run on:
+    a node pinned with `engine-node --cpus` (sched_setaffinity) counts its own CPUs, not
+    the host's."""
     try:
         n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):   # no affinity call (macOS)
         n = os.cpu_count() or 1
     try:
-        cap = int(os.environ.get("ENGINE_NODE_HOST_THREADS", "") or 4)
+        cap = int(os.environ.get("ENGINE_NODE_HOST_THREADS", "") or (BIG_THREADS if elems >= BIG else THREADS))
     except ValueError:
         raise ValueError(f"ENGINE_NODE_HOST_THREADS={os.environ['ENGINE_NODE_HOST_THREADS']!r} is not a "
                          f"number of threads") from None
@@ -40,17 +48,28 @@ def pieces(n: int) -> list[tuple[int, int]]:
 
 
 def run(fn, items) -> list:
-    """fn(item) for every item of split()'s pieces, in order; on the pool when they hold
-    at least two pieces' worth of elements (below that, handing out tasks costs more than
-    it saves: the digits MLP's 17 k weights lost 1 ms a step)."""
+    """fn(item) for every item of split()'s pieces, in order, at most threads(their elements)
+    at once; on the pool when they hold at least two pieces' worth of elements (below that,
+    handing out tasks costs more than it saves: the digits MLP's 17 k weights lost 1 ms a
+    step)."""
     items = list(items)
-    if threads() == 1 or sum(piece[0].size for piece in items) < 2 * PIECE:
+    total = sum(piece[0].size for piece in items)
+    k = threads(total)
+    if k == 1 or total < 2 * PIECE:
         return [fn(x) for x in items]
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(threads(), thread_name_prefix="host-work")
-    return list(_pool.map(fn, items))
+            _pool = ThreadPoolExecutor(threads(BIG), thread_name_prefix="host-work")
+    if k >= _pool._max_workers:
+        return list(_pool.map(fn, items))
+    out = [None] * len(items)
+
+    def share(j):       # every k-th item: k tasks, so at most k threads work on this call
+        for i in range(j, len(items), k):
+            out[i] = fn(items[i])
+    list(_pool.map(share, range(k)))
+    return out
 
 
 def split(*arrays) -> list[tuple]:

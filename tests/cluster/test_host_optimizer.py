@@ -58,7 +58,7 @@ def test_results_do_not_depend_on_the_thread_count(spec, monkeypatch):
     grads = [[rng.standard_normal(s).astype(np.float32) for s in SHAPES] for _ in range(3)]
     out = {}
     for n in (1, 4):
-        monkeypatch.setattr(hostpool, "threads", lambda n=n: n)
+        monkeypatch.setattr(hostpool, "threads", lambda elems=0, n=n: n)
         p = [x.copy() for x in params]
         opt = HostOptimizer(spec, SHAPES)
         for g in grads:
@@ -84,3 +84,36 @@ def test_checksum_sees_any_changed_element():
 
 def test_the_thread_count_test_really_uses_the_pool():
     assert sum(int(np.prod(s)) for s in SHAPES) >= 2 * hostpool.PIECE
+
+
+def test_host_threads_follow_the_size_of_the_work(monkeypatch):
+    """Unset, ENGINE_NODE_HOST_THREADS means 4 threads, 8 for work over hostpool.BIG elements
+    (a 20 M parameter model's all-reduce), never more than the CPUs; set, it is the number."""
+    monkeypatch.setattr(hostpool.os, "sched_getaffinity", lambda pid: set(range(32)))
+    monkeypatch.delenv("ENGINE_NODE_HOST_THREADS", raising=False)
+    assert (hostpool.threads(), hostpool.threads(hostpool.BIG - 1), hostpool.threads(hostpool.BIG)) == (4, 4, 8)
+    monkeypatch.setattr(hostpool.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert hostpool.threads(hostpool.BIG) == 3
+    monkeypatch.setenv("ENGINE_NODE_HOST_THREADS", "6")
+    monkeypatch.setattr(hostpool.os, "sched_getaffinity", lambda pid: set(range(32)))
+    assert (hostpool.threads(), hostpool.threads(hostpool.BIG)) == (6, 6)
+
+
+def test_a_call_uses_at_most_its_share_of_a_bigger_pool(monkeypatch):
+    """A small call on a pool sized for big ones runs on at most threads(its elements)
+    threads, and returns every piece's result in order."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(8)
+    monkeypatch.setattr(hostpool, "_pool", pool)
+    monkeypatch.setattr(hostpool, "threads", lambda elems=0: 3)
+    seen, lock = set(), threading.Lock()
+
+    def fn(piece):
+        with lock:
+            seen.add(threading.get_ident())
+        return float(piece[0][0])
+    a = np.repeat(np.arange(20, dtype=np.float32), hostpool.PIECE)
+    assert hostpool.run(fn, hostpool.split(a)) == [float(i) for i in range(20)]
+    assert 1 <= len(seen) <= 3
+    pool.shutdown()
