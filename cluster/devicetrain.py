@@ -104,6 +104,7 @@ class DeviceTrainer:
         self.pinned = []         # host_array's buffers
         self.ready = {}          # (id(runner), bucket bytes) -> overlapped all-reduce buckets (see buckets)
         self.checked = np.empty(1, np.float32)
+        self._prepare_checksum()
 
     def host_array(self, n: int) -> np.ndarray:
         """float32[n] in host memory the OpenCL driver may page-lock (an ALLOC_HOST_PTR
@@ -321,18 +322,22 @@ class DeviceTrainer:
     def weights(self) -> list[np.ndarray]:
         return [self.device.download(b, s, "float32") for b, s in zip(self.wbufs, self.shapes)]
 
+    def _prepare_checksum(self) -> tuple:
+        """checksum's kernel, built when the trainer is made (not at the first digest, in
+        the middle of the steps), and the buffers of its partial sums."""
+        groups = max(16, min(1024, 4 * int(self.device.cl_device.max_compute_units)))
+        params = {"name": "mao_weights_checksum", "wg": 64}
+        spec = KernelSpec(params["name"], "checksum", params, kernels.render("checksum", **params),
+                          global_size=(groups * params["wg"],), local_size=(params["wg"],))
+        partial = self.device.alloc(8 * groups * len(self.wbufs))
+        self.summer = (self.device.build(spec), partial, np.empty(groups * len(self.wbufs), np.uint64), groups)
+        return self.summer
+
     def checksum(self) -> str:
         """The weights' checksum (hostpool.weights_checksum's value) computed on the device
         (kernels/checksum.cl.mako): a few thousand 64-bit partial sums come back instead of
         the weights (the big MLP's 80 MB cost 33 ms to download and CRC-32 on the host). For
         the digest every K steps."""
-        if self.summer is None:
-            groups = max(16, min(1024, 4 * int(self.device.cl_device.max_compute_units)))
-            params = {"name": "mao_weights_checksum", "wg": 64}
-            spec = KernelSpec(params["name"], "checksum", params, kernels.render("checksum", **params),
-                              global_size=(groups * params["wg"],), local_size=(params["wg"],))
-            partial = self.device.alloc(8 * groups * len(self.wbufs))
-            self.summer = (self.device.build(spec), partial, np.empty(groups * len(self.wbufs), np.uint64), groups)
         ck, partial, host, groups = self.summer
         local = ck.spec.params["wg"]
         for k, (buf, a, b) in enumerate(zip(self.wbufs, self.offsets, self.offsets[1:])):
