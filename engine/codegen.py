@@ -129,7 +129,8 @@ class _Emitter:
             q = self.idiv(flat, st)
             idx.append(q if (i == 0 and bounded) else self.imod(q, s))
         idx = tuple(idx)
-        self.flat_of[(idx, tuple(shape))] = flat
+        if bounded:     # then flatten(idx, shape) == flat for any flat >= 0 (mixed radix, open top digit)
+            self.flat_of[(idx, tuple(shape))] = flat
         return idx
 
     def flatten(self, idx, shape):

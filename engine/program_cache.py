@@ -47,13 +47,14 @@ def _build_workers() -> int:
 
 
 def _cost(item) -> int:
-    """A kernel's compile time in small-kernel units: on PoCL a small kernel costs ~0.03 CPU-s
-    to build and ~0.03 more at its first launch, a GEMM about twice that (bench/NOTES.md)."""
+    """A kernel's compile time in small-kernel units: on PoCL a small kernel costs ~0.01 CPU-s
+    to build and 0.02-0.04 at its first launch, a GEMM about twice that (bench/NOTES.md)."""
     return 2 if item[1].template.startswith("gemm") else 1
 
 
-# the smallest group taken off the queue, in those units (a clBuildProgram's own cost is small
-# once a process has built one program: ~0.03 s)
+# the smallest group taken off the queue, in those units: each group is one more clBuildProgram,
+# ~0.13 CPU-s of its own on PoCL (clang parsing OpenCL's header), which a smaller group would
+# mostly be
 _MIN_GROUP_COST = 3
 # PoCL's first build in a process loads its kernel library (~0.45 CPU-s), in those units
 _LIBRARY_LOAD_COST = 8
@@ -188,11 +189,8 @@ class ProgramCacheMixin:
     def _program_of(self, blob, payload, options):
         """The program an entry's bytes hold (its header already checked)."""
         if payload == "source":
-            return self._from_proven_source(blob.decode(), options)
+            return self._build_source(blob.decode(), options)
         return self._from_binary(blob, options)
-
-    def _from_proven_source(self, source, options):
-        return self._build_source(source, options)
 
     def _build_source(self, source, options):
         """``source`` built with exactly ``options``, as the build child builds it (pyopencl's
@@ -509,7 +507,7 @@ class ProgramCacheMixin:
         mode = _safe_mode(self)
         try:
             if mode == "off":
-                program = self._from_proven_source(source, options)
+                program = self._build_source(source, options)
                 return program, gkey, source, _binary_of(program), "binary"
             launches = [l for _, vspec, _ in chunk for l in _launches_of(vspec)] if mode == "launch" else []
             proven = _source_proven(self)
