@@ -403,14 +403,14 @@ class ProgramCacheMixin:
         """([(chunk, _build_group's result)], [dropped items]) of groups built for ``profile``'s GEMM width while
         the probe runs on child 0. The children ``slots`` take groups off one queue as they
         come free (child 0 once the probe has answered), each its share of what is left
-        (_next_group), so however long the probe takes, neither child idles while the other
-        has a queue. If the probe rejects that
+        (_next_group), GEMMs first, so however long the probe takes, neither child idles
+        while the other has a queue and the last groups are quick. If the probe rejects that
         width, the children still compiling for it are stopped (a width that hangs the
         compiler must not hold the user for the build timeout) and nothing built for it is
         kept (nor counted as a failed group): those items come back as dropped, and prebuild
         builds them again, grouped, for the width the probe chose."""
         width = profile.get("gemm_vector_width")
-        todo = list(items)
+        todo = sorted(items, key=lambda item: -_cost(item))    # GEMMs first: the last groups are the cheap kernels
         lock, busy, done, unbuilt = threading.Lock(), set(), Queue(), []
 
         def child(slot):
