@@ -150,15 +150,25 @@ def _build(plan, device) -> None:
 
 
 _plans = PlanCache()
-_proved: set = set()     # kernel names (their source hash included) whose loads are proved in bounds
+_proved: set = set()     # _proof_key of every kernel whose loads are proved in bounds
+
+
+def _proof_key(spec) -> tuple:
+    """What a proof depends on: the kernel (its name hashes its source), its extent and the
+    sizes of its buffers. The source alone is not enough: an elementwise kernel launched
+    with exactly its length names no length (codegen), one source for every length."""
+    return (spec.name, (spec.params or {}).get("numel"),
+            tuple(a[1].numel for a in spec.args if a[0] in ("out", "in", "var")),
+            tuple(o.numel for o in spec.outputs))
 
 
 def _prove_once(specs) -> None:
     """Every generated load of each spec inside its buffer, before anything is built."""
     for spec in specs:
-        if spec.name not in _proved:
+        key = _proof_key(spec)
+        if key not in _proved:
             prove(spec)
-            _proved.add(spec.name)
+            _proved.add(key)
 
 
 def plan(targets, device, group=False):

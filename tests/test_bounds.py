@@ -31,3 +31,17 @@ def test_a_negative_dilation_window_is_refused():
     bad = ir.Node("WINDOW", (x.node,), ((3,), (1,), (-4,)), (1, 14, 3), "float32")
     with pytest.raises(BoundsError):
         (_tensor_of(bad, x) + 1.0).sum().numpy()
+
+
+def test_a_kernel_of_the_same_source_is_proved_again_for_other_buffers():
+    """An elementwise kernel launched with exactly its length names no length (codegen), so
+    an honest 64-element slice and a hostile 128-element one of a 128-element buffer are
+    the same source, the same kernel name: the proof of the first must not stand for the
+    second, which would read two elements past the end."""
+    honest = engine.tensor(np.arange(66, dtype=np.float32))
+    ok = ir.Node("SHRINK", (honest.node,), ((2, 66, 1),), (64,), "float32")
+    np.testing.assert_array_equal((_tensor_of(ok, honest) * 2.0).numpy(), np.arange(2, 66) * 2.0)
+    x = engine.tensor(np.arange(128, dtype=np.float32))
+    bad = ir.Node("SHRINK", (x.node,), ((2, 130, 1),), (128,), "float32")     # 128 elements from index 2
+    with pytest.raises(BoundsError, match="may read outside its 128 elements"):
+        (_tensor_of(bad, x) * 2.0).numpy()
