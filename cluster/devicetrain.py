@@ -99,12 +99,11 @@ class DeviceTrainer:
         self.updates = {}        # None (the gradient buffers) or id(runner) (its outputs) -> captured update
         self.snap = None         # (step, [device copies of weights + state]) for rollback
         self.checks = {}         # id(runner) or "grads" -> (captured launches, buffer, kept alive) of a finite check
-        self.summer = None       # checksum's (kernel, partial sums on the device, their host array, groups)
         self.scaled = {}         # id(runner) -> (weight Var, captured launches, buffers, runner) of weighted gradients
         self.pinned = []         # host_array's buffers
         self.ready = {}          # (id(runner), bucket bytes) -> overlapped all-reduce buckets (see buckets)
         self.checked = np.empty(1, np.float32)
-        self._prepare_checksum()
+        self.summer = self._checksum_kernel()    # (kernel, partial sums on the device, their host array, groups)
 
     def host_array(self, n: int) -> np.ndarray:
         """float32[n] in host memory the OpenCL driver may page-lock (an ALLOC_HOST_PTR
@@ -322,7 +321,7 @@ class DeviceTrainer:
     def weights(self) -> list[np.ndarray]:
         return [self.device.download(b, s, "float32") for b, s in zip(self.wbufs, self.shapes)]
 
-    def _prepare_checksum(self) -> tuple:
+    def _checksum_kernel(self) -> tuple:
         """checksum's kernel, built when the trainer is made (not at the first digest, in
         the middle of the steps), and the buffers of its partial sums."""
         groups = max(16, min(1024, 4 * int(self.device.cl_device.max_compute_units)))
@@ -330,8 +329,7 @@ class DeviceTrainer:
         spec = KernelSpec(params["name"], "checksum", params, kernels.render("checksum", **params),
                           global_size=(groups * params["wg"],), local_size=(params["wg"],))
         partial = self.device.alloc(8 * groups * len(self.wbufs))
-        self.summer = (self.device.build(spec), partial, np.empty(groups * len(self.wbufs), np.uint64), groups)
-        return self.summer
+        return self.device.build(spec), partial, np.empty(groups * len(self.wbufs), np.uint64), groups
 
     def checksum(self) -> str:
         """The weights' checksum (hostpool.weights_checksum's value) computed on the device
