@@ -11,12 +11,20 @@ step), side by side in one run:
              the host reading the latter's mapping (the copy is a device-side DMA)
   pieces     mapped, in 8 pieces of MB/8 each, all enqueued before one wait (the shape an
              overlapped download takes)
+  shm        a numpy view of a file in /dev/shm (what a same-host ring's segments are:
+             cluster/shmstream.py), read into / written from directly
+  shm+ptr    a USE_HOST_PTR buffer over that same /dev/shm mapping: a device-side copy
+             into / out of it, then a map and unmap so the host sees it (if the driver
+             pins the pages, the copy is a DMA into shared memory)
 
 Prints GB/s per direction (best of --repeat), and the device time of each transfer.
 """
 from __future__ import annotations
 
 import argparse
+import mmap
+import os
+import tempfile
 import time
 
 import numpy as np
@@ -86,15 +94,61 @@ def main(argv=None):
             cl.enqueue_copy(q, dbuf, mapped[lo:hi], dst_offset=4 * lo, is_blocking=False)
         q.finish()
 
+    fd, path = tempfile.mkstemp(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.posix_fallocate(fd, 0, 4 * n)
+    shm = np.frombuffer(mmap.mmap(fd, 4 * n, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)), np.float32)
+    os.close(fd)
+    os.unlink(path)
+    ubuf = None
+
+    def down_shm():
+        cl.enqueue_copy(q, shm, dbuf, is_blocking=True)
+
+    def up_shm():
+        cl.enqueue_copy(q, dbuf, shm, is_blocking=True)
+
+    def down_ptr():
+        cl.enqueue_copy(q, ubuf, dbuf, byte_count=4 * n)
+        view, _ = cl.enqueue_map_buffer(q, ubuf, cl.map_flags.READ, 0, (n,), np.float32, is_blocking=True)
+        view.base.release(q)
+        q.finish()
+
+    def up_ptr():
+        view, _ = cl.enqueue_map_buffer(q, ubuf, cl.map_flags.WRITE, 0, (n,), np.float32, is_blocking=True)
+        view.base.release(q)
+        cl.enqueue_copy(q, dbuf, ubuf, byte_count=4 * n)
+        q.finish()
+
     print(f"| {a.mb:g} MB | download GB/s | upload GB/s |")
     print("|---|---|---|")
     for name, down, up in (("pageable", down_pageable, up_pageable), ("mapped", down_mapped, up_mapped),
-                           ("copy+map", down_copy, up_copy), ("pieces (mapped)", down_pieces, up_pieces)):
+                           ("copy+map", down_copy, up_copy), ("pieces (mapped)", down_pieces, up_pieces),
+                           ("shm", down_shm, up_shm), ("shm+ptr", down_ptr, up_ptr),
+                           ("shm, a USE_HOST_PTR buffer over it alive", down_shm, up_shm)):
+        if name == "shm+ptr":
+            ubuf = cl.Buffer(ctx, mf.READ_WRITE | mf.USE_HOST_PTR, hostbuf=shm)
         d, u = _best(down, a.repeat), _best(up, a.repeat)
         print(f"| {name} | {4 * n / d / 1e9:.1f} | {4 * n / u / 1e9:.1f} |", flush=True)
+    shm[:] = 0
+    down_shm()
+    ok_down = np.array_equal(shm, src)
+    shm[:] = src[::-1]
+    up_shm()
+    back = np.empty(n, np.float32)
+    cl.enqueue_copy(q, back, dbuf, is_blocking=True)
+    print(f"shm, plain copies: download right {ok_down}, upload right {np.array_equal(back, src[::-1])}")
+    cl.enqueue_copy(q, dbuf, src, is_blocking=True)
     down_copy()
     ok = np.array_equal(mapped, src)
     print(f"copy+map holds the device's data: {ok}")
+    shm[:] = 0
+    down_ptr()
+    print(f"shm+ptr: the /dev/shm mapping holds the device's data after the map: {np.array_equal(shm, src)}")
+    shm[:] = src[::-1]
+    up_ptr()
+    back = np.empty(n, np.float32)
+    cl.enqueue_copy(q, back, dbuf, is_blocking=True)
+    print(f"shm+ptr: the device got what the host wrote into the mapping: {np.array_equal(back, src[::-1])}")
 
 
 if __name__ == "__main__":

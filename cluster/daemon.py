@@ -72,15 +72,15 @@ class NodeDaemon(JobHandlers):
                  max_message_bytes: int = wire.MAX_MESSAGE_BYTES, data_port: int | None = None,
                  handshake_timeout: float = 5.0, max_conns_per_peer: int = 16, max_conns: int = 128,
                  step_budget: float = 600.0, compile_budget: float = 1800.0, snapshot_every: int = 1,
-                 digest_every: int = 10, host_optimizer: bool = False, overlap_mb: float = 0.0,
+                 digest_every: int = 10, host_optimizer: bool = False, overlap_mb: float = -1.0,
                  cpus: list[int] | None = None):
         self.max_bytes = max_message_bytes
         self.cpus = sorted(cpus) if cpus else None   # engine-node --cpus (already pinned): told in hello
         # rollback snapshot (device copy) before every Nth update; weights checksum after every Kth (0: never)
         self.snapshot_every, self.digest_every = max(0, int(snapshot_every)), max(0, int(digest_every))
         self.host_optimizer = host_optimizer   # engine programs too: weights on the host, numpy update
-        # engine programs in rings of two or more: all-reduce buckets of at least this many
-        # bytes while backward still runs (0: the whole gradient after backward)
+        # engine programs in same-host rings: all-reduce pieces of at most this many bytes
+        # while backward still runs (0: after backward; negative: by device kind, job_handlers)
         self.overlap_bytes = int(overlap_mb * 2**20)
         secret = auth.check_secret(secret)
         self.secret, self.device, self.data_dir, self.throttle = secret, device, data_dir, max(1.0, throttle)

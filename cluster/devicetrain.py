@@ -10,6 +10,11 @@ gradients come back (uploaded into fixed gradient buffers).  Per step:
     reduced gradients -> NaN/Inf check (device, one float read back) -> device snapshot
     for rollback -> replay the optimizer's captured fused update
 
+On a ring whose ranks share a host (cluster/shmstream.py) the download, the all-reduce and
+the upload run piece by piece while backward still runs (``streamed_step``): a second
+command queue carries the copies beside the kernels, and the host weights each piece as
+it copies it into shared memory.
+
 How the pieces share memory: an engine optimizer writes each parameter in place
 (engine/storage.py ``commit``): the parameter's storage keeps its device Buffer *handle*
 across writes (the memory behind it is swapped).  Every StepRunner's parameter slots are
@@ -28,6 +33,8 @@ them).
 Reference (numpy) programs never come here: they keep cluster.optimizer.HostOptimizer.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -101,9 +108,18 @@ class DeviceTrainer:
         self.checks = {}         # id(runner) or "grads" -> (captured launches, buffer, kept alive) of a finite check
         self.scaled = {}         # id(runner) -> (weight Var, captured launches, buffers, runner) of weighted gradients
         self.pinned = []         # host_array's buffers
-        self.ready = {}          # (id(runner), bucket bytes) -> overlapped all-reduce buckets (see buckets)
+        self.ready = {}          # id(runner) -> (final_launches, runner kept alive)
+        # downloads and uploads of a streamed step, beside the kernels of the step queue and
+        # beside each other (a GPU's copy engines move both directions at once)
+        self.copies = cl.CommandQueue(device.context, device.cl_device)
+        self.uploads = cl.CommandQueue(device.context, device.cl_device)
         self.checked = np.empty(1, np.float32)
+        self.pinned_stream = None    # (shmstream.Stream, pinned buffers, peer gradient buffers, sums by runner)
         self.summer = self._checksum_kernel()    # (kernel, partial sums on the device, their host array, groups)
+
+    @property
+    def is_gpu(self) -> bool:
+        return bool(self.device.cl_device.type & cl.device_type.GPU)
 
     def host_array(self, n: int) -> np.ndarray:
         """float32[n] in host memory the OpenCL driver may page-lock (an ALLOC_HOST_PTR
@@ -193,13 +209,10 @@ class DeviceTrainer:
         cl.enqueue_copy(self.device.queue, self.checked, self.checks[key][1].mem, is_blocking=True)
         return float(self.checked[0])
 
-    def buckets(self, runner, target_bytes: int) -> list[tuple[int, int, int]]:
-        """Gradients grouped for an overlapped all-reduce: (first param, end param, launch
-        index after which all of them are final), in the order the step's launch list
-        makes them final; a bucket grows over parameters that become final next and sit
-        beside it in the packed buffer (one contiguous all-reduce) up to `target_bytes`."""
-        key = (id(runner), target_bytes)
-        if key not in self.ready:
+    def final_launches(self, runner) -> list[int]:
+        """For each gradient output of `runner`'s step program, the index in its launch
+        list of the last launch that writes it (-1: none): after that launch it is final."""
+        if id(runner) not in self.ready:
             outs = [rz.buffer_of(t.node) for t in runner.step.outs[1:]]
             last = [-1] * len(outs)
             for k, it in enumerate(runner.step.items):
@@ -207,55 +220,125 @@ class DeviceTrainer:
                     for a in it.args:
                         for i, b in enumerate(outs):
                             if a is b:
-                                last[i] = k       # the last launch that touches an output produces it
-            groups, lo, hi, size = [], None, None, 0
-            for i in sorted(range(len(outs)), key=lambda i: (last[i], i)):   # in the order they become final
-                if lo is not None and size < target_bytes and i in (hi, lo - 1):
-                    lo, hi, size = min(lo, i), max(hi, i + 1), size + 4 * self.sizes[i]
-                    continue
-                if lo is not None:
-                    groups.append((lo, hi, max(last[lo:hi])))
-                lo, hi, size = i, i + 1, 4 * self.sizes[i]
-            if lo is not None:
-                groups.append((lo, hi, max(last[lo:hi])))
-            self.ready[key] = sorted(groups, key=lambda g: g[2])
-        return self.ready[key]
+                                last[i] = k
+            self.ready[id(runner)] = (last, runner)
+        return self.ready[id(runner)][0]
 
-    def forward_backward_overlapped(self, runner, x, y, flat: np.ndarray, reduce, target_bytes: int) -> float:
-        """forward_backward whose gradients are handed over bucket by bucket while the
-        device still runs the rest of backward: the launch list is replayed in segments,
-        each bucket's download enqueued (non-blocking) right after the launch that
-        completes it, then `reduce(lo, hi)` is called on flat[lo:hi] as each download
-        lands, and the reduced bucket is uploaded (non-blocking) into the gradient
-        buffers.  The loss lands in flat[-1] (not reduced here).  Call apply() after."""
+    def gradient_order(self, runner) -> list[int] | None:
+        """The parameters in the order `runner`'s program finishes their gradients (None
+        before its launch list is captured)."""
+        if runner.step.items is None:
+            return None
+        final = self.final_launches(runner)
+        return sorted(range(len(final)), key=lambda i: (final[i], i))
+
+    def streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int) -> tuple:
+        """Forward + backward with the gradients all-reduced while backward still runs, with
+        no host copy (shmstream, every rank summing on its device): the launch list is
+        replayed in segments; after the launch that completes a piece of the packed
+        gradients, the piece is downloaded straight into this rank's shared-memory segment
+        on the copy queue (beside the kernels that follow) and published; as every rank's
+        piece is published, it is uploaded from their segments into this device's copies
+        of their gradients (on a third queue, beside the downloads).  The sum (each rank's weight times its gradients, in rank order:
+        the same expression, so the same bits, on every rank) is one captured kernel per
+        parameter, checked for NaN/Inf like an uploaded sum.  The loss and the halt vote
+        (the last piece) are summed on the host.  Returns (local loss, summed weighted loss,
+        summed vote, whether the sum is finite, seconds the host waited for other ranks)."""
+        q, copies, r = self.device.queue, self.copies, stream.links.rank
         for name, arr in (("x", x), ("y", y)):
             slot = runner.slots[name]
             self.device.upload(np.ascontiguousarray(arr, dtype=NP_DTYPES[slot.dtype]), dest=rz.buffer_of(slot.node))
-        items, q = runner.step.items, self.device.queue
-        outs = [rz.buffer_of(t.node) for t in runner.step.outs]
-        offs = self.offsets
-        pending, at = [], 0
-        for first, end, ready in self.buckets(runner, target_bytes):
-            if ready + 1 > at:
-                launch.replay(items[at:ready + 1], self.device)
-                at = ready + 1
-            evs = [cl.enqueue_copy(q, flat[offs[i]:offs[i + 1]], outs[1 + i].mem, is_blocking=False)
-                   for i in range(first, end) if self.sizes[i]]
-            q.flush()                      # the device starts now; the host waits per bucket below
-            pending.append((first, end, evs))
+        if runner.step.items is None:      # first run: capture the launch list, then replay it as below
+            runner.step()
+        peers = self._pin(stream)
+        items, outs, offs = runner.step.items, [rz.buffer_of(t.node) for t in runner.step.outs], self.offsets
+        final, grads = self.final_launches(runner), stream.pieces[:-1]
+        t, views = stream.begin(weight)
+        mine = views[r][1]
+        mark, at, landed = cl.enqueue_marker(q), 0, []
+        spans = [[(i, max(lo, offs[i]), min(hi, offs[i + 1])) for i in range(len(self.sizes))
+                  if offs[i] < hi and offs[i + 1] > lo] for lo, hi in grads]
+        for span in spans:
+            upto = max(final[i] for i, _, _ in span) + 1
+            if upto > at:
+                launch.replay(items[at:upto], self.device)
+                at, mark = upto, cl.enqueue_marker(q)
+                q.flush()
+            landed.append([cl.enqueue_copy(copies, mine[a:b], outs[1 + i].mem, src_offset=4 * (a - offs[i]),
+                                           wait_for=[mark], is_blocking=False) for i, a, b in span])
+            copies.flush()
         launch.replay(items[at:], self.device)
-        q.flush()
-        for first, end, evs in pending:
-            cl.wait_for_events(evs) if evs else None
-            reduce(offs[first], offs[end])
-            for i in range(first, end):
-                if self.sizes[i]:
-                    cl.enqueue_copy(q, self.gbufs[i].mem, flat[offs[i]:offs[i + 1]], is_blocking=False)
-            q.flush()
         loss = np.empty(1, np.float32)
-        cl.enqueue_copy(q, loss, outs[0].mem, is_blocking=True)   # in-order queue: the uploads are done too
-        flat[-1] = loss[0]
-        return float(loss[0])
+        done = cl.enqueue_copy(copies, loss, outs[0].mem, wait_for=[cl.enqueue_marker(q)], is_blocking=False)
+        q.flush()
+        copies.flush()
+        waited, ups = 0.0, []
+        for p, span in enumerate(spans):
+            cl.wait_for_events(landed[p])
+            stream.publish(views, p, t)
+            t0 = time.perf_counter()
+            stream.wait(views, p, t, step)
+            waited += time.perf_counter() - t0
+            ups.extend(cl.enqueue_copy(self.uploads, peers[j][i].mem, views[j][1][a:b], dst_offset=4 * (a - offs[i]),
+                                       is_blocking=False) for j in range(len(views)) if j != r for i, a, b in span)
+            self.uploads.flush()
+        done.wait()
+        tail = len(grads)
+        lo = stream.pieces[tail][0]
+        mine[lo:lo + 2] = (loss[0] * np.float32(weight), np.float32(vote))
+        stream.publish(views, tail, t)
+        t0 = time.perf_counter()
+        stream.wait(views, tail, t, step)
+        total = np.add.reduce([d[lo:lo + 2] for _, d in views], dtype=np.float32) if len(views) > 2 else \
+            views[0][1][lo:lo + 2] + views[1][1][lo:lo + 2]
+        cl.wait_for_events(ups)            # this call's segments are read before any rank reuses them
+        waited += time.perf_counter() - t0
+        ws, sums, check = self._summing(runner, stream)
+        for var, w in zip(ws, stream.weights(views)):
+            var.value = w
+        launch.replay(sums, self.device)
+        finite = np.isfinite(self._finite_check(("sum", id(runner)), check))
+        return float(loss[0]), float(total[0]), float(total[1]), bool(finite), waited
+
+    def _pin(self, stream) -> dict:
+        """This device's copies of the other ranks' gradients (tensors by rank), and
+        USE_HOST_PTR buffers over every segment of `stream`, held while it lives: NVIDIA's
+        driver pins the pages of such a buffer, and plain copies from and to them then run
+        at DMA speed (54 GB/s against 9-17 for unpinned pages; bench/NOTES.md)."""
+        if self.pinned_stream is None or self.pinned_stream[0] is not stream:
+            flags = cl.mem_flags.READ_WRITE | cl.mem_flags.USE_HOST_PTR
+            pins = [cl.Buffer(self.device.context, flags, hostbuf=d) for views in stream.views for _, d in views]
+            peers = {j: [tensor(np.zeros(s, np.float32), device=self.device) for s in self.shapes]
+                     for j in range(stream.links.world) if j != stream.links.rank}
+            for t in (t for ts in peers.values() for t in ts):
+                t.realize()
+            self.pinned_stream = (stream, pins, peers, {})
+            # what was captured over the last stream's sums reads buffers nobody writes now
+            self.updates = {k: v for k, v in self.updates.items() if not (k and k[1])}
+            self.checks = {k: v for k, v in self.checks.items() if not (isinstance(k, tuple) and k[0] == "sum")}
+        return {j: [rz.buffer_of(t.node) for t in ts] for j, ts in self.pinned_stream[2].items()}
+
+    def _summing(self, runner, stream) -> tuple:
+        """(weight Vars by rank, captured launches of the sums, the finite check's builder)
+        for `runner`'s gradient outputs and the other ranks' copies: per parameter,
+        w_0 * g_0 + w_1 * g_1 + ... in rank order, into tensors the update then reads
+        (apply(runner, streamed=True))."""
+        _, _, peers, made = self.pinned_stream
+        if id(runner) not in made:
+            r, n = stream.links.rank, stream.links.world
+            ws = [rz.Var(1.0) for _ in range(n)]
+            own = runner.step.outs[1:]
+            with launch.capture() as cap:
+                sums = []
+                for i in range(len(self.shapes)):
+                    terms = [(own[i] if j == r else peers[j][i]) * Tensor(ws[j].node, self.device) for j in range(n)]
+                    total = terms[0]
+                    for t in terms[1:]:
+                        total = total + t
+                    total.realize()
+                    sums.append(total)
+            made[id(runner)] = (ws, cap.items, lambda: _plus_nan_of((sums[0] * 0.0).sum(), sums[1:]), sums, runner)
+        return made[id(runner)][:3]
 
     # --- the update -----------------------------------------------------------------------
     def update(self, flat: np.ndarray) -> None:
@@ -279,12 +362,14 @@ class DeviceTrainer:
         read back: the host scan of 20 M floats it replaces took ~4.5 ms on 4 threads."""
         return bool(np.isfinite(self._finite_check("grads", lambda: _plus_nan_of((self.g[0] * 0.0).sum(), self.g[1:]))))
 
-    def apply(self, runner=None) -> None:
-        """The fused optimizer step on the gradient buffers, or on `runner`'s gradient
-        outputs (a ring of one: no copy).  Each is captured once, then replayed."""
-        key = None if runner is None else id(runner)
+    def apply(self, runner=None, streamed: bool = False) -> None:
+        """The fused optimizer step on the gradient buffers, on `runner`'s gradient
+        outputs (a ring of one: no copy), or on the sums streamed_step made for `runner`.
+        Each is captured once, then replayed."""
+        key = None if runner is None else (id(runner), streamed)
         if key not in self.updates:
-            grads = self.g if runner is None else runner.step.outs[1:]
+            grads = self.g if runner is None else \
+                self.pinned_stream[3][id(runner)][3] if streamed else runner.step.outs[1:]
             for p, g in zip(self.w, grads):
                 p.grad = g
             try:

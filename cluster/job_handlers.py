@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from . import hostpool, program, runs
+from . import hostpool, program, runs, shmstream
 from .allreduce import PlanMismatch, allreduce, pack, unpack
 from .job import Job, JobError
 from .optimizer import OptimizerError
@@ -29,6 +29,9 @@ def _stall_as_a_compiler_would() -> None:
     seconds = float(os.environ.get("ENGINE_NODE_STALL_S") or 0)
     if seconds > 0:
         ctypes.PyDLL(None).sleep(int(seconds))     # a PyDLL call keeps the GIL
+
+
+AUTO_OVERLAP_BYTES = 16 << 20
 
 
 class JobHandlers:
@@ -194,17 +197,25 @@ class JobHandlers:
         wait for), unless `snapshot_alone` (steps dealt by hand)."""
         t0, sent0 = time.perf_counter(), self.links.bytes_sent
         self.compute_since = time.monotonic()
-        world, hidden = self.links.world, None
+        world, stream, streamed, flat = self.links.world, None, None, None
+        runner = job.runners[len(parts[0][0])]
         try:
+            if world > 1:    # decided once per ring generation, by all ranks together
+                sizes = job.dev.sizes if job.dev else [int(np.prod(s)) for s in job.shapes]
+                stream = shmstream.stream_for(self.links, job.step, self._overlap_bytes(job), sum(sizes) + 2, sizes,
+                                              job.dev.gradient_order(runner) if job.dev else None,
+                                              on_device=job.dev is not None)
             if job.dev and world == 1 and len(parts) == 1:     # a ring of one: gradients stay on the device
                 idx = parts[0][0]
-                loss = job.dev.local_step(job.runners[len(idx)], job.x[idx], job.y[idx])
-                flat = None
-            elif job.dev and self.overlap_bytes and len(parts) == 1:   # buckets reduced while backward runs
-                flat, hidden = self._overlapped(job, *parts[0])
+                loss = job.dev.local_step(runner, job.x[idx], job.y[idx])
+            elif job.dev and stream and stream.on_device and len(parts) == 1:   # summed while backward runs
+                idx, w = parts[0]
+                streamed = job.dev.streamed_step(runner, job.x[idx], job.y[idx], w, 1.0 if vote_halt else 0.0,
+                                                 stream, job.step)
             else:
                 flat = self._gradients(job, parts)
-            compute = time.perf_counter() - t0 - (hidden or 0.0)
+            waited = streamed[4] if streamed else 0.0       # for the other ranks: all-reduce, not compute
+            compute = time.perf_counter() - t0 - waited
             if self.throttle > 1 and job.step >= self.throttle_from:   # simulate a slower device (load-balancing tests)
                 time.sleep(compute * (self.throttle - 1))
                 compute *= self.throttle
@@ -213,21 +224,26 @@ class JobHandlers:
         t1 = time.perf_counter()
         if flat is not None:
             flat[-1] = 1.0 if vote_halt else 0.0       # summed: every rank sees the same vote
-            if hidden is None:    # the loss and the vote (the last two) are summed in float32 whatever the transport
+            if stream:
+                stream.allreduce(flat, job.step)
+            else:   # the loss and the vote (the last two) are summed in float32 whatever the transport
                 allreduce(self.links, flat, job.step, transport=job.transport, exact_tail=2)
-            else:                 # overlapped: the gradients are reduced already, loss and vote left
-                allreduce(self.links, flat[-2:], job.step)
+            if job.dev:       # uploaded now, checked on the device below
+                job.dev.upload(flat)
             t2 = time.perf_counter()
             loss, halt = float(flat[-2]), bool(flat[-1] > 0)
-            if job.dev and hidden is None:    # uploaded now, checked on the device, applied below
-                job.dev.upload(flat)
+            if job.dev:
                 finite = job.dev.grads_finite() and bool(np.isfinite(flat[-2:]).all())
             else:
                 finite = hostpool.all_finite(flat)
+        elif streamed:
+            t2 = t1
+            _, loss, vote, finite, _ = streamed
+            halt, finite = vote > 0, finite and np.isfinite(loss)
         else:
             t2 = time.perf_counter()
             halt, finite = vote_halt, np.isfinite(loss)
-        ar = t2 - t1 + (hidden or 0.0)
+        ar = t2 - t1 + waited
         # Every rank holds the same sum, so every rank refuses together (before any update).
         if not finite:
             bad = int(np.count_nonzero(~np.isfinite(flat[:-2]))) if flat is not None else "some"
@@ -236,9 +252,9 @@ class JobHandlers:
         if job.dev:    # snapshot on the device (rollback), then the fused update
             if self.snapshot_every and (world > 1 or snapshot_alone) and job.step % self.snapshot_every == 0:
                 job.dev.snapshot(job.step)
-            if flat is None:
-                job.dev.apply(job.runners[len(parts[0][0])])
-            else:                                     # the reduced gradients are uploaded already
+            if flat is None:        # the program's own gradients (a ring of one), or the streamed sums
+                job.dev.apply(runner, streamed=streamed is not None)
+            else:                   # the reduced gradients are uploaded already
                 job.dev.apply()
         else:
             job.prev = (hostpool.copy(job.params), hostpool.copy(job.opt.state), job.opt.t)
@@ -250,29 +266,17 @@ class JobHandlers:
         m.compute_seconds.set(compute)
         m.samples_per_second.set(sum(len(p[0]) for p in parts) / compute if compute else 0)
         m.allreduce_bytes.inc(self.links.bytes_sent - sent0)
-        nbytes = flat.nbytes if flat is not None else 0
+        nbytes = flat.nbytes if flat is not None else 4 * sum(job.dev.sizes) if streamed else 0
         m.allreduce_bandwidth.set(2 * (world - 1) / world * nbytes / ar if world > 1 and ar else 0)
         return loss, compute, ar, halt
 
-    def _overlapped(self, job, idx, w: float):
-        """Gradients all-reduced bucket by bucket as backward produces them (devicetrain's
-        forward_backward_overlapped); returns the packed buffer (reduced gradients, local
-        weighted loss) and the seconds spent in those all-reduces."""
-        n = sum(job.dev.sizes)
-        if job.flat is None or len(job.flat) != n + 2:
-            job.flat = job.dev.host_array(n + 2)
-        flat, spent = job.flat, [0.0]
-
-        def reduce(lo, hi):
-            part = flat[lo:hi]
-            part *= np.float32(w)
-            t = time.perf_counter()
-            allreduce(self.links, part, job.step, transport=job.transport)
-            spent[0] += time.perf_counter() - t
-        job.dev.forward_backward_overlapped(job.runners[len(idx)], job.x[idx], job.y[idx], flat[:-1], reduce,
-                                            self.overlap_bytes)
-        flat[-2] *= np.float32(w)
-        return flat, spent[0]
+    def _overlap_bytes(self, job) -> int:
+        """The streamed all-reduce's largest piece: --overlap-mb, or by device kind (auto):
+        on two H200s it made a step 2.2-2.7x faster (bench/NOTES.md); on CPU nodes it is
+        not measured yet, and their copies would compete with PoCL's threads."""
+        if self.overlap_bytes >= 0:
+            return self.overlap_bytes
+        return AUTO_OVERLAP_BYTES if job.dev is not None and job.dev.is_gpu else 0
 
     def _gradients(self, job, parts) -> np.ndarray:
         """[weighted gradient sum..., weighted loss, halt vote] on the host, for the all-reduce."""

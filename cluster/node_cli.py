@@ -77,6 +77,19 @@ def pin(cpus: list[int]) -> None:
             os.environ[k] = str(len(cpus))
 
 
+def overlap_mb(text: str) -> float:
+    """--overlap-mb's value: MB, or -1 for "auto" (the daemon picks by device kind)."""
+    if str(text).strip().lower() == "auto":
+        return -1.0
+    try:
+        mb = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MB or 'auto'") from None
+    if mb < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a piece cannot be smaller than nothing")
+    return mb
+
+
 def main(argv=None) -> int:
     env = os.environ.get
     ap = argparse.ArgumentParser(prog="engine-node", description=daemon.__doc__.split("\n\n")[0])
@@ -126,10 +139,10 @@ def main(argv=None) -> int:
                     help="keep an engine job's weights on the host and update them in numpy (the path before "
                          "issue 14: slower, but bitwise-identical updates on rings of different device kinds) "
                          "[ENGINE_NODE_HOST_OPTIMIZER]")
-    ap.add_argument("--overlap-mb", type=float, default=float(env("ENGINE_NODE_OVERLAP_MB", "0") or 0),
-                    help="engine programs in rings of two or more: all-reduce the gradients in buckets of at least "
-                         "this many MB as backward produces them, while the device runs the rest (0: the whole "
-                         "gradient after backward) [ENGINE_NODE_OVERLAP_MB]")
+    ap.add_argument("--overlap-mb", type=overlap_mb, default=env("ENGINE_NODE_OVERLAP_MB", "auto"),
+                    help="engine programs in rings whose nodes share a host: all-reduce the gradients through shared "
+                         "memory in pieces of at most this many MB while backward still runs (0: after backward, "
+                         "through localsum or the ring; auto: 16 on GPUs, 0 on CPUs) [ENGINE_NODE_OVERLAP_MB]")
     a = ap.parse_args(argv)
     logging.basicConfig(filename=a.log, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cpus = None

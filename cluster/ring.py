@@ -19,6 +19,7 @@ from a neighbour that is shutting down, ends a collective within ~50 ms.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import hashlib
@@ -142,8 +143,10 @@ class RingLinks:
         self.via = None            # the endpoint the PUSH connected to (ipc:// for a same-host neighbour)
         self.segments = None       # shared-memory segments of a ring on one host (localsum.py)
         self.shm_gen, self.shm_ok = None, False
+        self.stream = None         # (gen, length, shmstream.Stream or None): this generation's streamed sum
         self.gen, self.rank, self.world, self.peers = -1, 0, 1, [self.endpoint]
         self.dropped = 0          # stale or malformed messages we threw away
+        self.held = collections.deque()   # messages check() read ahead of recv
         self.bytes_sent = 0
 
     def bind_local(self, directory: str | None = None) -> str | None:
@@ -165,6 +168,11 @@ class RingLinks:
         if self.push is not None:
             self.push.close(linger=0)   # whatever was queued for the old ring is obsolete
             self.push = None
+        self.held.clear()
+        # what was decided with the old ring is decided again (a new driver numbers its
+        # generations from the start: a number alone does not tell two rings apart)
+        self.shm_gen = None
+        self.drop_stream()
         self.gen, self.rank, self.world, self.peers = gen, rank, len(peers), list(peers)
         if self.world > 1:
             self.push = self.ctx.socket(zmq.PUSH)
@@ -202,26 +210,51 @@ class RingLinks:
         while True:
             if self.cancel.is_set():
                 raise PeerLost(f"{self.name}: aborted while waiting for {what}")
+            if self.held:
+                return self.held.popleft()
             if self.pull.poll(POLL_MS):
-                frames = self.pull.recv_multipart(copy=False)
-                try:
-                    msg = wire.decode([f.buffer for f in frames], secret=None)
-                except wire.WireError:
-                    self.dropped += 1
-                    continue
-                if msg.type == "bye":
-                    if msg["node"] == self.left:
-                        raise PeerLost(f"{self.name}: left neighbour {self.left} left the ring "
-                                       f"({msg['reason']}) while we waited for {what}")
-                    continue
-                if msg.fields.get("gen") != self.gen:
-                    self.dropped += 1
-                    continue
-                msg.raw = frames
-                return msg
-            if time.monotonic() > deadline:
+                msg = self._read(what)
+                if msg is not None:
+                    return msg
+            elif time.monotonic() > deadline:
                 raise PeerLost(f"{self.name}: no {what} from left neighbour {self.left} "
                                f"for {self.timeout_s:.1f}s (rank {self.rank}/{self.world}, gen {self.gen})")
+
+    def _read(self, what: str) -> wire.Message | None:
+        """The message waiting on the socket if it is of this generation (None: dropped);
+        raises PeerLost when it is the left neighbour's goodbye."""
+        frames = self.pull.recv_multipart(copy=False)
+        try:
+            msg = wire.decode([f.buffer for f in frames], secret=None)
+        except wire.WireError:
+            self.dropped += 1
+            return None
+        if msg.type == "bye":
+            if msg["node"] == self.left:
+                raise PeerLost(f"{self.name}: left neighbour {self.left} left the ring "
+                               f"({msg['reason']}) while we waited for {what}")
+            return None
+        if msg.fields.get("gen") != self.gen:
+            self.dropped += 1
+            return None
+        msg.raw = frames
+        return msg
+
+    def check(self, what: str) -> None:
+        """Without waiting: raise PeerLost if we were cancelled or the left neighbour said
+        goodbye; messages of this generation read on the way are kept for recv.  For
+        waits that do not read the socket (shmstream's polls on shared memory)."""
+        if self.cancel.is_set():
+            raise PeerLost(f"{self.name}: aborted while waiting for {what}")
+        while self.pull.poll(0):
+            msg = self._read(what)
+            if msg is not None:
+                self.held.append(msg)
+
+    def drop_stream(self) -> None:
+        if self.stream is not None and self.stream[2] is not None:
+            self.stream[2].close()
+        self.stream = None
 
     def say_bye(self, reason: str) -> None:
         """Tell the right neighbour we are leaving so it need not wait for a timeout."""
@@ -242,6 +275,7 @@ class RingLinks:
         if self.segments is not None:
             self.segments.close()
             self.segments = None
+        self.drop_stream()
         if self.local:
             try:
                 os.unlink(self.local)

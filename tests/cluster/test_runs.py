@@ -239,8 +239,9 @@ def test_the_device_digest_is_the_host_checksum_bit_for_bit():
 
 
 def test_overlapped_all_reduce_equals_single_process_engine(procs):
-    """--overlap-mb: two nodes all-reduce their gradients in buckets while backward runs
-    (tiny buckets here: several per step) and still equal engine.optim in one process."""
+    """--overlap-mb: two nodes on one host sum their gradients through shared memory piece
+    by piece while backward runs (tiny pieces here: several per step), and still equal
+    engine.optim in one process."""
     pytest.importorskip("engine")
     from engine.nn import functional as F
     from test_device_training import B, STEPS, digits, local_fit
@@ -255,6 +256,8 @@ def test_overlapped_all_reduce_equals_single_process_engine(procs):
                   rebalance_tolerance=1.0).fit(model, F.cross_entropy, spec, (xtr, ytr), global_batch=B,
                                                max_steps=STEPS)
     assert res.step == STEPS and all(h["world"] == 2 for h in res.history)
+    assert all("streamed through shared memory, " in d["proc"].log() and "summed on the devices" in d["proc"].log()
+               for d in nodes)
     np.testing.assert_allclose([h["loss"] for h in res.history], losses, rtol=2e-5, atol=2e-6)
     for k in want:   # float32: the buckets sum in another order than one buffer; Adam magnifies ulps
         np.testing.assert_allclose(res.params[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
@@ -263,8 +266,8 @@ def test_overlapped_all_reduce_equals_single_process_engine(procs):
 @pytest.mark.parametrize("overlap", [(), ("--overlap-mb", "0.01")], ids=["checked-on-device", "overlapped"])
 def test_reduced_gradients_with_nan_are_never_applied(procs, overlap):
     """Two nodes: the reduced gradients are uploaded and checked for NaN/Inf on the device
-    (or, with --overlap-mb, on the host bucket by bucket); a step whose sum holds NaN is
-    refused by both nodes before the update, and nothing is applied."""
+    (with --overlap-mb, uploaded piece by piece as they are summed); a step whose sum holds
+    NaN is refused by both nodes before the update, and nothing is applied."""
     pytest.importorskip("engine")
     from engine.nn import functional as F
     from cluster import NonFiniteGradients
@@ -282,12 +285,18 @@ def test_reduced_gradients_with_nan_are_never_applied(procs, overlap):
         cl.fit(model, F.cross_entropy, {"name": "sgd", "lr": 0.1}, (x, ytr[:64]), global_batch=64, max_steps=2,
                on_step=steps.append)
     assert steps == []                        # no step was applied
+    assert all(("streamed through shared memory" in d["proc"].log()) == bool(overlap) for d in nodes)
     for got, want in zip(model.state_dict().values(), init):    # nor loaded into the model
         np.testing.assert_array_equal(got.numpy(), want)
 
 
-def test_overlap_buckets_cover_every_gradient_once_in_the_order_they_become_final():
+def test_each_gradient_is_downloaded_after_the_last_launch_that_writes_it():
+    """A streamed step downloads a piece once the launch that finishes its gradients has
+    run: final_launches names, per gradient output, a launch that writes it and after
+    which none does."""
     pytest.importorskip("engine")
+    from engine import launch
+    from engine import realize as rz
     from engine.nn import functional as F
     from cluster import program
     from cluster.devicetrain import DeviceTrainer
@@ -298,13 +307,14 @@ def test_overlap_buckets_cover_every_gradient_once_in_the_order_they_become_fina
     tr = DeviceTrainer(runner.device, {"name": "adam", "lr": 1e-2}, list(program.params_of(model).values()), [], 0)
     tr.bind(runner)
     tr.forward_backward(runner, xtr[:32], ytr[:32], np.empty(sum(tr.sizes) + 1, np.float32))   # captures
-    n = len(tr.sizes)
-    for target in (1, 10 << 10, 1 << 30):
-        groups = tr.buckets(runner, target)
-        assert sorted(i for lo, hi, _ in groups for i in range(lo, hi)) == list(range(n)), groups
-        assert [g[2] for g in groups] == sorted(g[2] for g in groups)
-        assert all(0 <= g[2] < len(runner.step.items) for g in groups)
-    assert len(tr.buckets(runner, 1)) == n and len(tr.buckets(runner, 1 << 30)) == 1
+    final = tr.final_launches(runner)
+    items = runner.step.items
+    for i, t in enumerate(runner.step.outs[1:]):
+        buf = rz.buffer_of(t.node)
+        writes = [k for k, it in enumerate(items) if isinstance(it, launch.Launch) and any(a is buf for a in it.args)]
+        assert writes and final[i] == writes[-1], (i, final[i], writes)
+    assert sorted(tr.gradient_order(runner)) == list(range(len(final)))
+    assert [final[i] for i in tr.gradient_order(runner)] == sorted(final)
 
 
 def test_a_node_joins_an_autonomous_run_at_a_halted_step_boundary(procs):
