@@ -7,7 +7,9 @@ through ctypes and imports neither the engine, nor pyopencl, nor numpy: a cold s
 this process's start once per build child, and those imports were most of it (~0.3 CPU-s
 against ~0.03). DEVICE-JSON names the device (index in the parent's order, checked by
 platform and name) and the OpenCL loader the parent uses (``lib``), so both see the same
-platforms. It prints one ``ready`` line, then answers one JSON request per line on stdin
+platforms; ``lean`` (or null), how to build a source without PoCL's parse of
+opencl-c.h (build_child._lean): tried first, the source as given where that fails. It
+prints one ``ready`` line, then answers one JSON request per line on stdin
 with one JSON line on stdout:
 
   {"source" | "binary" (base64), "options",
@@ -18,8 +20,9 @@ with one JSON line on stdout:
   -> {"ok": true, "binary": base64 | null, "outputs": {"launch:arg": base64}}
    | {"ok": false, "error": build log or launch error}   (an ordinary failure, not a crash)
 
-The options reach clBuildProgram exactly as given: the parent builds the same source with
-the same options (engine/program_cache.py), so PoCL's kernel cache, filled here, serves it.
+The options reach clBuildProgram exactly as given (plus lean's): the parent builds the same
+source with the same options, the lean way first too (engine/program_cache.py), so PoCL's
+kernel cache, filled here, serves it.
 
 Asking PoCL for a program's binary compiles a generic work-group function for every kernel
 in it (about as long as the kernel's first launch again), so a parent that needs no binary
@@ -172,8 +175,14 @@ class OpenCL:
             raise SystemExit(f"device {sel['index']} is {platform} / {name}, expected {sel}")
         return d
 
-    def build(self, source, binary, options):
-        """A built program; CLError carrying the build log if it does not build."""
+    def build(self, source, binary, options, lean=None):
+        """A built program; CLError carrying the build log if it does not build. ``lean``:
+        tried first for a source (see the module's doc); the whole header if that fails."""
+        if lean and not binary:
+            try:
+                return self.build(lean["prelude"] + source, None, f"{options} {lean['option']}".strip())
+            except CLError:
+                pass
         cl, err = self.cl, _int(0)
         dev = _c.byref(_ptr(self.device))
         if binary:
@@ -250,7 +259,8 @@ def _answer(out, msg):
 
 
 def main():
-    ocl = OpenCL(json.loads(sys.argv[1]))
+    sel = json.loads(sys.argv[1])
+    ocl = OpenCL(sel)
     out = sys.stdout
     _answer(out, {"ready": True, "pid": os.getpid()})
     for line in sys.stdin:
@@ -259,7 +269,7 @@ def main():
         try:
             _fault(source)
             prog = ocl.build(source, base64.b64decode(req["binary"]) if req.get("binary") else None,
-                             req.get("options", ""))
+                             req.get("options", ""), sel.get("lean"))
         except CLError as exc:
             _answer(out, {"ok": False, "error": str(exc)})
             continue

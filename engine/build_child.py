@@ -15,8 +15,11 @@ import threading
 import time
 import warnings
 import weakref
+from functools import lru_cache
 
 import pyopencl as cl
+
+import kernels
 
 
 _WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_buildworker.py")
@@ -66,6 +69,40 @@ def _source_proven(device) -> bool:
     _buildworker.py). POCL_KERNEL_CACHE=0 turns PoCL's cache off, and binaries back on."""
     return (_safe_mode(device) == "launch" and device.is_pocl
             and os.environ.get("POCL_KERNEL_CACHE", "1").strip() != "0")
+
+
+# the include guard of Clang's opencl-c.h, which PoCL includes in every program it builds
+_LEAN_OPTION = "-D_OPENCL_H_"
+
+
+@lru_cache(maxsize=None)
+def _prelude() -> str:
+    return kernels.render("pocl_builtins")
+
+
+def _lean(device) -> dict | None:
+    """How PoCL builds a source without parsing Clang's opencl-c.h (980 KB, ~0.1 CPU-s on every
+    clBuildProgram: more than compiling a group of our kernels): its include guard defined,
+    the builtins our templates call declared as the header declares them
+    (kernels/pocl_builtins.cl.mako). Same LLVM IR, kernel by kernel (bench/NOTES.md). A build
+    tries that first and, where it fails (a source calling a builtin the prelude lacks),
+    builds with the whole header: the child and this process alike (_lean_build,
+    _buildworker.py), so both build the same program and PoCL's kernel cache, which the
+    child fills, serves this process. None (whole header always) off PoCL or with
+    ENGINE_POCL_LEAN=0."""
+    if not device.is_pocl or os.environ.get("ENGINE_POCL_LEAN", "1").strip() == "0":
+        return None
+    return {"prelude": _prelude(), "option": _LEAN_OPTION}
+
+
+def _lean_build(lean, build, source, options):
+    """``build(source, options)`` of ``source`` the lean way (see _lean) if that builds, else as is."""
+    if lean:
+        try:
+            return build(lean["prelude"] + source, f"{options} {lean['option']}".strip())
+        except Exception:
+            pass
+    return build(source, options)
 
 
 def _binary_of(program):
@@ -129,7 +166,8 @@ class _BuildWorker:
     or hang there is reported as _ChildFailed and the next request starts a new child."""
 
     def __init__(self, device):
-        self.sel = {"index": device.index, "platform": device.platform, "name": device.name, "lib": _opencl_loader()}
+        self.sel = {"index": device.index, "platform": device.platform, "name": device.name, "lib": _opencl_loader(),
+                    "lean": _lean(device)}
         self.owner = os.getpid()
         self.requests = 0
         self.proc = None

@@ -17,8 +17,8 @@ from queue import Queue
 
 import pyopencl as cl
 
-from .build_child import (CompilerFallbackWarning, _binary_of, _ChildFailed, _env_float, _launches_of, _safe_mode,
-                          _source_proven, _vec_name, _warn_once, _WorkerUnavailable)
+from .build_child import (CompilerFallbackWarning, _binary_of, _ChildFailed, _env_float, _launches_of, _lean,
+                          _lean_build, _safe_mode, _source_proven, _vec_name, _warn_once, _WorkerUnavailable)
 from .codegen import GEMM_VECTOR_WIDTHS, with_vector_width
 from .files import atomic_write, cache_dir
 from .probe import _profile_path
@@ -195,15 +195,19 @@ class ProgramCacheMixin:
     def _build_source(self, source, options):
         """``source`` built with exactly ``options``, as the build child builds it (pyopencl's
         wrapper would add its own include path, and PoCL's kernel cache, which the child has
-        filled, is keyed by the options too); cl.RuntimeError (with the build log) if it fails."""
+        filled, is keyed by the options too; on PoCL the lean way first, as there:
+        build_child._lean); cl.RuntimeError (with the build log) if it fails."""
         low = getattr(getattr(cl, "_cl", None), "_Program", None)
         if low is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", cl.CompilerWarning)
                 return cl.Program(self.context, source).build(options)
-        program = low(self.context, source)
-        program.build(options.encode(), [self.cl_device])
-        return program
+
+        def build(src, opts):
+            program = low(self.context, src)
+            program.build(opts.encode(), [self.cl_device])
+            return program
+        return _lean_build(_lean(self), build, source, options)
 
     def _load_cached(self, spec, options, key):
         path = self._entry_path(key)
