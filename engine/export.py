@@ -13,7 +13,7 @@ from . import ir, realize as rz
 from .autograd import grad
 from .jit import CompiledStep
 from .runtime import NP_DTYPES, get_device
-from .tensor import Tensor, tensor
+from .tensor import Tensor, realize_all, tensor
 from .validate import check_program
 
 __all__ = ["trace_training_step", "StepProgram", "FORMAT_VERSION"]
@@ -150,7 +150,15 @@ class StepRunner:
         for n, data in constants.items():
             rz.bind_buffer(n, device.upload(data))
         self.outs = [Tensor(n, device) for n in outputs]
-        self.step = CompiledStep(lambda: self.outs)
+        self.step = CompiledStep(self._outputs)
+
+    def _outputs(self) -> list:
+        # the gradients scheduled last parameter first, the order backward can finish them
+        # in: the last layer's weight gradient is launched before the earlier layers'
+        # input gradients, so an engine-node can all-reduce it while the device computes
+        # the rest (cluster/shmstream.py); the kernels and their results are the same
+        realize_all(self.outs[0], *reversed(self.outs[1:]))
+        return self.outs
 
     def run(self, params, x, y):
         if len(params) != len(self.prog.param_names):
