@@ -10,10 +10,10 @@ gradients come back (uploaded into fixed gradient buffers).  Per step:
     reduced gradients -> NaN/Inf check (device, one float read back) -> device snapshot
     for rollback -> replay the optimizer's captured fused update
 
-On a ring whose ranks share a host (cluster/shmstream.py) the download, the all-reduce and
-the upload run piece by piece while backward still runs (``streamed_step``): a second
-command queue carries the copies beside the kernels, and the host weights each piece as
-it copies it into shared memory.
+On a ring whose ranks share a host (cluster/shmstream.py) the downloads into shared memory,
+the uploads of the other ranks' pieces and the sum run piece by piece while backward still
+runs (``streamed_step``): two more command queues carry the copies beside the kernels, and
+the weighted sum is computed on the device; the host copies nothing.
 
 How the pieces share memory: an engine optimizer writes each parameter in place
 (engine/storage.py ``commit``): the parameter's storage keeps its device Buffer *handle*

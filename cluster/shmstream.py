@@ -11,25 +11,30 @@ batch shares agree) and map each other's segments; after that, a rank publishes 
 by writing a ticket (the call's number) into its segment's header, and waits for a piece
 by reading the other ranks' tickets.
 
-Each rank owns two segments (call k uses k % 2).  A segment is a header of one uint64
-ticket per piece, then the buffer.  For each piece, in plan order, a rank:
+Each rank owns two segments (call k uses k % 2).  A segment is a header (one uint64
+ticket per piece, then the rank's weight of the call), then the buffer.  For each piece,
+in plan order, a rank puts its values of the piece into its segment and writes the
+ticket (`publish`), then waits for every rank's ticket of that piece (`wait`) and reads
+the piece from all segments.  Two ways to fill and read:
 
-  1. waits until its own values of the piece are on the host (`ready`), copies them into
-     its segment (times `scale`, e.g. its share of the global batch), writes the ticket;
-  2. waits for every rank's ticket of that piece, sums the piece of all segments in rank
-     order into the caller's buffer (the same float32 additions on every rank: the bits
-     are identical everywhere), and hands it on (`done`, e.g. an upload to the device).
+  * on the devices (every rank a DeviceTrainer, `Stream.on_device`): the device downloads
+    straight into the segment and uploads the other ranks' pieces from theirs (DMA; see
+    DeviceTrainer.streamed_step), then sums w_0 g_0 + w_1 g_1 + ... in rank order;
+  * on the host (`Stream.allreduce`): copy in, then add all segments in rank order into
+    the caller's buffer (the same float32 additions on every rank: the same bits).
 
-Every rank reads the whole piece of every segment (n reads, one write), where localsum's
-reduce-scatter reads less but needs a second signal: on the hosts this is for (2-8 GPUs)
-one signal per piece is what pays.  Call k + 2 rewrites segment k % 2 only after this
-rank saw every rank's tickets of call k + 1, which each wrote after finishing call k.
+Every rank reads the whole piece of every segment, where localsum's reduce-scatter reads
+less but needs a second signal: on the hosts this is for (2-8 GPUs) one signal per piece
+is what pays.  Call k + 2 rewrites segment k % 2 only after this rank saw every rank's
+tickets of call k + 1, which each wrote after finishing call k (its reads of the other
+segments included: a device rank waits for its uploads before its call ends).
 
-Stores become visible in program order (the ticket after the data) on x86-64, and the
-copies run on hostpool's threads, whose hand-over is a lock: the data is written before
-the ticket on any host we run on.  A rank that dies or stops mid-step leaves a ticket
-unwritten: the waiter gives up after the ring's timeout (PeerLost, as a silent socket
-would), or at once when the node is cancelled or its left neighbour says goodbye.
+Stores become visible in program order (the ticket after the data) on x86-64; the host
+copies run on hostpool's threads, whose hand-over is a lock, and a device's download is
+waited for before the ticket is written: the data is there before the ticket on any host
+we run on.  A rank that dies or stops mid-step leaves a ticket unwritten: the waiter
+gives up after the ring's timeout (PeerLost, as a silent socket would), or at once when
+the node is cancelled or its left neighbour says goodbye.
 """
 from __future__ import annotations
 
