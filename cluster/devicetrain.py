@@ -34,6 +34,7 @@ Reference (numpy) programs never come here: they keep cluster.optimizer.HostOpti
 """
 from __future__ import annotations
 
+import collections
 import time
 
 import numpy as np
@@ -47,6 +48,10 @@ try:
     from engine.tensor import Tensor, tensor
 except Exception:   # a node without the engine runs reference programs only
     cl = None
+
+# streamed steps whose phases phase_report averages
+PHASE_STEPS = 50
+STREAM_PHASES = ("enqueue", "first piece down", "pieces exchanged", "last upload", "sum + check")
 
 # HostOptimizer's state order (cluster/optimizer.py) <-> engine.optim's state names
 _SLOTS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq")}
@@ -115,6 +120,7 @@ class DeviceTrainer:
         self.uploads = cl.CommandQueue(device.context, device.cl_device)
         self.checked = np.empty(1, np.float32)
         self.pinned_stream = None    # (shmstream.Stream, pinned buffers, peer gradient buffers, sums by runner)
+        self.phases = collections.deque(maxlen=PHASE_STEPS)   # streamed_step's phases (phase_report)
         self.summer = self._checksum_kernel()    # (kernel, partial sums on the device, their host array, groups)
 
     @property
@@ -245,6 +251,7 @@ class DeviceTrainer:
         (the last piece) are summed on the host.  Returns (local loss, summed weighted loss,
         summed vote, whether the sum is finite, seconds the host waited for other ranks)."""
         q, copies, r = self.device.queue, self.copies, stream.links.rank
+        marks = [time.perf_counter()]
         for name, arr in (("x", x), ("y", y)):
             slot = runner.slots[name]
             self.device.upload(np.ascontiguousarray(arr, dtype=NP_DTYPES[slot.dtype]), dest=rz.buffer_of(slot.node))
@@ -272,9 +279,12 @@ class DeviceTrainer:
         done = cl.enqueue_copy(copies, loss, outs[0].mem, wait_for=[cl.enqueue_marker(q)], is_blocking=False)
         q.flush()
         copies.flush()
+        marks.append(time.perf_counter())
         waited, ups = 0.0, []
         for p, span in enumerate(spans):
             cl.wait_for_events(landed[p])
+            if p == 0:
+                marks.append(time.perf_counter())
             stream.publish(views, p, t)
             t0 = time.perf_counter()
             stream.wait(views, p, t, step)
@@ -282,6 +292,7 @@ class DeviceTrainer:
             ups.extend(cl.enqueue_copy(self.uploads, peers[j][i].mem, views[j][1][a:b], dst_offset=4 * (a - offs[i]),
                                        is_blocking=False) for j in range(len(views)) if j != r for i, a, b in span)
             self.uploads.flush()
+        marks.append(time.perf_counter())
         done.wait()
         tail = len(grads)
         lo = stream.pieces[tail][0]
@@ -293,12 +304,20 @@ class DeviceTrainer:
             views[0][1][lo:lo + 2] + views[1][1][lo:lo + 2]
         cl.wait_for_events(ups)            # this call's segments are read before any rank reuses them
         waited += time.perf_counter() - t0
+        marks.append(time.perf_counter())
         ws, sums, check = self._summing(runner, stream)
         for var, w in zip(ws, stream.weights(views)):
             var.value = w
         launch.replay(sums, self.device)
         finite = np.isfinite(self._finite_check(("sum", id(runner)), check))
+        marks.append(time.perf_counter())
+        self.phases.append(np.diff(marks))
         return float(loss[0]), float(total[0]), float(total[1]), bool(finite), waited
+
+    def phase_report(self) -> str:
+        """Where the last streamed steps' host time went (ms, medians): for the node's log."""
+        med = np.median(self.phases, axis=0) * 1e3
+        return ", ".join(f"{name} {v:.2f}" for name, v in zip(STREAM_PHASES, med)) + f" ms (median of {len(self.phases)})"
 
     def _pin(self, stream) -> dict:
         """This device's copies of the other ranks' gradients (tensors by rank), and

@@ -212,6 +212,9 @@ class JobHandlers:
                 idx, w = parts[0]
                 streamed = job.dev.streamed_step(runner, job.x[idx], job.y[idx], w, 1.0 if vote_halt else 0.0,
                                                  stream, job.step)
+                if len(job.dev.phases) == job.dev.phases.maxlen:
+                    log.info("streamed steps: %s", job.dev.phase_report())
+                    job.dev.phases.clear()
             else:
                 flat = self._gradients(job, parts)
             waited = streamed[4] if streamed else 0.0       # for the other ranks: all-reduce, not compute
@@ -273,7 +276,10 @@ class JobHandlers:
     def _overlap_bytes(self, job) -> int:
         """The streamed all-reduce's largest piece: --overlap-mb, or by device kind (auto):
         on two H200s it made a step 2.2-2.7x faster (bench/NOTES.md); on CPU nodes it is
-        not measured yet, and their copies would compete with PoCL's threads."""
+        not measured yet, and their copies would compete with PoCL's threads.  A job that
+        asked for a narrow transport keeps it (the stream sums float32)."""
+        if job.transport != "float32":
+            return 0
         if self.overlap_bytes >= 0:
             return self.overlap_bytes
         return AUTO_OVERLAP_BYTES if job.dev is not None and job.dev.is_gpu else 0

@@ -97,13 +97,16 @@ def test_device_snapshot_rolls_back_weights_and_optimizer_state():
     assert all(np.array_equal(a, b) for a, b in zip(tr.weights() + tr.state(), once + state1))
 
 
-def test_engine_job_survives_sigkill_and_a_join(procs):
+@pytest.mark.parametrize("stream", [("--overlap-mb", "0"), ("--overlap-mb", "0.01")], ids=["ring", "streamed"])
+def test_engine_job_survives_sigkill_and_a_join(procs, stream):
     """A node killed mid-training and one joining: the device path keeps the weights
-    every node holds equal (the driver compares checksums) and training completes."""
+    every node holds equal (the driver compares checksums) and training completes; also
+    with the all-reduce streamed through shared memory (the survivors' wait for the dead
+    node's piece ends, and the new ring streams again)."""
     import signal
     import threading
     xtr, ytr, _, _ = digits.load_digits()
-    nodes = start_nodes(procs, 4, throttle={1: 3}, extra_args=("--digest-every", "1"))
+    nodes = start_nodes(procs, 4, throttle={1: 3}, extra_args=("--digest-every", "1", *stream))
     victim = nodes[1]["proc"]
     # shares in units of 32 and no rebalancing: few batch sizes, so few OpenCL builds
     cl = Cluster([n["control"] for n in nodes[:3]], SECRET, heartbeat_s=0.25, missed=6, batch_multiple=32,
@@ -124,6 +127,8 @@ def test_engine_job_survives_sigkill_and_a_join(procs):
     worlds = [h["world"] for h in res.history]
     assert worlds[:6] == [3] * 6 and 2 in worlds and worlds[-1] == 3, worlds
     assert res.history[-1]["loss"] < res.history[0]["loss"]
+    streamed = ["summed on the devices" in n["proc"].log() for n in (nodes[0], nodes[2], nodes[3])]
+    assert streamed == [stream[1] != "0"] * 3
 
 
 def test_node_rolls_back_a_finished_step_from_its_device_snapshot(procs):

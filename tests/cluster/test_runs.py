@@ -114,12 +114,14 @@ def test_engine_accumulation_equals_single_process_engine(procs):
             np.testing.assert_allclose(res.params[k], want[k], rtol=1e-4, atol=1e-5, err_msg=f"{n} node(s): {k}")
 
 
-def test_a_node_stopped_mid_run_is_dropped_and_the_run_recovers(procs):
+@pytest.mark.parametrize("stream", [(), ("--overlap-mb", "0.01")], ids=["ring", "streamed"])
+def test_a_node_stopped_mid_run_is_dropped_and_the_run_recovers(procs, stream):
     """SIGSTOP one of three nodes while they run on their own: the driver notices the
     silence, aborts the others, rolls them back to a step all can reach and runs on
     with two; the result is the single-process one.  params() mid-run halts the nodes at
-    a step boundary and the run goes on from there."""
-    nodes = start_nodes(procs, 3, throttle={1: 3})
+    a step boundary and the run goes on from there.  Also with the all-reduce streamed
+    through shared memory (summed on the host: reference programs)."""
+    nodes = start_nodes(procs, 3, throttle={1: 3}, extra_args=stream)
     victim, seen = nodes[1]["proc"], {}
     cl = Cluster([n["control"] for n in nodes], SECRET, heartbeat_s=0.25, missed=6, report_s=0)
 
@@ -145,6 +147,7 @@ def test_a_node_stopped_mid_run_is_dropped_and_the_run_recovers(procs):
     for k in want:
         np.testing.assert_allclose(res.params[k], want[k], rtol=1e-3, atol=1e-4)
     assert set(seen["params"]) == set(want)
+    assert ["summed on the host" in n["proc"].log() for n in nodes] == [bool(stream)] * 3
 
 
 def test_rollback_target_is_the_latest_step_every_node_reaches():
@@ -263,7 +266,7 @@ def test_overlapped_all_reduce_equals_single_process_engine(procs):
         np.testing.assert_allclose(res.params[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
 
 
-@pytest.mark.parametrize("overlap", [(), ("--overlap-mb", "0.01")], ids=["checked-on-device", "overlapped"])
+@pytest.mark.parametrize("overlap", [("--overlap-mb", "0"), ("--overlap-mb", "0.01")], ids=["checked-on-device", "overlapped"])
 def test_reduced_gradients_with_nan_are_never_applied(procs, overlap):
     """Two nodes: the reduced gradients are uploaded and checked for NaN/Inf on the device
     (with --overlap-mb, uploaded piece by piece as they are summed); a step whose sum holds
@@ -285,7 +288,7 @@ def test_reduced_gradients_with_nan_are_never_applied(procs, overlap):
         cl.fit(model, F.cross_entropy, {"name": "sgd", "lr": 0.1}, (x, ytr[:64]), global_batch=64, max_steps=2,
                on_step=steps.append)
     assert steps == []                        # no step was applied
-    assert all(("streamed through shared memory" in d["proc"].log()) == bool(overlap) for d in nodes)
+    assert all(("streamed through shared memory" in d["proc"].log()) == (overlap[1] != "0") for d in nodes)
     for got, want in zip(model.state_dict().values(), init):    # nor loaded into the model
         np.testing.assert_array_equal(got.numpy(), want)
 

@@ -46,7 +46,9 @@ def test_bf16_transport_trains_and_float32_is_bit_equal_to_the_default(procs):
     assert any(not np.array_equal(bf16.params[k], base.params[k]) for k in base.params)
 
 
-def test_bf16_transport_with_overlapped_buckets(procs):
+def test_bf16_transport_is_kept_where_the_nodes_could_stream(procs):
+    """Nodes asked to stream their all-reduce through shared memory (which sums float32)
+    keep the job's bfloat16 transport on the ring instead: it trains, not streamed."""
     pytest.importorskip("engine")
     from test_device_training import digits
     init = {k: v.numpy().copy() for k, v in digits.build_model("mlp").state_dict().items()}
@@ -56,6 +58,7 @@ def test_bf16_transport_with_overlapped_buckets(procs):
     res = fit(nodes, model, "bfloat16", steps=12)
     losses = [h["loss"] for h in res.history]
     assert res.step == 12 and np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    assert not any("streamed through shared memory" in d["proc"].log() for d in nodes)
 
 
 def test_an_unknown_transport_is_refused_by_driver_and_node(procs):
