@@ -16,7 +16,9 @@ import engine
 import kernels
 from engine import build_child, program_cache
 
-_DECL = re.compile(r"(\w+)\s+__(?:ovld|mao_f|attribute__\(\((?:overloadable, convergent)\)\))\s*((?:__\w+\s+)*)(\w+)\(([^()]*)\);")
+# a declaration as opencl-c.h (`float __ovld __cnfn exp(float x);`) or the prelude writes one
+_DECL = re.compile(r"(\w+)\s+(?:__ovld|__mao_f|__attribute__\(\(overloadable, convergent\)\))\s*((?:__\w+\s+)*)"
+                   r"(\w+)\(([^()]*)\);")
 
 
 def _headers():
