@@ -26,11 +26,13 @@ Columns, per step (medians after the warm-up):
   step      wall time per step (samples/s = global batch / step)
   compute   forward + backward of the slowest worker (engine: what the nodes report, gradient
             download included; DDP: measured in no_sync steps, i.e. without any all-reduce)
-  all-reduce  the gradient all-reduce on its own (engine: as the nodes report it; DDP: a
-            dist.all_reduce of a buffer of the gradients' size)
+  all-reduce  the gradient all-reduce on its own (engine: as the nodes report it; with the
+            streamed all-reduce of GPU nodes on one host, cluster/shmstream.py, only the time
+            a node waits for the other ranks' pieces: the copies overlap backward and count
+            as compute; DDP: a dist.all_reduce of a buffer of the gradients' size)
   exposed   what the all-reduce adds to the step, i.e. not hidden behind backward (engine:
-            the all-reduce time unless the nodes report `exposed_allreduce_s`, as there is no
-            overlap; DDP: step minus the same step under no_sync)
+            the all-reduce time unless the nodes report `exposed_allreduce_s`; DDP: step
+            minus the same step under no_sync)
   rest      step - compute - exposed (optimizer, driver round trip, checks, Python)
   efficiency  samples/s(n) / (n x samples/s(1)) of the same system
   vs gloo / vs nccl  engine samples/s over DDP's on the same model and workers
