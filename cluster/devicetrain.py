@@ -35,6 +35,7 @@ Reference (numpy) programs never come here: they keep cluster.optimizer.HostOpti
 from __future__ import annotations
 
 import collections
+import logging
 import time
 
 import numpy as np
@@ -48,6 +49,8 @@ try:
     from engine.tensor import Tensor, tensor
 except Exception:   # a node without the engine runs reference programs only
     cl = None
+
+log = logging.getLogger(__name__)
 
 # streamed steps whose phases phase_report averages
 PHASE_STEPS = 50
@@ -326,7 +329,11 @@ class DeviceTrainer:
         at DMA speed (54 GB/s against 9-17 for unpinned pages; bench/NOTES.md)."""
         if self.pinned_stream is None or self.pinned_stream[0] is not stream:
             flags = cl.mem_flags.READ_WRITE | cl.mem_flags.USE_HOST_PTR
-            pins = [cl.Buffer(self.device.context, flags, hostbuf=d) for views in stream.views for _, d in views]
+            try:
+                pins = [cl.Buffer(self.device.context, flags, hostbuf=d) for views in stream.views for _, d in views]
+            except cl.Error as e:     # e.g. a locked-memory limit: the same copies, unpinned (slower)
+                log.warning("shared-memory segments not pinned for DMA (%s); streaming through pageable copies", e)
+                pins = []
             peers = {j: [tensor(np.zeros(s, np.float32), device=self.device) for s in self.shapes]
                      for j in range(stream.links.world) if j != stream.links.rank}
             for t in (t for ts in peers.values() for t in ts):

@@ -157,3 +157,33 @@ def test_every_rank_cuts_rank_0s_pieces_whatever_order_it_prefers():
     assert errs == [None] * 3
     assert [s.pieces for s in res] == [[(0, 1010), (1010, 2020), (2020, 2022)]] * 3
     assert [s.on_device for s in res] == [False] * 3     # rank 1 sums on the host: everybody does
+
+
+def test_segments_that_cannot_be_pinned_are_streamed_unpinned(monkeypatch, caplog):
+    """A driver that refuses to pin the segments (a locked-memory limit) leaves the copies
+    pageable, slower but the same: the node logs it and streams on."""
+    pytest.importorskip("engine")
+    import pyopencl as cl
+    from cluster import devicetrain
+    import engine
+    tr = devicetrain.DeviceTrainer(engine.default_device(), {"name": "sgd", "lr": 0.1},
+                                   [np.ones((3, 4), np.float32), np.ones(4, np.float32)], [], 0)
+
+    class Links:
+        rank, world = 0, 2
+
+    class FakeStream:
+        links = Links()
+        views = [[(None, np.zeros(1024, np.float32)), (None, np.zeros(1024, np.float32))]] * 2
+
+    real = cl.Buffer
+
+    def refuse(ctx, flags, *a, **kw):
+        if flags & cl.mem_flags.USE_HOST_PTR:
+            raise cl.MemoryError("clCreateBuffer", cl.status_code.OUT_OF_HOST_MEMORY, "locked memory limit")
+        return real(ctx, flags, *a, **kw)
+    monkeypatch.setattr(devicetrain.cl, "Buffer", refuse)
+    with caplog.at_level("WARNING"):
+        peers = tr._pin(FakeStream())
+    assert "not pinned" in caplog.text
+    assert sorted(peers) == [1] and [b.nbytes for b in peers[1]] == [48, 16]
