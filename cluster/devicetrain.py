@@ -25,10 +25,9 @@ advances the step counter and Adam's bias corrections, exactly as engine.compile
 
 A ring of one needs no all-reduce, so its gradients never leave the device
 (``local_step``): the fused update is captured once more per step program, reading that
-program's gradient outputs directly, and one float comes back per step: the loss plus
-zero times the sum of every gradient, which is the loss itself when everything is finite
-and NaN otherwise (the node's refusal to apply non-finite gradients, without downloading
-them).
+program's gradient outputs directly, and per step the loss and a count of NaN/Inf values
+over every gradient come back (count_nonfinite: one launch, a few KB of partial counts):
+the node's refusal to apply non-finite gradients, without downloading them.
 
 Reference (numpy) programs never come here: they keep cluster.optimizer.HostOptimizer.
 """
@@ -75,14 +74,6 @@ def _slots(spec: dict) -> tuple:
     return _SLOTS["adam"]
 
 
-def _plus_nan_of(start, tensors):
-    """start + the sum of t * 0 over `tensors`: `start` when every value is finite, NaN when
-    one is NaN or Inf (NaN * 0 and Inf * 0 are NaN; finite * 0 is 0)."""
-    for t in tensors:
-        start = start + (t * 0.0).sum()
-    return start
-
-
 class DeviceTrainer:
     """Weights, gradients and optimizer state of one job on one device."""
 
@@ -113,7 +104,6 @@ class DeviceTrainer:
         self.sbufs = [rz.buffer_of(self.opt.state[i][name]._storage.node) for name in self.names for i in range(n)]
         self.updates = {}        # None (the gradient buffers) or id(runner) (its outputs) -> captured update
         self.snap = None         # (step, [device copies of weights + state]) for rollback
-        self.checks = {}         # id(runner) or "grads" -> (captured launches, buffer, kept alive) of a finite check
         self.scaled = {}         # id(runner) -> (weight Var, captured launches, buffers, runner) of weighted gradients
         self.pinned = []         # host_array's buffers
         self.ready = {}          # id(runner) -> (final_launches, runner kept alive)
@@ -124,7 +114,8 @@ class DeviceTrainer:
         self.checked = np.empty(1, np.float32)
         self.pinned_stream = None    # (shmstream.Stream, pinned buffers, peer gradient buffers, sums by runner)
         self.phases = collections.deque(maxlen=PHASE_STEPS)   # streamed_step's phases (phase_report)
-        self.summer = self._checksum_kernel()    # (kernel, partial sums on the device, their host array, groups)
+        self.summer = self._partials_kernel("checksum", np.uint64, slots=len(self.wbufs))
+        self.finder = self._partials_kernel("nonfinite", np.uint32, count=len(self.sizes))
 
     @property
     def is_gpu(self) -> bool:
@@ -201,22 +192,23 @@ class DeviceTrainer:
         """A ring of one: forward + backward, the gradients left in the program's outputs;
         returns the loss, or NaN when the loss or any gradient is not finite (then nothing
         may be applied).  apply(runner) updates from those outputs."""
-        self._run_program(runner, x, y)
-        outs = runner.step.outs
-        return self._finite_check(id(runner), lambda: _plus_nan_of(outs[0].reshape(()), outs[1:]), keep=runner)
+        outs = self._run_program(runner, x, y)
+        loss = np.empty(1, np.float32)
+        cl.enqueue_copy(self.device.queue, loss, outs[0].mem, is_blocking=False)
+        bad = self.count_nonfinite(outs[1:])          # in-order queue: the loss is read by then
+        return float("nan") if bad else float(loss[0])
 
-    def _finite_check(self, key, build, keep=None) -> float:
-        """The one float of build() (see _plus_nan_of), built and captured under `key` the
-        first time (with `keep`, whose id the key may be, held alive), replayed after."""
-        if key not in self.checks:
-            with launch.capture() as cap:
-                out = build()
-                out.realize()
-            self.checks[key] = (cap.items, rz.buffer_of(out.node), keep)
-        else:
-            launch.replay(self.checks[key][0], self.device)
-        cl.enqueue_copy(self.device.queue, self.checked, self.checks[key][1].mem, is_blocking=True)
-        return float(self.checked[0])
+    def count_nonfinite(self, bufs) -> int:
+        """How many values of `bufs` (device buffers of this trainer's parameter sizes, in
+        order) are NaN or Inf: one launch of kernels/nonfinite.cl.mako over all of them and
+        a few KB of partial counts read back (it replaced a reduction per buffer: 7 launches
+        a step for a 3-layer MLP)."""
+        kern, partial, host, groups = self.finder
+        local = kern.spec.params["wg"]
+        args = [a for b, n in zip(bufs, self.sizes) for a in (b.mem, np.uint32(n))]
+        self.device.launch(kern, (groups * local,), (local,), [*args, partial.mem])
+        cl.enqueue_copy(self.device.queue, host, partial.mem, is_blocking=True)
+        return int(host.sum(dtype=np.uint64))
 
     def final_launches(self, runner) -> list[int]:
         """For each gradient output of `runner`'s step program, the index in its launch
@@ -308,11 +300,11 @@ class DeviceTrainer:
         cl.wait_for_events(ups)            # this call's segments are read before any rank reuses them
         waited += time.perf_counter() - t0
         marks.append(time.perf_counter())
-        ws, sums, check = self._summing(runner, stream)
+        ws, items, sums = self._summing(runner, stream)
         for var, w in zip(ws, stream.weights(views)):
             var.value = w
-        launch.replay(sums, self.device)
-        finite = np.isfinite(self._finite_check(("sum", id(runner)), check))
+        launch.replay(items, self.device)
+        finite = self.count_nonfinite(sums) == 0
         marks.append(time.perf_counter())
         self.phases.append(np.diff(marks))
         return float(loss[0]), float(total[0]), float(total[1]), bool(finite), waited
@@ -341,11 +333,10 @@ class DeviceTrainer:
             self.pinned_stream = (stream, pins, peers, {})
             # what was captured over the last stream's sums reads buffers nobody writes now
             self.updates = {k: v for k, v in self.updates.items() if not (k and k[1])}
-            self.checks = {k: v for k, v in self.checks.items() if not (isinstance(k, tuple) and k[0] == "sum")}
         return {j: [rz.buffer_of(t.node) for t in ts] for j, ts in self.pinned_stream[2].items()}
 
     def _summing(self, runner, stream) -> tuple:
-        """(weight Vars by rank, captured launches of the sums, the finite check's builder)
+        """(weight Vars by rank, captured launches of the sums, their buffers)
         for `runner`'s gradient outputs and the other ranks' copies: per parameter,
         w_0 * g_0 + w_1 * g_1 + ... in rank order, into tensors the update then reads
         (apply(runner, streamed=True))."""
@@ -363,7 +354,7 @@ class DeviceTrainer:
                         total = total + t
                     total.realize()
                     sums.append(total)
-            made[id(runner)] = (ws, cap.items, lambda: _plus_nan_of((sums[0] * 0.0).sum(), sums[1:]), sums, runner)
+            made[id(runner)] = (ws, cap.items, [rz.buffer_of(t.node) for t in sums], sums, runner)
         return made[id(runner)][:3]
 
     # --- the update -----------------------------------------------------------------------
@@ -383,10 +374,10 @@ class DeviceTrainer:
             off += n
 
     def grads_finite(self) -> bool:
-        """Whether every value in the gradient buffers is finite, decided on the device (the
-        sum of g * 0 over all of them is 0, or NaN when one is NaN or Inf) with one float
-        read back: the host scan of 20 M floats it replaces took ~4.5 ms on 4 threads."""
-        return bool(np.isfinite(self._finite_check("grads", lambda: _plus_nan_of((self.g[0] * 0.0).sum(), self.g[1:]))))
+        """Whether every value in the gradient buffers is finite, decided on the device
+        (count_nonfinite): the host scan of 20 M floats it replaces took ~4.5 ms on 4
+        threads."""
+        return self.count_nonfinite(self.gbufs) == 0
 
     def apply(self, runner=None, streamed: bool = False) -> None:
         """The fused optimizer step on the gradient buffers, on `runner`'s gradient
@@ -432,15 +423,17 @@ class DeviceTrainer:
     def weights(self) -> list[np.ndarray]:
         return [self.device.download(b, s, "float32") for b, s in zip(self.wbufs, self.shapes)]
 
-    def _checksum_kernel(self) -> tuple:
-        """checksum's kernel, built when the trainer is made (not at the first digest, in
-        the middle of the steps), and the buffers of its partial sums."""
+    def _partials_kernel(self, template: str, dtype, slots: int = 1, **params) -> tuple:
+        """(kernel, its partial results on the device, their host array, work-groups) of a
+        kernels/<template>.cl.mako whose work-groups each write one partial result (`slots`
+        launches side by side); built when the trainer is made, not in the middle of the
+        steps."""
         groups = max(16, min(1024, 4 * int(self.device.cl_device.max_compute_units)))
-        params = {"name": "mao_weights_checksum", "wg": 64}
-        spec = KernelSpec(params["name"], "checksum", params, kernels.render("checksum", **params),
+        params = {"name": f"mao_{template}" + "".join(f"_{v}" for v in params.values()), "wg": 64, **params}
+        spec = KernelSpec(params["name"], template, params, kernels.render(template, **params),
                           global_size=(groups * params["wg"],), local_size=(params["wg"],))
-        partial = self.device.alloc(8 * groups * len(self.wbufs))
-        return self.device.build(spec), partial, np.empty(groups * len(self.wbufs), np.uint64), groups
+        host = np.empty(groups * slots, dtype)
+        return self.device.build(spec), self.device.alloc(host.nbytes), host, groups
 
     def checksum(self) -> str:
         """The weights' checksum (hostpool.weights_checksum's value) computed on the device
