@@ -106,6 +106,7 @@ class DeviceTrainer:
         self.snap = None         # (step, [device copies of weights + state]) for rollback
         self.scaled = {}         # id(runner) -> (weight Var, captured launches, buffers, runner) of weighted gradients
         self.pinned = []         # host_array's buffers
+        self.staged = []         # the last batch's uploads (_upload_batch)
         self.ready = {}          # id(runner) -> (final_launches, runner kept alive)
         # downloads and uploads of a streamed step, beside the kernels of the step queue and
         # beside each other (a GPU's copy engines move both directions at once)
@@ -142,11 +143,19 @@ class DeviceTrainer:
                 raise ValueError(f"param:{i}: program shape {slot.shape}, job {self.shapes[i]}")
             rz.bind_buffer(slot.node, h)
 
+    def _upload_batch(self, runner, x, y) -> None:
+        """x and y into the program's input slots, not waited for: a blocking copy would
+        wait for the previous step's update and idle the device while the host enqueues
+        this step.  The arrays (fresh row gathers) are held until the next batch, by which
+        time a read-back has long waited for them."""
+        self.staged = [cl.enqueue_copy(self.device.queue, rz.buffer_of(runner.slots[name].node).mem,
+                                       np.ascontiguousarray(arr, dtype=NP_DTYPES[runner.slots[name].dtype]),
+                                       is_blocking=False)
+                       for name, arr in (("x", x), ("y", y))]
+
     def _run_program(self, runner, x, y) -> list:
         """Upload the batch and replay forward + backward; the output buffers (loss, grads)."""
-        for name, arr in (("x", x), ("y", y)):
-            slot = runner.slots[name]
-            self.device.upload(np.ascontiguousarray(arr, dtype=NP_DTYPES[slot.dtype]), dest=rz.buffer_of(slot.node))
+        self._upload_batch(runner, x, y)
         step = runner.step
         if step.items is None:
             step()                       # first run: captures the launch list
@@ -247,9 +256,7 @@ class DeviceTrainer:
         summed vote, whether the sum is finite, seconds the host waited for other ranks)."""
         q, copies, r = self.device.queue, self.copies, stream.links.rank
         marks = [time.perf_counter()]
-        for name, arr in (("x", x), ("y", y)):
-            slot = runner.slots[name]
-            self.device.upload(np.ascontiguousarray(arr, dtype=NP_DTYPES[slot.dtype]), dest=rz.buffer_of(slot.node))
+        self._upload_batch(runner, x, y)
         if runner.step.items is None:      # first run: capture the launch list, then replay it as below
             runner.step()
         peers = self._pin(stream)
