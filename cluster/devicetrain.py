@@ -249,11 +249,22 @@ class DeviceTrainer:
         gradients, the piece is downloaded straight into this rank's shared-memory segment
         on the copy queue (beside the kernels that follow) and published; as every rank's
         piece is published, it is uploaded from their segments into this device's copies
-        of their gradients (on a third queue, beside the downloads).  The sum (each rank's weight times its gradients, in rank order:
-        the same expression, so the same bits, on every rank) is one captured kernel per
-        parameter, checked for NaN/Inf like an uploaded sum.  The loss and the halt vote
+        of their gradients (on a third queue, beside the downloads).  The sum (each rank's
+        weight times its gradients, in rank order: the same expression, so the same bits,
+        on every rank) is one captured kernel per parameter, checked for NaN/Inf like an
+        uploaded sum.  The loss and the halt vote
         (the last piece) are summed on the host.  Returns (local loss, summed weighted loss,
         summed vote, whether the sum is finite, seconds the host waited for other ranks)."""
+        try:
+            return self._streamed_step(runner, x, y, weight, vote, stream, step)
+        except BaseException:
+            # a rank left mid-step: let the copies in flight into and out of the shared
+            # segments land before anyone (a new ring) reuses or unmaps them
+            self.copies.finish()
+            self.uploads.finish()
+            raise
+
+    def _streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int) -> tuple:
         q, copies, r = self.device.queue, self.copies, stream.links.rank
         marks = [time.perf_counter()]
         self._upload_batch(runner, x, y)
