@@ -8,7 +8,7 @@
 ## params: name, count (buffers), wg (the work-group size)
 #ifndef MAO_UINT8_U
 #define MAO_UINT8_U
-typedef uint mao_uint8_u __attribute__((ext_vector_type(8), aligned(4)));
+typedef uint8 mao_uint8_u __attribute__((aligned(4)));
 #endif
 __kernel __attribute__((reqd_work_group_size(${wg}, 1, 1)))
 void ${name}(

@@ -223,6 +223,7 @@ def test_gradients_weighted_on_the_device_equal_the_host_multiply():
         assert tr.checksum() == hostpool.weights_checksum(fresh)
 
 
+@pytest.mark.core
 def test_the_device_counts_every_nan_and_inf_of_all_gradients_in_one_launch():
     """count_nonfinite (kernels/nonfinite.cl.mako): NaN, -NaN, Inf and -Inf anywhere in any
     of the buffers are counted, the largest float, subnormals and signed zeros are not,
