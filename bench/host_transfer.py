@@ -64,17 +64,23 @@ def main(argv=None):
     pieces = 8
     cut = [i * n // pieces for i in range(pieces + 1)]
 
-    def down_pageable():
-        cl.enqueue_copy(q, pageable, dbuf, is_blocking=True)
+    def plain(host):
+        """(download, upload) between the device buffer and `host` by plain blocking copies."""
+        return (lambda: cl.enqueue_copy(q, host, dbuf, is_blocking=True),
+                lambda: cl.enqueue_copy(q, dbuf, host, is_blocking=True))
 
-    def up_pageable():
-        cl.enqueue_copy(q, dbuf, pageable, is_blocking=True)
-
-    def down_mapped():
-        cl.enqueue_copy(q, mapped, dbuf, is_blocking=True)
-
-    def up_mapped():
-        cl.enqueue_copy(q, dbuf, mapped, is_blocking=True)
+    def right(down, up, host) -> tuple[bool, bool]:
+        """Whether `down` puts the device's data into `host` and `up` takes what the host
+        wrote there to the device (which then holds `src` again)."""
+        host[:] = 0
+        down()
+        got = np.array_equal(host, src)
+        host[:] = src[::-1]
+        up()
+        back = np.empty(n, np.float32)
+        cl.enqueue_copy(q, back, dbuf, is_blocking=True)
+        cl.enqueue_copy(q, dbuf, src, is_blocking=True)
+        return got, np.array_equal(back, src[::-1])
 
     def down_copy():
         cl.enqueue_copy(q, hbuf, dbuf, byte_count=4 * n)
@@ -101,12 +107,6 @@ def main(argv=None):
     os.unlink(path)
     ubuf = None
 
-    def down_shm():
-        cl.enqueue_copy(q, shm, dbuf, is_blocking=True)
-
-    def up_shm():
-        cl.enqueue_copy(q, dbuf, shm, is_blocking=True)
-
     def down_ptr():
         cl.enqueue_copy(q, ubuf, dbuf, byte_count=4 * n)
         view, _ = cl.enqueue_map_buffer(q, ubuf, cl.map_flags.READ, 0, (n,), np.float32, is_blocking=True)
@@ -121,34 +121,22 @@ def main(argv=None):
 
     print(f"| {a.mb:g} MB | download GB/s | upload GB/s |")
     print("|---|---|---|")
-    for name, down, up in (("pageable", down_pageable, up_pageable), ("mapped", down_mapped, up_mapped),
+    for name, down, up in (("pageable", *plain(pageable)), ("mapped", *plain(mapped)),
                            ("copy+map", down_copy, up_copy), ("pieces (mapped)", down_pieces, up_pieces),
-                           ("shm", down_shm, up_shm), ("shm+ptr", down_ptr, up_ptr),
-                           ("shm, a USE_HOST_PTR buffer over it alive", down_shm, up_shm)):
+                           ("shm", *plain(shm)), ("shm+ptr", down_ptr, up_ptr),
+                           ("shm, a USE_HOST_PTR buffer over it alive", *plain(shm))):
         if name == "shm+ptr":
             ubuf = cl.Buffer(ctx, mf.READ_WRITE | mf.USE_HOST_PTR, hostbuf=shm)
         d, u = _best(down, a.repeat), _best(up, a.repeat)
         print(f"| {name} | {4 * n / d / 1e9:.1f} | {4 * n / u / 1e9:.1f} |", flush=True)
-    shm[:] = 0
-    down_shm()
-    ok_down = np.array_equal(shm, src)
-    shm[:] = src[::-1]
-    up_shm()
-    back = np.empty(n, np.float32)
-    cl.enqueue_copy(q, back, dbuf, is_blocking=True)
-    print(f"shm, plain copies: download right {ok_down}, upload right {np.array_equal(back, src[::-1])}")
-    cl.enqueue_copy(q, dbuf, src, is_blocking=True)
+    down_ok, up_ok = right(*plain(shm), shm)
+    print(f"shm, plain copies: download right {down_ok}, upload right {up_ok}")
     down_copy()
     ok = np.array_equal(mapped, src)
     print(f"copy+map holds the device's data: {ok}")
-    shm[:] = 0
-    down_ptr()
-    print(f"shm+ptr: the /dev/shm mapping holds the device's data after the map: {np.array_equal(shm, src)}")
-    shm[:] = src[::-1]
-    up_ptr()
-    back = np.empty(n, np.float32)
-    cl.enqueue_copy(q, back, dbuf, is_blocking=True)
-    print(f"shm+ptr: the device got what the host wrote into the mapping: {np.array_equal(back, src[::-1])}")
+    down_ok, up_ok = right(down_ptr, up_ptr, shm)
+    print(f"shm+ptr: the /dev/shm mapping holds the device's data after the map: {down_ok}")
+    print(f"shm+ptr: the device got what the host wrote into the mapping: {up_ok}")
 
 
 if __name__ == "__main__":
