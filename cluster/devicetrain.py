@@ -39,6 +39,8 @@ import time
 
 import numpy as np
 
+from . import localsum
+
 try:
     import pyopencl as cl
     from engine import launch, optim, realize as rz
@@ -112,8 +114,7 @@ class DeviceTrainer:
         # beside each other (a GPU's copy engines move both directions at once)
         self.copies = cl.CommandQueue(device.context, device.cl_device)
         self.uploads = cl.CommandQueue(device.context, device.cl_device)
-        self.checked = np.empty(1, np.float32)
-        self.pinned_stream = None    # (shmstream.Stream, pinned buffers, peer gradient buffers, sums by runner)
+        self.streaming = None    # _StreamState of the stream streamed_step last ran with
         self.phases = collections.deque(maxlen=PHASE_STEPS)   # streamed_step's phases (phase_report)
         self.summer = self._partials_kernel("checksum", np.uint64, slots=len(self.wbufs))
         self.finder = self._partials_kernel("nonfinite", np.uint32, count=len(self.sizes))
@@ -273,14 +274,12 @@ class DeviceTrainer:
         self._upload_batch(runner, x, y)
         if runner.step.items is None:      # first run: capture the launch list, then replay it as below
             runner.step()
-        peers = self._pin(stream)
+        st = self._stream_state(stream)
         items, outs, offs = runner.step.items, [rz.buffer_of(t.node) for t in runner.step.outs], self.offsets
-        final, grads = self.final_launches(runner), stream.pieces[:-1]
+        final, spans = self.final_launches(runner), st.spans
         t, views = stream.begin(weight)
         mine = views[r][1]
         mark, at, landed = cl.enqueue_marker(q), 0, []
-        spans = [[(i, max(lo, offs[i]), min(hi, offs[i + 1])) for i in range(len(self.sizes))
-                  if offs[i] < hi and offs[i + 1] > lo] for lo, hi in grads]
         for span in spans:
             upto = max(final[i] for i, _, _ in span) + 1
             if upto > at:
@@ -305,23 +304,24 @@ class DeviceTrainer:
             t0 = time.perf_counter()
             stream.wait(views, p, t, step)
             waited += time.perf_counter() - t0
-            ups.extend(cl.enqueue_copy(self.uploads, peers[j][i].mem, views[j][1][a:b], dst_offset=4 * (a - offs[i]),
-                                       is_blocking=False) for j in range(len(views)) if j != r for i, a, b in span)
+            ups.extend(cl.enqueue_copy(self.uploads, st.peer_bufs[j][i].mem, views[j][1][a:b],
+                                       dst_offset=4 * (a - offs[i]), is_blocking=False)
+                       for j in st.peer_bufs for i, a, b in span)
             self.uploads.flush()
         marks.append(time.perf_counter())
         done.wait()
-        tail = len(grads)
+        tail = len(spans)
         lo = stream.pieces[tail][0]
         mine[lo:lo + 2] = (loss[0] * np.float32(weight), np.float32(vote))
         stream.publish(views, tail, t)
         t0 = time.perf_counter()
         stream.wait(views, tail, t, step)
-        total = np.add.reduce([d[lo:lo + 2] for _, d in views], dtype=np.float32) if len(views) > 2 else \
-            views[0][1][lo:lo + 2] + views[1][1][lo:lo + 2]
+        total = np.empty(2, np.float32)
+        localsum._sum_into(total, [d[lo:lo + 2] for _, d in views])     # rank order, as every rank does
         cl.wait_for_events(ups)            # this call's segments are read before any rank reuses them
         waited += time.perf_counter() - t0
         marks.append(time.perf_counter())
-        ws, items, sums = self._summing(runner, stream)
+        ws, items, sums = self._summing(runner, st)
         for var, w in zip(ws, stream.weights(views)):
             var.value = w
         launch.replay(items, self.device)
@@ -335,35 +335,23 @@ class DeviceTrainer:
         med = np.median(self.phases, axis=0) * 1e3
         return ", ".join(f"{name} {v:.2f}" for name, v in zip(STREAM_PHASES, med)) + f" ms (median of {len(self.phases)})"
 
-    def _pin(self, stream) -> dict:
-        """This device's copies of the other ranks' gradients (tensors by rank), and
-        USE_HOST_PTR buffers over every segment of `stream`, held while it lives: NVIDIA's
-        driver pins the pages of such a buffer, and plain copies from and to them then run
-        at DMA speed (54 GB/s against 9-17 for unpinned pages; bench/NOTES.md)."""
-        if self.pinned_stream is None or self.pinned_stream[0] is not stream:
-            flags = cl.mem_flags.READ_WRITE | cl.mem_flags.USE_HOST_PTR
-            try:
-                pins = [cl.Buffer(self.device.context, flags, hostbuf=d) for views in stream.views for _, d in views]
-            except cl.Error as e:     # e.g. a locked-memory limit: the same copies, unpinned (slower)
-                log.warning("shared-memory segments not pinned for DMA (%s); streaming through pageable copies", e)
-                pins = []
-            peers = {j: [tensor(np.zeros(s, np.float32), device=self.device) for s in self.shapes]
-                     for j in range(stream.links.world) if j != stream.links.rank}
-            for t in (t for ts in peers.values() for t in ts):
-                t.realize()
-            self.pinned_stream = (stream, pins, peers, {})
+    def _stream_state(self, stream) -> "_StreamState":
+        """What streamed_step keeps per stream (made at its first step with it): see
+        _StreamState.  A new stream drops the updates captured over the old one's sums."""
+        if self.streaming is None or self.streaming.stream is not stream:
+            self.streaming = _StreamState(self, stream)
             # what was captured over the last stream's sums reads buffers nobody writes now
             self.updates = {k: v for k, v in self.updates.items() if not (k and k[1])}
-        return {j: [rz.buffer_of(t.node) for t in ts] for j, ts in self.pinned_stream[2].items()}
+        return self.streaming
 
-    def _summing(self, runner, stream) -> tuple:
+    def _summing(self, runner, st: "_StreamState") -> tuple:
         """(weight Vars by rank, captured launches of the sums, their buffers)
         for `runner`'s gradient outputs and the other ranks' copies: per parameter,
         w_0 * g_0 + w_1 * g_1 + ... in rank order, into tensors the update then reads
         (apply(runner, streamed=True))."""
-        _, _, peers, made = self.pinned_stream
+        peers, made = st.peers, st.sums
         if id(runner) not in made:
-            r, n = stream.links.rank, stream.links.world
+            r, n = st.stream.links.rank, st.stream.links.world
             ws = [rz.Var(1.0) for _ in range(n)]
             own = runner.step.outs[1:]
             with launch.capture() as cap:
@@ -407,7 +395,7 @@ class DeviceTrainer:
         key = None if runner is None else (id(runner), streamed)
         if key not in self.updates:
             grads = self.g if runner is None else \
-                self.pinned_stream[3][id(runner)][3] if streamed else runner.step.outs[1:]
+                self.streaming.sums[id(runner)][3] if streamed else runner.step.outs[1:]
             for p, g in zip(self.w, grads):
                 p.grad = g
             try:
@@ -474,3 +462,31 @@ class DeviceTrainer:
     def state(self) -> list[np.ndarray]:
         n = len(self.shapes)
         return [self.device.download(b, self.shapes[k % n], "float32") for k, b in enumerate(self.sbufs)]
+
+
+class _StreamState:
+    """A DeviceTrainer's state for one shmstream.Stream, made at its first streamed step:
+    `pins`, USE_HOST_PTR buffers over every segment, held while the stream lives (NVIDIA's
+    driver pins the pages of such a buffer, and plain copies from and to them then run at
+    DMA speed: 54 GB/s against 9-17 for unpinned pages, bench/NOTES.md); `peers` (tensors)
+    and `peer_bufs`, by rank, this device's copies of the other ranks' gradients; `spans`,
+    per gradient piece, the (parameter, first, end) runs of the packed buffer it covers;
+    `sums`, by id(runner), _summing's captures."""
+
+    def __init__(self, tr: DeviceTrainer, stream):
+        self.stream = stream
+        flags = cl.mem_flags.READ_WRITE | cl.mem_flags.USE_HOST_PTR
+        try:
+            self.pins = [cl.Buffer(tr.device.context, flags, hostbuf=d) for views in stream.views for _, d in views]
+        except cl.Error as e:     # e.g. a locked-memory limit: the same copies, unpinned (slower)
+            log.warning("shared-memory segments not pinned for DMA (%s); streaming through pageable copies", e)
+            self.pins = []
+        self.peers = {j: [tensor(np.zeros(s, np.float32), device=tr.device) for s in tr.shapes]
+                      for j in range(stream.links.world) if j != stream.links.rank}
+        for t in (t for ts in self.peers.values() for t in ts):
+            t.realize()
+        self.peer_bufs = {j: [rz.buffer_of(t.node) for t in ts] for j, ts in self.peers.items()}
+        offs = tr.offsets
+        self.spans = [[(i, max(lo, offs[i]), min(hi, offs[i + 1])) for i in range(len(tr.sizes))
+                       if offs[i] < hi and offs[i + 1] > lo] for lo, hi in stream.pieces[:-1]]
+        self.sums = {}

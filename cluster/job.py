@@ -76,6 +76,11 @@ class Job:
             self.dev = devicetrain.DeviceTrainer(device, self.opt.spec, self.params, self.opt.state, self.step)
             self.params = self.opt = None      # the device holds them now
 
+    @property
+    def sizes(self) -> list[int]:
+        """Elements of each parameter, in order (the packed gradient buffer's layout)."""
+        return [int(np.prod(s)) for s in self.shapes]
+
     def snap_step(self) -> int:
         """The step this node can roll back to (besides staying where it is); -1: none."""
         if self.dev:

@@ -201,7 +201,7 @@ class JobHandlers:
         runner = job.runners[len(parts[0][0])]
         try:
             if world > 1:    # decided once per ring generation, by all ranks together
-                sizes = job.dev.sizes if job.dev else [int(np.prod(s)) for s in job.shapes]
+                sizes = job.sizes
                 stream = shmstream.stream_for(self.links, job.step, self._overlap_bytes(job), sum(sizes) + 2, sizes,
                                               job.dev.gradient_order(runner) if job.dev else None,
                                               on_device=job.dev is not None)
@@ -269,7 +269,7 @@ class JobHandlers:
         m.compute_seconds.set(compute)
         m.samples_per_second.set(sum(len(p[0]) for p in parts) / compute if compute else 0)
         m.allreduce_bytes.inc(self.links.bytes_sent - sent0)
-        nbytes = flat.nbytes if flat is not None else 4 * sum(job.dev.sizes) if streamed else 0
+        nbytes = flat.nbytes if flat is not None else 4 * sum(job.sizes) if streamed else 0
         m.allreduce_bandwidth.set(2 * (world - 1) / world * nbytes / ar if world > 1 and ar else 0)
         return loss, compute, ar, halt
 
@@ -286,7 +286,7 @@ class JobHandlers:
 
     def _gradients(self, job, parts) -> np.ndarray:
         """[weighted gradient sum..., weighted loss, halt vote] on the host, for the all-reduce."""
-        n = sum(job.dev.sizes) if job.dev else sum(int(np.prod(s)) for s in job.shapes)
+        n = sum(job.sizes)
         new = job.dev.host_array if job.dev else lambda k: np.empty(k, np.float32)
         if job.flat is None or len(job.flat) != n + 2:
             job.flat = new(n + 2)

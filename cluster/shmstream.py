@@ -104,7 +104,7 @@ class Stream:
 
     def __init__(self, links, pieces: list[tuple[int, int]], length: int, on_device: bool = False):
         self.links, self.pieces, self.length, self.on_device = links, list(pieces), int(length), on_device
-        self.gen, self.calls, self.views = links.gen, 0, [None, None]
+        self.calls, self.views = 0, [None, None]
         # a ticket per piece, then this rank's weight of the call
         self.hwords = -(-8 * (len(self.pieces) + 1) // HEADER_ALIGN) * HEADER_ALIGN // 8
         self.segs = localsum.Segments(links.endpoint)

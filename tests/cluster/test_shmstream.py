@@ -175,6 +175,7 @@ def test_segments_that_cannot_be_pinned_are_streamed_unpinned(monkeypatch, caplo
     class FakeStream:
         links = Links()
         views = [[(None, np.zeros(1024, np.float32)), (None, np.zeros(1024, np.float32))]] * 2
+        pieces = [(0, 12), (12, 16), (16, 18)]
 
     real = cl.Buffer
 
@@ -184,6 +185,7 @@ def test_segments_that_cannot_be_pinned_are_streamed_unpinned(monkeypatch, caplo
         return real(ctx, flags, *a, **kw)
     monkeypatch.setattr(devicetrain.cl, "Buffer", refuse)
     with caplog.at_level("WARNING"):
-        peers = tr._pin(FakeStream())
-    assert "not pinned" in caplog.text
+        st = tr._stream_state(FakeStream())
+    assert "not pinned" in caplog.text and st.pins == []
+    peers = st.peer_bufs
     assert sorted(peers) == [1] and [b.nbytes for b in peers[1]] == [48, 16]
