@@ -7,7 +7,7 @@ import engine
 from engine.nn import functional as F
 from engine.examples import digits
 from cluster import program, hostpool
-from engine import launch
+from engine import launch, realize as rz
 from cluster.devicetrain import DeviceTrainer
 from cluster.optimizer import HostOptimizer
 from bench.node_vs_local import models
@@ -30,7 +30,8 @@ for key in sys.argv[1:] or ("digits", "wide"):
     fbw = t(lambda: tr.forward_backward(r, x[idx], y[idx], flat, weight=0.5))
     ls = t(lambda: tr.local_step(r, x[idx], y[idx]))                    # a ring of one: no download
     ap_ = t(lambda: (tr.apply(r), r.device.synchronize()))
-    ck = t(lambda: (launch.replay(tr.checks[id(r)][0], r.device), r.device.synchronize()))
+    ck = t(lambda: tr.count_nonfinite([rz.buffer_of(o.node) for o in r.step.outs[1:]]))   # launch + partials read
+    whole = t(lambda: (tr.local_step(r, x[idx], y[idx]), tr.apply(r), r.device.synchronize()))
     up = t(lambda: (tr.update(flat), r.device.synchronize()))
     sn = t(lambda: (tr.snapshot(0), r.device.synchronize()))
     dg0 = t(lambda: hostpool.weights_checksum(tr.weights()))
@@ -48,6 +49,7 @@ for key in sys.argv[1:] or ("digits", "wide"):
     m2 = build(); step = engine.training_step(m2, F.cross_entropy, engine.optim.Adam(m2.parameters(), lr=1e-3))
     loc = t(lambda: float(step(x[idx], y[idx]).numpy()))
     print(f"{title} B={B}: ring of one: fwd+bwd+check+loss read {ls:.2f} ms (check alone {ck:.2f}), "
+          f"whole step (that + fused Adam + sync) {whole:.2f} ms, "
           f"weighted on the device: fwd+bwd+grad download {fbw:.2f} ms, "
           f"fused Adam alone {ap_:.2f} | device path: fwd+bwd+grad download {fb:.2f} ms, grads up + fused Adam {up:.2f}, snapshot {sn:.2f}, "
           f"digest {dg:.2f} on the device (downloaded and summed on the host: {dg0:.2f}), finite check {fin:.2f}, gradient weighting {sc:.2f} | host path: upload+fwd+bwd+download {hf:.2f}, numpy Adam {hu:.2f}, "

@@ -52,16 +52,23 @@ def make_opt(params):
     return optim.Adam(params, lr=SPEC["lr"])
 
 
-def local(build, x, y, B, steps, warmup):
+def local(build, x, y, B, steps, warmup, sync=True):
     import engine
     from engine.nn import functional as F
     model = build()
     step = engine.training_step(model, F.cross_entropy, make_opt(model.parameters()))
-    rng, stamps = np.random.default_rng(1), []
-    for _ in range(steps):
+    rng, stamps, held = np.random.default_rng(1), [], []
+    for k in range(steps):
         idx = rng.integers(0, len(x), B)
-        float(step(x[idx], y[idx]).numpy())
+        loss = step(x[idx], y[idx])
+        if sync or k < warmup:
+            float(loss.numpy())
+        else:
+            held.append(loss)
         stamps.append(time.perf_counter())
+    for loss in held:
+        float(loss.numpy())
+    stamps[-1] = time.perf_counter()
     t = stamps[-1] - stamps[warmup - 1]
     return (steps - warmup) * B / t, t / (steps - warmup), None
 
@@ -85,6 +92,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--notes", help="append the table to this file")
     ap.add_argument("--skip-host", action="store_true", help="leave out the --host-optimizer row")
+    ap.add_argument("--roof", action="store_true",
+                    help="add the local step with no read-back per step: how fast the device alone goes")
     a = ap.parse_args(argv)
     from engine.runtime import get_device
     dev = get_device(None)
@@ -102,6 +111,9 @@ def main(argv=None):
                             ("node, host (--host-optimizer)",
                              lambda: node(build, x, y, B, a.steps, a.warmup, ("--host-optimizer",))))
         runs = runs[:2] if a.skip_host else runs
+        if a.roof:
+            runs = (*runs, ("local, loss read at the end (device-bound)",
+                            lambda: local(build, x, y, B, a.steps, a.warmup, sync=False)))
         best = {}
         for r in range(a.rounds):
             for run, fn in runs:

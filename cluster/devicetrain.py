@@ -117,7 +117,13 @@ class DeviceTrainer:
         self.streaming = None    # _StreamState of the stream streamed_step last ran with
         self.phases = collections.deque(maxlen=PHASE_STEPS)   # streamed_step's phases (phase_report)
         self.summer = self._partials_kernel("checksum", np.uint64, slots=len(self.wbufs))
-        self.finder = self._partials_kernel("nonfinite", np.uint32, count=len(self.sizes))
+        self.finder = self._partials_kernel("nonfinite", np.uint32, count=len(self.sizes) + 1)   # + the loss
+        # NaN/Inf values counted since the host last cleared it: every captured update is
+        # gated on it (engine.optim's found_inf), so a step enqueued before the host has read
+        # the count of the one before (launch_alone) cannot apply after a refused one
+        self.found = tensor(np.zeros(1, np.int32), device=device)
+        self.found.realize()
+        self.opt.found_inf = self.found
 
     @property
     def is_gpu(self) -> bool:
@@ -205,23 +211,71 @@ class DeviceTrainer:
         outs = self._run_program(runner, x, y)
         loss = np.empty(1, np.float32)
         cl.enqueue_copy(self.device.queue, loss, outs[0].mem, is_blocking=False)
-        bad = self.count_nonfinite(outs[1:])          # in-order queue: the loss is read by then
+        bad = self.count_nonfinite(outs[1:], loss=outs[0])    # in-order queue: the loss is read by then
         return float("nan") if bad else float(loss[0])
 
-    def count_nonfinite(self, bufs) -> int:
+    def launch_alone(self, runner, x, y) -> tuple:
+        """A ring of one's whole step enqueued, nothing waited for: forward + backward, the
+        NaN/Inf count of the loss and every gradient added to `found`, the update gated on
+        it, then the loss and the count read back behind them.  The host prepares and
+        enqueues the next step while the device runs this one (cluster/job_handlers.py);
+        settle() gives the loss."""
+        outs = self._run_program(runner, x, y)
+        self._count(outs[1:], outs[0])
+        self.apply(runner)
+        loss, found = np.empty(1, np.float32), np.empty(1, np.int32)
+        q = self.device.queue
+        cl.enqueue_copy(q, loss, outs[0].mem, is_blocking=False)
+        done = cl.enqueue_copy(q, found, rz.buffer_of(self.found._storage.node).mem, is_blocking=False)
+        q.flush()
+        return loss, found, done
+
+    def settle(self, flight) -> float:
+        """The loss of a step launch_alone enqueued, once the device has run it; NaN when
+        the count was not zero: that step's update was skipped on the device, and so is
+        that of any step enqueued after it until rewind()."""
+        loss, found, done = flight
+        done.wait()
+        return float("nan") if found[0] else float(loss[0])
+
+    def rewind(self, t: int) -> None:
+        """After a refused step: let the steps in flight run (their updates skip), clear
+        the count, and set the optimizer's step counters back to `t` (the skipped updates
+        advanced them on the host only)."""
+        self.device.queue.finish()
+        self.clear_nonfinite()
+        self.t = self.opt.step_count = t
+
+    def clear_nonfinite(self) -> None:
+        cl.enqueue_fill_buffer(self.device.queue, rz.buffer_of(self.found._storage.node).mem, np.int32(0), 0, 4)
+
+    def count_nonfinite(self, bufs, loss=None) -> int:
         """How many values of `bufs` (device buffers of this trainer's parameter sizes, in
-        order) are NaN or Inf: one launch of kernels/nonfinite.cl.mako over all of them and
-        a few KB of partial counts read back (it replaced a reduction per buffer: 7 launches
-        a step for a 3-layer MLP)."""
+        order) and of `loss` (a one-float buffer, if given) are NaN or Inf: one launch of
+        kernels/nonfinite.cl.mako over all of them and a few KB of partial counts read back
+        (it replaced a reduction per buffer: 7 launches a step for a 3-layer MLP).  The
+        caller refuses the step itself, so the device's running count is cleared again."""
+        groups = self._count(bufs, loss)
+        _, partial, host, _ = self.finder
+        cl.enqueue_copy(self.device.queue, host[:groups], partial.mem, is_blocking=True)
+        bad = int(host[:groups].sum(dtype=np.uint64))
+        if bad:
+            self.clear_nonfinite()
+        return bad
+
+    def _count(self, bufs, loss=None) -> int:
+        """Enqueue the NaN/Inf count (partials per work-group, the total added to `found`);
+        returns the number of work-groups."""
         kern, partial, host, most = self.finder
         local = kern.spec.params["wg"]
         # work-groups by size, each work-item at least 32 vectors of 8: a tiny model's check
         # is one work-group, not 64 (on PoCL each costs its own scheduling)
         groups = max(1, min(most, -(-sum(self.sizes) // (8 * 32 * local))))
         args = [a for b, n in zip(bufs, self.sizes) for a in (b.mem, np.uint32(n))]
-        self.device.launch(kern, (groups * local,), (local,), [*args, partial.mem])
-        cl.enqueue_copy(self.device.queue, host[:groups], partial.mem, is_blocking=True)
-        return int(host[:groups].sum(dtype=np.uint64))
+        args += [loss.mem, np.uint32(1)] if loss is not None else [partial.mem, np.uint32(0)]   # never read
+        self.device.launch(kern, (groups * local,), (local,),
+                           [*args, partial.mem, rz.buffer_of(self.found._storage.node).mem])
+        return groups
 
     def final_launches(self, runner) -> list[int]:
         """For each gradient output of `runner`'s step program, the index in its launch

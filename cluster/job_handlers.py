@@ -167,7 +167,9 @@ class JobHandlers:
         report = Progress(self, ident, job.id, self.links.gen, float(msg.fields.get("report_s", 0.5)))
         end = {"why": "done"}
         try:
-            while job.step < until:
+            if job.dev and self.links.world == 1 and len(micro) == 1 and self.throttle <= 1:
+                end = self._run_alone(job, plan, until, report, msg["id"])
+            while job.step < until and end["why"] == "done":
                 if self.job is not job:          # cancelled by the budget watchdog
                     raise JobError("cancelled", f"job {job.id} cancelled at step {job.step}")
                 rows, off, parts = plan.rows_of(job.step, rank), 0, []
@@ -188,6 +190,51 @@ class JobHandlers:
         finally:
             report.flush()
         return "run_done", {"step": job.step, "snap": job.snap_step(), **end}
+
+    def _run_alone(self, job, plan, until: int, report, run_id) -> dict:
+        """A ring of one's run with the host one step ahead of the device: step k+1 is
+        enqueued whole (DeviceTrainer.launch_alone, its update gated on the device by the
+        NaN/Inf count) before step k's loss is read back, so the host's per-step work (the
+        batch's rows, the enqueues, the reports) runs while the device computes, and the
+        device does not wait for the host between steps.  A refused step is found one step
+        late: the device skipped its update and the next one's; the node goes back to it."""
+        dev, runner = job.dev, job.runners[plan.micro(0)[0]]
+        flight, last = None, time.perf_counter()
+        while True:
+            ahead = None
+            if job.step < until and self.job is job and self.halt_run != run_id:
+                rows = plan.rows_of(job.step, 0)
+                ahead = (job.step, len(rows), dev.launch_alone(runner, job.x[rows], job.y[rows]))
+                job.step += 1
+            if flight is None and ahead is None:
+                break
+            if flight is not None:
+                at, n, inflight = flight
+                self.compute_since = time.monotonic()
+                loss = dev.settle(inflight)
+                self.compute_since = None
+                if not np.isfinite(loss):
+                    dev.rewind(at)
+                    job.step = at
+                    raise JobError("nonfinite", f"step {at}: the loss or a gradient value is NaN or Inf; "
+                                                "not applied, weights stay at this step")
+                now = time.perf_counter()
+                report.add(at, loss, now - last, 0.0, None)
+                self._count_step(n, now - last, now - last, 0.0, 0, 0)
+                last = now
+            flight = ahead
+        if self.job is not job:              # cancelled by the budget watchdog
+            raise JobError("cancelled", f"job {job.id} cancelled at step {job.step}")
+        return {"why": "halted" if job.step < until else "done"}
+
+    def _count_step(self, samples: int, step_s: float, compute: float, ar: float, sent: int, nbytes: int) -> None:
+        m, world = self.metrics, self.links.world
+        m.steps.inc()
+        m.step_seconds.set(step_s)
+        m.compute_seconds.set(compute)
+        m.samples_per_second.set(samples / compute if compute else 0)
+        m.allreduce_bytes.inc(sent)
+        m.allreduce_bandwidth.set(2 * (world - 1) / world * nbytes / ar if world > 1 and ar else 0)
 
     def _train_step(self, job, parts, vote_halt: bool, snapshot_alone: bool = False):
         """One step: forward + backward of each (rows, weight) micro-batch, gradients summed
@@ -263,14 +310,9 @@ class JobHandlers:
             job.prev = (hostpool.copy(job.params), hostpool.copy(job.opt.state), job.opt.t)
             job.opt.update(job.params, unpack(flat[:-2], job.shapes))
         job.step += 1
-        m = self.metrics
-        m.steps.inc()
-        m.step_seconds.set(time.perf_counter() - t0)
-        m.compute_seconds.set(compute)
-        m.samples_per_second.set(sum(len(p[0]) for p in parts) / compute if compute else 0)
-        m.allreduce_bytes.inc(self.links.bytes_sent - sent0)
         nbytes = flat.nbytes if flat is not None else 4 * sum(job.sizes) if streamed else 0
-        m.allreduce_bandwidth.set(2 * (world - 1) / world * nbytes / ar if world > 1 and ar else 0)
+        self._count_step(sum(len(p[0]) for p in parts), time.perf_counter() - t0, compute, ar,
+                         self.links.bytes_sent - sent0, nbytes)
         return loss, compute, ar, halt
 
     def _overlap_bytes(self, job) -> int:

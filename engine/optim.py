@@ -44,6 +44,11 @@ class Optimizer:
         self._step_count = 0      # step() calls
         self._announced = False   # the update kernels handed to the device ahead of the first step
         self._planning = False    # planning them: state is stood in for, never created
+        # a one-element int32 tensor, or None: while it holds a nonzero value, step() leaves
+        # every parameter and state as they are, decided on the device with no read-back
+        # (torch's fused optimizers take a `found_inf` the same way).  Its host counters
+        # still advance: whoever sets it rewinds them (step_count) when a step is refused.
+        self.found_inf = None
         for g in groups:
             self.add_param_group(g)
 
@@ -176,7 +181,8 @@ class Optimizer:
                 if p.grad is None:
                     continue
                 gi = self._group_of[i]
-                updates.setdefault(p.device, []).extend(self._update(i, p, p.grad, self.param_groups[gi], gi))
+                pairs = self._update(i, p, p.grad, self.param_groups[gi], gi)
+                updates.setdefault(p.device, []).extend(_gated(pairs, self.found_inf))
             for device in list(updates):
                 self._write(updates.pop(device), device)
 
@@ -266,6 +272,18 @@ class Optimizer:
                 self._buffer(i, k).assign_(tensor(arr, device=self.params[i].device))
         for i in range(len(self.params)):
             self._set_scalars(i, self.param_groups[self._group_of[i]], max(self._steps[i], 1))
+
+
+def _gated(pairs, found_inf) -> list:
+    """(tensor, new value) pairs that keep the old value while found_inf is nonzero (read
+    on the device by the update kernel itself: a select, so a NaN in the new value cannot
+    leak through as it would through a multiply)."""
+    if found_inf is None:
+        return pairs
+    if found_inf.numel() != 1 or found_inf.dtype != "int32":
+        raise ValueError(f"found_inf must be a one-element int32 tensor, got {found_inf.dtype}{list(found_inf.shape)}")
+    keep = found_inf.reshape(()).eq(0)
+    return [(t, keep.where_(new, t)) for t, new in pairs]
 
 
 class _UpdateReplay:

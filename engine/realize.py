@@ -207,7 +207,9 @@ def _schedule(targets, group):
     shape; an optimizer writes every shape's update in one realize (so a cold start builds
     their kernels together), so targets of several shapes are scheduled shape by shape,
     one kernel each, when their graphs share no computed node (a shared one would be
-    computed once per shape, a shared random draw drawn twice)."""
+    computed once per shape, a shared random draw drawn twice).  A shared scalar computed
+    by elementwise ops (an optimizer's found_inf test) is cheap to compute in each kernel
+    and does not count."""
     if group:
         by_shape: dict = {}
         for t in targets:
@@ -216,7 +218,8 @@ def _schedule(targets, group):
             tset, seen = set(targets), set()
             stop = lambda n: n not in tset and _is_leaf(n)      # noqa: E731
             for part in by_shape.values():
-                inner = {n for n in ir.toposort(part, stop=stop) if not stop(n) and n.op not in ir.MOVEMENT and n.op not in ("CONST", "VAR")}
+                inner = {n for n in ir.toposort(part, stop=stop) if not stop(n) and n.op not in ir.MOVEMENT
+                         and n.op not in ("CONST", "VAR") and not (n.shape == () and n.op in ir.ELEMENTWISE)}
                 if inner & seen:
                     break
                 seen |= inner

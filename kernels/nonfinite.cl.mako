@@ -4,7 +4,9 @@
 ## 8 neighbouring values at a time (a vector aligned like a uint: any buffer offset works),
 ## work-items side by side: one vector compare per load on a CPU, whole contiguous rows per
 ## warp on a GPU; a scalar loop on each buffer's last n % 8.  Each work-group writes its
-## partial count to out[group]; the host adds them.
+## partial count to out[group]; the host adds them.  A group that found any also adds its
+## count to total[0], which only the host clears: an optimizer update gated on it
+## (engine.optim's found_inf) is skipped on the device, with no read-back in between.
 ## params: name, count (buffers), wg (the work-group size)
 #ifndef MAO_UINT8_U
 #define MAO_UINT8_U
@@ -15,7 +17,7 @@ void ${name}(
 % for i in range(count):
              __global const uint* restrict x${i}, const uint n${i},
 % endfor
-             __global uint* restrict out)
+             __global uint* restrict out, volatile __global int* total)
 {
     __local uint part[${wg}];
     const uint lid = get_local_id(0), gid = get_global_id(0), step = get_global_size(0);
@@ -35,6 +37,9 @@ void ${name}(
             part[lid] += part[lid + s];
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    if (lid == 0)
+    if (lid == 0) {
         out[get_group_id(0)] = part[0];
+        if (part[0])
+            atomic_add(total, (int)part[0]);
+    }
 }

@@ -86,3 +86,61 @@ def test_optimizer_state_dict_roundtrip(rng):
     opt2.load_state_dict(sd)
     assert opt2.step_count == 1 and opt2.param_groups[0]["lr"] == 0.01
     np.testing.assert_array_equal(opt2.state[0]["exp_avg"].numpy(), sd["state"][0]["exp_avg"])
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_found_inf_skips_the_update_on_the_device_even_in_a_replayed_capture(rng, name):
+    """optimizer.found_inf: a captured update (as engine-nodes replay it) reads the flag at
+    every replay; while it is nonzero nothing moves, not even with NaN gradients, and once
+    cleared the steps go on exactly as an optimizer that never saw the refused steps."""
+    from engine import launch, realize as rz
+    kw = {"lr": 0.05, "momentum": 0.9} if name == "SGD" else {"lr": 0.01}
+    shapes = [(5, 7), (7,), ()]
+    init = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    grads = [[rng.normal(size=s).astype(np.float32) for s in shapes] for _ in range(3)]
+    flag = engine.tensor(np.zeros(1, np.int32))
+    flag.realize()
+    dev = flag.device
+
+    def setup():
+        ps = [engine.tensor(a.copy(), requires_grad=True) for a in init]
+        gs = [engine.tensor(np.zeros(s, np.float32)) for s in shapes]
+        for p, g in zip(ps, gs):
+            p.realize(), g.realize()
+            p.grad = g
+        return ps, gs, getattr(engine.optim, name)(ps, **kw)
+
+    def put(t, a):
+        dev.upload(np.ascontiguousarray(a), dest=rz.buffer_of(t._storage.node))
+
+    gated, ggs, opt = setup()
+    opt.found_inf = flag
+    with launch.capture() as cap:
+        opt.step()                     # the capture runs the first step (flag 0, zero gradients)
+    # the gate is read inside the fused update: still one kernel per parameter shape
+    assert sum(isinstance(it, launch.Launch) for it in cap.items) == len(shapes)
+    plain, pgs, ref = setup()
+    ref.step()
+    for k, gs in enumerate(grads):
+        for t, u, a in zip(ggs, pgs, gs):
+            put(t, a), put(u, a)
+        launch.replay(cap.items, dev)
+        ref.step()
+        after = [p.numpy().copy() for p in gated]
+        np.testing.assert_array_equal(after[0], plain[0].numpy())
+        if k == 1:                     # refused: NaN gradients, flag set, nothing may move
+            put(flag, np.int32([3]))
+            for t in ggs:
+                put(t, np.full(t.shape, np.nan, np.float32))
+            before = after
+            launch.replay(cap.items, dev)
+            launch.replay(cap.items, dev)
+            for b, p in zip(before, gated):
+                np.testing.assert_array_equal(p.numpy(), b)
+            for st in opt.state.values():
+                assert all(np.isfinite(v.numpy()).all() for v in st.values())
+            put(flag, np.int32([0]))
+            opt.step_count = ref.step_count         # the refused steps' host counters rewound
+    for p, q in zip(gated, plain):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+    assert max(np.abs(p.numpy() - a).max() for p, a in zip(gated, init)) > 1e-3

@@ -14,8 +14,10 @@ F = pytest.importorskip("engine.nn.functional")
 STEPS, B = 10, 64
 
 
-def local_fit(init, spec, x, y):
-    """Single-process engine training: eager forward/backward, engine.optim update."""
+def local_fit(init, spec, x, y, batch=None, steps=None):
+    """Single-process engine training: eager forward/backward, engine.optim update (steps
+    of `batch` rows of the first epoch's order; STEPS of B by default)."""
+    batch, steps = batch or B, steps or STEPS
     from engine import optim
     from engine.tensor import tensor
     model = digits.build_model("mlp")
@@ -25,8 +27,8 @@ def local_fit(init, spec, x, y):
     else:
         opt = optim.Adam(model.parameters(), lr=spec["lr"], weight_decay=spec.get("weight_decay", 0.0))
     perm, losses = epoch_order(len(x), 0, 0), []
-    for s in range(STEPS):
-        idx = perm[s * B:(s + 1) * B]
+    for s in range(steps):
+        idx = perm[s * batch:(s + 1) * batch]
         opt.zero_grad()
         loss = F.cross_entropy(model(tensor(x[idx])), tensor(y[idx]))
         loss.backward()

@@ -293,6 +293,36 @@ def test_reduced_gradients_with_nan_are_never_applied(procs, overlap):
         np.testing.assert_array_equal(got.numpy(), want)
 
 
+def test_a_lone_node_refuses_a_bad_step_found_while_the_next_is_enqueued(procs):
+    """One node runs a step ahead of its host (its update gated on the device): a row of
+    NaN that first comes up in step 3 stops the run there with the refusal, after steps
+    0-2 that equal the single-process engine's, loss for loss."""
+    pytest.importorskip("engine")
+    from engine.nn import functional as F
+    from cluster import NonFiniteGradients
+    from cluster.runs import DataPlan
+    from test_device_training import digits, local_fit
+    xtr, ytr, _, _ = digits.load_digits()
+    x, y, B = xtr[:512].copy(), ytr[:512], 64
+    plan = DataPlan(len(x), 0, B, [B])
+    seen = set()
+    for k in range(3):
+        seen |= set(plan.rows_of(k, 0).tolist())
+    row = next(int(r) for r in plan.rows_of(3, 0) if r not in seen)
+    x[row] = np.nan
+    init = {k: v.numpy().copy() for k, v in digits.build_model("mlp").state_dict().items()}
+    spec = {"name": "adam", "lr": 2e-3}
+    _, losses, _ = local_fit(init, spec, x, y, batch=B, steps=3)
+    model = digits.build_model("mlp")
+    model.load_state_dict(init)
+    node = start_nodes(procs, 1)[0]
+    steps = []
+    with pytest.raises(NonFiniteGradients, match="step 3"):
+        Cluster([node["control"]], SECRET, heartbeat_s=0.5, missed=20, report_s=0).fit(
+            model, F.cross_entropy, spec, (x, y), global_batch=B, max_steps=8, on_step=steps.append)
+    np.testing.assert_allclose([h["loss"] for h in steps], losses, rtol=2e-5, atol=2e-6)
+
+
 def test_each_gradient_is_downloaded_after_the_last_launch_that_writes_it():
     """A streamed step downloads a piece once the launch that finishes its gradients has
     run: final_launches names, per gradient output, a launch that writes it and after
