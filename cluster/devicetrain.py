@@ -109,6 +109,9 @@ class DeviceTrainer:
         self.scaled = {}         # id(runner) -> (weight Var, captured launches, buffers, runner) of weighted gradients
         self.pinned = []         # host_array's buffers
         self.staged = []         # the last batch's uploads (_upload_batch)
+        self.batches = {}        # (id(runner), input, turn) -> page-locked batch array (_upload_batch)
+        self.turn = 0
+        self.results = {}        # turn -> host-visible buffer of launch_alone's (loss, NaN/Inf count)
         self.ready = {}          # id(runner) -> (final_launches, runner kept alive)
         # downloads and uploads of a streamed step, beside the kernels of the step queue and
         # beside each other (a GPU's copy engines move both directions at once)
@@ -129,14 +132,15 @@ class DeviceTrainer:
     def is_gpu(self) -> bool:
         return bool(self.device.cl_device.type & cl.device_type.GPU)
 
-    def host_array(self, n: int) -> np.ndarray:
-        """float32[n] in host memory the OpenCL driver may page-lock (an ALLOC_HOST_PTR
+    def host_array(self, n: int, dtype=np.float32) -> np.ndarray:
+        """dtype[n] in host memory the OpenCL driver may page-lock (an ALLOC_HOST_PTR
         buffer, kept mapped): the packed gradients' downloads and uploads go to and from
-        it, which NVIDIA's driver can DMA directly instead of staging through pageable
-        memory (not measured yet: bench/NOTES.md); on PoCL it is plain host memory."""
-        buf = cl.Buffer(self.device.context, cl.mem_flags.READ_WRITE | cl.mem_flags.ALLOC_HOST_PTR, max(4, 4 * n))
+        it, and a lone node's batches come from it, which NVIDIA's driver can DMA directly
+        instead of staging through pageable memory; on PoCL it is plain host memory."""
+        size = np.dtype(dtype).itemsize * n
+        buf = cl.Buffer(self.device.context, cl.mem_flags.READ_WRITE | cl.mem_flags.ALLOC_HOST_PTR, max(8, size))
         arr, _ = cl.enqueue_map_buffer(self.device.queue, buf, cl.map_flags.READ | cl.map_flags.WRITE, 0, (n,),
-                                       np.float32, is_blocking=True)
+                                       dtype, is_blocking=True)
         self.pinned.append(buf)          # the mapping lives as long as the trainer
         return arr
 
@@ -150,19 +154,38 @@ class DeviceTrainer:
                 raise ValueError(f"param:{i}: program shape {slot.shape}, job {self.shapes[i]}")
             rz.bind_buffer(slot.node, h)
 
-    def _upload_batch(self, runner, x, y) -> None:
-        """x and y into the program's input slots, not waited for: a blocking copy would
-        wait for the previous step's update and idle the device while the host enqueues
-        this step.  The arrays (fresh row gathers) are held until the next batch, by which
-        time a read-back has long waited for them."""
-        self.staged = [cl.enqueue_copy(self.device.queue, rz.buffer_of(runner.slots[name].node).mem,
-                                       np.ascontiguousarray(arr, dtype=NP_DTYPES[runner.slots[name].dtype]),
-                                       is_blocking=False)
-                       for name, arr in (("x", x), ("y", y))]
+    def _upload_batch(self, runner, x, y, rows=None) -> None:
+        """x and y (or their `rows`) into the program's input slots, not waited for: a
+        blocking copy would wait for the previous step's update and idle the device while
+        the host enqueues this step.  The arrays (fresh row gathers) are held until the
+        next batch, by which time a read-back has long waited for them.  With `rows`, the
+        rows are gathered straight into page-locked arrays (two per slot, used in turn:
+        the batch before may still be on its way): NVIDIA's driver copies pageable memory
+        only when the queue reaches the copy, which held a host running a step ahead
+        (launch_alone) until the device had finished the step before."""
+        q, staged = self.device.queue, []
+        self.turn ^= 1
+        for name, src in (("x", x), ("y", y)):
+            slot = runner.slots[name]
+            dt = NP_DTYPES[slot.dtype]
+            if rows is None:
+                arr = np.ascontiguousarray(src, dtype=dt)
+            else:
+                shape = (len(rows), *src.shape[1:])
+                key = (id(runner), name, self.turn)
+                arr = self.batches.get(key)
+                if arr is None or arr.shape != shape:
+                    arr = self.batches[key] = self.host_array(int(np.prod(shape)), dt).reshape(shape)
+                if src.dtype == dt:
+                    np.take(src, rows, axis=0, out=arr)
+                else:
+                    arr[...] = src[rows]
+            staged.append(cl.enqueue_copy(q, rz.buffer_of(slot.node).mem, arr, is_blocking=False))
+        self.staged = staged
 
-    def _run_program(self, runner, x, y) -> list:
+    def _run_program(self, runner, x, y, rows=None) -> list:
         """Upload the batch and replay forward + backward; the output buffers (loss, grads)."""
-        self._upload_batch(runner, x, y)
+        self._upload_batch(runner, x, y, rows)
         step = runner.step
         if step.items is None:
             step()                       # first run: captures the launch list
@@ -214,29 +237,38 @@ class DeviceTrainer:
         bad = self.count_nonfinite(outs[1:], loss=outs[0])    # in-order queue: the loss is read by then
         return float("nan") if bad else float(loss[0])
 
-    def launch_alone(self, runner, x, y) -> tuple:
+    def launch_alone(self, runner, x, y, rows=None) -> tuple:
         """A ring of one's whole step enqueued, nothing waited for: forward + backward, the
         NaN/Inf count of the loss and every gradient added to `found`, the update gated on
         it, then the loss and the count read back behind them.  The host prepares and
         enqueues the next step while the device runs this one (cluster/job_handlers.py);
-        settle() gives the loss."""
-        outs = self._run_program(runner, x, y)
+        settle() gives the loss.  With `rows`, the batch is those rows of x and y."""
+        outs = self._run_program(runner, x, y, rows)
         self._count(outs[1:], outs[0])
         self.apply(runner)
-        loss, found = np.empty(1, np.float32), np.empty(1, np.int32)
-        q = self.device.queue
-        cl.enqueue_copy(q, loss, outs[0].mem, is_blocking=False)
-        done = cl.enqueue_copy(q, found, rz.buffer_of(self.found._storage.node).mem, is_blocking=False)
+        # The loss and the count are copied on the device into a small host-visible buffer
+        # per turn, which is then mapped without waiting: NVIDIA's driver ran a read
+        # into host memory (even page-locked) only once the step was done, holding the
+        # host here for the whole step (bench/NOTES.md).
+        if self.turn not in self.results:
+            self.results[self.turn] = cl.Buffer(self.device.context,
+                                                cl.mem_flags.READ_WRITE | cl.mem_flags.ALLOC_HOST_PTR, 8)
+        res, q = self.results[self.turn], self.device.queue
+        cl.enqueue_copy(q, res, outs[0].mem, byte_count=4)
+        cl.enqueue_copy(q, res, rz.buffer_of(self.found._storage.node).mem, byte_count=4, dst_offset=4)
+        got, done = cl.enqueue_map_buffer(q, res, cl.map_flags.READ, 0, (2,), np.float32, is_blocking=False)
         q.flush()
-        return loss, found, done
+        return got, done
 
     def settle(self, flight) -> float:
         """The loss of a step launch_alone enqueued, once the device has run it; NaN when
         the count was not zero: that step's update was skipped on the device, and so is
         that of any step enqueued after it until rewind()."""
-        loss, found, done = flight
+        got, done = flight
         done.wait()
-        return float("nan") if found[0] else float(loss[0])
+        loss, found = float(got[0]), int(got.view(np.int32)[1])
+        got.base.release(self.device.queue)     # unmapped before the turn comes round again
+        return float("nan") if found else loss
 
     def rewind(self, t: int) -> None:
         """After a refused step: let the steps in flight run (their updates skip), clear

@@ -204,7 +204,7 @@ class JobHandlers:
             ahead = None
             if job.step < until and self.job is job and self.halt_run != run_id:
                 rows = plan.rows_of(job.step, 0)
-                ahead = (job.step, len(rows), dev.launch_alone(runner, job.x[rows], job.y[rows]))
+                ahead = (job.step, len(rows), dev.launch_alone(runner, job.x, job.y, rows))
                 job.step += 1
             if flight is None and ahead is None:
                 break
