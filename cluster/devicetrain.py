@@ -176,8 +176,8 @@ class DeviceTrainer:
                 arr = self.batches.get(key)
                 if arr is None or arr.shape != shape:
                     arr = self.batches[key] = self.host_array(int(np.prod(shape)), dt).reshape(shape)
-                if src.dtype == dt:
-                    np.take(src, rows, axis=0, out=arr)
+                if src.dtype == dt:     # mode="clip": "raise" buffers the whole gather (3x slower)
+                    np.take(src, rows, axis=0, out=arr, mode="clip")
                 else:
                     arr[...] = src[rows]
             staged.append(cl.enqueue_copy(q, rz.buffer_of(slot.node).mem, arr, is_blocking=False))
