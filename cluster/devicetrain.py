@@ -332,7 +332,7 @@ class DeviceTrainer:
         final = self.final_launches(runner)
         return sorted(range(len(final)), key=lambda i: (final[i], i))
 
-    def streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int) -> tuple:
+    def streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int, rows=None) -> tuple:
         """Forward + backward with the gradients all-reduced while backward still runs, with
         no host copy (shmstream, every rank summing on its device): the launch list is
         replayed in segments; after the launch that completes a piece of the packed
@@ -343,10 +343,11 @@ class DeviceTrainer:
         weight times its gradients, in rank order: the same expression, so the same bits,
         on every rank) is one captured kernel per parameter, checked for NaN/Inf like an
         uploaded sum.  The loss and the halt vote
-        (the last piece) are summed on the host.  Returns (local loss, summed weighted loss,
+        (the last piece) are summed on the host.  With `rows`, the batch is those rows of
+        x and y (gathered into page-locked memory, as launch_alone does).  Returns (local loss, summed weighted loss,
         summed vote, whether the sum is finite, seconds the host waited for other ranks)."""
         try:
-            return self._streamed_step(runner, x, y, weight, vote, stream, step)
+            return self._streamed_step(runner, x, y, weight, vote, stream, step, rows)
         except BaseException:
             # a rank left mid-step: let the copies in flight into and out of the shared
             # segments land before anyone (a new ring) reuses or unmaps them
@@ -354,10 +355,10 @@ class DeviceTrainer:
             self.uploads.finish()
             raise
 
-    def _streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int) -> tuple:
+    def _streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int, rows) -> tuple:
         q, copies, r = self.device.queue, self.copies, stream.links.rank
         marks = [time.perf_counter()]
-        self._upload_batch(runner, x, y)
+        self._upload_batch(runner, x, y, rows)
         if runner.step.items is None:      # first run: capture the launch list, then replay it as below
             runner.step()
         st = self._stream_state(stream)
@@ -365,19 +366,36 @@ class DeviceTrainer:
         final, spans = self.final_launches(runner), st.spans
         t, views = stream.begin(weight)
         mine = views[r][1]
-        mark, at, landed = cl.enqueue_marker(q), 0, []
-        for span in spans:
+        # NVIDIA's driver returns from a read into host memory (pinned or not) only once the
+        # copy has run, which held the host at each piece until backward got there, while
+        # the launches after it waited to be enqueued (bench/NOTES.md).  So with pinned
+        # segments a piece is copied on the device into the segment's buffer and mapped
+        # without waiting (the map puts it in the shared memory), and the loss comes back
+        # the same way.
+        pin = st.pins[(t % 2) * stream.links.world + r] if st.pins else None
+        mark, at, landed, maps = cl.enqueue_marker(q), 0, [], []
+        for span, (lo, hi) in zip(spans, stream.pieces):
             upto = max(final[i] for i, _, _ in span) + 1
             if upto > at:
                 launch.replay(items[at:upto], self.device)
                 at, mark = upto, cl.enqueue_marker(q)
                 q.flush()
-            landed.append([cl.enqueue_copy(copies, mine[a:b], outs[1 + i].mem, src_offset=4 * (a - offs[i]),
-                                           wait_for=[mark], is_blocking=False) for i, a, b in span])
+            if pin is None:
+                landed.append([cl.enqueue_copy(copies, mine[a:b], outs[1 + i].mem, src_offset=4 * (a - offs[i]),
+                                               wait_for=[mark], is_blocking=False) for i, a, b in span])
+            else:
+                for i, a, b in span:
+                    cl.enqueue_copy(copies, pin, outs[1 + i].mem, byte_count=4 * (b - a), src_offset=4 * (a - offs[i]),
+                                    dst_offset=4 * a, wait_for=[mark])
+                got, ev = cl.enqueue_map_buffer(copies, pin, cl.map_flags.READ, 4 * lo, (hi - lo,), np.float32,
+                                                is_blocking=False)
+                landed.append([ev])
+                maps.append(got)
             copies.flush()
         launch.replay(items[at:], self.device)
-        loss = np.empty(1, np.float32)
-        done = cl.enqueue_copy(copies, loss, outs[0].mem, wait_for=[cl.enqueue_marker(q)], is_blocking=False)
+        cl.enqueue_copy(copies, st.loss_buf, outs[0].mem, byte_count=4, wait_for=[cl.enqueue_marker(q)])
+        mapped_loss, done = cl.enqueue_map_buffer(copies, st.loss_buf, cl.map_flags.READ, 0, (1,), np.float32,
+                                                  is_blocking=False)
         q.flush()
         copies.flush()
         marks.append(time.perf_counter())
@@ -387,6 +405,8 @@ class DeviceTrainer:
             if p == 0:
                 marks.append(time.perf_counter())
             stream.publish(views, p, t)
+            if maps:
+                maps[p].base.release(copies)
             t0 = time.perf_counter()
             stream.wait(views, p, t, step)
             waited += time.perf_counter() - t0
@@ -396,6 +416,8 @@ class DeviceTrainer:
             self.uploads.flush()
         marks.append(time.perf_counter())
         done.wait()
+        loss = mapped_loss.copy()
+        mapped_loss.base.release(copies)
         tail = len(spans)
         lo = stream.pieces[tail][0]
         mine[lo:lo + 2] = (loss[0] * np.float32(weight), np.float32(vote))
@@ -576,3 +598,5 @@ class _StreamState:
         self.spans = [[(i, max(lo, offs[i]), min(hi, offs[i + 1])) for i in range(len(tr.sizes))
                        if offs[i] < hi and offs[i + 1] > lo] for lo, hi in stream.pieces[:-1]]
         self.sums = {}
+        # the loss of each streamed step comes back through this (mapped, not read)
+        self.loss_buf = cl.Buffer(tr.device.context, cl.mem_flags.READ_WRITE | cl.mem_flags.ALLOC_HOST_PTR, 4)

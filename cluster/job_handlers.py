@@ -257,8 +257,8 @@ class JobHandlers:
                 loss = job.dev.local_step(runner, job.x[idx], job.y[idx])
             elif job.dev and stream and stream.on_device and len(parts) == 1:   # summed while backward runs
                 idx, w = parts[0]
-                streamed = job.dev.streamed_step(runner, job.x[idx], job.y[idx], w, 1.0 if vote_halt else 0.0,
-                                                 stream, job.step)
+                streamed = job.dev.streamed_step(runner, job.x, job.y, w, 1.0 if vote_halt else 0.0,
+                                                 stream, job.step, rows=idx)
                 if len(job.dev.phases) == job.dev.phases.maxlen:
                     log.info("streamed steps: %s", job.dev.phase_report())
                     job.dev.phases.clear()
