@@ -45,5 +45,16 @@ ${t}${w} __mao_f min(${t}${w}, ${t}); ${t}${w} __mao_f max(${t}${w}, ${t});
 #endif
 % endif
 % endfor
+## atomics are not const: overloadable only, as the header's __ovld (defined by the header)
+#define __mao_o __attribute__((overloadable))
+% for t in ("int", "uint"):
+${t} __mao_o atomic_add(volatile __global ${t} *p, ${t} val);
+${t} __mao_o atomic_add(volatile __local ${t} *p, ${t} val);
+% endfor
+#ifdef __OPENCL_CPP_VERSION__
+int __mao_o atomic_add(volatile int *p, int val);
+uint __mao_o atomic_add(volatile uint *p, uint val);
+#endif
+#undef __mao_o
 #undef __mao_f
 #line 1

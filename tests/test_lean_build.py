@@ -17,7 +17,7 @@ import kernels
 from engine import build_child, program_cache
 
 # a declaration as opencl-c.h (`float __ovld __cnfn exp(float x);`) or the prelude writes one
-_DECL = re.compile(r"(\w+)\s+(?:__ovld|__mao_f|__attribute__\(\(overloadable, convergent\)\))\s*((?:__\w+\s+)*)"
+_DECL = re.compile(r"(\w+)\s+(?:__ovld|__mao_f|__mao_o|__attribute__\(\(overloadable, convergent\)\))\s*((?:__\w+\s+)*)"
                    r"(\w+)\(([^()]*)\);")
 
 
@@ -31,6 +31,7 @@ def _headers():
 def _decls(text, names=None) -> set:
     """{(return type, name, parameter types)} of the declarations in ``text`` (only ``names``)."""
     out = set()
+    text = text.replace("unsigned int", "uint")     # one header spells it out, the other not
     for ret, _, name, params in _DECL.findall(text):
         if names is None or name in names:
             types = tuple(p.strip().rsplit(" ", 1)[0] if " " in p.strip() else p.strip()
@@ -68,10 +69,12 @@ def test_the_prelude_declares_every_builtin_the_templates_call_as_the_header_doe
         want = _decls(text, declared)
         assert prelude == want, (f"{header}: prelude only {sorted(prelude - want)[:5]}, "
                                  f"header only {sorted(want - prelude)[:5]}")
-        # the header's attributes: const for all but barrier, convergent for barrier
+        # the header's attributes: const for all but barrier (convergent) and atomic_add (neither)
         for line in text.splitlines():
             m = _DECL.search(line)
-            if m and m.group(3) in declared:
+            if m and m.group(3) == "atomic_add":
+                assert m.group(2) == "", line
+            elif m and m.group(3) in declared:
                 assert ("__conv" if m.group(3) == "barrier" else "__cnfn") in m.group(2), line
 
 
@@ -93,6 +96,13 @@ __kernel void mao_every_builtin(__global const float* restrict x, __global float
     out[8 * i + 6] = min(v, 1.0f) + max(v, -1.0f);
     out[8 * i + 7] = (float)(get_group_id(0) + get_global_size(0)) + NAN * (v != v) + INFINITY * 0;
     iout[i] = min(max(i - 3, 0), 5) + max((int)get_local_id(0), 2);
+    __local int n;
+    if (get_local_id(0) == 0)
+        n = 0;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    atomic_add(&n, 1);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    atomic_add(&iout[i], n);
 }
 """
 
@@ -118,6 +128,7 @@ def test_a_kernel_calling_each_declared_builtin_computes_the_same_built_either_w
         results.append((out.view(np.uint32).copy(), iout))
     assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(results[0][1], results[1][1])
     assert np.isclose(results[1][0][0:8].view(np.float32)[0], 1.0)        # exp(0)
+    assert results[1][1][0] == 2 + 4                                      # + the work-group's atomic count
 
 
 @pytest.mark.core
