@@ -271,9 +271,9 @@ class DeviceTrainer:
         return float("nan") if found else loss
 
     def rewind(self, t: int) -> None:
-        """After a refused step: let the steps in flight run (their updates skip), clear
-        the count, and set the optimizer's step counters back to `t` (the skipped updates
-        advanced them on the host only)."""
+        """After a refused step (and settle() of any step launched behind it): let the
+        device finish, clear the count, and set the optimizer's step counters back to `t`
+        (the skipped updates advanced them on the host only)."""
         self.device.queue.finish()
         self.clear_nonfinite()
         self.t = self.opt.step_count = t

@@ -214,6 +214,8 @@ class JobHandlers:
                 loss = dev.settle(inflight)
                 self.compute_since = None
                 if not np.isfinite(loss):
+                    if ahead:                # its update skipped too; its read-back released
+                        dev.settle(ahead[2])
                     dev.rewind(at)
                     job.step = at
                     raise JobError("nonfinite", f"step {at}: the loss or a gradient value is NaN or Inf; "

@@ -68,6 +68,7 @@ def test_a_ring_of_one_enqueued_a_step_ahead_refuses_a_bad_step_without_moving()
         want = waits.local_step(r2, *batch(i - 1))
         waits.apply(r2)
         assert loss == want
+    assert np.isnan(ahead.settle(flights[3]))     # the step behind it: skipped as well
     ahead.rewind(2)
     assert ahead.t == waits.t == 2
     for a, b in zip(ahead.weights() + ahead.state(), waits.weights() + waits.state()):
