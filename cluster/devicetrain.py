@@ -127,6 +127,7 @@ class DeviceTrainer:
         self.found = tensor(np.zeros(1, np.int32), device=device)
         self.found.realize()
         self.opt.found_inf = self.found
+        self.foundbuf = rz.buffer_of(self.found._storage.node)   # nobody commits to it: a fixed handle
 
     @property
     def is_gpu(self) -> bool:
@@ -137,12 +138,27 @@ class DeviceTrainer:
         buffer, kept mapped): the packed gradients' downloads and uploads go to and from
         it, and a lone node's batches come from it, which NVIDIA's driver can DMA directly
         instead of staging through pageable memory; on PoCL it is plain host memory."""
-        size = np.dtype(dtype).itemsize * n
-        buf = cl.Buffer(self.device.context, cl.mem_flags.READ_WRITE | cl.mem_flags.ALLOC_HOST_PTR, max(8, size))
+        buf = self.host_visible(np.dtype(dtype).itemsize * n)
         arr, _ = cl.enqueue_map_buffer(self.device.queue, buf, cl.map_flags.READ | cl.map_flags.WRITE, 0, (n,),
                                        dtype, is_blocking=True)
         self.pinned.append(buf)          # the mapping lives as long as the trainer
         return arr
+
+    def host_visible(self, nbytes: int):
+        """A device buffer the driver keeps in host memory it may page-lock (ALLOC_HOST_PTR)."""
+        return cl.Buffer(self.device.context, cl.mem_flags.READ_WRITE | cl.mem_flags.ALLOC_HOST_PTR, max(8, nbytes))
+
+    @staticmethod
+    def read_behind(queue, res, srcs, wait_for=None) -> tuple:
+        """The first float32/int32 of each of `srcs` (device buffers), copied side by side on
+        the device into `res` (host_visible) behind what `queue` holds, then mapped without
+        waiting: (the mapped array, the map's event); its .base.release(queue) after
+        reading.  NVIDIA's driver returns from a read into host memory (even page-locked)
+        only once the read has run, which held a host that runs ahead of its device at
+        every read (bench/NOTES.md)."""
+        for k, src in enumerate(srcs):
+            cl.enqueue_copy(queue, res, src, byte_count=4, dst_offset=4 * k, wait_for=None if k else wait_for)
+        return cl.enqueue_map_buffer(queue, res, cl.map_flags.READ, 0, (len(srcs),), np.float32, is_blocking=False)
 
     # --- the step program ---------------------------------------------------------------
     def bind(self, runner) -> None:
@@ -246,18 +262,12 @@ class DeviceTrainer:
         outs = self._run_program(runner, x, y, rows)
         self._count(outs[1:], outs[0])
         self.apply(runner)
-        # The loss and the count are copied on the device into a small host-visible buffer
-        # per turn, which is then mapped without waiting: NVIDIA's driver ran a read
-        # into host memory (even page-locked) only once the step was done, holding the
-        # host here for the whole step (bench/NOTES.md).
-        if self.turn not in self.results:
-            self.results[self.turn] = cl.Buffer(self.device.context,
-                                                cl.mem_flags.READ_WRITE | cl.mem_flags.ALLOC_HOST_PTR, 8)
-        res, q = self.results[self.turn], self.device.queue
-        cl.enqueue_copy(q, res, outs[0].mem, byte_count=4)
-        cl.enqueue_copy(q, res, rz.buffer_of(self.found._storage.node).mem, byte_count=4, dst_offset=4)
-        got, done = cl.enqueue_map_buffer(q, res, cl.map_flags.READ, 0, (2,), np.float32, is_blocking=False)
-        q.flush()
+        # one buffer per turn: the step before may still be mapped
+        res = self.results.get(self.turn)
+        if res is None:
+            res = self.results[self.turn] = self.host_visible(8)
+        got, done = self.read_behind(self.device.queue, res, [outs[0].mem, self.foundbuf.mem])
+        self.device.queue.flush()
         return got, done
 
     def settle(self, flight) -> float:
@@ -279,7 +289,7 @@ class DeviceTrainer:
         self.t = self.opt.step_count = t
 
     def clear_nonfinite(self) -> None:
-        cl.enqueue_fill_buffer(self.device.queue, rz.buffer_of(self.found._storage.node).mem, np.int32(0), 0, 4)
+        cl.enqueue_fill_buffer(self.device.queue, self.foundbuf.mem, np.int32(0), 0, 4)
 
     def count_nonfinite(self, bufs, loss=None) -> int:
         """How many values of `bufs` (device buffers of this trainer's parameter sizes, in
@@ -306,7 +316,7 @@ class DeviceTrainer:
         args = [a for b, n in zip(bufs, self.sizes) for a in (b.mem, np.uint32(n))]
         args += [loss.mem, np.uint32(1)] if loss is not None else [partial.mem, np.uint32(0)]   # never read
         self.device.launch(kern, (groups * local,), (local,),
-                           [*args, partial.mem, rz.buffer_of(self.found._storage.node).mem])
+                           [*args, partial.mem, self.foundbuf.mem])
         return groups
 
     def final_launches(self, runner) -> list[int]:
@@ -336,8 +346,8 @@ class DeviceTrainer:
         """Forward + backward with the gradients all-reduced while backward still runs, with
         no host copy (shmstream, every rank summing on its device): the launch list is
         replayed in segments; after the launch that completes a piece of the packed
-        gradients, the piece is downloaded straight into this rank's shared-memory segment
-        on the copy queue (beside the kernels that follow) and published; as every rank's
+        gradients, the piece is copied into this rank's shared-memory segment on the copy
+        queue (beside the kernels that follow) and published; as every rank's
         piece is published, it is uploaded from their segments into this device's copies
         of their gradients (on a third queue, beside the downloads).  The sum (each rank's
         weight times its gradients, in rank order: the same expression, so the same bits,
@@ -366,12 +376,10 @@ class DeviceTrainer:
         final, spans = self.final_launches(runner), st.spans
         t, views = stream.begin(weight)
         mine = views[r][1]
-        # NVIDIA's driver returns from a read into host memory (pinned or not) only once the
-        # copy has run, which held the host at each piece until backward got there, while
-        # the launches after it waited to be enqueued (bench/NOTES.md).  So with pinned
-        # segments a piece is copied on the device into the segment's buffer and mapped
-        # without waiting (the map puts it in the shared memory), and the loss comes back
-        # the same way.
+        # With pinned segments a piece is copied on the device into the segment's buffer and
+        # mapped without waiting (the map puts it in the shared memory), and the loss comes
+        # back through read_behind: a read into host memory would hold the host at each
+        # piece until backward got there, the launches after it waiting to be enqueued.
         pin = st.pins[(t % 2) * stream.links.world + r] if st.pins else None
         mark, at, landed, maps = cl.enqueue_marker(q), 0, [], []
         for span, (lo, hi) in zip(spans, stream.pieces):
@@ -393,9 +401,7 @@ class DeviceTrainer:
                 maps.append(got)
             copies.flush()
         launch.replay(items[at:], self.device)
-        cl.enqueue_copy(copies, st.loss_buf, outs[0].mem, byte_count=4, wait_for=[cl.enqueue_marker(q)])
-        mapped_loss, done = cl.enqueue_map_buffer(copies, st.loss_buf, cl.map_flags.READ, 0, (1,), np.float32,
-                                                  is_blocking=False)
+        mapped_loss, done = self.read_behind(copies, st.loss_buf, [outs[0].mem], wait_for=[cl.enqueue_marker(q)])
         q.flush()
         copies.flush()
         marks.append(time.perf_counter())
@@ -599,4 +605,4 @@ class _StreamState:
                        if offs[i] < hi and offs[i + 1] > lo] for lo, hi in stream.pieces[:-1]]
         self.sums = {}
         # the loss of each streamed step comes back through this (mapped, not read)
-        self.loss_buf = cl.Buffer(tr.device.context, cl.mem_flags.READ_WRITE | cl.mem_flags.ALLOC_HOST_PTR, 4)
+        self.loss_buf = tr.host_visible(4)
