@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 # streamed steps whose phases phase_report averages
 PHASE_STEPS = 50
-STREAM_PHASES = ("enqueue", "first piece down", "pieces exchanged", "last upload", "sum + check")
+STREAM_PHASES = ("enqueue", "first piece down", "pieces exchanged", "loss exchanged", "sum enqueued")
 
 # HostOptimizer's state order (cluster/optimizer.py) <-> engine.optim's state names
 _SLOTS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq")}
@@ -262,13 +262,18 @@ class DeviceTrainer:
         outs = self._run_program(runner, x, y, rows)
         self._count(outs[1:], outs[0])
         self.apply(runner)
-        # one buffer per turn: the step before may still be mapped
+        flight = self._read_count(outs[0])
+        self.device.queue.flush()
+        return flight
+
+    def _read_count(self, loss) -> tuple:
+        """The loss (a one-float buffer) and the running NaN/Inf count read behind the step
+        queue, into this turn's results buffer (the step before may still be mapped): a
+        flight for settle()."""
         res = self.results.get(self.turn)
         if res is None:
             res = self.results[self.turn] = self.host_visible(8)
-        got, done = self.read_behind(self.device.queue, res, [outs[0].mem, self.foundbuf.mem])
-        self.device.queue.flush()
-        return got, done
+        return self.read_behind(self.device.queue, res, [loss.mem, self.foundbuf.mem])
 
     def settle(self, flight) -> float:
         """The loss of a step launch_alone enqueued, once the device has run it; NaN when
@@ -287,6 +292,10 @@ class DeviceTrainer:
         self.device.queue.finish()
         self.clear_nonfinite()
         self.t = self.opt.step_count = t
+        if self.snap and self.snap[0] is not None and self.snap[0] > t:
+            # taken after the refused step, whose update (and every one since) was skipped:
+            # it holds the state at step t
+            self.snap = (t, self.snap[1])
 
     def clear_nonfinite(self) -> None:
         cl.enqueue_fill_buffer(self.device.queue, self.foundbuf.mem, np.int32(0), 0, 4)
@@ -351,11 +360,14 @@ class DeviceTrainer:
         piece is published, it is uploaded from their segments into this device's copies
         of their gradients (on a third queue, beside the downloads).  The sum (each rank's
         weight times its gradients, in rank order: the same expression, so the same bits,
-        on every rank) is one captured kernel per parameter, checked for NaN/Inf like an
-        uploaded sum.  The loss and the halt vote
-        (the last piece) are summed on the host.  With `rows`, the batch is those rows of
-        x and y (gathered into page-locked memory, as launch_alone does).  Returns (local loss, summed weighted loss,
-        summed vote, whether the sum is finite, seconds the host waited for other ranks)."""
+        on every rank) is one captured kernel per parameter; its NaN/Inf values are added
+        to the running count `found` that gates the update, all behind the last uploads on
+        the device, so the host is free to enqueue the update and the next step while the
+        device finishes this one.  The loss and the halt vote (the last piece) are summed
+        on the host.  With `rows`, the batch is those rows of x and y (gathered into
+        page-locked memory, as launch_alone does).  Returns (local loss, summed weighted
+        loss, summed vote, a flight for settle(): NaN when the sum was not finite, seconds
+        the host waited for other ranks)."""
         try:
             return self._streamed_step(runner, x, y, weight, vote, stream, step, rows)
         except BaseException:
@@ -420,6 +432,9 @@ class DeviceTrainer:
                                        dst_offset=4 * (a - offs[i]), is_blocking=False)
                        for j in st.peer_bufs for i, a, b in span)
             self.uploads.flush()
+        # kept until the next call has seen its own pieces land (past this call's barrier
+        # below): pyopencl's upload events wait for their copies when they are dropped
+        st.ups = ups
         marks.append(time.perf_counter())
         done.wait()
         loss = mapped_loss.copy()
@@ -432,17 +447,22 @@ class DeviceTrainer:
         stream.wait(views, tail, t, step)
         total = np.empty(2, np.float32)
         localsum._sum_into(total, [d[lo:lo + 2] for _, d in views])     # rank order, as every rank does
-        cl.wait_for_events(ups)            # this call's segments are read before any rank reuses them
         waited += time.perf_counter() - t0
         marks.append(time.perf_counter())
         ws, items, sums = self._summing(runner, st)
         for var, w in zip(ws, stream.weights(views)):
             var.value = w
+        # The sums wait for the last uploads on the device, not on the host.  No rank
+        # rewrites a segment this call read before every rank has published a piece of
+        # the next call, which it copies only after its queue has passed this barrier.
+        cl.enqueue_barrier(q, wait_for=[cl.enqueue_marker(self.uploads)])
         launch.replay(items, self.device)
-        finite = self.count_nonfinite(sums) == 0
+        self._count(sums)
+        flight = self._read_count(outs[0])
+        q.flush()
         marks.append(time.perf_counter())
         self.phases.append(np.diff(marks))
-        return float(loss[0]), float(total[0]), float(total[1]), bool(finite), waited
+        return float(loss[0]), float(total[0]), float(total[1]), flight, waited
 
     def phase_report(self) -> str:
         """Where the last streamed steps' host time went (ms, medians): for the node's log."""
@@ -604,5 +624,6 @@ class _StreamState:
         self.spans = [[(i, max(lo, offs[i]), min(hi, offs[i + 1])) for i in range(len(tr.sizes))
                        if offs[i] < hi and offs[i + 1] > lo] for lo, hi in stream.pieces[:-1]]
         self.sums = {}
+        self.ups = []            # the last call's upload events (streamed_step)
         # the loss of each streamed step comes back through this (mapped, not read)
         self.loss_buf = tr.host_visible(4)

@@ -140,7 +140,7 @@ class JobHandlers:
         if b and (idx.min() < 0 or idx.max() >= len(job.x)) or not 0 < msg["weight"] <= 1:
             raise JobError("bad_step", "indices out of range or weight not in (0, 1]")
         sent0 = self.links.bytes_sent
-        loss, compute, ar, _ = self._train_step(job, [(idx, float(msg["weight"]))], False, snapshot_alone=True)
+        loss, compute, ar, _, _ = self._train_step(job, [(idx, float(msg["weight"]))], False, snapshot_alone=True)
         return "step_done", {"step": job.step, "loss": loss, "compute_s": compute, "allreduce_s": ar,
                              "bytes": self.links.bytes_sent - sent0} | self._digest(job)
 
@@ -165,23 +165,29 @@ class JobHandlers:
         if missing := sorted(set(micro) - set(job.runners)):
             raise JobError("bad_run", f"no program for micro-batch size(s) {missing}")
         report = Progress(self, ident, job.id, self.links.gen, float(msg.fields.get("report_s", 0.5)))
-        end = {"why": "done"}
+        end, pending = {"why": "done"}, None
         try:
             if job.dev and self.links.world == 1 and len(micro) == 1 and self.throttle <= 1:
                 end = self._run_alone(job, plan, until, report, msg["id"])
-            while job.step < until and end["why"] == "done":
-                if self.job is not job:          # cancelled by the budget watchdog
-                    raise JobError("cancelled", f"job {job.id} cancelled at step {job.step}")
-                rows, off, parts = plan.rows_of(job.step, rank), 0, []
-                for m in micro:
-                    parts.append((rows[off:off + m], m / plan.batch))
-                    off += m
-                at = job.step
-                loss, compute, ar, halt = self._train_step(job, parts, self.halt_run == msg["id"])
-                report.add(at, loss, compute, ar, self._digest(job).get("digest"))
-                if halt:
-                    end = {"why": "halted"}
-                    break
+            try:
+                while job.step < until and end["why"] == "done":
+                    if self.job is not job:          # cancelled by the budget watchdog
+                        raise JobError("cancelled", f"job {job.id} cancelled at step {job.step}")
+                    rows, off, parts = plan.rows_of(job.step, rank), 0, []
+                    for m in micro:
+                        parts.append((rows[off:off + m], m / plan.batch))
+                        off += m
+                    at = job.step
+                    loss, compute, ar, halt, flight = self._train_step(job, parts, self.halt_run == msg["id"], ahead=True)
+                    # the step before is settled only now: its count came back while this one ran
+                    new, last, pending = (at, loss, compute, ar, self._digest(job).get("digest"), flight), pending, None
+                    self._settle(job, last, report, behind=new)
+                    pending = new
+                    if halt:
+                        end = {"why": "halted"}
+                        break
+            finally:   # a refusal found here wins over a lost peer: the node rewinds to it
+                self._settle(job, pending, report)
         except (PeerLost, PlanMismatch) as e:
             log.warning("run stopped at step %d: %s", job.step, e)
             end = {"why": "aborted", "message": str(e)}
@@ -229,6 +235,24 @@ class JobHandlers:
             raise JobError("cancelled", f"job {job.id} cancelled at step {job.step}")
         return {"why": "halted" if job.step < until else "done"}
 
+    def _settle(self, job, held, report, behind=None) -> None:
+        """Report a step of a run whose sum's NaN/Inf count was still on its way back
+        (`held`: step, loss, compute s, all-reduce s, digest, the flight; None: nothing),
+        or refuse it: its update was skipped on the device, and so was that of the step
+        enqueued after it (`behind`, settled here, never reported); the node goes back to
+        it.  Every rank holds the same sum, so every rank refuses the same step."""
+        if held is None:
+            return
+        at, loss, compute, ar, digest, flight = held
+        if flight is not None and np.isnan(job.dev.settle(flight)):
+            if behind is not None and behind[-1] is not None:
+                job.dev.settle(behind[-1])      # its read-back released
+            job.dev.rewind(at)
+            job.step = at
+            raise JobError("nonfinite", f"step {at}: the gradient sum holds NaN or Inf values; "
+                                        "not applied, weights stay at this step")
+        report.add(at, loss, compute, ar, digest)
+
     def _count_step(self, samples: int, step_s: float, compute: float, ar: float, sent: int, nbytes: int) -> None:
         m, world = self.metrics, self.links.world
         m.steps.inc()
@@ -238,15 +262,19 @@ class JobHandlers:
         m.allreduce_bytes.inc(sent)
         m.allreduce_bandwidth.set(2 * (world - 1) / world * nbytes / ar if world > 1 and ar else 0)
 
-    def _train_step(self, job, parts, vote_halt: bool, snapshot_alone: bool = False):
+    def _train_step(self, job, parts, vote_halt: bool, snapshot_alone: bool = False, ahead: bool = False):
         """One step: forward + backward of each (rows, weight) micro-batch, gradients summed
         (weights: rows / global batch), all-reduced with the ring, checked, applied.
-        Returns (global loss, compute s, all-reduce s, whether the ring voted to halt).
+        Returns (global loss, compute s, all-reduce s, whether the ring voted to halt, a
+        flight or None).  With `ahead`, a streamed step's update is enqueued gated on the
+        device's count of NaN/Inf in the sum, and that count's flight (DeviceTrainer.settle)
+        is returned unread: the host goes on to the next step while the device finishes
+        this one (_settle reads it a step later); otherwise the count is waited for here.
         Rollback snapshots are taken in rings of two or more (a ring of one has nobody to
         wait for), unless `snapshot_alone` (steps dealt by hand)."""
         t0, sent0 = time.perf_counter(), self.links.bytes_sent
         self.compute_since = time.monotonic()
-        world, stream, streamed, flat = self.links.world, None, None, None
+        world, stream, streamed, flat, flight = self.links.world, None, None, None, None
         runner = job.runners[len(parts[0][0])]
         try:
             if world > 1:    # decided once per ring generation, by all ranks together
@@ -290,8 +318,13 @@ class JobHandlers:
                 finite = hostpool.all_finite(flat)
         elif streamed:
             t2 = t1
-            _, loss, vote, finite, _ = streamed
-            halt, finite = vote > 0, finite and np.isfinite(loss)
+            _, loss, vote, flight, _ = streamed
+            halt, finite = vote > 0, bool(np.isfinite(loss))
+            if not (ahead and finite):        # the device's count, waited for now
+                finite = finite and not np.isnan(job.dev.settle(flight))
+                if not finite:
+                    job.dev.rewind(job.step)  # clears the running count; nothing was applied
+                flight = None
         else:
             t2 = time.perf_counter()
             halt, finite = vote_halt, np.isfinite(loss)
@@ -315,7 +348,7 @@ class JobHandlers:
         nbytes = flat.nbytes if flat is not None else 4 * sum(job.sizes) if streamed else 0
         self._count_step(sum(len(p[0]) for p in parts), time.perf_counter() - t0, compute, ar,
                          self.links.bytes_sent - sent0, nbytes)
-        return loss, compute, ar, halt
+        return loss, compute, ar, halt, flight
 
     def _overlap_bytes(self, job) -> int:
         """The streamed all-reduce's largest piece: --overlap-mb, or by device kind (auto):

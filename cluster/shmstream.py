@@ -26,8 +26,8 @@ the piece from all segments.  Two ways to fill and read:
 Every rank reads the whole piece of every segment, where localsum's reduce-scatter reads
 less but needs a second signal: on the hosts this is for (2-8 GPUs) one signal per piece
 is what pays.  Call k + 2 rewrites segment k % 2 only after this rank saw every rank's
-tickets of call k + 1, which each wrote after finishing call k (its reads of the other
-segments included: a device rank waits for its uploads before its call ends).
+tickets of call k + 1, which each wrote after finishing its reads of call k (a device
+rank's pieces of call k + 1 are copied behind a barrier on its uploads of call k).
 
 Stores become visible in program order (the ticket after the data) on x86-64; the host
 copies run on hostpool's threads, whose hand-over is a lock, and a device's download is

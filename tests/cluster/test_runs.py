@@ -293,10 +293,12 @@ def test_reduced_gradients_with_nan_are_never_applied(procs, overlap):
         np.testing.assert_array_equal(got.numpy(), want)
 
 
-def test_a_lone_node_refuses_a_bad_step_found_while_the_next_is_enqueued(procs):
-    """One node runs a step ahead of its host (its update gated on the device): a row of
-    NaN that first comes up in step 3 stops the run there with the refusal, after steps
-    0-2 that equal the single-process engine's, loss for loss."""
+@pytest.mark.parametrize("nodes", [1, 2], ids=["lone", "streamed"])
+def test_a_bad_step_found_while_the_next_is_enqueued_is_refused(procs, nodes):
+    """A lone node runs a step ahead of its host, and streaming nodes enqueue the next
+    step before they read the count of NaN/Inf in the sum (their updates gated on the
+    device): a row of NaN that first comes up in step 3 stops the run there with the
+    refusal, after steps 0-2 that equal the single-process engine's, loss for loss."""
     pytest.importorskip("engine")
     from engine.nn import functional as F
     from cluster import NonFiniteGradients
@@ -304,7 +306,7 @@ def test_a_lone_node_refuses_a_bad_step_found_while_the_next_is_enqueued(procs):
     from test_device_training import digits, local_fit
     xtr, ytr, _, _ = digits.load_digits()
     x, y, B = xtr[:512].copy(), ytr[:512], 64
-    plan = DataPlan(len(x), 0, B, [B])
+    plan = DataPlan(len(x), 0, B, [B])      # a step's global rows do not depend on the shares
     seen = set()
     for k in range(3):
         seen |= set(plan.rows_of(k, 0).tolist())
@@ -315,12 +317,16 @@ def test_a_lone_node_refuses_a_bad_step_found_while_the_next_is_enqueued(procs):
     _, losses, _ = local_fit(init, spec, x, y, batch=B, steps=3)
     model = digits.build_model("mlp")
     model.load_state_dict(init)
-    node = start_nodes(procs, 1)[0]
+    started = start_nodes(procs, nodes, extra_args=("--overlap-mb", "0.01") if nodes > 1 else ())
     steps = []
     with pytest.raises(NonFiniteGradients, match="step 3"):
-        Cluster([node["control"]], SECRET, heartbeat_s=0.5, missed=20, report_s=0).fit(
-            model, F.cross_entropy, spec, (x, y), global_batch=B, max_steps=8, on_step=steps.append)
+        Cluster([d["control"] for d in started], SECRET, heartbeat_s=0.5, missed=20, report_s=0, batch_multiple=32,
+                rebalance_tolerance=1.0).fit(model, F.cross_entropy, spec, (x, y), global_batch=B, max_steps=8,
+                                             on_step=steps.append)
     np.testing.assert_allclose([h["loss"] for h in steps], losses, rtol=2e-5, atol=2e-6)
+    assert all(h["world"] == nodes for h in steps)
+    if nodes > 1:
+        assert all("summed on the devices" in d["proc"].log() for d in started)
 
 
 def test_each_gradient_is_downloaded_after_the_last_launch_that_writes_it():
