@@ -118,6 +118,12 @@ def fit_on_nodes(devices, model, loss_fn, spec: dict, data, B: int, steps: int, 
             p.terminate()
         for p in procs:
             p.wait(10)
+        if os.environ.get("BENCH_NODE_PHASES"):     # where streamed steps spend the host's time
+            for i, p in enumerate(procs):
+                p.err.seek(0)
+                for line in p.err.read().splitlines():
+                    if "streamed steps:" in line:
+                        print(f"node {i}: {line.split('streamed steps: ', 1)[1]}", file=sys.stderr)
     return res, stamps
 
 

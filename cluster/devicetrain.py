@@ -53,6 +53,8 @@ except Exception:   # a node without the engine runs reference programs only
 
 log = logging.getLogger(__name__)
 
+# launches a streamed step enqueues between flushes of its queue (_replay_flushed)
+FLUSH_EVERY = 6
 # streamed steps whose phases phase_report averages
 PHASE_STEPS = 50
 STREAM_PHASES = ("enqueue", "first piece down", "pieces exchanged", "loss exchanged", "sum enqueued")
@@ -397,9 +399,8 @@ class DeviceTrainer:
         for span, (lo, hi) in zip(spans, stream.pieces):
             upto = max(final[i] for i, _, _ in span) + 1
             if upto > at:
-                launch.replay(items[at:upto], self.device)
+                self._replay_flushed(items[at:upto])
                 at, mark = upto, cl.enqueue_marker(q)
-                q.flush()
             if pin is None:
                 landed.append([cl.enqueue_copy(copies, mine[a:b], outs[1 + i].mem, src_offset=4 * (a - offs[i]),
                                                wait_for=[mark], is_blocking=False) for i, a, b in span])
@@ -412,7 +413,7 @@ class DeviceTrainer:
                 landed.append([ev])
                 maps.append(got)
             copies.flush()
-        launch.replay(items[at:], self.device)
+        self._replay_flushed(items[at:])
         mapped_loss, done = self.read_behind(copies, st.loss_buf, [outs[0].mem], wait_for=[cl.enqueue_marker(q)])
         q.flush()
         copies.flush()
@@ -463,6 +464,15 @@ class DeviceTrainer:
         marks.append(time.perf_counter())
         self.phases.append(np.diff(marks))
         return float(loss[0]), float(total[0]), float(total[1]), flight, waited
+
+    def _replay_flushed(self, items) -> None:
+        """launch.replay, the queue flushed every FLUSH_EVERY launches: a streamed step
+        has no step queued ahead of it, so the device would idle until the host had
+        enqueued all launches up to the first piece's end (most of the step, for a model
+        whose gradients fit one piece)."""
+        for k in range(0, len(items), FLUSH_EVERY):
+            launch.replay(items[k:k + FLUSH_EVERY], self.device)
+            self.device.queue.flush()
 
     def phase_report(self) -> str:
         """Where the last streamed steps' host time went (ms, medians): for the node's log."""
