@@ -353,7 +353,8 @@ class DeviceTrainer:
         final = self.final_launches(runner)
         return sorted(range(len(final)), key=lambda i: (final[i], i))
 
-    def streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int, rows=None) -> tuple:
+    def streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int, rows=None,
+                      snapshot: int | None = None) -> tuple:
         """Forward + backward with the gradients all-reduced while backward still runs, with
         no host copy (shmstream, every rank summing on its device): the launch list is
         replayed in segments; after the launch that completes a piece of the packed
@@ -371,7 +372,7 @@ class DeviceTrainer:
         loss, summed vote, a flight for settle(): NaN when the sum was not finite, seconds
         the host waited for other ranks)."""
         try:
-            return self._streamed_step(runner, x, y, weight, vote, stream, step, rows)
+            return self._streamed_step(runner, x, y, weight, vote, stream, step, rows, snapshot)
         except BaseException:
             # a rank left mid-step: let the copies in flight into and out of the shared
             # segments land before anyone (a new ring) reuses or unmaps them
@@ -379,7 +380,7 @@ class DeviceTrainer:
             self.uploads.finish()
             raise
 
-    def _streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int, rows) -> tuple:
+    def _streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int, rows, snapshot) -> tuple:
         q, copies, r = self.device.queue, self.copies, stream.links.rank
         marks = [time.perf_counter()]
         self._upload_batch(runner, x, y, rows)
@@ -418,52 +419,104 @@ class DeviceTrainer:
         q.flush()
         copies.flush()
         marks.append(time.perf_counter())
-        waited, ups = 0.0, []
-        for p, span in enumerate(spans):
-            cl.wait_for_events(landed[p])
-            if p == 0:
-                marks.append(time.perf_counter())
-            stream.publish(views, p, t)
-            if maps:
-                maps[p].base.release(copies)
+        waited, ups, gates, flight = 0.0, [], [], None
+        # Once the first piece is in, every rank's weight is known: if the sums and the
+        # update were captured before, the rest of the step goes on the device's queues
+        # now, each later piece's uploads behind a user event (set as the piece comes in)
+        # and the sums behind the uploads and one more event (`go`), set once the summed
+        # loss is known: the device goes on from the last upload without the host.
+        ahead = id(runner) in st.sums and (id(runner), True) in self.updates
+        try:
+            for p, span in enumerate(spans):
+                cl.wait_for_events(landed[p])
+                if p == 0:
+                    marks.append(time.perf_counter())
+                stream.publish(views, p, t)
+                if maps:
+                    maps[p].base.release(copies)
+                t0 = time.perf_counter()
+                stream.wait(views, p, t, step)
+                waited += time.perf_counter() - t0
+                if gates:
+                    gates.pop(0).set_status(cl.command_execution_status.COMPLETE)
+                    continue
+                ups.extend(self._uploads(st, views, span))
+                if p == 0 and ahead:
+                    gates = [cl.UserEvent(self.device.context) for _ in spans]    # the last one: go
+                    for k, later in enumerate(spans[1:]):
+                        ups.extend(self._uploads(st, views, later, wait_for=[gates[k]]))
+                    flight = self._enqueue_tail(runner, st, stream.weights(views), outs[0], snapshot,
+                                                [cl.enqueue_marker(self.uploads), gates[-1]])
+                self.uploads.flush()
+            # kept until the next call has seen its own pieces land (past this call's barrier
+            # below): pyopencl's upload events wait for their copies when they are dropped
+            st.ups = ups
+            marks.append(time.perf_counter())
+            done.wait()
+            loss = mapped_loss.copy()
+            mapped_loss.base.release(copies)
+            tail = len(spans)
+            lo = stream.pieces[tail][0]
+            mine[lo:lo + 2] = (loss[0] * np.float32(weight), np.float32(vote))
+            stream.publish(views, tail, t)
             t0 = time.perf_counter()
-            stream.wait(views, p, t, step)
+            stream.wait(views, tail, t, step)
+            total = np.empty(2, np.float32)
+            localsum._sum_into(total, [d[lo:lo + 2] for _, d in views])     # rank order, as every rank does
             waited += time.perf_counter() - t0
-            ups.extend(cl.enqueue_copy(self.uploads, st.peer_bufs[j][i].mem, views[j][1][a:b],
-                                       dst_offset=4 * (a - offs[i]), is_blocking=False)
-                       for j in st.peer_bufs for i, a, b in span)
-            self.uploads.flush()
-        # kept until the next call has seen its own pieces land (past this call's barrier
-        # below): pyopencl's upload events wait for their copies when they are dropped
-        st.ups = ups
-        marks.append(time.perf_counter())
-        done.wait()
-        loss = mapped_loss.copy()
-        mapped_loss.base.release(copies)
-        tail = len(spans)
-        lo = stream.pieces[tail][0]
-        mine[lo:lo + 2] = (loss[0] * np.float32(weight), np.float32(vote))
-        stream.publish(views, tail, t)
-        t0 = time.perf_counter()
-        stream.wait(views, tail, t, step)
-        total = np.empty(2, np.float32)
-        localsum._sum_into(total, [d[lo:lo + 2] for _, d in views])     # rank order, as every rank does
-        waited += time.perf_counter() - t0
-        marks.append(time.perf_counter())
-        ws, items, sums = self._summing(runner, st)
-        for var, w in zip(ws, stream.weights(views)):
-            var.value = w
-        # The sums wait for the last uploads on the device, not on the host.  No rank
-        # rewrites a segment this call read before every rank has published a piece of
-        # the next call, which it copies only after its queue has passed this barrier.
-        cl.enqueue_barrier(q, wait_for=[cl.enqueue_marker(self.uploads)])
-        launch.replay(items, self.device)
-        self._count(sums)
-        flight = self._read_count(outs[0])
+            marks.append(time.perf_counter())
+            if not np.isfinite(total[0]):        # the update must not apply: the count says so
+                self._poison(copies if gates else q)
+            if gates:
+                gates.pop().set_status(cl.command_execution_status.COMPLETE)
+            else:
+                flight = self._enqueue_tail(runner, st, stream.weights(views), outs[0], snapshot,
+                                            [cl.enqueue_marker(self.uploads)])
+        except BaseException:
+            if gates:     # let the queued tail run, its update skipped, then undo its step count
+                self._poison(copies)
+                for g in gates:
+                    g.set_status(cl.command_execution_status.COMPLETE)
+                q.finish()
+                self.rewind(self.t - 1)
+            raise
         q.flush()
         marks.append(time.perf_counter())
         self.phases.append(np.diff(marks))
         return float(loss[0]), float(total[0]), float(total[1]), flight, waited
+
+    def _uploads(self, st, views, span, wait_for=None) -> list:
+        """Enqueue the other ranks' values of a piece, from their segments into this
+        device's copies of their gradients; their events (kept: see st.ups)."""
+        return [cl.enqueue_copy(self.uploads, st.peer_bufs[j][i].mem, views[j][1][a:b], dst_offset=4 * (a - self.offsets[i]),
+                                is_blocking=False, wait_for=wait_for)
+                for j in st.peer_bufs for i, a, b in span]
+
+    def _enqueue_tail(self, runner, st, weights: list, loss, snapshot, wait_for) -> tuple:
+        """A streamed step's end on the step queue, behind `wait_for` (the last uploads):
+        the sums (each rank's weight times its gradients, in rank order: the same bits on
+        every rank), their NaN/Inf values added to `found`, the loss and the count read
+        behind (the flight), the rollback snapshot if `snapshot` is a step, and the update
+        gated on the count.  No rank rewrites a segment this call read before every rank
+        has published a piece of the next call, which it copies only after its queue has
+        passed this barrier."""
+        ws, items, sums = self._summing(runner, st)
+        for var, w in zip(ws, weights):
+            var.value = w
+        cl.enqueue_barrier(self.device.queue, wait_for=wait_for)
+        launch.replay(items, self.device)
+        self._count(sums)
+        flight = self._read_count(loss)
+        if snapshot is not None:
+            self.snapshot(snapshot)
+        self.apply(runner, streamed=True)
+        return flight
+
+    def _poison(self, queue) -> None:
+        """Make the running NaN/Inf count nonzero before a queued update runs (waited for
+        on `queue`; the step queue may be held behind a user event)."""
+        cl.enqueue_fill_buffer(queue, self.foundbuf.mem, np.int32(1), 0, 4)
+        queue.finish()
 
     def _replay_flushed(self, items) -> None:
         """launch.replay, the queue flushed every FLUSH_EVERY launches: a streamed step

@@ -288,7 +288,8 @@ class JobHandlers:
             elif job.dev and stream and stream.on_device and len(parts) == 1:   # summed while backward runs
                 idx, w = parts[0]
                 streamed = job.dev.streamed_step(runner, job.x, job.y, w, 1.0 if vote_halt else 0.0,
-                                                 stream, job.step, rows=idx)
+                                                 stream, job.step, rows=idx,
+                                                 snapshot=job.step if self._snapshot_due(job, world) else None)
                 if len(job.dev.phases) == job.dev.phases.maxlen:
                     log.info("streamed steps: %s", job.dev.phase_report())
                     job.dev.phases.clear()
@@ -322,8 +323,8 @@ class JobHandlers:
             halt, finite = vote > 0, bool(np.isfinite(loss))
             if not (ahead and finite):        # the device's count, waited for now
                 finite = finite and not np.isnan(job.dev.settle(flight))
-                if not finite:
-                    job.dev.rewind(job.step)  # clears the running count; nothing was applied
+                if not finite:   # the update queued by streamed_step was skipped: clear the count
+                    job.dev.rewind(job.step)
                 flight = None
         else:
             t2 = time.perf_counter()
@@ -334,11 +335,13 @@ class JobHandlers:
             bad = int(np.count_nonzero(~np.isfinite(flat[:-2]))) if flat is not None else "some"
             raise JobError("nonfinite", f"step {job.step}: {bad} gradient value(s) (or the loss) are NaN or Inf "
                                         "after the all-reduce; not applied, weights stay at this step")
-        if job.dev:    # snapshot on the device (rollback), then the fused update
-            if self.snapshot_every and (world > 1 or snapshot_alone) and job.step % self.snapshot_every == 0:
+        if streamed:       # its snapshot and update are on the device's queue already
+            pass
+        elif job.dev:      # snapshot on the device (rollback), then the fused update
+            if self._snapshot_due(job, world, snapshot_alone):
                 job.dev.snapshot(job.step)
-            if flat is None:        # the program's own gradients (a ring of one), or the streamed sums
-                job.dev.apply(runner, streamed=streamed is not None)
+            if flat is None:        # the program's own gradients (a ring of one)
+                job.dev.apply(runner)
             else:                   # the reduced gradients are uploaded already
                 job.dev.apply()
         else:
@@ -349,6 +352,11 @@ class JobHandlers:
         self._count_step(sum(len(p[0]) for p in parts), time.perf_counter() - t0, compute, ar,
                          self.links.bytes_sent - sent0, nbytes)
         return loss, compute, ar, halt, flight
+
+    def _snapshot_due(self, job, world: int, alone: bool = False) -> bool:
+        """Whether this step's update is preceded by a rollback snapshot on the device:
+        every --snapshot-every steps, in rings of two or more (or `alone`)."""
+        return bool(self.snapshot_every) and (world > 1 or alone) and job.step % self.snapshot_every == 0
 
     def _overlap_bytes(self, job) -> int:
         """The streamed all-reduce's largest piece: --overlap-mb, or by device kind (auto):
