@@ -82,7 +82,9 @@ def _scalar(a):
     return np.float32(a.value) if a.dtype == "float32" else np.int32(a.value)
 
 
-def run_launch(launch: Launch, device):
+def _args(launch: Launch) -> list:
+    """The kernel arguments of a launch as they are now (a storage's memory may have been
+    swapped behind its Buffer, and host scalars change between replays)."""
     args = []
     for a in launch.args:
         if isinstance(a, Buffer):
@@ -92,7 +94,11 @@ def run_launch(launch: Launch, device):
         elif isinstance(a, RandState):
             args.append(np.uint32(a.seed & 0xFFFFFFFF))
             args.append(np.uint32(a.offset & 0xFFFFFFFF))
-    ev = device.launch(launch.ck, launch.gsize, launch.lsize, args)
+    return args
+
+
+def run_launch(launch: Launch, device):
+    ev = device.launch(launch.ck, launch.gsize, launch.lsize, _args(launch))
     debug.on_launch(launch.spec, ev)
     if _listeners:
         for fn in _listeners:
@@ -102,12 +108,20 @@ def run_launch(launch: Launch, device):
 
 def replay(items, device):
     """Re-run a captured step: host actions in order, kernels with the same buffers."""
+    # the debug level and the profilers are looked up once per replay, not per launch: a
+    # node's step replays ~40 launches, and reading the environment was a fifth of the
+    # host's time per launch (bench/NOTES.md)
+    hooked = debug.level() >= 4 or bool(_listeners)
+    enqueue = device.launch
     for it in items:
         if isinstance(it, Launch):
             if it.rand is not None:
                 it.rand.offset += it.rand.numel
                 it.rand.seed = (it.rand.seed * 1103515245 + 12345) & 0x7FFFFFFF
-            run_launch(it, device)
+            if hooked:
+                run_launch(it, device)
+            else:
+                enqueue(it.ck, it.gsize, it.lsize, _args(it))
         else:
             it()
 
