@@ -119,8 +119,6 @@ class DeviceTrainer:
         # beside each other (a GPU's copy engines move both directions at once)
         self.copies = cl.CommandQueue(device.context, device.cl_device)
         self.uploads = cl.CommandQueue(device.context, device.cl_device)
-        self.control = cl.CommandQueue(device.context, device.cl_device)   # _poison's
-        self.launched = collections.deque()   # streamed steps launched, not finished (_Launched)
         self.streaming = None    # _StreamState of the stream streamed_step last ran with
         self.phases = collections.deque(maxlen=PHASE_STEPS)   # streamed_step's phases (phase_report)
         self.summer = self._partials_kernel("checksum", np.uint64, slots=len(self.wbufs))
@@ -290,11 +288,9 @@ class DeviceTrainer:
         return float("nan") if found else loss
 
     def rewind(self, t: int) -> None:
-        """After a refused step (and settle() of any step launched behind it): drop any
-        streamed step launched and not finished, let the device finish, clear the count,
-        and set the optimizer's step counters back to `t` (the skipped updates advanced
-        them on the host only)."""
-        self.cancel_launched()
+        """After a refused step (and settle() of any step launched behind it): let the
+        device finish, clear the count, and set the optimizer's step counters back to `t`
+        (the skipped updates advanced them on the host only)."""
         self.device.queue.finish()
         self.clear_nonfinite()
         self.t = self.opt.step_count = t
@@ -360,29 +356,33 @@ class DeviceTrainer:
     def streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int, rows=None,
                       snapshot: int | None = None) -> tuple:
         """Forward + backward with the gradients all-reduced while backward still runs, with
-        no host copy (shmstream, every rank summing on its device): launch_streamed, then
-        finish_streamed.  Returns (local loss, summed weighted loss, summed vote, a flight
-        for settle(): NaN when the sum was not finite, seconds the host waited for other
-        ranks)."""
-        return self.finish_streamed(self.launch_streamed(runner, x, y, weight, stream, step, rows, snapshot), vote, step)
+        no host copy (shmstream, every rank summing on its device): the launch list is
+        replayed in segments; after the launch that completes a piece of the packed
+        gradients, the piece is copied into this rank's shared-memory segment on the copy
+        queue (beside the kernels that follow) and published; as every rank's
+        piece is published, it is uploaded from their segments into this device's copies
+        of their gradients (on a third queue, beside the downloads).  The sum (each rank's
+        weight times its gradients, in rank order: the same expression, so the same bits,
+        on every rank) is one captured kernel per parameter; its NaN/Inf values are added
+        to the running count `found` that gates the update, all behind the last uploads on
+        the device, so the host is free to enqueue the update and the next step while the
+        device finishes this one.  The loss and the halt vote (the last piece) are summed
+        on the host.  With `rows`, the batch is those rows of x and y (gathered into
+        page-locked memory, as launch_alone does).  Returns (local loss, summed weighted
+        loss, summed vote, a flight for settle(): NaN when the sum was not finite, seconds
+        the host waited for other ranks)."""
+        try:
+            return self._streamed_step(runner, x, y, weight, vote, stream, step, rows, snapshot)
+        except BaseException:
+            # a rank left mid-step: let the copies in flight into and out of the shared
+            # segments land before anyone (a new ring) reuses or unmaps them
+            self.copies.finish()
+            self.uploads.finish()
+            raise
 
-    def launch_streamed(self, runner, x, y, weight: float, stream, step: int, rows=None, snapshot: int | None = None,
-                        weights: list | None = None) -> "_Launched":
-        """Enqueue a streamed step, waiting for nothing: the launch list is replayed in
-        segments; after the launch that completes a piece of the packed gradients, the
-        piece is copied into this rank's shared-memory segment on the copy queue (beside
-        the kernels that follow) and mapped (the map puts it in the shared memory; a read
-        into host memory would hold the host at each piece until backward got there).
-        With `weights` (every rank's, by rank; known to a run from its plan) and the sums
-        and update captured by an earlier step, the rest of the step is queued too: each
-        piece's uploads from the other ranks' segments into this device's copies of their
-        gradients (third queue) behind a user event that finish_streamed sets once every
-        rank has published the piece, and the tail (_enqueue_tail: sums, their NaN/Inf
-        count, snapshot, gated update) behind the last upload and one more event (go).
-        Such a step is `ahead`: the host may launch the next step before finishing it."""
+    def _streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int, rows, snapshot) -> tuple:
         q, copies, r = self.device.queue, self.copies, stream.links.rank
-        t_start = time.perf_counter()
-        before = cl.enqueue_marker(q)        # past it, every earlier step's update has run
+        marks = [time.perf_counter()]
         self._upload_batch(runner, x, y, rows)
         if runner.step.items is None:      # first run: capture the launch list, then replay it as below
             runner.step()
@@ -391,6 +391,10 @@ class DeviceTrainer:
         final, spans = self.final_launches(runner), st.spans
         t, views = stream.begin(weight)
         mine = views[r][1]
+        # With pinned segments a piece is copied on the device into the segment's buffer and
+        # mapped without waiting (the map puts it in the shared memory), and the loss comes
+        # back through read_behind: a read into host memory would hold the host at each
+        # piece until backward got there, the launches after it waiting to be enqueued.
         pin = st.pins[(t % 2) * stream.links.world + r] if st.pins else None
         mark, at, landed, maps = cl.enqueue_marker(q), 0, [], []
         for span, (lo, hi) in zip(spans, stream.pieces):
@@ -411,131 +415,75 @@ class DeviceTrainer:
                 maps.append(got)
             copies.flush()
         self._replay_flushed(items[at:])
-        # two loss buffers: the next step may be launched before this one's is released
-        loss = self.read_behind(copies, st.loss_bufs[t % 2], [outs[0].mem], wait_for=[cl.enqueue_marker(q)])
-        s = _Launched(runner, st, stream, t, views, weight, landed, maps, loss, before, self.t)
-        if weights is not None and id(runner) in st.sums and (id(runner), True) in self.updates:
-            s.gates = [cl.UserEvent(self.device.context) for _ in range(len(spans) + 1)]   # a piece's, then go
-            for p, span in enumerate(spans):
-                s.ups.extend(self._uploads(st, views, span, wait_for=[s.gates[p]]))
-            s.flight = self._enqueue_tail(runner, st, weights, outs[0], snapshot,
-                                          [cl.enqueue_marker(self.uploads), s.gates[-1]])
-            self.uploads.flush()
-        else:
-            s.snapshot = snapshot
+        mapped_loss, done = self.read_behind(copies, st.loss_buf, [outs[0].mem], wait_for=[cl.enqueue_marker(q)])
         q.flush()
         copies.flush()
-        s.marks = [t_start, time.perf_counter()]
-        self.launched.append(s)
-        return s
-
-    def finish_streamed(self, s: "_Launched", vote: float, step: int) -> tuple:
-        """The host's part of a launched step (the oldest launched): for each piece, once
-        it is in the segment, publish it and wait for every rank's; then the loss and the
-        halt vote (the last piece, summed on the host in rank order).  A step that was not
-        queued whole gets its uploads and tail enqueued here.  Returns (local loss, summed
-        weighted loss, summed vote, a flight for settle(), seconds the host waited for
-        other ranks).  If it fails (a rank left), every launched step is cancelled."""
-        assert self.launched and self.launched[0] is s, "streamed steps finish in launch order"
+        marks.append(time.perf_counter())
+        waited, ups, gates, flight = 0.0, [], [], None
+        # Once the first piece is in, every rank's weight is known: if the sums and the
+        # update were captured before, the rest of the step goes on the device's queues
+        # now, each later piece's uploads behind a user event (set as the piece comes in)
+        # and the sums behind the uploads and one more event (`go`), set once the summed
+        # loss is known: the device goes on from the last upload without the host.
+        ahead = id(runner) in st.sums and (id(runner), True) in self.updates
         try:
-            out = self._finish(s, vote, step)
-        except BaseException:
-            self.cancel_launched()
-            # let the copies in flight into and out of the shared segments land before
-            # anyone (a new ring) reuses or unmaps them
-            self.copies.finish()
-            self.uploads.finish()
-            raise
-        self.launched.popleft()
-        return out
-
-    def _finish(self, s: "_Launched", vote: float, step: int) -> tuple:
-        st, stream, views, t, copies = s.st, s.stream, s.views, s.t, self.copies
-        marks, waited, ups = s.marks, 0.0, s.ups
-        for p, span in enumerate(st.spans):
-            cl.wait_for_events(s.landed[p])
-            if p == 0:
-                marks.append(time.perf_counter())
-            stream.publish(views, p, t)
-            if s.maps:
-                s.maps[p].base.release(copies)
-                s.released = p + 1
-            t0 = time.perf_counter()
-            stream.wait(views, p, t, step)
-            waited += time.perf_counter() - t0
-            if s.gates:
-                s.gates[p].set_status(cl.command_execution_status.COMPLETE)
-            else:
+            for p, span in enumerate(spans):
+                cl.wait_for_events(landed[p])
+                if p == 0:
+                    marks.append(time.perf_counter())
+                stream.publish(views, p, t)
+                if maps:
+                    maps[p].base.release(copies)
+                t0 = time.perf_counter()
+                stream.wait(views, p, t, step)
+                waited += time.perf_counter() - t0
+                if gates:
+                    gates.pop(0).set_status(cl.command_execution_status.COMPLETE)
+                    continue
                 ups.extend(self._uploads(st, views, span))
+                if p == 0 and ahead:
+                    gates = [cl.UserEvent(self.device.context) for _ in spans]    # the last one: go
+                    for k, later in enumerate(spans[1:]):
+                        ups.extend(self._uploads(st, views, later, wait_for=[gates[k]]))
+                    flight = self._enqueue_tail(runner, st, stream.weights(views), outs[0], snapshot,
+                                                [cl.enqueue_marker(self.uploads), gates[-1]])
                 self.uploads.flush()
-        # kept until a later call has seen its own pieces land (past this call's barrier):
-        # pyopencl's upload events wait for their copies when they are dropped
-        st.ups, s.ups = ups, []
-        marks.append(time.perf_counter())
-        mapped_loss, done = s.loss
-        done.wait()
-        loss = mapped_loss.copy()
-        mapped_loss.base.release(copies)
-        s.loss = None
-        tail = len(st.spans)
-        lo = stream.pieces[tail][0]
-        views[stream.links.rank][1][lo:lo + 2] = (loss[0] * np.float32(s.weight), np.float32(vote))
-        stream.publish(views, tail, t)
-        t0 = time.perf_counter()
-        stream.wait(views, tail, t, step)
-        total = np.empty(2, np.float32)
-        localsum._sum_into(total, [d[lo:lo + 2] for _, d in views])     # rank order, as every rank does
-        waited += time.perf_counter() - t0
-        marks.append(time.perf_counter())
-        if not np.isfinite(total[0]):        # the update must not apply: the count says so
-            self._poison()
-        if s.gates:
-            s.gates[-1].set_status(cl.command_execution_status.COMPLETE)
-            s.gates = None
-        else:
-            s.flight = self._enqueue_tail(s.runner, st, stream.weights(views),
-                                          rz.buffer_of(s.runner.step.outs[0].node), s.snapshot,
-                                          [cl.enqueue_marker(self.uploads)])
-        self.device.queue.flush()
+            # kept until the next call has seen its own pieces land (past this call's barrier
+            # below): pyopencl's upload events wait for their copies when they are dropped
+            st.ups = ups
+            marks.append(time.perf_counter())
+            done.wait()
+            loss = mapped_loss.copy()
+            mapped_loss.base.release(copies)
+            tail = len(spans)
+            lo = stream.pieces[tail][0]
+            mine[lo:lo + 2] = (loss[0] * np.float32(weight), np.float32(vote))
+            stream.publish(views, tail, t)
+            t0 = time.perf_counter()
+            stream.wait(views, tail, t, step)
+            total = np.empty(2, np.float32)
+            localsum._sum_into(total, [d[lo:lo + 2] for _, d in views])     # rank order, as every rank does
+            waited += time.perf_counter() - t0
+            marks.append(time.perf_counter())
+            if not np.isfinite(total[0]):        # the update must not apply: the count says so
+                self._poison(copies if gates else q)
+            if gates:
+                gates.pop().set_status(cl.command_execution_status.COMPLETE)
+            else:
+                flight = self._enqueue_tail(runner, st, stream.weights(views), outs[0], snapshot,
+                                            [cl.enqueue_marker(self.uploads)])
+        except BaseException:
+            if gates:     # let the queued tail run, its update skipped, then undo its step count
+                self._poison(copies)
+                for g in gates:
+                    g.set_status(cl.command_execution_status.COMPLETE)
+                q.finish()
+                self.rewind(self.t - 1)
+            raise
+        q.flush()
         marks.append(time.perf_counter())
         self.phases.append(np.diff(marks))
-        return float(loss[0]), float(total[0]), float(total[1]), s.flight, waited
-
-    def cancel_launched(self) -> None:
-        """Drop every launched, unfinished streamed step (a rank left, or the run stops
-        with steps queued ahead): once the updates released before them have run, the
-        running NaN/Inf count is made nonzero, so their queued updates skip; their events
-        are set and the queues run dry; the stream's call count and the optimizer's step
-        count go back to before the first of them (rewind() then clears the count)."""
-        if not self.launched:
-            return
-        first = self.launched[0]
-        gated = [s for s in self.launched if s.gates]
-        if gated:
-            first.before.wait()
-            self._poison()
-            for s in gated:
-                for g in s.gates:
-                    if g.command_execution_status != cl.command_execution_status.COMPLETE:
-                        g.set_status(cl.command_execution_status.COMPLETE)
-                s.gates = None
-        self.device.queue.finish()
-        self.copies.finish()
-        self.uploads.finish()
-        for s in self.launched:      # their mappings released
-            for m in s.maps[s.released:]:
-                m.base.release(self.copies)
-            if s.loss is not None:
-                s.loss[0].base.release(self.copies)
-            if s.flight is not None:
-                s.flight[0].base.release(self.device.queue)
-        first.stream.calls = first.t - 1
-        self.t = self.opt.step_count = first.t_opt
-        self.launched.clear()
-        # the flights of the steps before were read before the poison: clearing it loses
-        # nothing they report
-        self.clear_nonfinite()
-        self.device.queue.finish()
+        return float(loss[0]), float(total[0]), float(total[1]), flight, waited
 
     def _uploads(self, st, views, span, wait_for=None) -> list:
         """Enqueue the other ranks' values of a piece, from their segments into this
@@ -564,11 +512,11 @@ class DeviceTrainer:
         self.apply(runner, streamed=True)
         return flight
 
-    def _poison(self) -> None:
-        """Make the running NaN/Inf count nonzero before a queued update runs, waited for
-        on a queue of its own (the others may be held behind user events)."""
-        cl.enqueue_fill_buffer(self.control, self.foundbuf.mem, np.int32(1), 0, 4)
-        self.control.finish()
+    def _poison(self, queue) -> None:
+        """Make the running NaN/Inf count nonzero before a queued update runs (waited for
+        on `queue`; the step queue may be held behind a user event)."""
+        cl.enqueue_fill_buffer(queue, self.foundbuf.mem, np.int32(1), 0, 4)
+        queue.finish()
 
     def _replay_flushed(self, items) -> None:
         """launch.replay, the queue flushed every FLUSH_EVERY launches: a streamed step
@@ -740,19 +688,5 @@ class _StreamState:
                        if offs[i] < hi and offs[i + 1] > lo] for lo, hi in stream.pieces[:-1]]
         self.sums = {}
         self.ups = []            # the last call's upload events (streamed_step)
-        # the loss of each streamed step comes back through these, by call parity (mapped,
-        # not read)
-        self.loss_bufs = [tr.host_visible(4), tr.host_visible(4)]
-
-
-class _Launched:
-    """A streamed step launched on the device and not finished yet
-    (DeviceTrainer.launch_streamed): what finish_streamed and cancel_launched need.
-    `gates`: the user events of its pieces' uploads and of its tail (None: its tail is
-    enqueued when it finishes); `before`: a marker ahead of it on the step queue;
-    `t_opt`: the optimizer's step count before it; `released`: piece mappings released."""
-
-    def __init__(self, runner, st, stream, t, views, weight, landed, maps, loss, before, t_opt):
-        self.runner, self.st, self.stream, self.t, self.views, self.weight = runner, st, stream, t, views, weight
-        self.landed, self.maps, self.loss, self.before, self.t_opt = landed, maps, loss, before, t_opt
-        self.gates, self.flight, self.snapshot, self.ups, self.released, self.marks = None, None, None, [], 0, []
+        # the loss of each streamed step comes back through this (mapped, not read)
+        self.loss_buf = tr.host_visible(4)

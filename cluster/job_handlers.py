@@ -167,11 +167,8 @@ class JobHandlers:
         report = Progress(self, ident, job.id, self.links.gen, float(msg.fields.get("report_s", 0.5)))
         end, pending = {"why": "done"}, None
         try:
-            if job.dev and len(micro) == 1 and self.throttle <= 1:
-                if self.links.world == 1:
-                    end = self._run_alone(job, plan, until, report, msg["id"])
-                elif (stream := self._stream(job, job.runners[micro[0]])) is not None and stream.on_device:
-                    end = self._run_streamed(job, plan, until, report, msg["id"], stream)
+            if job.dev and self.links.world == 1 and len(micro) == 1 and self.throttle <= 1:
+                end = self._run_alone(job, plan, until, report, msg["id"])
             try:
                 while job.step < until and end["why"] == "done":
                     if self.job is not job:          # cancelled by the budget watchdog
@@ -256,76 +253,6 @@ class JobHandlers:
                                         "not applied, weights stay at this step")
         report.add(at, loss, compute, ar, digest)
 
-    def _run_streamed(self, job, plan, until: int, report, run_id, stream) -> dict:
-        """A run of a ring streaming through shared memory with the host a step ahead of
-        its device: step k+1 is launched whole (DeviceTrainer.launch_streamed: its
-        uploads, sums and gated update queued behind user events) before step k's
-        pieces are exchanged, so the host's enqueues of a step overlap the transfers of
-        the one before.  Every rank's weight comes from the plan.  A step's NaN/Inf count
-        is read a step later (_settle); a step with a digest due after it is not run
-        ahead of (the checksum reads the weights in queue order)."""
-        dev, rank = job.dev, self.links.rank
-        runner = job.runners[plan.micro(rank)[0]]
-        weights = [sh / plan.batch for sh in plan.shares]
-
-        def launch(at):
-            return dev.launch_streamed(runner, job.x, job.y, weights[rank], stream, at, rows=plan.rows_of(at, rank),
-                                       snapshot=at if self._snapshot_due(job, self.links.world, at=at) else None,
-                                       weights=weights)
-
-        def going(at):
-            return at < until and self.job is job and self.halt_run != run_id
-
-        pending, ahead, last = None, None, time.perf_counter()
-        try:
-            while True:
-                if ahead is None:
-                    if not going(job.step):
-                        break
-                    self.compute_since = time.monotonic()
-                    ahead = launch(job.step)
-                cur, at, ahead = ahead, job.step, None
-                digest_due = self.digest_every and (at + 1) % self.digest_every == 0
-                if cur.gates and going(at + 1) and not digest_due:
-                    ahead = launch(at + 1)      # enqueued while this step's gradients travel
-                _, loss, vote, flight, waited = dev.finish_streamed(cur, 1.0 if self.halt_run == run_id else 0.0, at)
-                self.compute_since = time.monotonic() if ahead else None
-                job.step = at + 1
-                now = time.perf_counter()
-                step_s, last = now - last, now
-                self._count_step(len(plan.rows_of(at, rank)), step_s, step_s - waited, waited, 0, 4 * sum(job.sizes))
-                if len(dev.phases) == dev.phases.maxlen:
-                    log.info("streamed steps: %s", dev.phase_report())
-                    dev.phases.clear()
-                new, prev, pending = (at, loss, step_s - waited, waited, None, flight), pending, None
-                if not np.isfinite(loss):       # the sum's update was skipped on the device
-                    self._settle(job, prev, report, behind=new)    # a bad step before it wins
-                    dev.settle(flight)
-                    dev.rewind(at)
-                    job.step = at
-                    raise JobError("nonfinite", f"step {at}: the summed loss is NaN or Inf; not applied, "
-                                                "weights stay at this step")
-                self._settle(job, prev, report, behind=new)
-                if digest_due:
-                    new = new[:4] + (self._digest(job).get("digest"), new[5])
-                pending = new
-                if vote > 0:
-                    break
-        finally:    # a refusal found here wins over a lost peer: the node rewinds to it
-            self.compute_since = None
-            if ahead is not None or dev.launched:
-                dev.cancel_launched()
-            self._settle(job, pending, report)
-        if self.job is not job:              # cancelled by the budget watchdog
-            raise JobError("cancelled", f"job {job.id} cancelled at step {job.step}")
-        return {"why": "done" if job.step >= until else "halted"}
-
-    def _stream(self, job, runner):
-        """This ring generation's shmstream.Stream (decided once per generation, by all
-        ranks together), or None."""
-        return shmstream.stream_for(self.links, job.step, self._overlap_bytes(job), sum(job.sizes) + 2, job.sizes,
-                                    job.dev.gradient_order(runner) if job.dev else None, on_device=job.dev is not None)
-
     def _count_step(self, samples: int, step_s: float, compute: float, ar: float, sent: int, nbytes: int) -> None:
         m, world = self.metrics, self.links.world
         m.steps.inc()
@@ -350,8 +277,11 @@ class JobHandlers:
         world, stream, streamed, flat, flight = self.links.world, None, None, None, None
         runner = job.runners[len(parts[0][0])]
         try:
-            if world > 1:
-                stream = self._stream(job, runner)
+            if world > 1:    # decided once per ring generation, by all ranks together
+                sizes = job.sizes
+                stream = shmstream.stream_for(self.links, job.step, self._overlap_bytes(job), sum(sizes) + 2, sizes,
+                                              job.dev.gradient_order(runner) if job.dev else None,
+                                              on_device=job.dev is not None)
             if job.dev and world == 1 and len(parts) == 1:     # a ring of one: gradients stay on the device
                 idx = parts[0][0]
                 loss = job.dev.local_step(runner, job.x[idx], job.y[idx])
@@ -423,12 +353,10 @@ class JobHandlers:
                          self.links.bytes_sent - sent0, nbytes)
         return loss, compute, ar, halt, flight
 
-    def _snapshot_due(self, job, world: int, alone: bool = False, at: int | None = None) -> bool:
-        """Whether the update of step `at` (default: the job's step) is preceded by a
-        rollback snapshot on the device: every --snapshot-every steps, in rings of two or
-        more (or `alone`)."""
-        at = job.step if at is None else at
-        return bool(self.snapshot_every) and (world > 1 or alone) and at % self.snapshot_every == 0
+    def _snapshot_due(self, job, world: int, alone: bool = False) -> bool:
+        """Whether this step's update is preceded by a rollback snapshot on the device:
+        every --snapshot-every steps, in rings of two or more (or `alone`)."""
+        return bool(self.snapshot_every) and (world > 1 or alone) and job.step % self.snapshot_every == 0
 
     def _overlap_bytes(self, job) -> int:
         """The streamed all-reduce's largest piece: --overlap-mb, or by device kind (auto):

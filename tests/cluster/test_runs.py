@@ -329,34 +329,6 @@ def test_a_bad_step_found_while_the_next_is_enqueued_is_refused(procs, nodes):
         assert all("summed on the devices" in d["proc"].log() for d in started)
 
 
-def test_streaming_nodes_halted_with_a_step_queued_ahead_train_on_as_one_process(procs):
-    """Streaming nodes queue step k+1 on their devices before they exchange step k.  A
-    join halts them (the vote in step k's exchange): each drops the step it queued
-    ahead (its update skipped on the device, its ticket given back to the stream), the
-    newcomer is admitted, and the run goes on with three nodes and other shares; the
-    losses equal the single-process engine's, step for step."""
-    pytest.importorskip("engine")
-    from engine.nn import functional as F
-    from test_device_training import digits, local_fit
-    xtr, ytr, _, _ = digits.load_digits()
-    init = {k: v.numpy().copy() for k, v in digits.build_model("mlp").state_dict().items()}
-    spec, B, steps = {"name": "adam", "lr": 2e-3}, 96, 12
-    _, losses, _ = local_fit(init, spec, xtr, ytr, batch=B, steps=steps)
-    nodes = start_nodes(procs, 3, extra_args=("--overlap-mb", "0.01", "--digest-every", "0"))
-    model = digits.build_model("mlp")
-    model.load_state_dict(init)
-    cl = Cluster([d["control"] for d in nodes[:2]], SECRET, heartbeat_s=0.5, missed=20, report_s=0, batch_multiple=32,
-                 rebalance_tolerance=1.0)
-    res = cl.fit(model, F.cross_entropy, spec, (xtr, ytr), global_batch=B, max_steps=steps,
-                 on_step=lambda rec: rec["step"] == 3 and cl.add(nodes[2]["control"]))
-    worlds = [h["world"] for h in res.history]
-    assert res.step == steps and [h["step"] for h in res.history] == list(range(1, steps + 1))
-    joined = worlds.index(3)
-    assert joined >= 3 and worlds == [2] * joined + [3] * (steps - joined), worlds
-    assert all("summed on the devices" in d["proc"].log() for d in nodes)
-    np.testing.assert_allclose([h["loss"] for h in res.history], losses, rtol=2e-5, atol=2e-6)
-
-
 def test_each_gradient_is_downloaded_after_the_last_launch_that_writes_it():
     """A streamed step downloads a piece once the launch that finishes its gradients has
     run: final_launches names, per gradient output, a launch that writes it and after
