@@ -130,6 +130,7 @@ class DeviceTrainer:
         self.found.realize()
         self.opt.found_inf = self.found
         self.foundbuf = rz.buffer_of(self.found._storage.node)   # nobody commits to it: a fixed handle
+        self.narrow_kernels = {}     # ring size -> (pack, sum) of a bfloat16 stream
 
     @property
     def is_gpu(self) -> bool:
@@ -397,19 +398,29 @@ class DeviceTrainer:
         # piece until backward got there, the launches after it waiting to be enqueued.
         pin = st.pins[(t % 2) * stream.links.world + r] if st.pins else None
         mark, at, landed, maps = cl.enqueue_marker(q), 0, [], []
+        # a bfloat16 stream sends 2 bytes a value: each piece packed on the step queue into
+        # st.own16 (kernels/bf16_pack.cl.mako), which is what goes down
+        size, kind = (2, np.uint16) if st.narrow else (4, np.float32)
+        mine_k = mine.view(kind)
         for span, (lo, hi) in zip(spans, stream.pieces):
             upto = max(final[i] for i, _, _ in span) + 1
             if upto > at:
                 self._replay_flushed(items[at:upto])
-                at, mark = upto, cl.enqueue_marker(q)
-            if pin is None:
-                landed.append([cl.enqueue_copy(copies, mine[a:b], outs[1 + i].mem, src_offset=4 * (a - offs[i]),
-                                               wait_for=[mark], is_blocking=False) for i, a, b in span])
-            else:
+            if st.narrow:
                 for i, a, b in span:
-                    cl.enqueue_copy(copies, pin, outs[1 + i].mem, byte_count=4 * (b - a), src_offset=4 * (a - offs[i]),
-                                    dst_offset=4 * a, wait_for=[mark])
-                got, ev = cl.enqueue_map_buffer(copies, pin, cl.map_flags.READ, 4 * lo, (hi - lo,), np.float32,
+                    self._launch_1d(st.kernels[0], b - a,
+                                    [outs[1 + i].mem, np.uint32(a - offs[i]), np.uint32(b - a), st.own16.mem, np.uint32(a)])
+            if upto > at or st.narrow:
+                at, mark = max(at, upto), cl.enqueue_marker(q)
+            srcs = [(st.own16.mem, a) if st.narrow else (outs[1 + i].mem, a - offs[i]) for i, a, _ in span]
+            if pin is None:
+                landed.append([cl.enqueue_copy(copies, mine_k[a:b], src, src_offset=size * off, wait_for=[mark],
+                                               is_blocking=False) for (src, off), (_, a, b) in zip(srcs, span)])
+            else:
+                for (src, off), (_, a, b) in zip(srcs, span):
+                    cl.enqueue_copy(copies, pin, src, byte_count=size * (b - a), src_offset=size * off,
+                                    dst_offset=size * a, wait_for=[mark])
+                got, ev = cl.enqueue_map_buffer(copies, pin, cl.map_flags.READ, size * lo, (hi - lo,), kind,
                                                 is_blocking=False)
                 landed.append([ev])
                 maps.append(got)
@@ -487,10 +498,35 @@ class DeviceTrainer:
 
     def _uploads(self, st, views, span, wait_for=None) -> list:
         """Enqueue the other ranks' values of a piece, from their segments into this
-        device's copies of their gradients; their events (kept: see st.ups)."""
+        device's copies of their gradients (bfloat16: their packed copies); their events
+        (kept: see st.ups)."""
+        if st.narrow:
+            return [cl.enqueue_copy(self.uploads, st.peer16[j].mem, views[j][1].view(np.uint16)[a:b], dst_offset=2 * a,
+                                    is_blocking=False, wait_for=wait_for)
+                    for j in st.peer16 for _, a, b in span]
         return [cl.enqueue_copy(self.uploads, st.peer_bufs[j][i].mem, views[j][1][a:b], dst_offset=4 * (a - self.offsets[i]),
                                 is_blocking=False, wait_for=wait_for)
                 for j in st.peer_bufs for i, a, b in span]
+
+    def _launch_1d(self, kern, n: int, args) -> None:
+        """One work-item per value (the kernel checks the bound)."""
+        self.device.launch(kern, (-(-n // 256) * 256,), None, args)
+
+    def _narrow_sums(self, runner, st, weights: list) -> list:
+        """The bfloat16 stream's sums (kernels/bf16_sum.cl.mako), one launch per
+        parameter, into float32 tensors the update then reads (recorded as st.sums)."""
+        if id(runner) not in st.sums:
+            sums = [tensor(np.zeros(sh, np.float32), device=self.device) for sh in self.shapes]
+            for t in sums:
+                t.realize()
+            st.sums[id(runner)] = (None, None, [rz.buffer_of(t.node) for t in sums], sums, runner)
+        bufs, r = st.sums[id(runner)][2], st.stream.links.rank
+        xs = [st.own16 if j == r else st.peer16[j] for j in range(st.stream.links.world)]
+        for i, (buf, n) in enumerate(zip(bufs, self.sizes)):
+            if n:
+                args = [a for x, w in zip(xs, weights) for a in (x.mem, np.float32(w))]
+                self._launch_1d(st.kernels[1], n, [*args, np.uint32(self.offsets[i]), np.uint32(n), buf.mem])
+        return bufs
 
     def _enqueue_tail(self, runner, st, weights: list, loss, snapshot, wait_for) -> tuple:
         """A streamed step's end on the step queue, behind `wait_for` (the last uploads):
@@ -500,11 +536,14 @@ class DeviceTrainer:
         gated on the count.  No rank rewrites a segment this call read before every rank
         has published a piece of the next call, which it copies only after its queue has
         passed this barrier."""
-        ws, items, sums = self._summing(runner, st)
-        for var, w in zip(ws, weights):
-            var.value = w
         cl.enqueue_barrier(self.device.queue, wait_for=wait_for)
-        launch.replay(items, self.device)
+        if st.narrow:
+            sums = self._narrow_sums(runner, st, weights)
+        else:
+            ws, items, sums = self._summing(runner, st)
+            for var, w in zip(ws, weights):
+                var.value = w
+            launch.replay(items, self.device)
         self._count(sums)
         flight = self._read_count(loss)
         if snapshot is not None:
@@ -629,6 +668,11 @@ class DeviceTrainer:
     def weights(self) -> list[np.ndarray]:
         return [self.device.download(b, s, "float32") for b, s in zip(self.wbufs, self.shapes)]
 
+    def build_kernel(self, template: str, **params):
+        """A kernels/<template>.cl.mako of this module's own, built for this device."""
+        params = {"name": f"mao_{template}" + "".join(f"_{v}" for v in params.values()), **params}
+        return self.device.build(KernelSpec(params["name"], template, params, kernels.render(template, **params)))
+
     def _partials_kernel(self, template: str, dtype, slots: int = 1, **params) -> tuple:
         """(kernel, its partial results on the device, their host array, work-groups) of a
         kernels/<template>.cl.mako whose work-groups each write one partial result (`slots`
@@ -678,8 +722,17 @@ class _StreamState:
         except cl.Error as e:     # e.g. a locked-memory limit: the same copies, unpinned (slower)
             log.warning("shared-memory segments not pinned for DMA (%s); streaming through pageable copies", e)
             self.pins = []
-        self.peers = {j: [tensor(np.zeros(s, np.float32), device=tr.device) for s in tr.shapes]
-                      for j in range(stream.links.world) if j != stream.links.rank}
+        others = [j for j in range(stream.links.world) if j != stream.links.rank]
+        self.narrow = bool(getattr(stream, "narrow", False))
+        if self.narrow:    # bfloat16 values: this rank's packed gradients, the others' uploaded
+            n = sum(tr.sizes)
+            self.own16, self.peer16 = tr.device.alloc(2 * n), {j: tr.device.alloc(2 * n) for j in others}
+            world = stream.links.world
+            if world not in tr.narrow_kernels:
+                tr.narrow_kernels[world] = (tr.build_kernel("bf16_pack"), tr.build_kernel("bf16_sum", ranks=world))
+            self.kernels = tr.narrow_kernels[world]
+        self.peers = {} if self.narrow else \
+            {j: [tensor(np.zeros(s, np.float32), device=tr.device) for s in tr.shapes] for j in others}
         for t in (t for ts in self.peers.values() for t in ts):
             t.realize()
         self.peer_bufs = {j: [rz.buffer_of(t.node) for t in ts] for j, ts in self.peers.items()}

@@ -281,7 +281,7 @@ class JobHandlers:
                 sizes = job.sizes
                 stream = shmstream.stream_for(self.links, job.step, self._overlap_bytes(job), sum(sizes) + 2, sizes,
                                               job.dev.gradient_order(runner) if job.dev else None,
-                                              on_device=job.dev is not None)
+                                              on_device=job.dev is not None, narrow=job.transport == "bfloat16")
             if job.dev and world == 1 and len(parts) == 1:     # a ring of one: gradients stay on the device
                 idx = parts[0][0]
                 loss = job.dev.local_step(runner, job.x[idx], job.y[idx])
@@ -361,9 +361,10 @@ class JobHandlers:
     def _overlap_bytes(self, job) -> int:
         """The streamed all-reduce's largest piece: --overlap-mb, or by device kind (auto):
         on two H200s it made a step 2.2-2.7x faster (bench/NOTES.md); on CPU nodes it is
-        not measured yet, and their copies would compete with PoCL's threads.  A job that
-        asked for a narrow transport keeps it (the stream sums float32)."""
-        if job.transport != "float32":
+        not measured yet, and their copies would compete with PoCL's threads.  A bfloat16
+        job streams only between devices (stream_for's `narrow`); a float16 job keeps its
+        ring."""
+        if job.transport not in ("float32", "bfloat16") or (job.transport == "bfloat16" and job.dev is None):
             return 0
         if self.overlap_bytes >= 0:
             return self.overlap_bytes

@@ -102,8 +102,10 @@ class Stream:
     `pieces`.  Made by `stream_for` on every rank at the same step.  `on_device`: every
     rank sums on its device (DeviceTrainer.streamed_step) rather than on the host."""
 
-    def __init__(self, links, pieces: list[tuple[int, int]], length: int, on_device: bool = False):
+    def __init__(self, links, pieces: list[tuple[int, int]], length: int, on_device: bool = False,
+                 narrow: bool = False):
         self.links, self.pieces, self.length, self.on_device = links, list(pieces), int(length), on_device
+        self.narrow = narrow     # the devices send bfloat16 values (2 bytes, packed from the start)
         self.calls, self.views = 0, [None, None]
         # a ticket per piece, then this rank's weight of the call
         self.hwords = -(-8 * (len(self.pieces) + 1) // HEADER_ALIGN) * HEADER_ALIGN // 8
@@ -190,13 +192,15 @@ class Stream:
 
 
 def stream_for(links, step: int, cap_bytes: int, length: int, sizes: list[int],
-               order: list[int] | None = None, on_device: bool = False) -> Stream | None:
+               order: list[int] | None = None, on_device: bool = False, narrow: bool = False) -> Stream | None:
     """This generation's Stream for a packed buffer of `length` floats (parameters of
     `sizes`, then a tail), or None: every rank of the ring calls it at the same step.
     Decided once per generation, by all ranks together: a stream when every rank asks
     for one (`cap_bytes` > 0) and sums through shared memory (localsum.local_ring); the
     pieces are cut at the smallest rank's cap, in rank 0's `order` of the parameters
-    (default: last first); the sum runs on the devices when every rank can (`on_device`)."""
+    (default: last first); the sum runs on the devices when every rank can (`on_device`).
+    `narrow`: the job's transport is bfloat16, which only devices stream (each packs its
+    gradients to 2 bytes a value before they go down); otherwise no stream."""
     have = links.stream                   # dropped by links.connect: a new ring decides again
     if have is not None and (have[0], have[1]) == (links.gen, length):
         return have[2]
@@ -204,10 +208,13 @@ def stream_for(links, step: int, cap_bytes: int, length: int, sizes: list[int],
     links.stream = (links.gen, length, None)
     if links.world < 2 or not localsum.local_ring(links, step):
         return None
-    got = localsum.exchange(links, step, "stream-cap", max(0, int(cap_bytes)), int(on_device))
-    caps = [c for c, _ in got]
-    if min(caps) <= 0:
+    # each rank's cap, and whether it sums on its device (bit 0) and asks for bfloat16 (bit 1)
+    got = localsum.exchange(links, step, "stream-cap", max(0, int(cap_bytes)), int(on_device) | int(narrow) << 1)
+    caps, devices, narrows = [c for c, _ in got], [k & 1 for _, k in got], [k >> 1 & 1 for _, k in got]
+    if min(caps) <= 0 or (narrow and not all(devices)):   # bfloat16 pieces: devices only
         return None
+    if len(set(narrows)) != 1:
+        raise PlanMismatch(f"{links.name}: ranks disagree on bfloat16 pieces ({narrows})")
     default = list(reversed(range(len(sizes))))
     order = _order_of_rank0(links, step, default if order is None or sorted(order) != sorted(default) else order)
     pieces = plan(sizes, min(caps) // 4, order)
@@ -216,11 +223,12 @@ def stream_for(links, step: int, cap_bytes: int, length: int, sizes: list[int],
         pieces.append((tail, length))     # the loss and the halt vote: after every gradient
     # every rank cut the same pieces (checked), else none of them streams
     agree(links, step, [length, *(x for pc in pieces for x in pc)], algo="stream")
-    s = Stream(links, pieces, length, on_device=all(k for _, k in got))
+    s = Stream(links, pieces, length, on_device=all(devices), narrow=narrow)
     if s.setup(step):
         links.stream = (links.gen, length, s)
         log.info("ring gen %d: all-reduce streamed through shared memory, %d pieces of at most %d floats, "
-                 "summed on the %s", links.gen, len(pieces), min(caps) // 4, "devices" if s.on_device else "host")
+                 "summed on the %s%s", links.gen, len(pieces), min(caps) // 4, "devices" if s.on_device else "host",
+                 " (bfloat16 values)" if narrow else "")
         return s
     return None
 

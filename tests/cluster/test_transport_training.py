@@ -46,19 +46,30 @@ def test_bf16_transport_trains_and_float32_is_bit_equal_to_the_default(procs):
     assert any(not np.array_equal(bf16.params[k], base.params[k]) for k in base.params)
 
 
-def test_bf16_transport_is_kept_where_the_nodes_could_stream(procs):
-    """Nodes asked to stream their all-reduce through shared memory (which sums float32)
-    keep the job's bfloat16 transport on the ring instead: it trains, not streamed."""
+def test_bf16_transport_streams_between_devices_and_fp16_keeps_the_ring(procs):
+    """Nodes that stream their all-reduce through shared memory send a bfloat16 job's
+    gradients as bfloat16 values (packed on the device, summed there in float32 in rank
+    order): every rank holds the same weights after every step (--digest-every 1), and
+    training follows float32 training as closely as the ring's bfloat16 does.  A float16
+    job is not streamed: it keeps its ring."""
     pytest.importorskip("engine")
     from test_device_training import digits
     init = {k: v.numpy().copy() for k, v in digits.build_model("mlp").state_dict().items()}
     nodes = start_nodes(procs, 2, extra_args=("--overlap-mb", "0.01", "--digest-every", "1"))
-    model = digits.build_model("mlp")
-    model.load_state_dict(init)
-    res = fit(nodes, model, "bfloat16", steps=12)
-    losses = [h["loss"] for h in res.history]
-    assert res.step == 12 and np.mean(losses[-3:]) < np.mean(losses[:3]), losses
-    assert not any("streamed through shared memory" in d["proc"].log() for d in nodes)
+    runs = {}
+    for name in ("float32", "bfloat16", "float16"):
+        model = digits.build_model("mlp")
+        model.load_state_dict(init)
+        runs[name] = fit(nodes, model, name, steps=12)
+        assert runs[name].step == 12 and all(h["world"] == 2 for h in runs[name].history)
+    logs = [d["proc"].log() for d in nodes]
+    assert all(log.count("summed on the devices (bfloat16 values)") == 1 for log in logs), logs
+    assert all(log.count("streamed through shared memory") == 2 for log in logs)   # not for float16
+    f32, bf16 = ([h["loss"] for h in runs[k].history] for k in ("float32", "bfloat16"))
+    assert np.mean(bf16[-3:]) < np.mean(bf16[:3]), bf16
+    assert bf16[0] == f32[0]                   # the loss travels in float32
+    np.testing.assert_allclose(bf16, f32, rtol=0.05)
+    assert any(not np.array_equal(runs["bfloat16"].params[k], runs["float32"].params[k]) for k in init)
 
 
 def test_an_unknown_transport_is_refused_by_driver_and_node(procs):
