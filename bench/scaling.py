@@ -3,6 +3,7 @@ is present), on the same models, devices and worker counts, as one table.
 
     ./dev bench scaling [--workers 1 2 4] [--steps 30] [--warmup 5] [--quick] [--pin] [--notes bench/NOTES.md]
     ENGINE_DEVICE=nvidia python3 -m bench.scaling --workers 1 2      # one node / DDP rank per GPU
+    BENCH_NODE_PHASES=1 ...   also print each node's streamed-step phases (host ms, medians of 50 steps)
 
 Workloads (issue 14): MLP 784-1024-1024-10, global batch 512, and MLP 784-4096-4096-10,
 global batch 1024, Adam, random MNIST-shaped data; the global batch is split evenly over the
