@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
 
 import numpy as np
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 
 # launches a streamed step enqueues between flushes of its queue (_replay_flushed)
 FLUSH_EVERY = 6
+# what a timed streamed step reports (ENGINE_NODE_TIMELINE=1: phase_report)
+TIMELINE = ("first piece computed", "down", "up", "last piece computed", "down", "up", "sums counted", "updated")
 # streamed steps whose phases phase_report averages
 PHASE_STEPS = 50
 STREAM_PHASES = ("enqueue", "first piece down", "pieces exchanged", "loss exchanged", "sum enqueued")
@@ -117,10 +120,16 @@ class DeviceTrainer:
         self.ready = {}          # id(runner) -> (final_launches, runner kept alive)
         # downloads and uploads of a streamed step, beside the kernels of the step queue and
         # beside each other (a GPU's copy engines move both directions at once)
-        self.copies = cl.CommandQueue(device.context, device.cl_device)
-        self.uploads = cl.CommandQueue(device.context, device.cl_device)
+        # ENGINE_NODE_TIMELINE=1: streamed steps also time their events on the device
+        # (profiling on the copy queues too; the step queue always profiles), see _timeline
+        self.timed = os.environ.get("ENGINE_NODE_TIMELINE", "") not in ("", "0")
+        props = cl.command_queue_properties.PROFILING_ENABLE if self.timed else 0
+        self.copies = cl.CommandQueue(device.context, device.cl_device, properties=props)
+        self.uploads = cl.CommandQueue(device.context, device.cl_device, properties=props)
         self.streaming = None    # _StreamState of the stream streamed_step last ran with
         self.phases = collections.deque(maxlen=PHASE_STEPS)   # streamed_step's phases (phase_report)
+        self.timeline = collections.deque(maxlen=PHASE_STEPS)  # device times of streamed steps (timed)
+        self.last_events = None  # the last streamed step's events, read at the next one
         self.summer = self._partials_kernel("checksum", np.uint64, slots=len(self.wbufs))
         self.finder = self._partials_kernel("nonfinite", np.uint32, count=len(self.sizes) + 1)   # + the loss
         # NaN/Inf values counted since the host last cleared it: every captured update is
@@ -384,6 +393,7 @@ class DeviceTrainer:
     def _streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int, rows, snapshot) -> tuple:
         q, copies, r = self.device.queue, self.copies, stream.links.rank
         marks = [time.perf_counter()]
+        begun = cl.enqueue_marker(q) if self.timed else None
         self._upload_batch(runner, x, y, rows)
         if runner.step.items is None:      # first run: capture the launch list, then replay it as below
             runner.step()
@@ -397,7 +407,7 @@ class DeviceTrainer:
         # back through read_behind: a read into host memory would hold the host at each
         # piece until backward got there, the launches after it waiting to be enqueued.
         pin = st.pins[(t % 2) * stream.links.world + r] if st.pins else None
-        mark, at, landed, maps = cl.enqueue_marker(q), 0, [], []
+        mark, at, landed, maps, computed = cl.enqueue_marker(q), 0, [], [], []
         # a bfloat16 stream sends 2 bytes a value: each piece packed on the step queue into
         # st.own16 (kernels/bf16_pack.cl.mako), which is what goes down
         size, kind = (2, np.uint16) if st.narrow else (4, np.float32)
@@ -412,6 +422,7 @@ class DeviceTrainer:
                                     [outs[1 + i].mem, np.uint32(a - offs[i]), np.uint32(b - a), st.own16.mem, np.uint32(a)])
             if upto > at or st.narrow:
                 at, mark = max(at, upto), cl.enqueue_marker(q)
+            computed.append(mark)
             srcs = [(st.own16.mem, a) if st.narrow else (outs[1 + i].mem, a - offs[i]) for i, a, _ in span]
             if pin is None:
                 landed.append([cl.enqueue_copy(copies, mine_k[a:b], src, src_offset=size * off, wait_for=[mark],
@@ -442,6 +453,9 @@ class DeviceTrainer:
                 cl.wait_for_events(landed[p])
                 if p == 0:
                     marks.append(time.perf_counter())
+                    if self.last_events:   # the step before has run to its end by now
+                        self.timeline.append(self._timeline(*self.last_events))
+                        self.last_events = None
                 stream.publish(views, p, t)
                 if maps:
                     maps[p].base.release(copies)
@@ -491,6 +505,10 @@ class DeviceTrainer:
                 q.finish()
                 self.rewind(self.t - 1)
             raise
+        if self.timed:     # the uploads were enqueued piece by piece, in piece order
+            first_up = ups[len(st.peer16 if st.narrow else st.peer_bufs) * len(spans[0]) - 1] if ups else None
+            self.last_events = (begun, computed, [ev[-1] for ev in landed], first_up, ups[-1] if ups else None,
+                                flight[1], cl.enqueue_marker(q))
         q.flush()
         marks.append(time.perf_counter())
         self.phases.append(np.diff(marks))
@@ -567,9 +585,28 @@ class DeviceTrainer:
             self.device.queue.flush()
 
     def phase_report(self) -> str:
-        """Where the last streamed steps' host time went (ms, medians): for the node's log."""
+        """Where the last streamed steps' host time went (ms, medians): for the node's log;
+        with ENGINE_NODE_TIMELINE=1, when their events ended on the device too."""
         med = np.median(self.phases, axis=0) * 1e3
-        return ", ".join(f"{name} {v:.2f}" for name, v in zip(STREAM_PHASES, med)) + f" ms (median of {len(self.phases)})"
+        text = ", ".join(f"{name} {v:.2f}" for name, v in zip(STREAM_PHASES, med)) + f" ms (median of {len(self.phases)})"
+        if self.timeline:
+            dev = np.nanmedian(np.array(self.timeline, dtype=np.float64), axis=0)
+            text += "; on the device, ms from the step's start: " + ", ".join(
+                f"{name} {v:.2f}" for name, v in zip(TIMELINE, dev))
+            self.timeline.clear()
+        return text
+
+    @staticmethod
+    def _timeline(begun, computed, down, first_up, last_up, summed, updated) -> list[float]:
+        """TIMELINE's device times (ms after `begun`) of one streamed step's events; NaN
+        where the driver keeps no profile of an event."""
+        def at(ev):
+            try:
+                return (ev.profile.end - begun.profile.end) * 1e-6
+            except Exception:     # no event, or no profiling info for its kind of command
+                return float("nan")
+        return [at(computed[0]), at(down[0]), at(first_up), at(computed[-1]), at(down[-1]), at(last_up), at(summed),
+                at(updated)]
 
     def _stream_state(self, stream) -> "_StreamState":
         """What streamed_step keeps per stream (made at its first step with it): see

@@ -329,6 +329,29 @@ def test_a_bad_step_found_while_the_next_is_enqueued_is_refused(procs, nodes):
         assert all("summed on the devices" in d["proc"].log() for d in started)
 
 
+def test_streaming_nodes_log_where_their_steps_went_on_the_device(procs):
+    """ENGINE_NODE_TIMELINE=1: every 50 streamed steps a node logs, beside its host phases,
+    when the step's events ended on the device (ms from the step's start): the first and
+    last pieces computed, copied down and their peers' values up, the sums counted, the
+    update.  Each comes after what it waits for."""
+    pytest.importorskip("engine")
+    import re
+    from engine.nn import functional as F
+    from test_device_training import digits
+    xtr, ytr, _, _ = digits.load_digits()
+    nodes = start_nodes(procs, 2, extra_args=("--overlap-mb", "0.01", "--digest-every", "0"), ENGINE_NODE_TIMELINE="1")
+    Cluster([d["control"] for d in nodes], SECRET, heartbeat_s=0.5, missed=20, batch_multiple=32,
+            rebalance_tolerance=1.0).fit(digits.build_model("mlp"), F.cross_entropy, {"name": "sgd", "lr": 0.05},
+                                         (xtr, ytr), global_batch=64, epochs=10, max_steps=52)
+    for d in nodes:
+        line = next(ln for ln in d["proc"].log().splitlines() if "on the device, ms from the step's start" in ln)
+        v = [float(x) for x in re.findall(r" (-?[\d.]+|nan)(?:,|$)", line.split("on the device")[1])]
+        assert len(v) == 8 and all(np.isfinite(v)), line
+        first_c, first_d, first_u, last_c, last_d, last_u, summed, updated = v
+        assert 0 <= first_c <= first_d and first_c <= last_c <= last_d, line
+        assert max(first_u, last_u) <= summed <= updated, line
+
+
 def test_each_gradient_is_downloaded_after_the_last_launch_that_writes_it():
     """A streamed step downloads a piece once the launch that finishes its gradients has
     run: final_launches names, per gradient output, a launch that writes it and after
