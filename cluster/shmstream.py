@@ -160,30 +160,40 @@ class Stream:
             self.wait(views, p, t, step)
             localsum._sum_into(flat[lo:hi], [d[lo:hi] for _, d in views])
 
+    def ready(self, views, p: int, t: int) -> bool:
+        """Whether every rank has published piece p of call t."""
+        return all(h[p] >= t for h, _ in views)
+
     def wait(self, views, p: int, t: int, step: int) -> None:
         """Until every rank published piece p of call t."""
-        late = [j for j, (h, _) in enumerate(views) if h[p] < t]
-        if not late:
+        self.until(lambda: self.ready(views, p, t), f"piece {p} of step {step} through shared memory",
+                   lambda: next((j for j, (h, _) in enumerate(views) if h[p] < t), None))
+
+    def until(self, done, what: str, late=None, longest: float = 1e-3) -> None:
+        """Until done() is true, polled: 50 spins, then sleeps that double up to `longest`
+        seconds (a peer this late is computing: stop taking its CPU).  A cancel or the left
+        neighbour's goodbye ends the wait at once (RingLinks.check); after the ring's
+        timeout it raises PeerLost, naming the rank late() says is late."""
+        if done():
             return
         links = self.links
         deadline = time.monotonic() + links.timeout_s
         spins, pause, look = 0, 0.0, 0.0
-        what = f"piece {p} of step {step} through shared memory"
         while True:
-            late = [j for j in late if views[j][0][p] < t]
-            if not late:
+            if done():
                 return
             now = time.monotonic()
-            if now >= look:                  # a cancel or a goodbye ends the wait at once
+            if now >= look:
                 links.check(what)
                 look = now + 0.01
             if now > deadline:
-                j = late[0]
-                raise PeerLost(f"{links.name}: rank {j} ({links.peers[j]}) did not write {what} "
-                               f"for {links.timeout_s:.1f}s (rank {links.rank}/{links.world}, gen {links.gen})")
+                j = late() if late else None
+                who = f"rank {j} ({links.peers[j]}) did not write" if j is not None else "no progress on"
+                raise PeerLost(f"{links.name}: {who} {what} for {links.timeout_s:.1f}s "
+                               f"(rank {links.rank}/{links.world}, gen {links.gen})")
             spins += 1
-            if spins > 50:                   # a peer this late is computing: stop taking its CPU
-                pause = min(1e-3, max(2e-5, 2 * pause))
+            if spins > 50:
+                pause = min(longest, max(2e-5, 2 * pause))
             time.sleep(pause)
 
     def close(self) -> None:
