@@ -19,7 +19,9 @@ the piece from all segments.  Two ways to fill and read:
 
   * on the devices (every rank a DeviceTrainer, `Stream.on_device`): the device downloads
     straight into the segment and uploads the other ranks' pieces from theirs (DMA; see
-    DeviceTrainer.streamed_step), then sums w_0 g_0 + w_1 g_1 + ... in rank order;
+    DeviceTrainer.streamed_step), then sums w_0 g_0 + w_1 g_1 + ... in rank order.  The
+    host publishes its pieces as they land and takes each piece once every rank's ticket
+    of it is in (`ready`), each side as far as it can go, not piece by piece in lockstep;
   * on the host (`Stream.allreduce`): copy in, then add all segments in rank order into
     the caller's buffer (the same float32 additions on every rank: the same bits).
 
