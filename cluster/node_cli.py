@@ -142,7 +142,8 @@ def main(argv=None) -> int:
     ap.add_argument("--overlap-mb", type=overlap_mb, default=env("ENGINE_NODE_OVERLAP_MB", "auto"),
                     help="engine programs in rings whose nodes share a host: all-reduce the gradients through shared "
                          "memory in pieces of at most this many MB while backward still runs (0: after backward, "
-                         "through localsum or the ring; auto: 16 on GPUs, 0 on CPUs) [ENGINE_NODE_OVERLAP_MB]")
+                         "through localsum or the ring; auto: 16 on GPUs, 0 on CPUs) [ENGINE_NODE_OVERLAP_MB]; "
+                         "ENGINE_NODE_TIMELINE=1 adds the device times of those steps to the log every 50 steps")
     a = ap.parse_args(argv)
     logging.basicConfig(filename=a.log, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cpus = None
