@@ -374,10 +374,11 @@ class DeviceTrainer:
         of their gradients (on a third queue, beside the downloads).  The sum (each rank's
         weight times its gradients, in rank order: the same expression, so the same bits,
         on every rank) is one captured kernel per parameter; its NaN/Inf values are added
-        to the running count `found` that gates the update, all behind the last uploads on
-        the device, so the host is free to enqueue the update and the next step while the
-        device finishes this one.  The loss and the halt vote (the last piece) are summed
-        on the host.  With `rows`, the batch is those rows of x and y (gathered into
+        to the running count `found`, then the snapshot (if `snapshot` is a step) and the
+        update gated on that count are enqueued, all behind the last uploads on the device
+        (_enqueue_tail), so the host is free to go on to the next step while the device
+        finishes this one.  The loss and the halt vote (the last piece) are summed on the
+        host.  With `rows`, the batch is those rows of x and y (gathered into
         page-locked memory, as launch_alone does).  Returns (local loss, summed weighted
         loss, summed vote, a flight for settle(): NaN when the sum was not finite, seconds
         the host waited for other ranks)."""
@@ -447,7 +448,7 @@ class DeviceTrainer:
         # now, each later piece's uploads behind a user event (set as the piece comes in)
         # and the sums behind the uploads and one more event (`go`), set once the summed
         # loss is known: the device goes on from the last upload without the host.
-        ahead = id(runner) in st.sums and (id(runner), True) in self.updates
+        tail_early = id(runner) in st.sums and (id(runner), True) in self.updates
         try:
             # Own pieces are published as they land and the others' taken as they are all
             # in, each side as far as it can go: waiting for the others' piece p before
@@ -475,7 +476,7 @@ class DeviceTrainer:
                         gates.pop(0).set_status(cl.command_execution_status.COMPLETE)
                     else:
                         ups.extend(self._uploads(st, views, spans[inn]))
-                        if inn == 0 and ahead:
+                        if inn == 0 and tail_early:
                             gates = [cl.UserEvent(self.device.context) for _ in spans]    # the last one: go
                             for k, later in enumerate(spans[1:]):
                                 ups.extend(self._uploads(st, views, later, wait_for=[gates[k]]))

@@ -220,12 +220,7 @@ class JobHandlers:
                 loss = dev.settle(inflight)
                 self.compute_since = None
                 if not np.isfinite(loss):
-                    if ahead:                # its update skipped too; its read-back released
-                        dev.settle(ahead[2])
-                    dev.rewind(at)
-                    job.step = at
-                    raise JobError("nonfinite", f"step {at}: the loss or a gradient value is NaN or Inf; "
-                                                "not applied, weights stay at this step")
+                    self._refuse(job, at, ahead[2] if ahead else None, "the loss or a gradient value is NaN or Inf")
                 now = time.perf_counter()
                 report.add(at, loss, now - last, 0.0, None)
                 self._count_step(n, now - last, now - last, 0.0, 0, 0)
@@ -245,13 +240,19 @@ class JobHandlers:
             return
         at, loss, compute, ar, digest, flight = held
         if flight is not None and np.isnan(job.dev.settle(flight)):
-            if behind is not None and behind[-1] is not None:
-                job.dev.settle(behind[-1])      # its read-back released
-            job.dev.rewind(at)
-            job.step = at
-            raise JobError("nonfinite", f"step {at}: the gradient sum holds NaN or Inf values; "
-                                        "not applied, weights stay at this step")
+            self._refuse(job, at, behind[-1] if behind else None, "the gradient sum holds NaN or Inf values")
         report.add(at, loss, compute, ar, digest)
+
+    @staticmethod
+    def _refuse(job, at: int, behind, why: str) -> None:
+        """Refuse step `at`, found a step late: the flight of the step launched behind it
+        (`behind`, if any; its update was skipped on the device too) is settled so its
+        read-back is released, the device goes back to step `at`, and the node with it."""
+        if behind is not None:
+            job.dev.settle(behind)
+        job.dev.rewind(at)
+        job.step = at
+        raise JobError("nonfinite", f"step {at}: {why}; not applied, weights stay at this step")
 
     def _count_step(self, samples: int, step_s: float, compute: float, ar: float, sent: int, nbytes: int) -> None:
         m, world = self.metrics, self.links.world
@@ -266,10 +267,11 @@ class JobHandlers:
         """One step: forward + backward of each (rows, weight) micro-batch, gradients summed
         (weights: rows / global batch), all-reduced with the ring, checked, applied.
         Returns (global loss, compute s, all-reduce s, whether the ring voted to halt, a
-        flight or None).  With `ahead`, a streamed step's update is enqueued gated on the
-        device's count of NaN/Inf in the sum, and that count's flight (DeviceTrainer.settle)
-        is returned unread: the host goes on to the next step while the device finishes
-        this one (_settle reads it a step later); otherwise the count is waited for here.
+        flight or None).  A streamed step's update is enqueued by streamed_step, gated on
+        the device's count of NaN/Inf in the sum.  With `ahead`, that count's flight
+        (DeviceTrainer.settle) is returned unread: the host goes on to the next step while
+        the device finishes this one (_settle reads it a step later); otherwise the count
+        is waited for here.
         Rollback snapshots are taken in rings of two or more (a ring of one has nobody to
         wait for), unless `snapshot_alone` (steps dealt by hand)."""
         t0, sent0 = time.perf_counter(), self.links.bytes_sent
