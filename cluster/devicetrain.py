@@ -58,6 +58,11 @@ log = logging.getLogger(__name__)
 FLUSH_EVERY = 6
 # what a timed streamed step reports (ENGINE_NODE_TIMELINE=1: phase_report)
 TIMELINE = ("first piece computed", "down", "up", "last piece computed", "down", "up", "sums counted", "updated")
+# launches a streamed step's tail enqueues between looks at the exchange (_tail)
+TAIL_CHUNK = 2
+# the longest sleep between polls of a streamed step's exchange (s); polling without
+# sleeping was no faster on two H200s (bench/NOTES.md)
+POLL_LONGEST_S = 2e-4
 # streamed steps whose phases phase_report averages
 PHASE_STEPS = 50
 STREAM_PHASES = ("enqueue", "first piece down", "pieces exchanged", "loss exchanged", "sum enqueued")
@@ -442,12 +447,13 @@ class DeviceTrainer:
         q.flush()
         copies.flush()
         marks.append(time.perf_counter())
-        waited, ups, gates, flight = 0.0, [], [], None
+        waited, ups, up_ends, gates, flight, tail = 0.0, [], [], [], None, None
         # Once the first piece is in, every rank's weight is known: if the sums and the
         # update were captured before, the rest of the step goes on the device's queues
         # now, each later piece's uploads behind a user event (set as the piece comes in)
         # and the sums behind the uploads and one more event (`go`), set once the summed
-        # loss is known: the device goes on from the last upload without the host.
+        # loss is known: the device goes on from the last upload without the host.  The
+        # tail (_tail) is enqueued a few launches at a time whenever no piece needs the host.
         tail_early = id(runner) in st.sums and (id(runner), True) in self.updates
         try:
             # Own pieces are published as they land and the others' taken as they are all
@@ -476,22 +482,33 @@ class DeviceTrainer:
                         gates.pop(0).set_status(cl.command_execution_status.COMPLETE)
                     else:
                         ups.extend(self._uploads(st, views, spans[inn]))
+                        up_ends.append(ups[-1])
                         if inn == 0 and tail_early:
                             gates = [cl.UserEvent(self.device.context) for _ in spans]    # the last one: go
                             for k, later in enumerate(spans[1:]):
                                 ups.extend(self._uploads(st, views, later, wait_for=[gates[k]]))
-                            flight = self._enqueue_tail(runner, st, stream.weights(views), outs[0], snapshot,
-                                                        [cl.enqueue_marker(self.uploads), gates[-1]])
+                                up_ends.append(ups[-1])
+                            tail = self._tail(runner, st, stream.weights(views), outs[0], snapshot,
+                                              [cl.enqueue_marker(self.uploads), gates[-1]])
                         self.uploads.flush()
                     inn, moved = inn + 1, True
+                if not moved and tail is not None:     # nothing to move: enqueue a little more of the tail
+                    try:
+                        next(tail)
+                    except StopIteration as end:
+                        tail, flight = None, end.value
+                    continue
                 if not moved and inn < n:
                     t0, mine_done = time.perf_counter(), out == n
                     at_p, at_o = inn, out
                     stream.until(lambda: stream.ready(views, at_p, t) or (at_o < n and landed_now(at_o)),
                                  f"piece {at_p} of step {step} through shared memory",
-                                 lambda: next((j for j, (h, _) in enumerate(views) if h[at_p] < t), None), longest=2e-4)
+                                 lambda: next((j for j, (h, _) in enumerate(views) if h[at_p] < t), None),
+                                 longest=POLL_LONGEST_S)
                     if mine_done:     # only the other ranks were waited for
                         waited += time.perf_counter() - t0
+            if tail is not None:
+                flight, tail = _drain(tail), None
             # kept until the next call has seen its own pieces land (past this call's barrier
             # below): pyopencl's upload events wait for their copies when they are dropped
             st.ups = ups
@@ -518,16 +535,16 @@ class DeviceTrainer:
                                             [cl.enqueue_marker(self.uploads)])
         except BaseException:
             if gates:     # let the queued tail run, its update skipped, then undo its step count
+                if tail is not None:
+                    _drain(tail)
                 self._poison(copies)
                 for g in gates:
                     g.set_status(cl.command_execution_status.COMPLETE)
                 q.finish()
                 self.rewind(self.t - 1)
             raise
-        if self.timed:     # the uploads were enqueued piece by piece, in piece order
-            first_up = ups[len(st.peer16 if st.narrow else st.peer_bufs) * len(spans[0]) - 1] if ups else None
-            self.last_events = (begun, computed, [ev[-1] for ev in landed], first_up, ups[-1] if ups else None,
-                                flight[1], cl.enqueue_marker(q))
+        if self.timed:     # up_ends: each piece's last upload, in piece order
+            self.last_events = (begun, computed, [ev[-1] for ev in landed], up_ends, flight[1], cl.enqueue_marker(q))
         q.flush()
         marks.append(time.perf_counter())
         self.phases.append(np.diff(marks))
@@ -566,13 +583,20 @@ class DeviceTrainer:
         return bufs
 
     def _enqueue_tail(self, runner, st, weights: list, loss, snapshot, wait_for) -> tuple:
+        """_tail enqueued at once; returns its flight."""
+        return _drain(self._tail(runner, st, weights, loss, snapshot, wait_for))
+
+    def _tail(self, runner, st, weights: list, loss, snapshot, wait_for):
         """A streamed step's end on the step queue, behind `wait_for` (the last uploads):
         the sums (each rank's weight times its gradients, in rank order: the same bits on
         every rank), their NaN/Inf values added to `found`, the loss and the count read
         behind (the flight), the rollback snapshot if `snapshot` is a step, and the update
-        gated on the count.  No rank rewrites a segment this call read before every rank
-        has published a piece of the next call, which it copies only after its queue has
-        passed this barrier."""
+        gated on the count.  A generator that yields every TAIL_CHUNK launches and returns
+        the flight, so the exchange loop can enqueue it while no piece needs the host: NVIDIA's
+        driver takes 11-90 us a launch, and while the host enqueued all ~20 at once the
+        pieces that came down waited to go up (bench/NOTES.md).  No rank rewrites a segment this
+        call read before every rank has published a piece of the next call, which it copies
+        only after its queue has passed this barrier."""
         cl.enqueue_barrier(self.device.queue, wait_for=wait_for)
         if st.narrow:
             sums = self._narrow_sums(runner, st, weights)
@@ -580,13 +604,20 @@ class DeviceTrainer:
             ws, items, sums = self._summing(runner, st)
             for var, w in zip(ws, weights):
                 var.value = w
-            launch.replay(items, self.device)
+            yield from self._replay_chunks(items)
         self._count(sums)
         flight = self._read_count(loss)
         if snapshot is not None:
             self.snapshot(snapshot)
-        self.apply(runner, streamed=True)
+        yield
+        yield from self._apply_steps(runner, streamed=True)
         return flight
+
+    def _replay_chunks(self, items):
+        """launch.replay of `items`, yielding every TAIL_CHUNK launches."""
+        for k in range(0, len(items), TAIL_CHUNK):
+            launch.replay(items[k:k + TAIL_CHUNK], self.device)
+            yield
 
     def _poison(self, queue) -> None:
         """Make the running NaN/Inf count nonzero before a queued update runs (waited for
@@ -609,23 +640,30 @@ class DeviceTrainer:
         med = np.median(self.phases, axis=0) * 1e3
         text = ", ".join(f"{name} {v:.2f}" for name, v in zip(STREAM_PHASES, med)) + f" ms (median of {len(self.phases)})"
         if self.timeline:
-            dev = np.nanmedian(np.array(self.timeline, dtype=np.float64), axis=0)
+            dev = np.nanmedian(np.array([t for t, _ in self.timeline], dtype=np.float64), axis=0)
             text += "; on the device, ms from the step's start: " + ", ".join(
                 f"{name} {v:.2f}" for name, v in zip(TIMELINE, dev))
+            shapes = {tuple(len(x) for x in p) for _, p in self.timeline}
+            if len(shapes) == 1 and len(set(*shapes)) == 1:     # the steps had the same pieces, all uploaded
+                per = np.nanmedian(np.array([p for _, p in self.timeline], dtype=np.float64), axis=0)
+                text += "; per piece computed / down / up: " + ", ".join("/".join(f"{v:.2f}" for v in c) for c in per.T)
             self.timeline.clear()
         return text
 
     @staticmethod
-    def _timeline(begun, computed, down, first_up, last_up, summed, updated) -> list[float]:
-        """TIMELINE's device times (ms after `begun`) of one streamed step's events; NaN
-        where the driver keeps no profile of an event."""
+    def _timeline(begun, computed, down, up, summed, updated) -> list:
+        """One streamed step's device times (ms after `begun`): TIMELINE's, then each
+        piece's computed, down and up times (lists); NaN where the driver keeps no profile
+        of an event."""
         def at(ev):
             try:
                 return (ev.profile.end - begun.profile.end) * 1e-6
             except Exception:     # no event, or no profiling info for its kind of command
                 return float("nan")
-        return [at(computed[0]), at(down[0]), at(first_up), at(computed[-1]), at(down[-1]), at(last_up), at(summed),
-                at(updated)]
+        up = up or [None]
+        pieces = [[at(e) for e in evs] for evs in (computed, down, up)]
+        return [at(computed[0]), at(down[0]), at(up[0]), at(computed[-1]), at(down[-1]), at(up[-1]), at(summed),
+                at(updated)], pieces
 
     def _stream_state(self, stream) -> "_StreamState":
         """What streamed_step keeps per stream (made at its first step with it): see
@@ -684,6 +722,10 @@ class DeviceTrainer:
         """The fused optimizer step on the gradient buffers, on `runner`'s gradient
         outputs (a ring of one: no copy), or on the sums streamed_step made for `runner`.
         Each is captured once, then replayed."""
+        _drain(self._apply_steps(runner, streamed))
+
+    def _apply_steps(self, runner=None, streamed: bool = False):
+        """apply() as a generator that yields every TAIL_CHUNK launches of a replay."""
         key = None if runner is None else (id(runner), streamed)
         if key not in self.updates:
             grads = self.g if runner is None else \
@@ -698,7 +740,7 @@ class DeviceTrainer:
                     p.grad = g
             self.updates[key] = (cap.items, runner)    # the runner stays alive with its capture
         else:
-            launch.replay(self.updates[key][0], self.device)
+            yield from self._replay_chunks(self.updates[key][0])
         self.t += 1
 
     # --- rollback snapshot on the device ------------------------------------------------------
@@ -799,3 +841,12 @@ class _StreamState:
         self.ups = []            # the last call's upload events (streamed_step)
         # the loss of each streamed step comes back through this (mapped, not read)
         self.loss_buf = tr.host_visible(4)
+
+
+def _drain(steps):
+    """Run a generator to its end; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as end:
+            return end.value

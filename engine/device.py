@@ -219,3 +219,8 @@ class Device(ProgramCacheMixin):
 
     def launch(self, ck: CompiledKernel, global_size, local_size, args):
         return ck.kernel(self.queue, tuple(global_size), None if local_size is None else tuple(local_size), *args)
+
+    def enqueue_kernel(self, kernel, global_size, local_size):
+        """A kernel object whose arguments are already set (launch.replay's own copies)."""
+        return cl.enqueue_nd_range_kernel(self.queue, kernel, tuple(global_size),
+                                          None if local_size is None else tuple(local_size))

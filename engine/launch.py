@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pyopencl as cl
 
 from . import debug
 from .runtime import Buffer
@@ -25,12 +26,34 @@ class HostScalar:
 
 class Launch:
     """One recorded kernel launch: replayable with no scheduling or codegen."""
-    __slots__ = ("ck", "spec", "gsize", "lsize", "args", "rand")
+    __slots__ = ("ck", "spec", "gsize", "lsize", "args", "rand", "bound")
 
     def __init__(self, ck, gsize, lsize, args, rand, spec=None):
         self.ck, self.gsize, self.lsize, self.args, self.rand = ck, gsize, lsize, args, rand
         # what the kernel was planned from (its built program may be shared with a bundle's)
         self.spec = spec if spec is not None else ck.spec
+        self.bound = None    # (ck, a kernel object of this launch's own, its arguments as last set): replay
+
+
+def _enqueue_bound(it: Launch, device):
+    """Enqueue a replayed launch through a kernel object of its own, setting only the
+    arguments that changed since its last replay: NVIDIA's driver takes ~10 us per
+    clSetKernelArg, so a launch of 9 arguments cost the host ~90 us where one with its
+    arguments already set costs ~11 (bench/NOTES.md).  The arguments last set stay
+    referenced, so no buffer a kernel points at is freed under it."""
+    args = _args(it)
+    bound = it.bound
+    if bound is None or bound[0] is not it.ck:
+        kern = it.ck.kernel
+        kern = cl.Kernel(kern.program, kern.function_name)
+        kern.set_args(*args)
+    else:
+        kern, last = bound[1], bound[2]
+        for i, (new, old) in enumerate(zip(args, last)):
+            if new is not old and not (type(new) is type(old) and new == old):
+                kern.set_arg(i, new)
+    it.bound = (it.ck, kern, args)
+    return device.enqueue_kernel(kern, it.gsize, it.lsize)
 
 
 class RandState:
@@ -112,7 +135,6 @@ def replay(items, device):
     # node's step replays ~40 launches, and reading the environment was a fifth of the
     # host's time per launch (bench/NOTES.md)
     hooked = debug.level() >= 4 or bool(_listeners)
-    enqueue = device.launch
     for it in items:
         if isinstance(it, Launch):
             if it.rand is not None:
@@ -121,7 +143,7 @@ def replay(items, device):
             if hooked:
                 run_launch(it, device)
             else:
-                enqueue(it.ck, it.gsize, it.lsize, _args(it))
+                _enqueue_bound(it, device)
         else:
             it()
 

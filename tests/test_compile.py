@@ -142,3 +142,41 @@ def test_memory_plan_reuses_dead_intermediates(rng):
     assert len(gemms) == 6 and len(outs) == 6 * (3 if step.device.kind == "gpu" else 1)
     assert len({id(b) for b in outs}) <= 5
     np.testing.assert_allclose(step(engine.tensor(x)).numpy(), out, rtol=1e-6)
+
+
+def test_replays_keep_each_launch_s_own_arguments_through_changes(rng):
+    """launch.replay enqueues every launch through a kernel object of its own and sets only
+    the arguments that changed since its last replay: two launches of one built kernel
+    keep their own buffers, and new inputs, a weight changed in place and a new learning
+    rate all reach the replayed step."""
+    from engine import launch
+    w = engine.tensor(rng.normal(size=(6, 5)).astype(np.float32), requires_grad=True)
+    opt = engine.optim.SGD([w], lr=0.1)
+
+    def step(a, b):
+        opt.zero_grad()
+        loss = ((a @ w).relu().sum() + (b @ w).relu().sum()) * 0.5
+        loss.backward()
+        opt.step()
+        return loss
+    run = engine.compile(step)
+    ref = w.numpy().astype(np.float64)
+    for k in range(4):
+        a, b = (rng.normal(size=(3, 6)).astype(np.float32) for _ in range(2))
+        if k == 2:          # the user changes the weight in place and the learning rate
+            with engine.no_grad():
+                w.mul_(0.5)
+            ref *= 0.5
+            for g in opt.param_groups:
+                g["lr"] = 0.03
+        lr = 0.1 if k < 2 else 0.03
+        want = 0.5 * (np.maximum(a @ ref, 0).sum() + np.maximum(b @ ref, 0).sum())
+        got = run(engine.tensor(a), engine.tensor(b)).item()
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        grad = 0.5 * (a.T @ (a @ ref > 0) + b.T @ (b @ ref > 0))
+        ref = ref - lr * grad
+        np.testing.assert_allclose(w.numpy(), ref, rtol=1e-5, atol=1e-6)
+    launches = run.launches
+    assert all(isinstance(it, launch.Launch) and it.bound for it in launches)
+    assert len({id(it.bound[1]) for it in launches}) == len(launches)
+    assert len({id(it.ck) for it in launches}) < len(launches)    # a @ w and b @ w: one built kernel

@@ -333,7 +333,7 @@ def test_streaming_nodes_log_where_their_steps_went_on_the_device(procs):
     """ENGINE_NODE_TIMELINE=1: every 50 streamed steps a node logs, beside its host phases,
     when the step's events ended on the device (ms from the step's start): the first and
     last pieces computed, copied down and their peers' values up, the sums counted, the
-    update.  Each comes after what it waits for."""
+    update, then those three times for every piece.  Each comes after what it waits for."""
     pytest.importorskip("engine")
     import re
     from engine.nn import functional as F
@@ -345,11 +345,16 @@ def test_streaming_nodes_log_where_their_steps_went_on_the_device(procs):
                                          (xtr, ytr), global_batch=64, epochs=10, max_steps=52)
     for d in nodes:
         line = next(ln for ln in d["proc"].log().splitlines() if "on the device, ms from the step's start" in ln)
-        v = [float(x) for x in re.findall(r" (-?[\d.]+|nan)(?:,|$)", line.split("on the device")[1])]
+        ends, per_piece = line.split("on the device")[1].split("; per piece computed / down / up: ")
+        v = [float(x) for x in re.findall(r" (-?[\d.]+|nan)(?:,|$)", ends)]
         assert len(v) == 8 and all(np.isfinite(v)), line
         first_c, first_d, first_u, last_c, last_d, last_u, summed, updated = v
         assert 0 <= first_c <= first_d and first_c <= last_c <= last_d, line
         assert max(first_u, last_u) <= summed <= updated, line
+        pieces = [[float(x) for x in p.split("/")] for p in per_piece.split(", ")]
+        assert len(pieces) > 2 and pieces[0] == [first_c, first_d, first_u] and pieces[-1] == [last_c, last_d, last_u]
+        for c, d, u in pieces:     # each piece goes down once computed, and up before the sums
+            assert c <= d and u <= summed, line
 
 
 def test_each_gradient_is_downloaded_after_the_last_launch_that_writes_it():
