@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import pyopencl as cl
 
 from . import debug
 from .runtime import Buffer
@@ -44,8 +43,7 @@ def _enqueue_bound(it: Launch, device):
     args = _args(it)
     bound = it.bound
     if bound is None or bound[0] is not it.ck:
-        kern = it.ck.kernel
-        kern = cl.Kernel(kern.program, kern.function_name)
+        kern = it.ck.new_kernel()
         kern.set_args(*args)
     else:
         kern, last = bound[1], bound[2]

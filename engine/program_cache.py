@@ -101,10 +101,17 @@ class CacheEntryWarning(RuntimeWarning):
 
 class CompiledKernel:
     """A built kernel with the description it came from (name, source, template, params)."""
-    __slots__ = ("spec", "kernel", "device")
+    __slots__ = ("spec", "kernel", "device", "program")
 
-    def __init__(self, spec, kernel, device):
-        self.spec, self.kernel, self.device = spec, kernel, device
+    def __init__(self, spec, program, device):
+        self.spec, self.program, self.device = spec, program, device
+        self.kernel = cl.Kernel(program, spec.name)
+
+    def new_kernel(self):
+        """Another kernel object of the same kernel, with arguments of its own (launch.replay).
+        From the kept program: asking the kernel for its program makes pyopencl probe the
+        program for a kernel named '_source', which Oclgrind reports as an error."""
+        return cl.Kernel(self.program, self.spec.name)
 
 
 class _BundledSpec:
@@ -152,7 +159,7 @@ class ProgramCacheMixin:
             self._store_binary(spec, options, self._cache_key(spec.source, options), binary, payload)
             self.stats["builds"] += 1
         self.stats["build_s"] += time.perf_counter() - t0
-        ck = CompiledKernel(spec, cl.Kernel(program, spec.name), self)
+        ck = CompiledKernel(spec, program, self)
         self._programs[key] = ck
         return ck
 
@@ -385,7 +392,7 @@ class ProgramCacheMixin:
             self._group_programs[gkey] = program
             self._store_group(chunk, options, gkey, source, binary, payload)
             for key, vspec, _ in chunk:
-                self._prebuilt[key] = CompiledKernel(vspec, cl.Kernel(program, vspec.name), self)
+                self._prebuilt[key] = CompiledKernel(vspec, program, self)
             self.stats["programs"] += 1
             built += len(chunk)
         self.stats["build_s"] += time.perf_counter() - t0
@@ -643,5 +650,5 @@ class ProgramCacheMixin:
             program = self._build_new(spec, options, self._cache_key(whole_source, options), launches or [])[0]
         for name, src in sources.items():
             spec = _BundledSpec(name, src)
-            self._programs[self._cache_key(src, options)] = CompiledKernel(spec, cl.Kernel(program, name), self)
+            self._programs[self._cache_key(src, options)] = CompiledKernel(spec, program, self)
         return len(sources)
