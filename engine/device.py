@@ -218,9 +218,11 @@ class Device(ProgramCacheMixin):
         set_gemm_vector_width(self.kind, prof.get("gemm_vector_width", 16))
 
     def launch(self, ck: CompiledKernel, global_size, local_size, args):
-        return ck.kernel(self.queue, tuple(global_size), None if local_size is None else tuple(local_size), *args)
+        if ck.eager is None:
+            ck.eager = ck.new_kernel()
+        return self.enqueue_kernel(ck.eager.set(args), global_size, local_size)
 
     def enqueue_kernel(self, kernel, global_size, local_size):
-        """A kernel object whose arguments are already set (launch.replay's own copies)."""
+        """A kernel object whose arguments are already set (program_cache.ArgsKept)."""
         return cl.enqueue_nd_range_kernel(self.queue, kernel, tuple(global_size),
                                           None if local_size is None else tuple(local_size))

@@ -31,27 +31,16 @@ class Launch:
         self.ck, self.gsize, self.lsize, self.args, self.rand = ck, gsize, lsize, args, rand
         # what the kernel was planned from (its built program may be shared with a bundle's)
         self.spec = spec if spec is not None else ck.spec
-        self.bound = None    # (ck, a kernel object of this launch's own, its arguments as last set): replay
+        self.bound = None    # (ck, a kernel object of its own: ArgsKept), made at its first replay
 
 
 def _enqueue_bound(it: Launch, device):
-    """Enqueue a replayed launch through a kernel object of its own, setting only the
-    arguments that changed since its last replay: NVIDIA's driver takes ~10 us per
-    clSetKernelArg, so a launch of 9 arguments cost the host ~90 us where one with its
-    arguments already set costs ~11 (bench/NOTES.md).  The arguments last set stay
-    referenced, so no buffer a kernel points at is freed under it."""
-    args = _args(it)
+    """Enqueue a replayed launch through a kernel object of its own that keeps its
+    arguments (program_cache.ArgsKept): a replay sets only those that changed."""
     bound = it.bound
     if bound is None or bound[0] is not it.ck:
-        kern = it.ck.new_kernel()
-        kern.set_args(*args)
-    else:
-        kern, last = bound[1], bound[2]
-        for i, (new, old) in enumerate(zip(args, last)):
-            if new is not old and not (type(new) is type(old) and new == old):
-                kern.set_arg(i, new)
-    it.bound = (it.ck, kern, args)
-    return device.enqueue_kernel(kern, it.gsize, it.lsize)
+        bound = it.bound = (it.ck, it.ck.new_kernel())
+    return device.enqueue_kernel(bound[1].set(_args(it)), it.gsize, it.lsize)
 
 
 class RandState:

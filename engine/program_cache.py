@@ -99,19 +99,47 @@ class CacheEntryWarning(RuntimeWarning):
 
 
 
+class ArgsKept:
+    """A kernel object that keeps its arguments between launches and sets only those that
+    changed: NVIDIA's driver takes ~10 us per clSetKernelArg, so a launch of 9 arguments
+    cost the host ~90 us where one with its arguments already set costs ~11
+    (bench/NOTES.md).  The arguments last set stay referenced, so no buffer the kernel
+    points at is freed under it."""
+    __slots__ = ("kernel", "last")
+
+    def __init__(self, kernel):
+        self.kernel, self.last = kernel, None
+
+    def set(self, args: list):
+        """The kernel object with `args` set (buffers compared by identity, a commit swaps
+        them; scalars by value)."""
+        last = self.last
+        if last is None or len(last) != len(args):
+            self.kernel.set_args(*args)
+        else:
+            for i, (new, old) in enumerate(zip(args, last)):
+                if new is not old and not (type(new) is type(old) and new == old):
+                    self.kernel.set_arg(i, new)
+        self.last = args
+        return self.kernel
+
+
 class CompiledKernel:
-    """A built kernel with the description it came from (name, source, template, params)."""
-    __slots__ = ("spec", "kernel", "device", "program")
+    """A built kernel with the description it came from (name, source, template, params).
+    `kernel` is the plain kernel object; Device.launch goes through `eager`, a kernel object
+    of its own that keeps its arguments (ArgsKept)."""
+    __slots__ = ("spec", "kernel", "device", "program", "eager")
 
     def __init__(self, spec, program, device):
         self.spec, self.program, self.device = spec, program, device
         self.kernel = cl.Kernel(program, spec.name)
+        self.eager = None
 
-    def new_kernel(self):
-        """Another kernel object of the same kernel, with arguments of its own (launch.replay).
-        From the kept program: asking the kernel for its program makes pyopencl probe the
-        program for a kernel named '_source', which Oclgrind reports as an error."""
-        return cl.Kernel(self.program, self.spec.name)
+    def new_kernel(self) -> ArgsKept:
+        """Another kernel object of the same kernel, with arguments of its own (Device.launch,
+        launch.replay).  From the kept program: asking a kernel for its program makes
+        pyopencl probe the program for a kernel named '_source', which Oclgrind reports."""
+        return ArgsKept(cl.Kernel(self.program, self.spec.name))
 
 
 class _BundledSpec:
