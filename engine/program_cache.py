@@ -104,7 +104,8 @@ class ArgsKept:
     changed: NVIDIA's driver takes ~10 us per clSetKernelArg, so a launch of 9 arguments
     cost the host ~90 us where one with its arguments already set costs ~11
     (bench/NOTES.md).  The arguments last set stay referenced, so no buffer the kernel
-    points at is freed under it."""
+    points at is freed under it (and none is held that would be freed: the device's pool
+    keeps every allocation it ever made)."""
     __slots__ = ("kernel", "last")
 
     def __init__(self, kernel):
