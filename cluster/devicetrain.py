@@ -516,12 +516,12 @@ class DeviceTrainer:
             done.wait()
             loss = mapped_loss.copy()
             mapped_loss.base.release(copies)
-            tail = len(spans)
-            lo = stream.pieces[tail][0]
+            last = len(spans)     # the loss and the vote's piece
+            lo = stream.pieces[last][0]
             mine[lo:lo + 2] = (loss[0] * np.float32(weight), np.float32(vote))
-            stream.publish(views, tail, t)
+            stream.publish(views, last, t)
             t0 = time.perf_counter()
-            stream.wait(views, tail, t, step)
+            stream.wait(views, last, t, step)
             total = np.empty(2, np.float32)
             localsum._sum_into(total, [d[lo:lo + 2] for _, d in views])     # rank order, as every rank does
             waited += time.perf_counter() - t0

@@ -133,6 +133,32 @@ def test_engine_job_survives_sigkill_and_a_join(procs, stream):
     assert streamed == [stream[1] != "0"] * 3
 
 
+def test_a_rank_lost_at_the_loss_piece_leaves_the_others_able_to_go_on(procs):
+    """A streaming node dies after all its gradient pieces went through shared memory,
+    just before it would publish the loss: the others, whose tail of that step is queued
+    on their devices behind the loss, skip its update, give the step back, and the run
+    goes on with two nodes to the same weights on both."""
+    from pathlib import Path
+    xtr, ytr, _, _ = digits.load_digits()
+    args = ("--digest-every", "1", "--overlap-mb", "0.01")
+    nodes = start_nodes(procs, 1, extra_args=args) + \
+        start_nodes(procs, 1, extra_args=args, entry=(str(Path(__file__).with_name("vanishing_node.py")),),
+                    VANISH_AT_CALL="4") + start_nodes(procs, 1, extra_args=args)
+    victim = nodes[1]["proc"]
+    cl = Cluster([n["control"] for n in nodes], SECRET, heartbeat_s=0.25, missed=6, batch_multiple=32,
+                 rebalance_tolerance=1.0)
+    res = cl.fit(digits.build_model("mlp"), F.cross_entropy, {"name": "adam", "lr": 2e-3}, (xtr, ytr),
+                 global_batch=96, epochs=2, max_steps=12)
+    assert victim.wait(5) == 9
+    assert res.step == 12 == len(res.history)
+    worlds = [h["world"] for h in res.history]
+    assert worlds[:3] == [3] * 3 and worlds[-1] == 2, worlds
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+    for n in (nodes[0], nodes[2]):
+        log = n["proc"].log()
+        assert "summed on the devices" in log and "Traceback" not in log, log[-3000:]
+
+
 def test_node_rolls_back_a_finished_step_from_its_device_snapshot(procs):
     """Hand-driven, as the driver does it: a node that finished step 0 is asked to re-form
     the ring at step 0 (the ring abandoned it): it restores weights, optimizer state and
