@@ -613,10 +613,10 @@ class DeviceTrainer:
         yield from self._apply_steps(runner, streamed=True)
         return flight
 
-    def _replay_chunks(self, items):
-        """launch.replay of `items`, yielding every TAIL_CHUNK launches."""
-        for k in range(0, len(items), TAIL_CHUNK):
-            launch.replay(items[k:k + TAIL_CHUNK], self.device)
+    def _replay_chunks(self, items, every: int = TAIL_CHUNK):
+        """launch.replay of `items`, yielding every `every` launches."""
+        for k in range(0, len(items), every):
+            launch.replay(items[k:k + every], self.device)
             yield
 
     def _poison(self, queue) -> None:
@@ -630,8 +630,7 @@ class DeviceTrainer:
         has no step queued ahead of it, so the device would idle until the host had
         enqueued all launches up to the first piece's end (most of the step, for a model
         whose gradients fit one piece)."""
-        for k in range(0, len(items), FLUSH_EVERY):
-            launch.replay(items[k:k + FLUSH_EVERY], self.device)
+        for _ in self._replay_chunks(items, FLUSH_EVERY):
             self.device.queue.flush()
 
     def phase_report(self) -> str:

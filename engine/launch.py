@@ -31,16 +31,15 @@ class Launch:
         self.ck, self.gsize, self.lsize, self.args, self.rand = ck, gsize, lsize, args, rand
         # what the kernel was planned from (its built program may be shared with a bundle's)
         self.spec = spec if spec is not None else ck.spec
-        self.bound = None    # (ck, a kernel object of its own: ArgsKept), made at its first replay
+        self.bound = None    # a kernel object of its own (ArgsKept), made at its first replay
 
 
 def _enqueue_bound(it: Launch, device):
     """Enqueue a replayed launch through a kernel object of its own that keeps its
     arguments (program_cache.ArgsKept): a replay sets only those that changed."""
-    bound = it.bound
-    if bound is None or bound[0] is not it.ck:
-        bound = it.bound = (it.ck, it.ck.new_kernel())
-    return device.enqueue_kernel(bound[1].set(_args(it)), it.gsize, it.lsize)
+    if it.bound is None:
+        it.bound = it.ck.new_kernel()
+    return device.enqueue_kernel(it.bound.set(_args(it)), it.gsize, it.lsize)
 
 
 class RandState:
