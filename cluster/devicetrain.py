@@ -44,7 +44,7 @@ from . import localsum
 
 try:
     import pyopencl as cl
-    from engine import launch, optim, realize as rz
+    from engine import codegen, launch, optim, realize as rz
     import kernels
     from engine.codegen import KernelSpec
     from engine.runtime import NP_DTYPES
@@ -368,6 +368,48 @@ class DeviceTrainer:
         final = self.final_launches(runner)
         return sorted(range(len(final)), key=lambda i: (final[i], i))
 
+    def _piece_plan(self, runner, st) -> tuple:
+        """(launches, ends): `runner`'s launch list as a streamed step replays it, and for
+        each gradient piece of the stream the index in that list after which the piece is
+        final.  A gradient cut into several pieces whose last writer is a GEMM is computed
+        by several launches, a block of its rows each (codegen.split_rows), so its first
+        pieces go down while the rest of it is computed: on two H200s the 4096 x 4096
+        weight's 67 MB otherwise all became final at once, ~0.7 ms before backward's end
+        (bench/NOTES.md)."""
+        if id(runner) in st.plans:
+            return st.plans[id(runner)][:2]
+        final, offs = self.final_launches(runner), self.offsets
+        cuts = collections.defaultdict(list)      # by parameter: element offsets where a piece ends inside it
+        for span in st.spans:
+            for i, a, b in span:
+                if b < offs[i + 1]:
+                    cuts[i].append(b - offs[i])
+        items, ends_at, parts = [], {-1: 0}, {}      # ends_at[k]: where launch k's last part is in `items`
+        for k, it in enumerate(runner.step.items):
+            i = next((i for i in cuts if final[i] == k), None)
+            split, p = None, getattr(getattr(it, "spec", None), "params", {})
+            if i is not None and p.get("M", 0) * p.get("N", 0) == self.sizes[i]:     # rows of N values
+                split = codegen.split_rows(it, sorted({-(-c // p["N"]) for c in cuts[i]}))
+            if split and len(split) > 1:
+                parts[i] = []
+                for sub, rows in split:
+                    items.append(sub)
+                    parts[i].append((rows * p["N"], len(items)))
+            else:
+                items.append(it)
+            ends_at[k] = len(items)
+
+        def end(i, b):       # the launches that make elements [.., b) of parameter i final
+            if i in parts:
+                return next(n for upto, n in parts[i] if upto >= b - offs[i])
+            return ends_at[final[i]]
+        ends = [max(end(i, b) for i, _, b in span) for span in st.spans]
+        if parts:
+            log.info("streamed step: gradient(s) %s computed in %s blocks of rows, each sent as it is done",
+                     ", ".join(map(str, parts)), ", ".join(str(len(v)) for v in parts.values()))
+        st.plans[id(runner)] = (items, ends, runner)
+        return items, ends
+
     def streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int, rows=None,
                       snapshot: int | None = None) -> tuple:
         """Forward + backward with the gradients all-reduced while backward still runs, with
@@ -404,8 +446,8 @@ class DeviceTrainer:
         if runner.step.items is None:      # first run: capture the launch list, then replay it as below
             runner.step()
         st = self._stream_state(stream)
-        items, outs, offs = runner.step.items, [rz.buffer_of(t.node) for t in runner.step.outs], self.offsets
-        final, spans = self.final_launches(runner), st.spans
+        outs, offs, spans = [rz.buffer_of(t.node) for t in runner.step.outs], self.offsets, st.spans
+        items, ends = self._piece_plan(runner, st)
         t, views = stream.begin(weight)
         mine = views[r][1]
         # With pinned segments a piece is copied on the device into the segment's buffer and
@@ -418,8 +460,7 @@ class DeviceTrainer:
         # st.own16 (kernels/bf16_pack.cl.mako), which is what goes down
         size, kind = (2, np.uint16) if st.narrow else (4, np.float32)
         mine_k = mine.view(kind)
-        for span, (lo, hi) in zip(spans, stream.pieces):
-            upto = max(final[i] for i, _, _ in span) + 1
+        for span, (lo, hi), upto in zip(spans, stream.pieces, ends):
             if upto > at:
                 self._replay_flushed(items[at:upto])
             if st.narrow:
@@ -460,10 +501,23 @@ class DeviceTrainer:
             # in, each side as far as it can go: waiting for the others' piece p before
             # looking at this rank's piece p + 1 made each piece wait for both ranks' hosts
             # in turn (the device timeline showed the uploads trailing the downloads by 1-2 ms).
-            n, out, inn = len(spans), 0, 0
+            n, out, inn, loss = len(spans), 0, 0, None
+            last = n      # the loss and the vote's piece
+            at_loss = stream.pieces[last][0]
 
             def landed_now(p):
-                return all(e.command_execution_status == cl.command_execution_status.COMPLETE for e in landed[p])
+                return all(_complete(e) for e in landed[p])
+
+            def tell():
+                """Publish this rank's weighted loss and vote (the last piece) once they land:
+                behind this rank's own pieces, beside the other ranks' uploads, so the hosts'
+                exchange of losses overlaps that of the last gradients."""
+                done.wait()
+                got = mapped_loss.copy()
+                mapped_loss.base.release(copies)
+                mine[at_loss:at_loss + 2] = (got[0] * np.float32(weight), np.float32(vote))
+                stream.publish(views, last, t)
+                return got
 
             while inn < n:
                 moved = False
@@ -477,6 +531,8 @@ class DeviceTrainer:
                     if maps:
                         maps[out].base.release(copies)
                     out, moved = out + 1, True
+                if loss is None and out == n and _complete(done):
+                    loss, moved = tell(), True
                 while inn < n and stream.ready(views, inn, t):
                     if gates:
                         gates.pop(0).set_status(cl.command_execution_status.COMPLETE)
@@ -489,7 +545,7 @@ class DeviceTrainer:
                                 ups.extend(self._uploads(st, views, later, wait_for=[gates[k]]))
                                 up_ends.append(ups[-1])
                             tail = self._tail(runner, st, stream.weights(views), outs[0], snapshot,
-                                              [cl.enqueue_marker(self.uploads), gates[-1]])
+                                              [cl.enqueue_marker(self.uploads)], go=gates[-1])
                         self.uploads.flush()
                     inn, moved = inn + 1, True
                 if not moved and tail is not None:     # nothing to move: enqueue a little more of the tail
@@ -501,7 +557,9 @@ class DeviceTrainer:
                 if not moved and inn < n:
                     t0, mine_done = time.perf_counter(), out == n
                     at_p, at_o = inn, out
-                    stream.until(lambda: stream.ready(views, at_p, t) or (at_o < n and landed_now(at_o)),
+                    told = loss is not None
+                    stream.until(lambda: stream.ready(views, at_p, t) or (at_o < n and landed_now(at_o))
+                                 or (at_o == n and not told and _complete(done)),
                                  f"piece {at_p} of step {step} through shared memory",
                                  lambda: next((j for j, (h, _) in enumerate(views) if h[at_p] < t), None),
                                  longest=POLL_LONGEST_S)
@@ -513,17 +571,12 @@ class DeviceTrainer:
             # below): pyopencl's upload events wait for their copies when they are dropped
             st.ups = ups
             marks.append(time.perf_counter())
-            done.wait()
-            loss = mapped_loss.copy()
-            mapped_loss.base.release(copies)
-            last = len(spans)     # the loss and the vote's piece
-            lo = stream.pieces[last][0]
-            mine[lo:lo + 2] = (loss[0] * np.float32(weight), np.float32(vote))
-            stream.publish(views, last, t)
+            if loss is None:
+                loss = tell()
             t0 = time.perf_counter()
             stream.wait(views, last, t, step)
             total = np.empty(2, np.float32)
-            localsum._sum_into(total, [d[lo:lo + 2] for _, d in views])     # rank order, as every rank does
+            localsum._sum_into(total, [d[at_loss:at_loss + 2] for _, d in views])     # rank order, as every rank does
             waited += time.perf_counter() - t0
             marks.append(time.perf_counter())
             if not np.isfinite(total[0]):        # the update must not apply: the count says so
@@ -566,9 +619,10 @@ class DeviceTrainer:
         """One work-item per value (the kernel checks the bound)."""
         self.device.launch(kern, (-(-n // 256) * 256,), None, args)
 
-    def _narrow_sums(self, runner, st, weights: list) -> list:
+    def _narrow_sums(self, runner, st, weights: list):
         """The bfloat16 stream's sums (kernels/bf16_sum.cl.mako), one launch per
-        parameter, into float32 tensors the update then reads (recorded as st.sums)."""
+        parameter, into float32 tensors the update then reads (recorded as st.sums): a
+        generator that yields every TAIL_CHUNK launches and returns their buffers."""
         if id(runner) not in st.sums:
             sums = [tensor(np.zeros(sh, np.float32), device=self.device) for sh in self.shapes]
             for t in sums:
@@ -580,18 +634,22 @@ class DeviceTrainer:
             if n:
                 args = [a for x, w in zip(xs, weights) for a in (x.mem, np.float32(w))]
                 self._launch_1d(st.kernels[1], n, [*args, np.uint32(self.offsets[i]), np.uint32(n), buf.mem])
+                if i % TAIL_CHUNK == TAIL_CHUNK - 1:
+                    yield
         return bufs
 
     def _enqueue_tail(self, runner, st, weights: list, loss, snapshot, wait_for) -> tuple:
         """_tail enqueued at once; returns its flight."""
         return _drain(self._tail(runner, st, weights, loss, snapshot, wait_for))
 
-    def _tail(self, runner, st, weights: list, loss, snapshot, wait_for):
+    def _tail(self, runner, st, weights: list, loss, snapshot, wait_for, go=None):
         """A streamed step's end on the step queue, behind `wait_for` (the last uploads):
         the sums (each rank's weight times its gradients, in rank order: the same bits on
         every rank), their NaN/Inf values added to `found`, the loss and the count read
         behind (the flight), the rollback snapshot if `snapshot` is a step, and the update
-        gated on the count.  A generator that yields every TAIL_CHUNK launches and returns
+        gated on the count, and also behind `go` if given (a user event the host sets once
+        it knows the summed loss: only the update has to wait for that, the sums run while
+        the hosts exchange their losses).  A generator that yields every TAIL_CHUNK launches and returns
         the flight, so the exchange loop can enqueue it while no piece needs the host: NVIDIA's
         driver takes 11-90 us a launch, and while the host enqueued all ~20 at once the
         pieces that came down waited to go up (bench/NOTES.md).  No rank rewrites a segment this
@@ -599,7 +657,7 @@ class DeviceTrainer:
         only after its queue has passed this barrier."""
         cl.enqueue_barrier(self.device.queue, wait_for=wait_for)
         if st.narrow:
-            sums = self._narrow_sums(runner, st, weights)
+            sums = yield from self._narrow_sums(runner, st, weights)
         else:
             ws, items, sums = self._summing(runner, st)
             for var, w in zip(ws, weights):
@@ -609,6 +667,8 @@ class DeviceTrainer:
         flight = self._read_count(loss)
         if snapshot is not None:
             self.snapshot(snapshot)
+        if go is not None:
+            cl.enqueue_barrier(self.device.queue, wait_for=[go])
         yield
         yield from self._apply_steps(runner, streamed=True)
         return flight
@@ -837,9 +897,14 @@ class _StreamState:
         self.spans = [[(i, max(lo, offs[i]), min(hi, offs[i + 1])) for i in range(len(tr.sizes))
                        if offs[i] < hi and offs[i + 1] > lo] for lo, hi in stream.pieces[:-1]]
         self.sums = {}
+        self.plans = {}          # by id(runner): DeviceTrainer._piece_plan's
         self.ups = []            # the last call's upload events (streamed_step)
         # the loss of each streamed step comes back through this (mapped, not read)
         self.loss_buf = tr.host_visible(4)
+
+
+def _complete(ev) -> bool:
+    return ev.command_execution_status == cl.command_execution_status.COMPLETE
 
 
 def _drain(steps):

@@ -320,6 +320,35 @@ def with_vector_width(spec: KernelSpec, vector_width: int) -> KernelSpec:
                       spec.global_size, spec.local_size, spec.fused, dict(spec.display, VW=vector_width))
 
 
+def split_rows(it, rows) -> list | None:
+    """A captured launch of a GEMM kernel (engine.launch.Launch) as launches that each
+    compute a run of the output's rows, cut at `rows` (row numbers, each rounded up to the
+    kernel's block of rows): the same kernel and arguments, each on its part of the grid
+    (a global work offset), so every value is the same bits as in the whole launch.  An
+    engine-node uses this to send a large weight gradient to the other ranks block by block
+    while the rest of it is computed.  Returns [(launch, end row)], or None when the kernel
+    is no GEMM whose output rows lie one after another in memory (batched, or computed
+    transposed)."""
+    from .launch import Launch
+    spec = it.spec
+    if (spec.template not in ("gemm", "gemm_tiled") or spec.display.get("batch") != 1 or spec.display.get("swapped")
+            or it.rand is not None):
+        return None
+    p = spec.params
+    if spec.template == "gemm_tiled":     # dim 1: TM // WM work-items per tile of TM rows
+        block, dim, per = p["TM"], 1, p["TM"] // p["WM"]
+    else:                                 # dim 0: one work-item per R rows
+        block, dim, per = p["R"], 0, 1
+    M, Mb = p["M"], p["Mb"]
+    cuts = sorted({min(Mb, -(-int(r) // block)) for r in rows} - {0, Mb})
+    out = []
+    for a, b in zip([0, *cuts], [*cuts, Mb]):
+        size, offset = list(it.gsize), [0] * len(it.gsize)
+        size[dim], offset[dim] = (b - a) * per, a * per
+        out.append((Launch(it.ck, tuple(size), it.lsize, it.args, it.rand, spec, tuple(offset)), min(M, b * block)))
+    return out
+
+
 def _live(stmts, roots) -> list:
     """``stmts`` without those no root (a stored value) depends on, e.g. the index
     arithmetic of a multi-index that every read turned back into the flat index."""

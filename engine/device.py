@@ -217,12 +217,13 @@ class Device(ProgramCacheMixin):
     def _tell_codegen(self, prof):
         set_gemm_vector_width(self.kind, prof.get("gemm_vector_width", 16))
 
-    def launch(self, ck: CompiledKernel, global_size, local_size, args):
+    def launch(self, ck: CompiledKernel, global_size, local_size, args, offset=None):
         if ck.eager is None:
             ck.eager = ck.new_kernel()
-        return self.enqueue_kernel(ck.eager.set(args), global_size, local_size)
+        return self.enqueue_kernel(ck.eager.set(args), global_size, local_size, offset)
 
-    def enqueue_kernel(self, kernel, global_size, local_size):
+    def enqueue_kernel(self, kernel, global_size, local_size, offset=None):
         """A kernel object whose arguments are already set (program_cache.ArgsKept)."""
         return cl.enqueue_nd_range_kernel(self.queue, kernel, tuple(global_size),
-                                          None if local_size is None else tuple(local_size))
+                                          None if local_size is None else tuple(local_size),
+                                          None if offset is None else tuple(offset))

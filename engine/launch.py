@@ -25,10 +25,11 @@ class HostScalar:
 
 class Launch:
     """One recorded kernel launch: replayable with no scheduling or codegen."""
-    __slots__ = ("ck", "spec", "gsize", "lsize", "args", "rand", "bound")
+    __slots__ = ("ck", "spec", "gsize", "lsize", "args", "rand", "bound", "offset")
 
-    def __init__(self, ck, gsize, lsize, args, rand, spec=None):
+    def __init__(self, ck, gsize, lsize, args, rand, spec=None, offset=None):
         self.ck, self.gsize, self.lsize, self.args, self.rand = ck, gsize, lsize, args, rand
+        self.offset = offset     # global work offset: part of a kernel's grid (codegen.split_rows)
         # what the kernel was planned from (its built program may be shared with a bundle's)
         self.spec = spec if spec is not None else ck.spec
         self.bound = None    # a kernel object of its own (ArgsKept), made at its first replay
@@ -39,7 +40,7 @@ def _enqueue_bound(it: Launch, device):
     arguments (program_cache.ArgsKept): a replay sets only those that changed."""
     if it.bound is None:
         it.bound = it.ck.new_kernel()
-    return device.enqueue_kernel(it.bound.set(_args(it)), it.gsize, it.lsize)
+    return device.enqueue_kernel(it.bound.set(_args(it)), it.gsize, it.lsize, it.offset)
 
 
 class RandState:
@@ -107,7 +108,7 @@ def _args(launch: Launch) -> list:
 
 
 def run_launch(launch: Launch, device):
-    ev = device.launch(launch.ck, launch.gsize, launch.lsize, _args(launch))
+    ev = device.launch(launch.ck, launch.gsize, launch.lsize, _args(launch), launch.offset)
     debug.on_launch(launch.spec, ev)
     if _listeners:
         for fn in _listeners:

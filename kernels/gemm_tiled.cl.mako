@@ -149,7 +149,9 @@ void ${name}(${ssa.params(args)})
     const int ty = get_local_id(1);
     const int lid = ty * ${TX} + tx;
     const int nb = get_group_id(0);
-    const int mb = get_group_id(1);
+    // a launch may cover only some row tiles (engine.codegen.split_rows): its global
+    // offset along dim 1 says which come first
+    const int mb = get_group_id(1) + (int)(get_global_offset(1) / ${TY});
     const int bz = get_global_id(2);
 ${ssa.block(batch_index)}
     __local float As[${NB}][${KB}][${TMP}] __attribute__((aligned(16)));

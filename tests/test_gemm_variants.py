@@ -210,3 +210,34 @@ def test_cpu_gemm_of_a_transposed_weight_runs_as_the_transposed_product(batch, M
     np.testing.assert_allclose(short.numpy(), a[..., :10].astype(np.float64) @ np.swapaxes(w[..., :10], -1, -2),
                                rtol=1e-4, atol=1e-4)
     assert not _cpu_gemms(dev)[-1].display["swapped"]
+
+
+# --- a GEMM cut into blocks of output rows (what an engine-node sends while backward runs)
+
+@pytest.mark.parametrize("as_gpu", [False, True], ids=["register-blocked", "tiled"])
+def test_gemm_split_into_row_blocks_gives_the_same_bits(as_gpu):
+    """codegen.split_rows: each part of the grid computes its rows and only those, and
+    together they give the whole launch's bits (relu(A @ B + bias), M not a multiple of
+    the row block, against float64 too)."""
+    from engine import launch, realize as rz, tune
+    from engine.codegen import split_rows
+    dev = _as_gpu() if as_gpu else runtime.Device(engine.default_device().cl_device, engine.default_device().index)
+    rng = np.random.default_rng(11)
+    a, b, bias = _rand(rng, 70, 37), _rand(rng, 37, 45), _rand(rng, 45)
+    with tune.override(16, 16), launch.capture() as cap:
+        out = (engine.tensor(a, device=dev) @ engine.tensor(b, device=dev) + engine.tensor(bias, device=dev)).relu()
+        whole = out.numpy()
+    np.testing.assert_allclose(whole, np.maximum(a.astype(np.float64) @ b + bias, 0), rtol=1e-4, atol=1e-5)
+    gemm = next(it for it in cap.items if isinstance(it, launch.Launch) and "gemm" in it.spec.template)
+    buf = rz.buffer_of(out.node)
+    assert any(x is buf for x in gemm.args), "the GEMM writes the result itself (its epilogue fused)"
+    parts = split_rows(gemm, [20, 45, 45, 0, 70])
+    block = gemm.spec.params["TM" if gemm.spec.template == "gemm_tiled" else "R"]
+    assert [end for _, end in parts] == [min(70, -(-r // block) * block) for r in (20, 45)] + [70]
+    dev.upload(np.full(whole.shape, np.nan, np.float32), dest=buf)
+    for k, (part, end) in enumerate(parts):
+        launch.replay([part], dev)
+        now = out.numpy()
+        assert np.array_equal(now[:end], whole[:end]), f"rows before {end} after part {k}"
+        assert np.isnan(now[end:]).all(), f"part {k} wrote rows past {end}"
+    assert split_rows(next(it for it in cap.items if isinstance(it, launch.Launch) and it is not gemm), [20]) is None

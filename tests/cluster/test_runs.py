@@ -243,7 +243,8 @@ def test_the_device_digest_is_the_host_checksum_bit_for_bit():
 
 def test_overlapped_all_reduce_equals_single_process_engine(procs):
     """--overlap-mb: two nodes on one host sum their gradients through shared memory piece
-    by piece while backward runs (tiny pieces here: several per step), and still equal
+    by piece while backward runs (tiny pieces here: several per step, a weight gradient cut
+    into pieces computed by launches of a block of its rows each), and still equal
     engine.optim in one process."""
     pytest.importorskip("engine")
     from engine.nn import functional as F
@@ -261,6 +262,7 @@ def test_overlapped_all_reduce_equals_single_process_engine(procs):
     assert res.step == STEPS and all(h["world"] == 2 for h in res.history)
     assert all("streamed through shared memory, " in d["proc"].log() and "summed on the devices" in d["proc"].log()
                for d in nodes)
+    assert all("blocks of rows, each sent as it is done" in d["proc"].log() for d in nodes)
     np.testing.assert_allclose([h["loss"] for h in res.history], losses, rtol=2e-5, atol=2e-6)
     for k in want:   # float32: the buckets sum in another order than one buffer; Adam magnifies ulps
         np.testing.assert_allclose(res.params[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
