@@ -369,15 +369,15 @@ class DeviceTrainer:
         return sorted(range(len(final)), key=lambda i: (final[i], i))
 
     def _piece_plan(self, runner, st) -> tuple:
-        """(launches, ends): `runner`'s launch list as a streamed step replays it, and for
-        each gradient piece of the stream the index in that list after which the piece is
-        final.  A gradient cut into several pieces whose last writer is a GEMM is computed
-        by several launches, a block of its rows each (codegen.split_rows), so its first
-        pieces go down while the rest of it is computed: on two H200s the 4096 x 4096
-        weight's 67 MB otherwise all became final at once, ~0.7 ms before backward's end
-        (bench/NOTES.md)."""
+        """(launches, ends, loss end): `runner`'s launch list as a streamed step replays it,
+        for each gradient piece of the stream the index in that list after which the piece
+        is final, and the index after which the loss is.  A gradient cut into several
+        pieces whose last writer is a GEMM is computed by several launches, a block of its
+        rows each (codegen.split_rows), so its first pieces go down while the rest of it is
+        computed: on two H200s the 4096 x 4096 weight's 67 MB otherwise all became final
+        at once, ~0.7 ms before backward's end (bench/NOTES.md)."""
         if id(runner) in st.plans:
-            return st.plans[id(runner)][:2]
+            return st.plans[id(runner)][:3]
         final, offs = self.final_launches(runner), self.offsets
         cuts = collections.defaultdict(list)      # by parameter: element offsets where a piece ends inside it
         for span in st.spans:
@@ -404,11 +404,14 @@ class DeviceTrainer:
                 return next(n for upto, n in parts[i] if upto >= b - offs[i])
             return ends_at[final[i]]
         ends = [max(end(i, b) for i, _, b in span) for span in st.spans]
+        loss_buf = rz.buffer_of(runner.step.outs[0].node)
+        loss_end = max((n for n, it in enumerate(items, 1) if isinstance(it, launch.Launch)
+                        and any(a is loss_buf for a in it.args)), default=0)
         if parts:
             log.info("streamed step: gradient(s) %s computed in %s blocks of rows, each sent as it is done",
                      ", ".join(map(str, parts)), ", ".join(str(len(v)) for v in parts.values()))
-        st.plans[id(runner)] = (items, ends, runner)
-        return items, ends
+        st.plans[id(runner)] = (items, ends, loss_end, runner)
+        return items, ends, loss_end
 
     def streamed_step(self, runner, x, y, weight: float, vote: float, stream, step: int, rows=None,
                       snapshot: int | None = None) -> tuple:
@@ -447,7 +450,7 @@ class DeviceTrainer:
             runner.step()
         st = self._stream_state(stream)
         outs, offs, spans = [rz.buffer_of(t.node) for t in runner.step.outs], self.offsets, st.spans
-        items, ends = self._piece_plan(runner, st)
+        items, ends, loss_end = self._piece_plan(runner, st)
         t, views = stream.begin(weight)
         mine = views[r][1]
         # With pinned segments a piece is copied on the device into the segment's buffer and
@@ -455,12 +458,18 @@ class DeviceTrainer:
         # back through read_behind: a read into host memory would hold the host at each
         # piece until backward got there, the launches after it waiting to be enqueued.
         pin = st.pins[(t % 2) * stream.links.world + r] if st.pins else None
-        mark, at, landed, maps, computed = cl.enqueue_marker(q), 0, [], [], []
+        mark, at, landed, maps, computed, read = cl.enqueue_marker(q), 0, [], [], [], None
         # a bfloat16 stream sends 2 bytes a value: each piece packed on the step queue into
         # st.own16 (kernels/bf16_pack.cl.mako), which is what goes down
         size, kind = (2, np.uint16) if st.narrow else (4, np.float32)
         mine_k = mine.view(kind)
         for span, (lo, hi), upto in zip(spans, stream.pieces, ends):
+            if read is None and loss_end <= upto:    # the loss comes back first: see tell() below
+                if loss_end > at:
+                    self._replay_flushed(items[at:loss_end])
+                    at = loss_end
+                mark = cl.enqueue_marker(q)
+                read = self.read_behind(copies, st.loss_buf, [outs[0].mem], wait_for=[mark])
             if upto > at:
                 self._replay_flushed(items[at:upto])
             if st.narrow:
@@ -484,17 +493,18 @@ class DeviceTrainer:
                 maps.append(got)
             copies.flush()
         self._replay_flushed(items[at:])
-        mapped_loss, done = self.read_behind(copies, st.loss_buf, [outs[0].mem], wait_for=[cl.enqueue_marker(q)])
+        mapped_loss, done = read or self.read_behind(copies, st.loss_buf, [outs[0].mem], wait_for=[cl.enqueue_marker(q)])
         q.flush()
         copies.flush()
         marks.append(time.perf_counter())
-        waited, ups, up_ends, gates, flight, tail = 0.0, [], [], [], None, None
+        waited, ups, up_ends, gates, flight, tail, go, total = 0.0, [], [], [], None, None, None, None
         # Once the first piece is in, every rank's weight is known: if the sums and the
         # update were captured before, the rest of the step goes on the device's queues
-        # now, each later piece's uploads behind a user event (set as the piece comes in)
-        # and the sums behind the uploads and one more event (`go`), set once the summed
-        # loss is known: the device goes on from the last upload without the host.  The
-        # tail (_tail) is enqueued a few launches at a time whenever no piece needs the host.
+        # now, each later piece's uploads behind a user event (set as the piece comes in),
+        # the sums behind the uploads, and the update behind one more event (`go`), set
+        # once the summed loss is known and finite: the device goes on from the last upload
+        # without the host.  The tail (_tail) is enqueued a few launches at a time whenever
+        # no piece needs the host.
         tail_early = id(runner) in st.sums and (id(runner), True) in self.updates
         try:
             # Own pieces are published as they land and the others' taken as they are all
@@ -509,9 +519,10 @@ class DeviceTrainer:
                 return all(_complete(e) for e in landed[p])
 
             def tell():
-                """Publish this rank's weighted loss and vote (the last piece) once they land:
-                behind this rank's own pieces, beside the other ranks' uploads, so the hosts'
-                exchange of losses overlaps that of the last gradients."""
+                """Publish this rank's weighted loss and vote (the last piece) once they land.
+                The loss is read back as soon as forward has made it, before the gradients'
+                pieces, so the hosts have summed it before the last gradients are in, and
+                `go` is set without one more exchange after them."""
                 done.wait()
                 got = mapped_loss.copy()
                 mapped_loss.base.release(copies)
@@ -531,23 +542,28 @@ class DeviceTrainer:
                     if maps:
                         maps[out].base.release(copies)
                     out, moved = out + 1, True
-                if loss is None and out == n and _complete(done):
+                if loss is None and _complete(done):
                     loss, moved = tell(), True
+                if total is None and loss is not None and stream.ready(views, last, t):
+                    total, moved = self._summed_loss(views, at_loss), True
                 while inn < n and stream.ready(views, inn, t):
-                    if gates:
+                    if go is not None:
                         gates.pop(0).set_status(cl.command_execution_status.COMPLETE)
                     else:
                         ups.extend(self._uploads(st, views, spans[inn]))
                         up_ends.append(ups[-1])
                         if inn == 0 and tail_early:
-                            gates = [cl.UserEvent(self.device.context) for _ in spans]    # the last one: go
-                            for k, later in enumerate(spans[1:]):
-                                ups.extend(self._uploads(st, views, later, wait_for=[gates[k]]))
+                            gates, go = [cl.UserEvent(self.device.context) for _ in spans[1:]], \
+                                cl.UserEvent(self.device.context)
+                            for gate, later in zip(gates, spans[1:]):
+                                ups.extend(self._uploads(st, views, later, wait_for=[gate]))
                                 up_ends.append(ups[-1])
                             tail = self._tail(runner, st, stream.weights(views), outs[0], snapshot,
-                                              [cl.enqueue_marker(self.uploads)], go=gates[-1])
+                                              [cl.enqueue_marker(self.uploads)], go=go)
                         self.uploads.flush()
                     inn, moved = inn + 1, True
+                if go is not None and total is not None and np.isfinite(total[0]) and not _complete(go):
+                    go.set_status(cl.command_execution_status.COMPLETE)
                 if not moved and tail is not None:     # nothing to move: enqueue a little more of the tail
                     try:
                         next(tail)
@@ -557,9 +573,10 @@ class DeviceTrainer:
                 if not moved and inn < n:
                     t0, mine_done = time.perf_counter(), out == n
                     at_p, at_o = inn, out
-                    told = loss is not None
+                    told, summed = loss is not None, total is not None
                     stream.until(lambda: stream.ready(views, at_p, t) or (at_o < n and landed_now(at_o))
-                                 or (at_o == n and not told and _complete(done)),
+                                 or (not told and _complete(done))
+                                 or (told and not summed and stream.ready(views, last, t)),
                                  f"piece {at_p} of step {step} through shared memory",
                                  lambda: next((j for j, (h, _) in enumerate(views) if h[at_p] < t), None),
                                  longest=POLL_LONGEST_S)
@@ -575,24 +592,26 @@ class DeviceTrainer:
                 loss = tell()
             t0 = time.perf_counter()
             stream.wait(views, last, t, step)
-            total = np.empty(2, np.float32)
-            localsum._sum_into(total, [d[at_loss:at_loss + 2] for _, d in views])     # rank order, as every rank does
+            if total is None:
+                total = self._summed_loss(views, at_loss)
             waited += time.perf_counter() - t0
             marks.append(time.perf_counter())
             if not np.isfinite(total[0]):        # the update must not apply: the count says so
-                self._poison(copies if gates else q)
-            if gates:
-                gates.pop().set_status(cl.command_execution_status.COMPLETE)
+                self._poison(copies if go is not None else q)
+            if go is not None:
+                if not _complete(go):
+                    go.set_status(cl.command_execution_status.COMPLETE)
             else:
                 flight = self._enqueue_tail(runner, st, stream.weights(views), outs[0], snapshot,
                                             [cl.enqueue_marker(self.uploads)])
         except BaseException:
-            if gates:     # let the queued tail run, its update skipped, then undo its step count
+            if go is not None:     # let the queued tail run, its update skipped, then undo its step count
                 if tail is not None:
                     _drain(tail)
-                self._poison(copies)
-                for g in gates:
-                    g.set_status(cl.command_execution_status.COMPLETE)
+                self._poison(copies)     # before the gates open: the update waits on the uploads
+                for g in [*gates, go]:
+                    if not _complete(g):
+                        g.set_status(cl.command_execution_status.COMPLETE)
                 q.finish()
                 self.rewind(self.t - 1)
             raise
@@ -602,6 +621,14 @@ class DeviceTrainer:
         marks.append(time.perf_counter())
         self.phases.append(np.diff(marks))
         return float(loss[0]), float(total[0]), float(total[1]), flight, waited
+
+    @staticmethod
+    def _summed_loss(views, at: int) -> np.ndarray:
+        """Every rank's weighted loss and vote (the last piece), summed in rank order as
+        every rank does."""
+        total = np.empty(2, np.float32)
+        localsum._sum_into(total, [d[at:at + 2] for _, d in views])
+        return total
 
     def _uploads(self, st, views, span, wait_for=None) -> list:
         """Enqueue the other ranks' values of a piece, from their segments into this

@@ -13,7 +13,7 @@
     FLOATS = (("float", None), ("double", "cl_khr_fp64"), ("half", "cl_khr_fp16"))
 %>\
 #define __mao_f __attribute__((overloadable, const))
-% for f in ("get_global_id", "get_local_id", "get_group_id", "get_global_size"):
+% for f in ("get_global_id", "get_local_id", "get_group_id", "get_global_size", "get_global_offset"):
 size_t __mao_f ${f}(uint);
 % endfor
 void __attribute__((overloadable, convergent)) barrier(cl_mem_fence_flags);

@@ -1,7 +1,9 @@
-"""An engine-node that dies (exit status 9, as a SIGKILL would leave it) when it is about
-to publish the loss piece of its VANISH_AT_CALL-th streamed all-reduce: after every
-gradient piece went through shared memory, while the other ranks have the tail of that
-step queued behind it (tests/cluster/test_device_training.py)."""
+"""An engine-node that dies (exit status 9, as a SIGKILL would leave it) in its
+VANISH_AT_CALL-th streamed all-reduce without publishing that call's loss piece, once it
+has published every gradient piece: the other ranks then have the tail of that step
+queued behind it and wait for its loss (tests/cluster/test_device_training.py).  A node
+publishes its loss as soon as it lands, usually before its last gradients, so the loss
+piece is held back until those are out."""
 import os
 import sys
 
@@ -9,12 +11,19 @@ from cluster import node, shmstream
 
 _publish = shmstream.Stream.publish
 AT_CALL = int(os.environ.get("VANISH_AT_CALL", "4"))
+_held, _sent = set(), set()     # calls whose loss piece was held back, whose last gradient piece went out
 
 
 def vanishing_publish(self, views, p, t):
-    if p == len(self.pieces) - 1 and t >= AT_CALL:
+    loss_piece = len(self.pieces) - 1
+    if t >= AT_CALL and p == loss_piece:
+        _held.add(t)
+    else:
+        _publish(self, views, p, t)
+        if t >= AT_CALL and p == loss_piece - 1:
+            _sent.add(t)
+    if _held & _sent:
         os._exit(9)
-    _publish(self, views, p, t)
 
 
 shmstream.Stream.publish = vanishing_publish
