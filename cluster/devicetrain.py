@@ -135,6 +135,7 @@ class DeviceTrainer:
         self.phases = collections.deque(maxlen=PHASE_STEPS)   # streamed_step's phases (phase_report)
         self.timeline = collections.deque(maxlen=PHASE_STEPS)  # device times of streamed steps (timed)
         self.last_events = None  # the last streamed step's events, read at the next one
+        self.tail_end = None     # a marker behind the last streamed step's update (timeline only)
         self.summer = self._partials_kernel("checksum", np.uint64, slots=len(self.wbufs))
         self.finder = self._partials_kernel("nonfinite", np.uint32, count=len(self.sizes) + 1)   # + the loss
         # NaN/Inf values counted since the host last cleared it: every captured update is
@@ -616,7 +617,7 @@ class DeviceTrainer:
                 self.rewind(self.t - 1)
             raise
         if self.timed:     # up_ends: each piece's last upload, in piece order
-            self.last_events = (begun, computed, [ev[-1] for ev in landed], up_ends, flight[1], cl.enqueue_marker(q))
+            self.last_events = (begun, computed, [ev[-1] for ev in landed], up_ends, flight[1], self.tail_end)
         q.flush()
         marks.append(time.perf_counter())
         self.phases.append(np.diff(marks))
@@ -698,6 +699,9 @@ class DeviceTrainer:
             cl.enqueue_barrier(self.device.queue, wait_for=[go])
         yield
         yield from self._apply_steps(runner, streamed=True)
+        # the timeline's "updated": a marker enqueued later, at the host's end of the step,
+        # would end no earlier than the host got there
+        self.tail_end = cl.enqueue_marker(self.device.queue) if self.timed else None
         return flight
 
     def _replay_chunks(self, items, every: int = TAIL_CHUNK):
