@@ -450,51 +450,10 @@ class DeviceTrainer:
         if runner.step.items is None:      # first run: capture the launch list, then replay it as below
             runner.step()
         st = self._stream_state(stream)
-        outs, offs, spans = [rz.buffer_of(t.node) for t in runner.step.outs], self.offsets, st.spans
-        items, ends, loss_end = self._piece_plan(runner, st)
+        outs, spans = [rz.buffer_of(t.node) for t in runner.step.outs], st.spans
         t, views = stream.begin(weight)
         mine = views[r][1]
-        # With pinned segments a piece is copied on the device into the segment's buffer and
-        # mapped without waiting (the map puts it in the shared memory), and the loss comes
-        # back through read_behind: a read into host memory would hold the host at each
-        # piece until backward got there, the launches after it waiting to be enqueued.
-        pin = st.pins[(t % 2) * stream.links.world + r] if st.pins else None
-        mark, at, landed, maps, computed, read = cl.enqueue_marker(q), 0, [], [], [], None
-        # a bfloat16 stream sends 2 bytes a value: each piece packed on the step queue into
-        # st.own16 (kernels/bf16_pack.cl.mako), which is what goes down
-        size, kind = (2, np.uint16) if st.narrow else (4, np.float32)
-        mine_k = mine.view(kind)
-        for span, (lo, hi), upto in zip(spans, stream.pieces, ends):
-            if read is None and loss_end <= upto:    # the loss comes back first: see tell() below
-                if loss_end > at:
-                    self._replay_flushed(items[at:loss_end])
-                    at = loss_end
-                mark = cl.enqueue_marker(q)
-                read = self.read_behind(copies, st.loss_buf, [outs[0].mem], wait_for=[mark])
-            if upto > at:
-                self._replay_flushed(items[at:upto])
-            if st.narrow:
-                for i, a, b in span:
-                    self._launch_1d(st.kernels[0], b - a,
-                                    [outs[1 + i].mem, np.uint32(a - offs[i]), np.uint32(b - a), st.own16.mem, np.uint32(a)])
-            if upto > at or st.narrow:
-                at, mark = max(at, upto), cl.enqueue_marker(q)
-            computed.append(mark)
-            srcs = [(st.own16.mem, a) if st.narrow else (outs[1 + i].mem, a - offs[i]) for i, a, _ in span]
-            if pin is None:
-                landed.append([cl.enqueue_copy(copies, mine_k[a:b], src, src_offset=size * off, wait_for=[mark],
-                                               is_blocking=False) for (src, off), (_, a, b) in zip(srcs, span)])
-            else:
-                for (src, off), (_, a, b) in zip(srcs, span):
-                    cl.enqueue_copy(copies, pin, src, byte_count=size * (b - a), src_offset=size * off,
-                                    dst_offset=size * a, wait_for=[mark])
-                got, ev = cl.enqueue_map_buffer(copies, pin, cl.map_flags.READ, size * lo, (hi - lo,), kind,
-                                                is_blocking=False)
-                landed.append([ev])
-                maps.append(got)
-            copies.flush()
-        self._replay_flushed(items[at:])
-        mapped_loss, done = read or self.read_behind(copies, st.loss_buf, [outs[0].mem], wait_for=[cl.enqueue_marker(q)])
+        landed, maps, computed, (mapped_loss, done) = self._enqueue_pieces(runner, st, outs, t, mine)
         q.flush()
         copies.flush()
         marks.append(time.perf_counter())
@@ -622,6 +581,57 @@ class DeviceTrainer:
         marks.append(time.perf_counter())
         self.phases.append(np.diff(marks))
         return float(loss[0]), float(total[0]), float(total[1]), flight, waited
+
+    def _enqueue_pieces(self, runner, st, outs, t: int, mine: np.ndarray) -> tuple:
+        """A streamed step's program enqueued in segments: after the launch that makes a
+        piece of the gradients final, the piece's copy into this rank's segment `mine` of
+        call `t` (the copy queue); the loss read back behind the last launch that touches
+        it, before the pieces.  Returns each piece's landing events, the mapped pieces (to
+        release once published), each piece's "computed" marker and the loss's flight."""
+        q, copies, offs, stream = self.device.queue, self.copies, self.offsets, st.stream
+        items, ends, loss_end = self._piece_plan(runner, st)
+        # With pinned segments a piece is copied on the device into the segment's buffer and
+        # mapped without waiting (the map puts it in the shared memory), and the loss comes
+        # back through read_behind: a read into host memory would hold the host at each
+        # piece until backward got there, the launches after it waiting to be enqueued.
+        pin = st.pins[(t % 2) * stream.links.world + stream.links.rank] if st.pins else None
+        mark, at, landed, maps, computed, read = cl.enqueue_marker(q), 0, [], [], [], None
+        # a bfloat16 stream sends 2 bytes a value: each piece packed on the step queue into
+        # st.own16 (kernels/bf16_pack.cl.mako), which is what goes down
+        size, kind = (2, np.uint16) if st.narrow else (4, np.float32)
+        mine_k = mine.view(kind)
+        for span, (lo, hi), upto in zip(st.spans, stream.pieces, ends):
+            if read is None and loss_end <= upto:    # the loss comes back first (streamed_step's tell())
+                if loss_end > at:
+                    self._replay_flushed(items[at:loss_end])
+                    at = loss_end
+                mark = cl.enqueue_marker(q)
+                read = self.read_behind(copies, st.loss_buf, [outs[0].mem], wait_for=[mark])
+            if upto > at:
+                self._replay_flushed(items[at:upto])
+            if st.narrow:
+                for i, a, b in span:
+                    self._launch_1d(st.kernels[0], b - a,
+                                    [outs[1 + i].mem, np.uint32(a - offs[i]), np.uint32(b - a), st.own16.mem, np.uint32(a)])
+            if upto > at or st.narrow:
+                at, mark = max(at, upto), cl.enqueue_marker(q)
+            computed.append(mark)
+            srcs = [(st.own16.mem, a) if st.narrow else (outs[1 + i].mem, a - offs[i]) for i, a, _ in span]
+            if pin is None:
+                landed.append([cl.enqueue_copy(copies, mine_k[a:b], src, src_offset=size * off, wait_for=[mark],
+                                               is_blocking=False) for (src, off), (_, a, b) in zip(srcs, span)])
+            else:
+                for (src, off), (_, a, b) in zip(srcs, span):
+                    cl.enqueue_copy(copies, pin, src, byte_count=size * (b - a), src_offset=size * off,
+                                    dst_offset=size * a, wait_for=[mark])
+                got, ev = cl.enqueue_map_buffer(copies, pin, cl.map_flags.READ, size * lo, (hi - lo,), kind,
+                                                is_blocking=False)
+                landed.append([ev])
+                maps.append(got)
+            copies.flush()
+        self._replay_flushed(items[at:])
+        read = read or self.read_behind(copies, st.loss_buf, [outs[0].mem], wait_for=[cl.enqueue_marker(q)])
+        return landed, maps, computed, read
 
     @staticmethod
     def _summed_loss(views, at: int) -> np.ndarray:
