@@ -4,6 +4,8 @@ is present), on the same models, devices and worker counts, as one table.
     ./dev bench scaling [--workers 1 2 4] [--steps 30] [--warmup 5] [--quick] [--pin] [--notes bench/NOTES.md]
     ENGINE_DEVICE=nvidia python3 -m bench.scaling --workers 1 2      # one node / DDP rank per GPU
     BENCH_NODE_PHASES=1 ...   also print each node's streamed-step phases (host ms, medians of 50 steps)
+    --alone   also train one engine worker on each share of the batch by itself, and print each
+              engine step against that (issue 14's bound: step <= 1.15x max(compute, all-reduce))
 
 Workloads (issue 14): MLP 784-1024-1024-10, global batch 512, and MLP 784-4096-4096-10,
 global batch 1024, Adam, random MNIST-shaped data; the global batch is split evenly over the
@@ -340,6 +342,9 @@ def main(argv=None):
                          "runs once, with the defaults (a ring of one never all-reduces)")
     ap.add_argument("--models", type=int, nargs="+", help="indices into the model list (default: all)")
     ap.add_argument("--batch", type=int, help="global batch of every model (default: each model's own)")
+    ap.add_argument("--alone", action="store_true",
+                    help="also train one engine worker on each share (global batch / workers) alone, and print "
+                         "each engine step against it (issue 14's bound: a step <= 1.15x max(compute, all-reduce))")
     ap.add_argument("--pin", action="store_true",
                     help="CPU workers: worker i of W on its own CPUs, CPUs // max(--workers) of them in every row "
                          "(engine-node --cpus; DDP ranks: sched_setaffinity and torch.set_num_threads)")
@@ -374,7 +379,7 @@ def main(argv=None):
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(header), flush=True)
     rng = np.random.default_rng(0)
-    lines = []
+    lines, alone = [], []
     variants = [parse_variant(v) for v in a.variant] or [("engine", [], {}, {})]
     models = QUICK if a.quick else MODELS
     for name, sizes, B in [models[i] for i in (a.models or range(len(models)))]:
@@ -402,12 +407,31 @@ def main(argv=None):
                 one = results.get(("engine" if s == "engine" else label, 1))
                 lines.append(row_text(name, label, n, B, r, B / one["step"] if one else None))
                 print(lines[-1], flush=True)
+                if a.alone and s == "engine" and n > 1:
+                    alone.append(_against_alone(name, label, n, B, r, sizes, a, x, y, pin))
     # engine rows are printed before their DDP peers have run: the final table has the ratios
     text = "\n".join([head, "", *header, *_with_ratios(lines)])
+    if alone:
+        text += "\n\n" + "\n".join(["| model | system | workers | step ms | one worker on its share alone, ms | "
+                                     "step / alone |", "|---|---|---|---|---|---|", *alone])
     print("\n" + text)
     if a.notes:
         with open(a.notes, "a") as f:
             f.write("\n" + text + "\n")
+
+
+def _against_alone(name, label, n, B, r, sizes, a, x, y, pin) -> str:
+    """--alone: one engine worker trains a share of the global batch (B // n rows) by itself;
+    the row sets the n-worker step against that step.  The issue's bound is 1.15x the larger
+    of compute and all-reduce, and a share's step alone is that compute with no all-reduce,
+    so step / alone <= 1.15 meets it whatever the all-reduce takes."""
+    try:
+        one = run_engine(sizes, B // n, 1, a.steps, a.warmup, x, y, pin=pin)
+    except Exception as e:
+        return f"| {name} | {label} | {n} | {r['step'] * 1e3:.1f} | failed: {type(e).__name__} | - |"
+    line = f"| {name} | {label} | {n} | {r['step'] * 1e3:.1f} | {one['step'] * 1e3:.1f} | {r['step'] / one['step']:.2f}x |"
+    print(line, flush=True)
+    return line
 
 
 def _with_ratios(lines):
