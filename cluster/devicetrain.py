@@ -146,6 +146,7 @@ class DeviceTrainer:
         self.opt.found_inf = self.found
         self.foundbuf = rz.buffer_of(self.found._storage.node)   # nobody commits to it: a fixed handle
         self.narrow_kernels = {}     # ring size -> (pack, sum) of a bfloat16 stream
+        self.copier = None           # snapshot() and restore()'s one launch (_copy_all)
 
     @property
     def is_gpu(self) -> bool:
@@ -845,22 +846,30 @@ class DeviceTrainer:
 
     # --- rollback snapshot on the device ------------------------------------------------------
     def snapshot(self, step: int) -> None:
-        """Device-side copy of weights and optimizer state (no host traffic)."""
+        """Device-side copy of weights and optimizer state (no host traffic), one launch."""
         bufs = self.wbufs + self.sbufs
         if self.snap is None:
             self.snap = (step, [self.device.alloc(b.nbytes) for b in bufs])
         copies = self.snap[1]
-        for src, dst in zip(bufs, copies):
-            self.device.copy(src, dst, src.nbytes)
+        self._copy_all(bufs, copies)
         self.snap = (step, copies)
 
     def restore(self) -> int:
         step, copies = self.snap
-        for src, dst in zip(copies, self.wbufs + self.sbufs):
-            self.device.copy(src, dst, src.nbytes)
+        self._copy_all(copies, self.wbufs + self.sbufs)
         self.device.synchronize()
         self.t = self.opt.step_count = step
         return step
+
+    def _copy_all(self, srcs, dsts) -> None:
+        """Each of `srcs` into the matching one of `dsts` (float32 buffers of the same sizes):
+        kernels/copy_many.cl.mako, built at the first snapshot."""
+        if self.copier is None:
+            self.copier = self.build_kernel("copy_many", count=len(srcs))
+        local = 64
+        groups = max(64, min(1024, 4 * int(self.device.cl_device.max_compute_units)))
+        args = [a for s, d in zip(srcs, dsts) for a in (s.mem, d.mem, np.uint32(s.nbytes // 4))]
+        self.device.launch(self.copier, (groups * local,), (local,), args)
 
     # --- downloads on request -------------------------------------------------------------------
     def weights(self) -> list[np.ndarray]:

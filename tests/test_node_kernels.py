@@ -1,6 +1,7 @@
 """The kernels an engine-node runs on its gradients and weights (cluster/devicetrain.py):
-the NaN/Inf count of the refusal check, on every OpenCL implementation `./dev test` covers
-(core), and a lone node's step enqueued ahead of its host, gated by that count."""
+the NaN/Inf count of the refusal check and the rollback snapshot, on every OpenCL
+implementation `./dev test` covers (core), and a lone node's step enqueued ahead of its
+host, gated by that count."""
 import numpy as np
 import pytest
 
@@ -32,6 +33,34 @@ def test_the_device_counts_every_nan_and_inf_of_all_gradients_in_one_launch():
     loss = tr.device.upload(np.float32([np.nan]))
     assert tr.count_nonfinite(bufs, loss=loss) == 6
     assert tr.found.numpy()[0] == 0           # a refusal the host makes itself clears the device's count
+
+
+@pytest.mark.core
+def test_the_rollback_snapshot_copies_weights_and_optimizer_state_in_one_launch():
+    """snapshot() / restore() (kernels/copy_many.cl.mako): every weight and Adam moment,
+    buffers longer than the launch and of length one, comes back bit for bit after the
+    live ones were overwritten; a snapshot is one launch."""
+    pytest.importorskip("engine")
+    import engine
+    from cluster.devicetrain import DeviceTrainer
+    rng = np.random.default_rng(4)
+    shapes = [(700, 300), (1,), (33,)]
+    tr = DeviceTrainer(engine.default_device(), {"name": "adam", "lr": 0.1},
+                       [np.zeros(s, np.float32) for s in shapes], [], 0)
+    bufs = tr.wbufs + tr.sbufs
+    want = [rng.standard_normal(b.nbytes // 4).astype(np.float32) for b in bufs]
+    for b, v in zip(bufs, want):
+        tr.device.upload(v, dest=b)
+    launches = []
+    real = tr.device.launch
+    tr.device.launch = lambda *a, **kw: launches.append(a) or real(*a, **kw)
+    tr.snapshot(7)
+    assert len(launches) == 1 and len(bufs) == 3 * len(shapes)
+    for b in bufs:
+        tr.device.upload(rng.standard_normal(b.nbytes // 4).astype(np.float32), dest=b)
+    assert tr.restore() == 7
+    for b, v in zip(bufs, want):
+        assert np.array_equal(tr.device.download(b, v.shape, "float32"), v)
 
 
 @pytest.mark.core
