@@ -866,9 +866,14 @@ class DeviceTrainer:
         kernels/copy_many.cl.mako, built at the first snapshot."""
         if self.copier is None:
             self.copier = self.build_kernel("copy_many", count=len(srcs))
-        local = 64
-        groups = max(64, min(1024, 4 * int(self.device.cl_device.max_compute_units)))
-        args = [a for s, d in zip(srcs, dsts) for a in (s.mem, d.mem, np.uint32(s.nbytes // 4))]
+        sizes = [s.nbytes // 4 for s in srcs]
+        units = int(self.device.cl_device.max_compute_units)
+        if self.is_gpu:   # enough work-items to keep the memory busy: a float4 each, up to ~1 M of them
+            local = 256
+            groups = max(units, min(4096, -(-max(sizes) // (4 * local))))
+        else:             # a few work-groups per core: PoCL schedules each one
+            local, groups = 64, max(64, min(1024, 4 * units))
+        args = [a for s, d, n in zip(srcs, dsts, sizes) for a in (s.mem, d.mem, np.uint32(n))]
         self.device.launch(self.copier, (groups * local,), (local,), args)
 
     # --- downloads on request -------------------------------------------------------------------
