@@ -147,6 +147,8 @@ class DeviceTrainer:
         self.foundbuf = rz.buffer_of(self.found._storage.node)   # nobody commits to it: a fixed handle
         self.narrow_kernels = {}     # ring size -> (pack, sum) of a bfloat16 stream
         self.copier = None           # snapshot() and restore()'s one launch (_copy_all)
+        self.sums_read = None        # a marker behind the last streamed step's sums
+        self.upload_after = None     # the step before's sums_read, which this step's uploads wait for
 
     @property
     def is_gpu(self) -> bool:
@@ -451,6 +453,7 @@ class DeviceTrainer:
         if runner.step.items is None:      # first run: capture the launch list, then replay it as below
             runner.step()
         st = self._stream_state(stream)
+        self.upload_after = self.sums_read      # never this step's own: its sums wait on the uploads
         outs, spans = [rz.buffer_of(t.node) for t in runner.step.outs], st.spans
         t, views = stream.begin(weight)
         mine = views[r][1]
@@ -645,7 +648,11 @@ class DeviceTrainer:
     def _uploads(self, st, views, span, wait_for=None) -> list:
         """Enqueue the other ranks' values of a piece, from their segments into this
         device's copies of their gradients (bfloat16: their packed copies); their events
-        (kept: see st.ups)."""
+        (kept: see st.ups).  Behind the last step's sums, which read those copies: they run
+        on the step queue, these on a queue of their own, and a rank whose device lags
+        (another process's kernels on the same GPU) could otherwise overwrite them first."""
+        if self.upload_after is not None:
+            wait_for = [*(wait_for or ()), self.upload_after]
         if st.narrow:
             return [cl.enqueue_copy(self.uploads, st.peer16[j].mem, views[j][1].view(np.uint16)[a:b], dst_offset=2 * a,
                                     is_blocking=False, wait_for=wait_for)
@@ -702,6 +709,7 @@ class DeviceTrainer:
             for var, w in zip(ws, weights):
                 var.value = w
             yield from self._replay_chunks(items)
+        self.sums_read = cl.enqueue_marker(self.device.queue)     # the next step's uploads wait for it
         self._count(sums)
         flight = self._read_count(loss)
         if snapshot is not None:
