@@ -68,6 +68,48 @@ def test_one_and_two_nodes_equal_single_process_engine(procs, spec):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
+def test_each_piece_is_final_after_the_launches_planned_for_it():
+    """A streamed step sends piece p once the launches up to `ends[p]` have run
+    (DeviceTrainer._piece_plan): the 128 x 64 weight's gradient, cut into three pieces, is
+    computed by GEMM launches of a block of rows each, and each piece's values are final
+    right after the launches planned for it (all else still NaN is no matter), as is the
+    loss after its own; the whole list gives the same bits as the captured one."""
+    import types
+    from cluster import program
+    from cluster.devicetrain import DeviceTrainer
+    from engine import launch, realize as rz
+    xtr, ytr, _, _ = digits.load_digits()
+    model = digits.build_model("mlp")
+    runner = program.trace(model, F.cross_entropy, xtr[:32], ytr[:32]).bind()
+    tr = DeviceTrainer(runner.device, {"name": "adam", "lr": 1e-2}, list(program.params_of(model).values()), [], 0)
+    tr.bind(runner)
+    tr.local_step(runner, xtr[:32], ytr[:32])      # captures the launch list
+    outs = [rz.buffer_of(t.node) for t in runner.step.outs]
+    launch.replay(runner.step.items, tr.device)
+    want = [tr.device.download(b, (b.nbytes // 4,), "float32") for b in outs]
+    offs, i = tr.offsets, tr.shapes.index((64, 128))
+    cuts = [offs[i], offs[i] + 2000, offs[i] + 5000, offs[i + 1]]     # not on row boundaries
+    spans = [[(j, offs[j], offs[j + 1])] for j in reversed(range(len(tr.sizes))) if j != i and j > i] + \
+        [[(i, a, b)] for a, b in zip(cuts, cuts[1:])] + \
+        [[(j, offs[j], offs[j + 1])] for j in reversed(range(i))]
+    items, ends, loss_end = tr._piece_plan(runner, types.SimpleNamespace(spans=spans, plans={}))
+    assert len(items) == len(runner.step.items) + 2       # that GEMM: three launches instead of one
+    nan = [np.full(b.nbytes // 4, np.nan, np.float32) for b in outs]
+
+    def after(k):      # the outputs after the first k launches of the plan
+        for b, v in zip(outs, nan):
+            tr.device.upload(v, dest=b)
+        launch.replay(items[:k], tr.device)
+        return [tr.device.download(b, (b.nbytes // 4,), "float32") for b in outs]
+
+    assert np.array_equal(after(loss_end)[0], want[0])
+    for span, end in zip(spans, ends):
+        got = after(end)
+        for j, a, b in span:
+            assert np.array_equal(got[1 + j][a - offs[j]:b - offs[j]], want[1 + j][a - offs[j]:b - offs[j]]), (j, a, b)
+    assert all(np.array_equal(g, w) for g, w in zip(after(len(items)), want))
+
+
 def test_device_snapshot_rolls_back_weights_and_optimizer_state():
     """The rollback a re-formed ring asks for (cluster/job_handlers.py _on_ring): a device-side copy
     restores weights, Adam's moments and its step count; re-running the step then gives
