@@ -4,6 +4,8 @@ is present), on the same models, devices and worker counts, as one table.
     ./dev bench scaling [--workers 1 2 4] [--steps 30] [--warmup 5] [--quick] [--pin] [--notes bench/NOTES.md]
     ENGINE_DEVICE=nvidia python3 -m bench.scaling --workers 1 2      # one node / DDP rank per GPU
     BENCH_NODE_PHASES=1 ...   also print each node's streamed-step phases (host ms, medians of 50 steps)
+    ENGINE_NODE_TIMELINE=1 ...   and when the step's events ended on the device (profiling: slower
+              steps, ~1.3 ms on the big MLP's two-node step; leave it off for the table)
     --alone   also train one engine worker on each share of the batch by itself, and print each
               engine step against that (issue 14's bound: step <= 1.15x max(compute, all-reduce))
 
