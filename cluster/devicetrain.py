@@ -122,7 +122,7 @@ class DeviceTrainer:
         self.batches = {}        # (id(runner), input, turn) -> page-locked batch array (_upload_batch)
         self.turn = 0
         self.results = {}        # turn -> host-visible buffer of launch_alone's (loss, NaN/Inf count)
-        self.ready = {}          # id(runner) -> (final_launches, runner kept alive)
+        self.ready = {}          # id(runner) -> (_last_writes, runner kept alive)
         # downloads and uploads of a streamed step, beside the kernels of the step queue and
         # beside each other (a GPU's copy engines move both directions at once)
         # ENGINE_NODE_TIMELINE=1: streamed steps also time their events on the device
@@ -352,8 +352,12 @@ class DeviceTrainer:
     def final_launches(self, runner) -> list[int]:
         """For each gradient output of `runner`'s step program, the index in its launch
         list of the last launch that writes it (-1: none): after that launch it is final."""
+        return self._last_writes(runner)[1:]
+
+    def _last_writes(self, runner) -> list[int]:
+        """final_launches of every output of `runner`'s step program, the loss first."""
         if id(runner) not in self.ready:
-            outs = [rz.buffer_of(t.node) for t in runner.step.outs[1:]]
+            outs = [rz.buffer_of(t.node) for t in runner.step.outs]
             last = [-1] * len(outs)
             for k, it in enumerate(runner.step.items):
                 if isinstance(it, launch.Launch):
@@ -382,7 +386,7 @@ class DeviceTrainer:
         at once, ~0.7 ms before backward's end (bench/NOTES.md)."""
         if id(runner) in st.plans:
             return st.plans[id(runner)][:3]
-        final, offs = self.final_launches(runner), self.offsets
+        (loss_last, *final), offs = self._last_writes(runner), self.offsets
         cuts = collections.defaultdict(list)      # by parameter: element offsets where a piece ends inside it
         for span in st.spans:
             for i, a, b in span:
@@ -408,9 +412,7 @@ class DeviceTrainer:
                 return next(n for upto, n in parts[i] if upto >= b - offs[i])
             return ends_at[final[i]]
         ends = [max(end(i, b) for i, _, b in span) for span in st.spans]
-        loss_buf = rz.buffer_of(runner.step.outs[0].node)
-        loss_end = max((n for n, it in enumerate(items, 1) if isinstance(it, launch.Launch)
-                        and any(a is loss_buf for a in it.args)), default=0)
+        loss_end = ends_at[loss_last]
         if parts:
             log.info("streamed step: gradient(s) %s computed in %s blocks of rows, each sent as it is done",
                      ", ".join(map(str, parts)), ", ".join(str(len(v)) for v in parts.values()))
