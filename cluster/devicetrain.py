@@ -877,12 +877,11 @@ class DeviceTrainer:
         if self.copier is None:
             self.copier = self.build_kernel("copy_many", count=len(srcs))
         sizes = [s.nbytes // 4 for s in srcs]
-        units = int(self.device.cl_device.max_compute_units)
         if self.is_gpu:   # enough work-items to keep the memory busy: a float4 each, up to ~1 M of them
             local = 256
-            groups = max(units, min(4096, -(-max(sizes) // (4 * local))))
-        else:             # a few work-groups per core: PoCL schedules each one
-            local, groups = 64, max(64, min(1024, 4 * units))
+            groups = max(int(self.device.cl_device.max_compute_units), min(4096, -(-max(sizes) // (4 * local))))
+        else:
+            local, groups = 64, self._spread_groups()
         args = [a for s, d, n in zip(srcs, dsts, sizes) for a in (s.mem, d.mem, np.uint32(n))]
         self.device.launch(self.copier, (groups * local,), (local,), args)
 
@@ -895,14 +894,18 @@ class DeviceTrainer:
         params = {"name": f"mao_{template}" + "".join(f"_{v}" for v in params.values()), **params}
         return self.device.build(KernelSpec(params["name"], template, params, kernels.render(template, **params)))
 
+    def _spread_groups(self) -> int:
+        """Work-groups of a kernel that strides over whole buffers: 4 per compute unit, at
+        least 64 (on a 2-core PoCL, 16 left the NaN count of 1.9 M floats at 0.73 ms against
+        0.37, bench/NOTES.md), at most 1024 (PoCL schedules each one)."""
+        return max(64, min(1024, 4 * int(self.device.cl_device.max_compute_units)))
+
     def _partials_kernel(self, template: str, dtype, slots: int = 1, **params) -> tuple:
         """(kernel, its partial results on the device, their host array, work-groups) of a
         kernels/<template>.cl.mako whose work-groups each write one partial result (`slots`
         launches side by side); built when the trainer is made, not in the middle of the
         steps."""
-        # at least 64 work-groups: on a 2-core PoCL, 16 left the NaN count of 1.9 M floats at
-        # 0.73 ms against 0.37 (bench/NOTES.md)
-        groups = max(64, min(1024, 4 * int(self.device.cl_device.max_compute_units)))
+        groups = self._spread_groups()
         params = {"name": f"mao_{template}" + "".join(f"_{v}" for v in params.values()), "wg": 64, **params}
         spec = KernelSpec(params["name"], template, params, kernels.render(template, **params),
                           global_size=(groups * params["wg"],), local_size=(params["wg"],))
