@@ -7,7 +7,7 @@ import pytest
 
 
 @pytest.mark.core
-def test_the_device_counts_every_nan_and_inf_of_all_gradients_in_one_launch():
+def test_the_device_counts_every_nan_and_inf_of_all_gradients_in_one_launch(monkeypatch):
     """count_nonfinite (kernels/nonfinite.cl.mako): NaN, -NaN, Inf and -Inf anywhere in any
     of the buffers are counted, the largest float, subnormals and signed zeros are not,
     in buffers longer than the launch (strided) and of length one."""
@@ -22,8 +22,8 @@ def test_the_device_counts_every_nan_and_inf_of_all_gradients_in_one_launch():
     vals[2][:6] = [3.4028235e38, -3.4028235e38, 1e-45, -1e-40, 0.0, -0.0]
     bufs = [tr.device.upload(v) for v in vals]
     launches = []
-    real = tr.device.launch
-    tr.device.launch = lambda *a, **kw: launches.append(a) or real(*a, **kw)
+    real = tr.device.launch      # counted on the shared device for this test only
+    monkeypatch.setattr(tr.device, "launch", lambda *a, **kw: launches.append(a) or real(*a, **kw))
     assert tr.count_nonfinite(bufs) == 0 and len(launches) == 1
     vals[0].reshape(-1)[[0, 123_456, 209_999]] = [np.nan, np.inf, -np.inf]
     vals[1][0] = -np.nan
@@ -36,7 +36,7 @@ def test_the_device_counts_every_nan_and_inf_of_all_gradients_in_one_launch():
 
 
 @pytest.mark.core
-def test_the_rollback_snapshot_copies_weights_and_optimizer_state_in_one_launch():
+def test_the_rollback_snapshot_copies_weights_and_optimizer_state_in_one_launch(monkeypatch):
     """snapshot() / restore() (kernels/copy_many.cl.mako): every weight and Adam moment,
     buffers longer than the launch and of length one, comes back bit for bit after the
     live ones were overwritten; a snapshot is one launch."""
@@ -52,8 +52,8 @@ def test_the_rollback_snapshot_copies_weights_and_optimizer_state_in_one_launch(
     for b, v in zip(bufs, want):
         tr.device.upload(v, dest=b)
     launches = []
-    real = tr.device.launch
-    tr.device.launch = lambda *a, **kw: launches.append(a) or real(*a, **kw)
+    real = tr.device.launch      # counted on the shared device for this test only
+    monkeypatch.setattr(tr.device, "launch", lambda *a, **kw: launches.append(a) or real(*a, **kw))
     tr.snapshot(7)
     assert len(launches) == 1 and len(bufs) == 3 * len(shapes)
     for b in bufs:
