@@ -70,16 +70,18 @@ def test_one_and_two_nodes_equal_single_process_engine(procs, spec):
 
 def test_each_piece_is_final_after_the_launches_planned_for_it():
     """A streamed step sends piece p once the launches up to `ends[p]` have run
-    (DeviceTrainer._piece_plan): the 128 x 64 weight's gradient, cut into three pieces, is
+    (DeviceTrainer._piece_plan): the 512 x 64 weight's gradient, cut into three pieces, is
     computed by GEMM launches of a block of rows each, and each piece's values are final
     right after the launches planned for it (all else still NaN is no matter), as is the
-    loss after its own; the whole list gives the same bits as the captured one."""
+    loss after its own; the whole list gives the same bits as the captured one.  512 rows:
+    a GPU's tiled GEMM computes 128 rows a work-group, so a 64-row weight is one block."""
     import types
     from cluster import program
     from cluster.devicetrain import DeviceTrainer
     from engine import launch, realize as rz
     xtr, ytr, _, _ = digits.load_digits()
-    model = digits.build_model("mlp")
+    from engine import nn
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 10))
     runner = program.trace(model, F.cross_entropy, xtr[:32], ytr[:32]).bind()
     tr = DeviceTrainer(runner.device, {"name": "adam", "lr": 1e-2}, list(program.params_of(model).values()), [], 0)
     tr.bind(runner)
@@ -87,8 +89,9 @@ def test_each_piece_is_final_after_the_launches_planned_for_it():
     outs = [rz.buffer_of(t.node) for t in runner.step.outs]
     launch.replay(runner.step.items, tr.device)
     want = [tr.device.download(b, (b.nbytes // 4,), "float32") for b in outs]
-    offs, i = tr.offsets, tr.shapes.index((64, 128))
-    cuts = [offs[i], offs[i] + 2000, offs[i] + 5000, offs[i + 1]]     # not on row boundaries
+    offs, i = tr.offsets, tr.shapes.index((512, 64))
+    third = tr.sizes[i] // 3
+    cuts = [offs[i], offs[i] + third + 7, offs[i] + 2 * third + 7, offs[i + 1]]     # rows 170 and 341, not whole
     spans = [[(j, offs[j], offs[j + 1])] for j in reversed(range(len(tr.sizes))) if j != i and j > i] + \
         [[(i, a, b)] for a, b in zip(cuts, cuts[1:])] + \
         [[(j, offs[j], offs[j + 1])] for j in reversed(range(i))]
