@@ -464,14 +464,21 @@ class DeviceTrainer:
         copies.flush()
         marks.append(time.perf_counter())
         waited, ups, up_ends, gates, flight, tail, go, total = 0.0, [], [], [], None, None, None, None
-        # Once the first piece is in, every rank's weight is known: if the sums and the
-        # update were captured before, the rest of the step goes on the device's queues
-        # now, each later piece's uploads behind a user event (set as the piece comes in),
-        # the sums behind the uploads, and the update behind one more event (`go`), set
-        # once the summed loss is known and finite: the device goes on from the last upload
-        # without the host.  The tail (_tail) is enqueued a few launches at a time whenever
-        # no piece needs the host.
-        tail_early = id(runner) in st.sums and (id(runner), True) in self.updates
+        # If the sums and the update were captured before, the rest of the step goes on
+        # the device's queues now, before any piece is in: each piece's uploads behind a
+        # user event (set as every rank's piece comes in), the ranks' weights behind the
+        # first piece's (they come with it), the sums behind the uploads, and the update
+        # behind one more event (`go`), set once the summed loss is known and finite: the
+        # device goes on from the last upload without the host.  The tail (_tail) is
+        # enqueued a few launches at a time whenever no piece needs the host.
+        if id(runner) in st.sums and (id(runner), True) in self.updates:
+            gates, go = [cl.UserEvent(self.device.context) for _ in spans], cl.UserEvent(self.device.context)
+            weights_in = self._upload_weights(st, t, [gates[0]])
+            for gate, span in zip(gates, spans):
+                ups.extend(self._uploads(st, views, span, wait_for=[gate]))
+                up_ends.append(ups[-1])
+            tail = self._tail(runner, st, outs[0], snapshot, [weights_in, cl.enqueue_marker(self.uploads)], go=go)
+            self.uploads.flush()
         try:
             # Own pieces are published as they land and the others' taken as they are all
             # in, each side as far as it can go: waiting for the others' piece p before
@@ -513,19 +520,13 @@ class DeviceTrainer:
                 if total is None and loss is not None and stream.ready(views, last, t):
                     total, moved = self._summed_loss(views, at_loss), True
                 while inn < n and stream.ready(views, inn, t):
+                    if inn == 0:     # every rank's weight came with its first piece
+                        st.whost[t % 2][:] = stream.weights(views)
                     if go is not None:
                         gates.pop(0).set_status(cl.command_execution_status.COMPLETE)
                     else:
                         ups.extend(self._uploads(st, views, spans[inn]))
                         up_ends.append(ups[-1])
-                        if inn == 0 and tail_early:
-                            gates, go = [cl.UserEvent(self.device.context) for _ in spans[1:]], \
-                                cl.UserEvent(self.device.context)
-                            for gate, later in zip(gates, spans[1:]):
-                                ups.extend(self._uploads(st, views, later, wait_for=[gate]))
-                                up_ends.append(ups[-1])
-                            tail = self._tail(runner, st, stream.weights(views), outs[0], snapshot,
-                                              [cl.enqueue_marker(self.uploads)], go=go)
                         self.uploads.flush()
                     inn, moved = inn + 1, True
                 if go is not None and total is not None and np.isfinite(total[0]) and not _complete(go):
@@ -568,8 +569,8 @@ class DeviceTrainer:
                 if not _complete(go):
                     go.set_status(cl.command_execution_status.COMPLETE)
             else:
-                flight = self._enqueue_tail(runner, st, stream.weights(views), outs[0], snapshot,
-                                            [cl.enqueue_marker(self.uploads)])
+                flight = self._enqueue_tail(runner, st, outs[0], snapshot,
+                                            [self._upload_weights(st, t), cl.enqueue_marker(self.uploads)])
         except BaseException:
             if go is not None:     # let the queued tail run, its update skipped, then undo its step count
                 if tail is not None:
@@ -663,14 +664,23 @@ class DeviceTrainer:
                                 is_blocking=False, wait_for=wait_for)
                 for j in st.peer_bufs for i, a, b in span]
 
+    def _upload_weights(self, st, t: int, wait_for=None):
+        """Enqueue the upload of every rank's weight of call `t` (st.whost[t % 2], filled
+        once every rank's first piece is in) into st.wbuf, which the sums read; its event.
+        Behind the step before's sums, as the gradients' uploads (_uploads)."""
+        if self.upload_after is not None:
+            wait_for = [*(wait_for or ()), self.upload_after]
+        return cl.enqueue_copy(self.uploads, st.wbuf.mem, st.whost[t % 2], is_blocking=False, wait_for=wait_for)
+
     def _launch_1d(self, kern, n: int, args) -> None:
         """One work-item per value (the kernel checks the bound)."""
         self.device.launch(kern, (-(-n // 256) * 256,), None, args)
 
-    def _narrow_sums(self, runner, st, weights: list):
-        """The bfloat16 stream's sums (kernels/bf16_sum.cl.mako), one launch per
-        parameter, into float32 tensors the update then reads (recorded as st.sums): a
-        generator that yields every TAIL_CHUNK launches and returns their buffers."""
+    def _narrow_sums(self, runner, st):
+        """The bfloat16 stream's sums (kernels/bf16_sum.cl.mako, the ranks' weights read
+        from st.wbuf), one launch per parameter, into float32 tensors the update then
+        reads (recorded as st.sums): a generator that yields every TAIL_CHUNK launches and
+        returns their buffers."""
         if id(runner) not in st.sums:
             sums = [tensor(np.zeros(sh, np.float32), device=self.device) for sh in self.shapes]
             for t in sums:
@@ -680,20 +690,20 @@ class DeviceTrainer:
         xs = [st.own16 if j == r else st.peer16[j] for j in range(st.stream.links.world)]
         for i, (buf, n) in enumerate(zip(bufs, self.sizes)):
             if n:
-                args = [a for x, w in zip(xs, weights) for a in (x.mem, np.float32(w))]
-                self._launch_1d(st.kernels[1], n, [*args, np.uint32(self.offsets[i]), np.uint32(n), buf.mem])
+                self._launch_1d(st.kernels[1], n, [*(x.mem for x in xs), st.wbuf.mem, np.uint32(self.offsets[i]),
+                                                   np.uint32(n), buf.mem])
                 if i % TAIL_CHUNK == TAIL_CHUNK - 1:
                     yield
         return bufs
 
-    def _enqueue_tail(self, runner, st, weights: list, loss, snapshot, wait_for) -> tuple:
+    def _enqueue_tail(self, runner, st, loss, snapshot, wait_for) -> tuple:
         """_tail enqueued at once; returns its flight."""
-        return _drain(self._tail(runner, st, weights, loss, snapshot, wait_for))
+        return _drain(self._tail(runner, st, loss, snapshot, wait_for))
 
-    def _tail(self, runner, st, weights: list, loss, snapshot, wait_for, go=None):
-        """A streamed step's end on the step queue, behind `wait_for` (the last uploads):
-        the sums (each rank's weight times its gradients, in rank order: the same bits on
-        every rank), their NaN/Inf values added to `found`, the loss and the count read
+    def _tail(self, runner, st, loss, snapshot, wait_for, go=None):
+        """A streamed step's end on the step queue, behind `wait_for` (the last uploads,
+        the ranks' weights among them): the sums (each rank's weight times its gradients,
+        in rank order: the same bits on every rank), their NaN/Inf values added to `found`, the loss and the count read
         behind (the flight), the rollback snapshot if `snapshot` is a step, and the update
         gated on the count, and also behind `go` if given (a user event the host sets once
         it knows the summed loss: only the update has to wait for that, the sums run while
@@ -705,11 +715,9 @@ class DeviceTrainer:
         only after its queue has passed this barrier."""
         cl.enqueue_barrier(self.device.queue, wait_for=wait_for)
         if st.narrow:
-            sums = yield from self._narrow_sums(runner, st, weights)
+            sums = yield from self._narrow_sums(runner, st)
         else:
-            ws, items, sums = self._summing(runner, st)
-            for var, w in zip(ws, weights):
-                var.value = w
+            items, sums = self._summing(runner, st)
             yield from self._replay_chunks(items)
         self.sums_read = cl.enqueue_marker(self.device.queue)     # the next step's uploads wait for it
         self._count(sums)
@@ -786,26 +794,25 @@ class DeviceTrainer:
         return self.streaming
 
     def _summing(self, runner, st: "_StreamState") -> tuple:
-        """(weight Vars by rank, captured launches of the sums, their buffers)
-        for `runner`'s gradient outputs and the other ranks' copies: per parameter,
-        w_0 * g_0 + w_1 * g_1 + ... in rank order, into tensors the update then reads
-        (apply(runner, streamed=True))."""
+        """(captured launches of the sums, their buffers) for `runner`'s gradient outputs
+        and the other ranks' copies: per parameter, w_0 * g_0 + w_1 * g_1 + ... in rank
+        order, the weights read from the device (st.rank_w), into tensors the update then
+        reads (apply(runner, streamed=True))."""
         peers, made = st.peers, st.sums
         if id(runner) not in made:
             r, n = st.stream.links.rank, st.stream.links.world
-            ws = [rz.Var(1.0) for _ in range(n)]
             own = runner.step.outs[1:]
             with launch.capture() as cap:
                 sums = []
                 for i in range(len(self.shapes)):
-                    terms = [(own[i] if j == r else peers[j][i]) * Tensor(ws[j].node, self.device) for j in range(n)]
+                    terms = [(own[i] if j == r else peers[j][i]) * st.rank_w[j] for j in range(n)]
                     total = terms[0]
                     for t in terms[1:]:
                         total = total + t
                     total.realize()
                     sums.append(total)
-            made[id(runner)] = (ws, cap.items, [rz.buffer_of(t.node) for t in sums], sums, runner)
-        return made[id(runner)][:3]
+            made[id(runner)] = (None, cap.items, [rz.buffer_of(t.node) for t in sums], sums, runner)
+        return made[id(runner)][1:3]
 
     # --- the update -----------------------------------------------------------------------
     def update(self, flat: np.ndarray) -> None:
@@ -969,6 +976,14 @@ class _StreamState:
         self.ups = []            # the last call's upload events (streamed_step)
         # the loss of each streamed step comes back through this (mapped, not read)
         self.loss_buf = tr.host_visible(4)
+        # every rank's weight of a call, uploaded from whost[call % 2] once every rank's
+        # first piece is in (their weights come with it) into rank_w, which the sums read:
+        # so the sums and the update can be enqueued before the weights are known
+        world = stream.links.world
+        self.rank_w = tensor(np.ones(world, np.float32), device=tr.device)
+        self.rank_w.realize()
+        self.wbuf = rz.buffer_of(self.rank_w.node)
+        self.whost = [tr.host_array(world) for _ in range(2)]
 
 
 def _complete(ev) -> bool:

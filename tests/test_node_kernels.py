@@ -95,8 +95,8 @@ def test_gradients_packed_to_bfloat16_on_the_device_round_as_the_host_transport_
     # the sum: w0 * a + w1 * b over bfloat16 values, in float32
     a, b = want[20:], want[::-1][:-20].copy()
     bufs = [tr.device.upload(v) for v in (a, b)]
-    res = tr.device.alloc(4 * len(a))
-    tr._launch_1d(total, len(a) - 5, [bufs[0].mem, np.float32(0.25), bufs[1].mem, np.float32(0.75),
+    res, weights = tr.device.alloc(4 * len(a)), tr.device.upload(np.float32([0.25, 0.75]))
+    tr._launch_1d(total, len(a) - 5, [bufs[0].mem, bufs[1].mem, weights.mem,
                                       np.uint32(5), np.uint32(len(a) - 5), res.mem])
     summed = np.empty(len(a) - 5, np.float32)
     cl.enqueue_copy(tr.device.queue, summed, res.mem, is_blocking=True)
