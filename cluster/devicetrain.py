@@ -471,7 +471,7 @@ class DeviceTrainer:
         # behind one more event (`go`), set once the summed loss is known and finite: the
         # device goes on from the last upload without the host.  The tail (_tail) is
         # enqueued a few launches at a time whenever no piece needs the host.
-        if id(runner) in st.sums and (id(runner), True) in self.updates:
+        if spans and id(runner) in st.sums and (id(runner), True) in self.updates:
             gates, go = [cl.UserEvent(self.device.context) for _ in spans], cl.UserEvent(self.device.context)
             weights_in = self._upload_weights(st, t, [gates[0]])
             for gate, span in zip(gates, spans):
