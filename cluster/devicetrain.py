@@ -703,8 +703,8 @@ class DeviceTrainer:
     def _tail(self, runner, st, loss, snapshot, wait_for, go=None):
         """A streamed step's end on the step queue, behind `wait_for` (the last uploads,
         the ranks' weights among them): the sums (each rank's weight times its gradients,
-        in rank order: the same bits on every rank), their NaN/Inf values added to `found`, the loss and the count read
-        behind (the flight), the rollback snapshot if `snapshot` is a step, and the update
+        in rank order: the same bits on every rank), their NaN/Inf values added to
+        `found`, the loss and the count read behind (the flight), the rollback snapshot if `snapshot` is a step, and the update
         gated on the count, and also behind `go` if given (a user event the host sets once
         it knows the summed loss: only the update has to wait for that, the sums run while
         the hosts exchange their losses).  A generator that yields every TAIL_CHUNK launches and returns
