@@ -21,7 +21,7 @@ from .build_child import (CompilerFallbackWarning, _binary_of, _ChildFailed, _en
                           _lean_build, _safe_mode, _source_proven, _vec_name, _warn_once, _WorkerUnavailable)
 from .codegen import GEMM_VECTOR_WIDTHS, with_vector_width
 from .files import atomic_write, cache_dir
-from .probe import _profile_path
+from .probe import _profile_path, _templates_digest
 
 __all__ = ["BuildError", "CacheEntryWarning", "CompiledKernel", "ProgramCacheMixin"]
 
@@ -317,6 +317,17 @@ class ProgramCacheMixin:
         if not ok:
             self._reject(path, f"names a group entry {gpath} that is missing or does not match")
             return None
+        if gheader.get("templates") != _templates_digest():
+            # A group written by other templates: this member's source is the same, but its
+            # group-mates are older kernels, and loading it builds them all again at every
+            # start (on PoCL first the lean way, which an older GEMM's vload16 fails with a
+            # page of compiler errors on stderr).  Rebuilt, then cached as today's.
+            self._reject(path, f"names a group entry {gpath} built by other kernel templates")
+            try:
+                os.remove(gpath)
+            except OSError:
+                pass
+            return None
         try:
             program = self._program_of(binary, payload, options)
         except Exception as exc:
@@ -572,6 +583,7 @@ class ProgramCacheMixin:
             header = self._entry_header(source, options, gkey, binary, payload)
             header["members"] = {vspec.name: hashlib.sha256(vspec.source.encode()).hexdigest()
                                  for _, vspec, _ in chunk}
+            header["templates"] = _templates_digest()      # see _load_member
             path = self._entry_path(gkey)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             atomic_write(path, json.dumps(header).encode() + b"\n" + binary)

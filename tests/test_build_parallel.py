@@ -104,6 +104,30 @@ def test_a_group_is_cached_once_and_its_members_load_from_disk(tmp_path):
     again, err = _run(tmp_path, 2)
     assert "CacheEntryWarning" in err and again["stats"]["rejected"] >= 1 and again["stats"]["builds"] >= 1
     assert again["loss"] == first["loss"] and again["grads"] == first["grads"]
+    # a group written by other kernel templates (an older engine): its members are rebuilt
+    # and cached anew, not loaded with their stale group-mates at every start
+    stale = []
+    for path in glob.glob(str(tmp_path / "cache" / "programs" / "*.bin")):
+        with open(path, "rb") as f:
+            header, rest = json.loads(f.readline()), f.read()
+        if "members" in header:
+            header["templates"] = "0" * 12
+            with open(path, "wb") as f:
+                f.write(json.dumps(header).encode() + b"\n" + rest)
+            stale.append(path)
+    assert stale
+    upgraded, err = _run(tmp_path, 2)
+    assert "other kernel templates" in err and upgraded["stats"]["builds"] >= 1
+    assert upgraded["loss"] == first["loss"] and upgraded["grads"] == first["grads"]
+    programs = tmp_path / "cache" / "programs"
+    for path in glob.glob(str(programs / "*.bin")):     # no member names a stale group now
+        with open(path, "rb") as f:
+            group = json.loads(f.readline()).get("group")
+        if group:
+            with open(programs / f"{group}.bin", "rb") as f:
+                assert json.loads(f.readline())["templates"] != "0" * 12, path
+    settled, _ = _run(tmp_path, 2)
+    assert settled["stats"]["builds"] == 0 and settled["stats"].get("rejected", 0) == 0
 
 
 class _Spec:
