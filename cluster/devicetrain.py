@@ -654,8 +654,7 @@ class DeviceTrainer:
         (kept: see st.ups).  Behind the last step's sums, which read those copies: they run
         on the step queue, these on a queue of their own, and a rank whose device lags
         (another process's kernels on the same GPU) could otherwise overwrite them first."""
-        if self.upload_after is not None:
-            wait_for = [*(wait_for or ()), self.upload_after]
+        wait_for = self._after_sums(wait_for)
         if st.narrow:
             return [cl.enqueue_copy(self.uploads, st.peer16[j].mem, views[j][1].view(np.uint16)[a:b], dst_offset=2 * a,
                                     is_blocking=False, wait_for=wait_for)
@@ -668,9 +667,15 @@ class DeviceTrainer:
         """Enqueue the upload of every rank's weight of call `t` (st.whost[t % 2], filled
         once every rank's first piece is in) into st.wbuf, which the sums read; its event.
         Behind the step before's sums, as the gradients' uploads (_uploads)."""
-        if self.upload_after is not None:
-            wait_for = [*(wait_for or ()), self.upload_after]
-        return cl.enqueue_copy(self.uploads, st.wbuf.mem, st.whost[t % 2], is_blocking=False, wait_for=wait_for)
+        return cl.enqueue_copy(self.uploads, st.wbuf.mem, st.whost[t % 2], is_blocking=False,
+                               wait_for=self._after_sums(wait_for))
+
+    def _after_sums(self, wait_for=None):
+        """`wait_for` and the step before's sums (upload_after): an upload into a buffer
+        those sums read must not land before they have run."""
+        if self.upload_after is None:
+            return wait_for
+        return [*(wait_for or ()), self.upload_after]
 
     def _launch_1d(self, kern, n: int, args) -> None:
         """One work-item per value (the kernel checks the bound)."""
@@ -685,8 +690,8 @@ class DeviceTrainer:
             sums = [tensor(np.zeros(sh, np.float32), device=self.device) for sh in self.shapes]
             for t in sums:
                 t.realize()
-            st.sums[id(runner)] = (None, None, [rz.buffer_of(t.node) for t in sums], sums, runner)
-        bufs, r = st.sums[id(runner)][2], st.stream.links.rank
+            st.sums[id(runner)] = (None, [rz.buffer_of(t.node) for t in sums], sums, runner)
+        bufs, r = st.sums[id(runner)][1], st.stream.links.rank
         xs = [st.own16 if j == r else st.peer16[j] for j in range(st.stream.links.world)]
         for i, (buf, n) in enumerate(zip(bufs, self.sizes)):
             if n:
@@ -704,15 +709,16 @@ class DeviceTrainer:
         """A streamed step's end on the step queue, behind `wait_for` (the last uploads,
         the ranks' weights among them): the sums (each rank's weight times its gradients,
         in rank order: the same bits on every rank), their NaN/Inf values added to
-        `found`, the loss and the count read behind (the flight), the rollback snapshot if `snapshot` is a step, and the update
-        gated on the count, and also behind `go` if given (a user event the host sets once
-        it knows the summed loss: only the update has to wait for that, the sums run while
-        the hosts exchange their losses).  A generator that yields every TAIL_CHUNK launches and returns
-        the flight, so the exchange loop can enqueue it while no piece needs the host: NVIDIA's
-        driver takes 11-90 us a launch, and while the host enqueued all ~20 at once the
-        pieces that came down waited to go up (bench/NOTES.md).  No rank rewrites a segment this
-        call read before every rank has published a piece of the next call, which it copies
-        only after its queue has passed this barrier."""
+        `found`, the loss and the count read behind (the flight), the rollback snapshot if
+        `snapshot` is a step, and the update gated on the count, and also behind `go` if
+        given (a user event the host sets once it knows the summed loss: only the update
+        has to wait for that, the sums run while the hosts exchange their losses).  A
+        generator that yields every TAIL_CHUNK launches and returns the flight, so the
+        exchange loop can enqueue it while no piece needs the host: NVIDIA's driver takes
+        11-90 us a launch, and while the host enqueued all ~20 at once the pieces that came
+        down waited to go up (bench/NOTES.md).  No rank rewrites a segment this call read
+        before every rank has published a piece of the next call, which it copies only
+        after its queue has passed this barrier."""
         cl.enqueue_barrier(self.device.queue, wait_for=wait_for)
         if st.narrow:
             sums = yield from self._narrow_sums(runner, st)
@@ -811,8 +817,8 @@ class DeviceTrainer:
                         total = total + t
                     total.realize()
                     sums.append(total)
-            made[id(runner)] = (None, cap.items, [rz.buffer_of(t.node) for t in sums], sums, runner)
-        return made[id(runner)][1:3]
+            made[id(runner)] = (cap.items, [rz.buffer_of(t.node) for t in sums], sums, runner)
+        return made[id(runner)][:2]
 
     # --- the update -----------------------------------------------------------------------
     def update(self, flat: np.ndarray) -> None:
@@ -847,7 +853,7 @@ class DeviceTrainer:
         key = None if runner is None else (id(runner), streamed)
         if key not in self.updates:
             grads = self.g if runner is None else \
-                self.streaming.sums[id(runner)][3] if streamed else runner.step.outs[1:]
+                self.streaming.sums[id(runner)][2] if streamed else runner.step.outs[1:]
             for p, g in zip(self.w, grads):
                 p.grad = g
             try:
@@ -944,7 +950,8 @@ class _StreamState:
     DMA speed: 54 GB/s against 9-17 for unpinned pages, bench/NOTES.md); `peers` (tensors)
     and `peer_bufs`, by rank, this device's copies of the other ranks' gradients; `spans`,
     per gradient piece, the (parameter, first, end) runs of the packed buffer it covers;
-    `sums`, by id(runner), _summing's captures."""
+    `sums`, by id(runner), the sums' (captured launches or None, buffers, tensors, runner
+    kept alive), from _summing or _narrow_sums."""
 
     def __init__(self, tr: DeviceTrainer, stream):
         self.stream = stream
