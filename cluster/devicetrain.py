@@ -60,6 +60,9 @@ FLUSH_EVERY = 6
 TIMELINE = ("first piece computed", "down", "up", "last piece computed", "down", "up", "sums counted", "updated")
 # launches a streamed step's tail enqueues between looks at the exchange (_tail)
 TAIL_CHUNK = 2
+# parameters (or spans of a piece) one launch of kernels/grad_sum.cl.mako (or gather) takes:
+# few enough that the argument list stays small on every device
+MANY_PER_LAUNCH = 8
 # the longest sleep between polls of a streamed step's exchange (s); polling without
 # sleeping was no faster on two H200s (bench/NOTES.md)
 POLL_LONGEST_S = 2e-4
@@ -145,8 +148,7 @@ class DeviceTrainer:
         self.found.realize()
         self.opt.found_inf = self.found
         self.foundbuf = rz.buffer_of(self.found._storage.node)   # nobody commits to it: a fixed handle
-        self.narrow_kernels = {}     # ring size -> (pack, sum) of a bfloat16 stream
-        self.copier = None           # snapshot() and restore()'s one launch (_copy_all)
+        self.kernels = {}            # (template, params) -> this module's kernels built so far (kernel())
         self.sums_read = None        # a marker behind the last streamed step's sums
         self.upload_after = None     # the step before's sums_read, which this step's uploads wait for
 
@@ -474,8 +476,8 @@ class DeviceTrainer:
         if spans and id(runner) in st.sums and (id(runner), True) in self.updates:
             gates, go = [cl.UserEvent(self.device.context) for _ in spans], cl.UserEvent(self.device.context)
             weights_in = self._upload_weights(st, t, [gates[0]])
-            for gate, span in zip(gates, spans):
-                ups.extend(self._uploads(st, views, span, wait_for=[gate]))
+            for gate, piece in zip(gates, stream.pieces):
+                ups.extend(self._uploads(st, views, piece, wait_for=[gate]))
                 up_ends.append(ups[-1])
             tail = self._tail(runner, st, outs[0], snapshot, [weights_in, cl.enqueue_marker(self.uploads)], go=go)
             self.uploads.flush()
@@ -525,7 +527,7 @@ class DeviceTrainer:
                     if go is not None:
                         gates.pop(0).set_status(cl.command_execution_status.COMPLETE)
                     else:
-                        ups.extend(self._uploads(st, views, spans[inn]))
+                        ups.extend(self._uploads(st, views, stream.pieces[inn]))
                         up_ends.append(ups[-1])
                         self.uploads.flush()
                     inn, moved = inn + 1, True
@@ -603,9 +605,7 @@ class DeviceTrainer:
         # piece until backward got there, the launches after it waiting to be enqueued.
         pin = st.pins[(t % 2) * stream.links.world + stream.links.rank] if st.pins else None
         mark, at, landed, maps, computed, read = cl.enqueue_marker(q), 0, [], [], [], None
-        # a bfloat16 stream sends 2 bytes a value: each piece packed on the step queue into
-        # st.own16 (kernels/bf16_pack.cl.mako), which is what goes down
-        size, kind = (2, np.uint16) if st.narrow else (4, np.float32)
+        size, kind = st.size, (np.uint16 if st.narrow else np.float32)
         mine_k = mine.view(kind)
         for span, (lo, hi), upto in zip(st.spans, stream.pieces, ends):
             if read is None and loss_end <= upto:    # the loss comes back first (streamed_step's tell())
@@ -616,21 +616,27 @@ class DeviceTrainer:
                 read = self.read_behind(copies, st.loss_buf, [outs[0].mem], wait_for=[mark])
             if upto > at:
                 self._replay_flushed(items[at:upto])
+            # what goes down: a bfloat16 stream's piece packed on the step queue into st.own
+            # (kernels/bf16_pack.cl.mako, 2 bytes a value); a float32 piece over several
+            # parameters gathered there (kernels/gather.cl.mako); else the parameter's own buffer
+            packed = st.narrow or len(span) > 1
             if st.narrow:
                 for i, a, b in span:
-                    self._launch_1d(st.kernels[0], b - a,
-                                    [outs[1 + i].mem, np.uint32(a - offs[i]), np.uint32(b - a), st.own16.mem, np.uint32(a)])
-            if upto > at or st.narrow:
+                    self._launch_1d(self.kernel("bf16_pack"), b - a,
+                                    [outs[1 + i].mem, np.uint32(a - offs[i]), np.uint32(b - a), st.own.mem, np.uint32(a)])
+            elif packed:
+                self._gather([(outs[1 + i].mem, a - offs[i], b - a, a) for i, a, b in span], st.own)
+            first = span[0][0]
+            src, off = (st.own.mem, lo) if packed else (outs[1 + first].mem, lo - offs[first])
+            if upto > at or packed:
                 at, mark = max(at, upto), cl.enqueue_marker(q)
             computed.append(mark)
-            srcs = [(st.own16.mem, a) if st.narrow else (outs[1 + i].mem, a - offs[i]) for i, a, _ in span]
             if pin is None:
-                landed.append([cl.enqueue_copy(copies, mine_k[a:b], src, src_offset=size * off, wait_for=[mark],
-                                               is_blocking=False) for (src, off), (_, a, b) in zip(srcs, span)])
+                landed.append([cl.enqueue_copy(copies, mine_k[lo:hi], src, src_offset=size * off, wait_for=[mark],
+                                               is_blocking=False)])
             else:
-                for (src, off), (_, a, b) in zip(srcs, span):
-                    cl.enqueue_copy(copies, pin, src, byte_count=size * (b - a), src_offset=size * off,
-                                    dst_offset=size * a, wait_for=[mark])
+                cl.enqueue_copy(copies, pin, src, byte_count=size * (hi - lo), src_offset=size * off,
+                                dst_offset=size * lo, wait_for=[mark])
                 got, ev = cl.enqueue_map_buffer(copies, pin, cl.map_flags.READ, size * lo, (hi - lo,), kind,
                                                 is_blocking=False)
                 landed.append([ev])
@@ -648,20 +654,18 @@ class DeviceTrainer:
         localsum._sum_into(total, [d[at:at + 2] for _, d in views])
         return total
 
-    def _uploads(self, st, views, span, wait_for=None) -> list:
-        """Enqueue the other ranks' values of a piece, from their segments into this
-        device's copies of their gradients (bfloat16: their packed copies); their events
-        (kept: see st.ups).  Behind the last step's sums, which read those copies: they run
-        on the step queue, these on a queue of their own, and a rank whose device lags
-        (another process's kernels on the same GPU) could otherwise overwrite them first."""
-        wait_for = self._after_sums(wait_for)
-        if st.narrow:
-            return [cl.enqueue_copy(self.uploads, st.peer16[j].mem, views[j][1].view(np.uint16)[a:b], dst_offset=2 * a,
-                                    is_blocking=False, wait_for=wait_for)
-                    for j in st.peer16 for _, a, b in span]
-        return [cl.enqueue_copy(self.uploads, st.peer_bufs[j][i].mem, views[j][1][a:b], dst_offset=4 * (a - self.offsets[i]),
+    def _uploads(self, st, views, piece, wait_for=None) -> list:
+        """Enqueue the other ranks' values of a piece (first, end), one copy each from
+        their segments into this device's copies of their packed gradients (st.peer);
+        their events (kept: see st.ups).  Behind the last step's sums, which read those
+        copies: they run on the step queue, these on a queue of their own, and a rank whose
+        device lags (another process's kernels on the same GPU) could otherwise overwrite
+        them first."""
+        wait_for, (lo, hi) = self._after_sums(wait_for), piece
+        kind = np.uint16 if st.narrow else np.float32
+        return [cl.enqueue_copy(self.uploads, buf.mem, views[j][1].view(kind)[lo:hi], dst_offset=st.size * lo,
                                 is_blocking=False, wait_for=wait_for)
-                for j in st.peer_bufs for i, a, b in span]
+                for j, buf in st.peer.items()]
 
     def _upload_weights(self, st, t: int, wait_for=None):
         """Enqueue the upload of every rank's weight of call `t` (st.whost[t % 2], filled
@@ -677,28 +681,50 @@ class DeviceTrainer:
             return wait_for
         return [*(wait_for or ()), self.upload_after]
 
+    def _gather(self, runs, dst) -> None:
+        """Each (buffer, first, count, at) run of float32 values into dst[at:at + count], on
+        the step queue (kernels/gather.cl.mako), MANY_PER_LAUNCH runs a launch."""
+        for k in range(0, len(runs), MANY_PER_LAUNCH):
+            part = runs[k:k + MANY_PER_LAUNCH]
+            args = [a for buf, first, n, at in part for a in (buf, np.uint32(first), np.uint32(n), np.uint32(at))]
+            self._launch_spread(self.kernel("gather", count=len(part)), max(n for _, _, n, _ in part), [*args, dst.mem])
+
     def _launch_1d(self, kern, n: int, args) -> None:
         """One work-item per value (the kernel checks the bound)."""
         self.device.launch(kern, (-(-n // 256) * 256,), None, args)
 
-    def _narrow_sums(self, runner, st):
-        """The bfloat16 stream's sums (kernels/bf16_sum.cl.mako, the ranks' weights read
-        from st.wbuf), one launch per parameter, into float32 tensors the update then
-        reads (recorded as st.sums): a generator that yields every TAIL_CHUNK launches and
-        returns their buffers."""
+    def _sums(self, runner, st):
+        """Every parameter's sum over the ranks, each rank's weight (read from st.wbuf)
+        times its gradient in rank order, into float32 tensors the update then reads
+        (recorded as st.sums): a bfloat16 stream's one launch per parameter of
+        kernels/bf16_sum.cl.mako, else MANY_PER_LAUNCH parameters a launch of
+        kernels/grad_sum.cl.mako, this rank's values read from `runner`'s gradient outputs.
+        A generator that yields every TAIL_CHUNK launches and returns the sums' buffers."""
         if id(runner) not in st.sums:
             sums = [tensor(np.zeros(sh, np.float32), device=self.device) for sh in self.shapes]
             for t in sums:
                 t.realize()
-            st.sums[id(runner)] = (None, [rz.buffer_of(t.node) for t in sums], sums, runner)
-        bufs, r = st.sums[id(runner)][1], st.stream.links.rank
-        xs = [st.own16 if j == r else st.peer16[j] for j in range(st.stream.links.world)]
-        for i, (buf, n) in enumerate(zip(bufs, self.sizes)):
-            if n:
-                self._launch_1d(st.kernels[1], n, [*(x.mem for x in xs), st.wbuf.mem, np.uint32(self.offsets[i]),
-                                                   np.uint32(n), buf.mem])
-                if i % TAIL_CHUNK == TAIL_CHUNK - 1:
+            own = [rz.buffer_of(t.node) for t in runner.step.outs[1:]]
+            st.sums[id(runner)] = (own, [rz.buffer_of(t.node) for t in sums], sums, runner)
+        own, bufs, _, _ = st.sums[id(runner)]
+        r, world = st.stream.links.rank, st.stream.links.world
+        live = [i for i, n in enumerate(self.sizes) if n]
+        if st.narrow:
+            xs = [st.own if j == r else st.peer[j] for j in range(world)]
+            for k, i in enumerate(live):
+                self._launch_1d(self.kernel("bf16_sum", ranks=world), self.sizes[i],
+                                [*(x.mem for x in xs), st.wbuf.mem, np.uint32(self.offsets[i]), np.uint32(self.sizes[i]),
+                                 bufs[i].mem])
+                if k % TAIL_CHUNK == TAIL_CHUNK - 1:
                     yield
+            return bufs
+        peers = [st.peer[j].mem for j in range(world) if j != r]
+        for k in range(0, len(live), MANY_PER_LAUNCH):
+            part = live[k:k + MANY_PER_LAUNCH]
+            args = [a for i in part for a in (own[i].mem, bufs[i].mem, np.uint32(self.offsets[i]), np.uint32(self.sizes[i]))]
+            self._launch_spread(self.kernel("grad_sum", ranks=world, rank=r, count=len(part)),
+                                max(self.sizes[i] for i in part), [*peers, st.wbuf.mem, *args])
+            yield
         return bufs
 
     def _enqueue_tail(self, runner, st, loss, snapshot, wait_for) -> tuple:
@@ -720,11 +746,7 @@ class DeviceTrainer:
         before every rank has published a piece of the next call, which it copies only
         after its queue has passed this barrier."""
         cl.enqueue_barrier(self.device.queue, wait_for=wait_for)
-        if st.narrow:
-            sums = yield from self._narrow_sums(runner, st)
-        else:
-            items, sums = self._summing(runner, st)
-            yield from self._replay_chunks(items)
+        sums = yield from self._sums(runner, st)
         self.sums_read = cl.enqueue_marker(self.device.queue)     # the next step's uploads wait for it
         self._count(sums)
         flight = self._read_count(loss)
@@ -799,27 +821,6 @@ class DeviceTrainer:
             self.updates = {k: v for k, v in self.updates.items() if not (k and k[1])}
         return self.streaming
 
-    def _summing(self, runner, st: "_StreamState") -> tuple:
-        """(captured launches of the sums, their buffers) for `runner`'s gradient outputs
-        and the other ranks' copies: per parameter, w_0 * g_0 + w_1 * g_1 + ... in rank
-        order, the weights read from the device (st.rank_w), into tensors the update then
-        reads (apply(runner, streamed=True))."""
-        peers, made = st.peers, st.sums
-        if id(runner) not in made:
-            r, n = st.stream.links.rank, st.stream.links.world
-            own = runner.step.outs[1:]
-            with launch.capture() as cap:
-                sums = []
-                for i in range(len(self.shapes)):
-                    terms = [(own[i] if j == r else peers[j][i]) * st.rank_w[j] for j in range(n)]
-                    total = terms[0]
-                    for t in terms[1:]:
-                        total = total + t
-                    total.realize()
-                    sums.append(total)
-            made[id(runner)] = (cap.items, [rz.buffer_of(t.node) for t in sums], sums, runner)
-        return made[id(runner)][:2]
-
     # --- the update -----------------------------------------------------------------------
     def update(self, flat: np.ndarray) -> None:
         """Upload the reduced gradients (flat[:-1]) and apply the fused optimizer step."""
@@ -887,20 +888,31 @@ class DeviceTrainer:
     def _copy_all(self, srcs, dsts) -> None:
         """Each of `srcs` into the matching one of `dsts` (float32 buffers of the same sizes):
         kernels/copy_many.cl.mako, built at the first snapshot."""
-        if self.copier is None:
-            self.copier = self.build_kernel("copy_many", count=len(srcs))
         sizes = [s.nbytes // 4 for s in srcs]
-        if self.is_gpu:   # enough work-items to keep the memory busy: a float4 each, up to ~1 M of them
+        args = [a for s, d, n in zip(srcs, dsts, sizes) for a in (s.mem, d.mem, np.uint32(n))]
+        self._launch_spread(self.kernel("copy_many", count=len(srcs)), -(-max(sizes) // 4), args)   # a float4 each
+
+    def _launch_spread(self, kern, most: int, args) -> None:
+        """A kernel whose work-items stride over whole buffers, `most` items of work in the
+        largest: on a GPU enough work-items to keep the memory busy (one per item of work,
+        up to ~1 M), on a CPU _spread_groups work-groups."""
+        if self.is_gpu:
             local = 256
-            groups = max(int(self.device.cl_device.max_compute_units), min(4096, -(-max(sizes) // (4 * local))))
+            groups = max(int(self.device.cl_device.max_compute_units), min(4096, -(-most // local)))
         else:
             local, groups = 64, self._spread_groups()
-        args = [a for s, d, n in zip(srcs, dsts, sizes) for a in (s.mem, d.mem, np.uint32(n))]
-        self.device.launch(self.copier, (groups * local,), (local,), args)
+        self.device.launch(kern, (groups * local,), (local,), args)
 
     # --- downloads on request -------------------------------------------------------------------
     def weights(self) -> list[np.ndarray]:
         return [self.device.download(b, s, "float32") for b, s in zip(self.wbufs, self.shapes)]
+
+    def kernel(self, template: str, **params):
+        """build_kernel's kernel, built once per trainer."""
+        key = (template, *params.items())
+        if key not in self.kernels:
+            self.kernels[key] = self.build_kernel(template, **params)
+        return self.kernels[key]
 
     def build_kernel(self, template: str, **params):
         """A kernels/<template>.cl.mako of this module's own, built for this device."""
@@ -947,11 +959,11 @@ class _StreamState:
     """A DeviceTrainer's state for one shmstream.Stream, made at its first streamed step:
     `pins`, USE_HOST_PTR buffers over every segment, held while the stream lives (NVIDIA's
     driver pins the pages of such a buffer, and plain copies from and to them then run at
-    DMA speed: 54 GB/s against 9-17 for unpinned pages, bench/NOTES.md); `peers` (tensors)
-    and `peer_bufs`, by rank, this device's copies of the other ranks' gradients; `spans`,
-    per gradient piece, the (parameter, first, end) runs of the packed buffer it covers;
-    `sums`, by id(runner), the sums' (captured launches or None, buffers, tensors, runner
-    kept alive), from _summing or _narrow_sums."""
+    DMA speed: 54 GB/s against 9-17 for unpinned pages, bench/NOTES.md); `peer`, by rank,
+    this device's copies of the other ranks' packed gradients; `spans`, per gradient piece,
+    the (parameter, first, end) runs of the packed buffer it covers; `sums`, by id(runner),
+    the sums' (this rank's gradient buffers, the sums' buffers, their tensors, runner kept
+    alive), from _sums."""
 
     def __init__(self, tr: DeviceTrainer, stream):
         self.stream = stream
@@ -963,21 +975,15 @@ class _StreamState:
             self.pins = []
         others = [j for j in range(stream.links.world) if j != stream.links.rank]
         self.narrow = bool(getattr(stream, "narrow", False))
-        if self.narrow:    # bfloat16 values: this rank's packed gradients, the others' uploaded
-            n = sum(tr.sizes)
-            self.own16, self.peer16 = tr.device.alloc(2 * n), {j: tr.device.alloc(2 * n) for j in others}
-            world = stream.links.world
-            if world not in tr.narrow_kernels:
-                tr.narrow_kernels[world] = (tr.build_kernel("bf16_pack"), tr.build_kernel("bf16_sum", ranks=world))
-            self.kernels = tr.narrow_kernels[world]
-        self.peers = {} if self.narrow else \
-            {j: [tensor(np.zeros(s, np.float32), device=tr.device) for s in tr.shapes] for j in others}
-        for t in (t for ts in self.peers.values() for t in ts):
-            t.realize()
-        self.peer_bufs = {j: [rz.buffer_of(t.node) for t in ts] for j, ts in self.peers.items()}
+        # the other ranks' packed gradients (bfloat16: 2 bytes a value), each piece uploaded
+        # in one copy; own: this rank's packed (bfloat16) or gathered (a float32 piece over
+        # several parameters) values, which go down a piece in one copy
+        n, self.size = sum(tr.sizes), 2 if self.narrow else 4
+        self.peer = {j: tr.device.alloc(self.size * n) for j in others}
         offs = tr.offsets
         self.spans = [[(i, max(lo, offs[i]), min(hi, offs[i + 1])) for i in range(len(tr.sizes))
                        if offs[i] < hi and offs[i + 1] > lo] for lo, hi in stream.pieces[:-1]]
+        self.own = tr.device.alloc(self.size * n) if self.narrow or any(len(sp) > 1 for sp in self.spans) else None
         self.sums = {}
         self.plans = {}          # by id(runner): DeviceTrainer._piece_plan's
         self.ups = []            # the last call's upload events (streamed_step)

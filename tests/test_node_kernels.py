@@ -106,6 +106,48 @@ def test_gradients_packed_to_bfloat16_on_the_device_round_as_the_host_transport_
     np.testing.assert_array_equal(summed, expect)
 
 
+@pytest.mark.core
+def test_the_float32_sums_of_several_parameters_and_the_gathered_piece_are_numpys_bits():
+    """kernels/grad_sum.cl.mako (a streamed float32 all-reduce's sums, several parameters a
+    launch): w0 * x0 + w1 * x1 + w2 * x2 in rank order, this rank's (1) values from its own
+    gradient buffers and the others' from their packed copies at each parameter's offset,
+    the same bits as numpy's float32; kernels/gather.cl.mako puts runs of several buffers
+    side by side.  Buffers longer than the launch (strided) and of length one."""
+    pytest.importorskip("engine")
+    import pyopencl as cl
+    import engine
+    from cluster.devicetrain import DeviceTrainer
+    rng = np.random.default_rng(5)
+    shapes = [(700, 300), (1,), (33,)]
+    sizes = [int(np.prod(s)) for s in shapes]
+    offs = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    tr = DeviceTrainer(engine.default_device(), {"name": "sgd", "lr": 0.1},
+                       [np.zeros(s, np.float32) for s in shapes], [], 0)
+    dev = tr.device
+    own = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    peers = {j: rng.standard_normal(offs[-1]).astype(np.float32) for j in (0, 2)}
+    w = np.float32([0.25, 0.5, 0.125])
+    outs = [dev.alloc(4 * n) for n in sizes]
+    held = [dev.upload(v) for v in (*own, peers[0], peers[2], w)]     # alive until the kernels have run
+    args = [a for i, n in enumerate(sizes) for a in (held[i].mem, outs[i].mem, np.uint32(offs[i]), np.uint32(n))]
+    tr._launch_spread(tr.kernel("grad_sum", ranks=3, rank=1, count=len(sizes)), max(sizes),
+                      [held[3].mem, held[4].mem, held[5].mem, *args])
+    for i, n in enumerate(sizes):
+        want = w[0] * peers[0][offs[i]:offs[i + 1]] + w[1] * own[i] + w[2] * peers[2][offs[i]:offs[i + 1]]
+        np.testing.assert_array_equal(dev.download(outs[i], (n,), "float32"), want)
+    # gather: own[2][3:30], own[0][5:100005] and own[1] after each other from element 7
+    runs = [(2, 3, 27), (0, 5, 100_000), (1, 0, 1)]
+    dst = dev.alloc(4 * (7 + 100_028))
+    at, spans = 7, []
+    for i, first, n in runs:
+        spans.append((held[i].mem, first, n, at))
+        at += n
+    tr._gather(spans, dst)
+    got = np.empty(7 + 100_028, np.float32)
+    cl.enqueue_copy(dev.queue, got, dst.mem, is_blocking=True)
+    np.testing.assert_array_equal(got[7:], np.concatenate([own[i][first:first + n] for i, first, n in runs]))
+
+
 # Not core: on Oclgrind, after this test, a later test's kernel (test_ops' test_unary)
 # is reported reading uninitialised memory; the cause is not found yet (bench/NOTES.md).
 # It passes on both PoCLs and on the H200.
