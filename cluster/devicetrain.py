@@ -149,6 +149,8 @@ class DeviceTrainer:
         self.opt.found_inf = self.found
         self.foundbuf = rz.buffer_of(self.found._storage.node)   # nobody commits to it: a fixed handle
         self.kernels = {}            # (template, params) -> this module's kernels built so far (kernel())
+        self.checksum_buf = None     # checksum_behind's host-visible partial sums
+        self.checksum_read = None    # the reader of a checksum_behind not read yet
         self.sums_read = None        # a marker behind the last streamed step's sums
         self.upload_after = None     # the step before's sums_read, which this step's uploads wait for
 
@@ -429,12 +431,12 @@ class DeviceTrainer:
         gradients, the piece is copied into this rank's shared-memory segment on the copy
         queue (beside the kernels that follow) and published; as every rank's
         piece is published, it is uploaded from their segments into this device's copies
-        of their gradients (on a third queue, beside the downloads).  The sum (each rank's
-        weight times its gradients, in rank order: the same expression, so the same bits,
-        on every rank) is one captured kernel per parameter; its NaN/Inf values are added
-        to the running count `found`, then the snapshot (if `snapshot` is a step) and the
-        update gated on that count are enqueued, all behind the last uploads on the device
-        (_enqueue_tail), so the host is free to go on to the next step while the device
+        of their packed gradients (on a third queue, beside the downloads).  The sum (each
+        rank's weight times its gradients, in rank order: the same expression, so the same
+        bits, on every rank) takes one launch per 8 parameters; its NaN/Inf values are added
+        to the running count `found`, and the update gated on that count is enqueued, all
+        behind the last uploads on the device (the snapshot, if `snapshot` is a step, before
+        them: _tail), so the host is free to go on to the next step while the device
         finishes this one.  The loss and the halt vote (the last piece) are summed on the
         host.  With `rows`, the batch is those rows of x and y (gathered into
         page-locked memory, as launch_alone does).  Returns (local loss, summed weighted
@@ -732,11 +734,13 @@ class DeviceTrainer:
         return _drain(self._tail(runner, st, loss, snapshot, wait_for))
 
     def _tail(self, runner, st, loss, snapshot, wait_for, go=None):
-        """A streamed step's end on the step queue, behind `wait_for` (the last uploads,
-        the ranks' weights among them): the sums (each rank's weight times its gradients,
-        in rank order: the same bits on every rank), their NaN/Inf values added to
-        `found`, the loss and the count read behind (the flight), the rollback snapshot if
-        `snapshot` is a step, and the update gated on the count, and also behind `go` if
+        """A streamed step's end on the step queue: the rollback snapshot if `snapshot` is
+        a step (first: only the update changes what it copies, so it runs while the pieces
+        travel instead of between the last upload and the update); then, behind `wait_for`
+        (the last uploads, the ranks' weights among them), the sums (each rank's weight
+        times its gradients, in rank order: the same bits on every rank), their NaN/Inf
+        values added to `found`, the loss and the count read behind (the flight), and the
+        update gated on the count, and also behind `go` if
         given (a user event the host sets once it knows the summed loss: only the update
         has to wait for that, the sums run while the hosts exchange their losses).  A
         generator that yields every TAIL_CHUNK launches and returns the flight, so the
@@ -745,13 +749,13 @@ class DeviceTrainer:
         down waited to go up (bench/NOTES.md).  No rank rewrites a segment this call read
         before every rank has published a piece of the next call, which it copies only
         after its queue has passed this barrier."""
+        if snapshot is not None:
+            self.snapshot(snapshot)
         cl.enqueue_barrier(self.device.queue, wait_for=wait_for)
         sums = yield from self._sums(runner, st)
         self.sums_read = cl.enqueue_marker(self.device.queue)     # the next step's uploads wait for it
         self._count(sums)
         flight = self._read_count(loss)
-        if snapshot is not None:
-            self.snapshot(snapshot)
         if go is not None:
             cl.enqueue_barrier(self.device.queue, wait_for=[go])
         yield
@@ -942,13 +946,37 @@ class DeviceTrainer:
         (kernels/checksum.cl.mako): a few thousand 64-bit partial sums come back instead of
         the weights (the big MLP's 80 MB cost 33 ms to download and CRC-32 on the host). For
         the digest every K steps."""
+        return self.checksum_behind()()
+
+    def checksum_behind(self):
+        """checksum() enqueued behind what the step queue holds, not waited for: a callable
+        that waits for it and returns it.  A run's digest every K steps (job_handlers) is
+        read a step later, so the host does not wait for the device to drain its queue."""
+        if self.checksum_read is not None:     # the one before was never read: its mapping goes first
+            self.checksum_read()
         ck, partial, host, groups = self.summer
         local = ck.spec.params["wg"]
         for k, (buf, a, b) in enumerate(zip(self.wbufs, self.offsets, self.offsets[1:])):
             self.device.launch(ck, (groups * local,), (local,),
                                [buf.mem, np.uint32(b - a), np.uint64(a), partial.mem, np.uint32(k * groups)])
-        cl.enqueue_copy(self.device.queue, host, partial.mem, is_blocking=True)
-        return f"{int(host.sum(dtype=np.uint64)):016x}"
+        if self.checksum_buf is None:
+            self.checksum_buf = self.host_visible(host.nbytes)
+        q = self.device.queue
+        cl.enqueue_copy(q, self.checksum_buf, partial.mem, byte_count=host.nbytes)
+        got, ev = cl.enqueue_map_buffer(q, self.checksum_buf, cl.map_flags.READ, 0, host.shape, host.dtype,
+                                        is_blocking=False)
+        q.flush()
+        value = []
+
+        def read() -> str:
+            if not value:
+                ev.wait()
+                value.append(f"{int(got.sum(dtype=np.uint64)):016x}")
+                got.base.release(q)
+                self.checksum_read = None
+            return value[0]
+        self.checksum_read = read
+        return read
 
     def state(self) -> list[np.ndarray]:
         n = len(self.shapes)

@@ -100,3 +100,11 @@ class Job:
         (hostpool.weights_checksum), which a device computes in place (the big MLP's 80 MB
         of weights took 33 ms to download and CRC-32 on the host) to the same value."""
         return self.dev.checksum() if self.dev else hostpool.weights_checksum(self.params)
+
+    def digest_behind(self):
+        """digest() as a callable that returns it: on a device, enqueued behind the step and
+        read when called (DeviceTrainer.checksum_behind), so a run does not wait for it."""
+        if self.dev:
+            return self.dev.checksum_behind()
+        value = self.digest()
+        return lambda: value

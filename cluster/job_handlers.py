@@ -144,9 +144,11 @@ class JobHandlers:
         return "step_done", {"step": job.step, "loss": loss, "compute_s": compute, "allreduce_s": ar,
                              "bytes": self.links.bytes_sent - sent0} | self._digest(job)
 
+    def _digest_due(self, job) -> bool:
+        return bool(self.digest_every) and job.step % self.digest_every == 0 and self.links.world > 1
+
     def _digest(self, job) -> dict:
-        check = self.digest_every and job.step % self.digest_every == 0 and self.links.world > 1
-        return {"digest": job.digest()} if check else {}
+        return {"digest": job.digest()} if self._digest_due(job) else {}
 
     def _on_run(self, ident, msg):
         """Steps [step, until) on the node's own, in lockstep with the ring (cluster/runs.py)."""
@@ -180,7 +182,8 @@ class JobHandlers:
                     at = job.step
                     loss, compute, ar, halt, flight = self._train_step(job, parts, self.halt_run == msg["id"], ahead=True)
                     # the step before is settled only now: its count came back while this one ran
-                    new, last, pending = (at, loss, compute, ar, self._digest(job).get("digest"), flight), pending, None
+                    digest = job.digest_behind() if self._digest_due(job) else None     # read in _settle
+                    new, last, pending = (at, loss, compute, ar, digest, flight), pending, None
                     self._settle(job, last, report, behind=new)
                     pending = new
                     if halt:
@@ -232,7 +235,8 @@ class JobHandlers:
 
     def _settle(self, job, held, report, behind=None) -> None:
         """Report a step of a run whose sum's NaN/Inf count was still on its way back
-        (`held`: step, loss, compute s, all-reduce s, digest, the flight; None: nothing),
+        (`held`: step, loss, compute s, all-reduce s, the digest's reader or None, the
+        flight; None: nothing),
         or refuse it: its update was skipped on the device, and so was that of the step
         enqueued after it (`behind`, settled here, never reported); the node goes back to
         it.  Every rank holds the same sum, so every rank refuses the same step."""
@@ -241,7 +245,7 @@ class JobHandlers:
         at, loss, compute, ar, digest, flight = held
         if flight is not None and np.isnan(job.dev.settle(flight)):
             self._refuse(job, at, behind[-1] if behind else None, "the gradient sum holds NaN or Inf values")
-        report.add(at, loss, compute, ar, digest)
+        report.add(at, loss, compute, ar, digest() if digest else None)
 
     @staticmethod
     def _refuse(job, at: int, behind, why: str) -> None:
