@@ -47,6 +47,7 @@ try:
     from engine import codegen, launch, optim, realize as rz
     import kernels
     from engine.codegen import KernelSpec
+    from engine.device import start_timing
     from engine.runtime import NP_DTYPES
     from engine.tensor import Tensor, tensor
 except Exception:   # a node without the engine runs reference programs only
@@ -129,8 +130,11 @@ class DeviceTrainer:
         # downloads and uploads of a streamed step, beside the kernels of the step queue and
         # beside each other (a GPU's copy engines move both directions at once)
         # ENGINE_NODE_TIMELINE=1: streamed steps also time their events on the device
-        # (profiling on the copy queues too; the step queue always profiles), see _timeline
+        # (profiling on the copy queues and, through engine.device.timing, on the step
+        # queue: for the rest of this process), see _timeline
         self.timed = os.environ.get("ENGINE_NODE_TIMELINE", "") not in ("", "0")
+        if self.timed:
+            start_timing()
         props = cl.command_queue_properties.PROFILING_ENABLE if self.timed else 0
         self.copies = cl.CommandQueue(device.context, device.cl_device, properties=props)
         self.uploads = cl.CommandQueue(device.context, device.cl_device, properties=props)

@@ -1,8 +1,9 @@
-"""One OpenCL device: its context and profiling queue, a pool of buffers, launches, and
+"""One OpenCL device: its context and queue, a pool of buffers, launches, and
 what its compiler is known to take (the probe); building and caching programs is the
 ProgramCacheMixin's job (engine/program_cache.py)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
@@ -16,7 +17,7 @@ from .device_buffer import NP_DTYPES, Buffer
 from .probe import FIRST_TRIED, _load_profiles, _probe, _profile_key, _save_profile
 from .program_cache import CompiledKernel, ProgramCacheMixin, _build_workers
 
-__all__ = ["Device", "DEVICE_ALIASES"]
+__all__ = ["Device", "DEVICE_ALIASES", "timing", "start_timing", "stop_timing"]
 
 _KINDS = {cl.device_type.GPU: "gpu", cl.device_type.CPU: "cpu", cl.device_type.ACCELERATOR: "accelerator"}
 # ENGINE_DEVICE aliases -> what the device's platform, name or vendor contains (plus the kinds)
@@ -24,9 +25,37 @@ _ALIAS_NEEDLES = {"pocl": ("portable computing language", "pocl"), "nvidia": ("n
                   "amd": ("advanced micro devices", "amd"), "intel": ("intel",), "oclgrind": ("oclgrind",)}
 DEVICE_ALIASES = tuple(_ALIAS_NEEDLES) + ("cpu", "gpu")
 
+# Launches are timed (their events carry device times) only while someone asks: an
+# engine.profile() block, ENGINE_DEBUG>=4, a node's device timeline.  Meanwhile each device
+# enqueues on a second queue made with profiling enabled; the rest of the time on one
+# without, since NVIDIA's driver costs the host ~6 us more per launch on a profiling
+# queue, 15-20 % of a small MLP's compiled step (bench/NOTES.md).
+_timers = 0
+
+
+def start_timing() -> None:
+    global _timers
+    _timers += 1
+
+
+def stop_timing() -> None:
+    global _timers
+    _timers = max(0, _timers - 1)
+
+
+@contextlib.contextmanager
+def timing():
+    """Every device's work enqueued inside goes on its profiling queue."""
+    start_timing()
+    try:
+        yield
+    finally:
+        stop_timing()
+
 
 class Device(ProgramCacheMixin):
-    """One OpenCL device: context, in-order profiling queue, buffer pool, program cache."""
+    """One OpenCL device: context, in-order queue (a profiling one while launches are
+    timed: `timing`), buffer pool, program cache."""
 
     def __init__(self, cl_device, index: int):
         self.cl_device = cl_device
@@ -39,6 +68,8 @@ class Device(ProgramCacheMixin):
         self.is_pocl = "portable computing language" in self.platform.lower() or "pocl" in self.platform.lower()
         self._ctx = None
         self._queue = None
+        self._timed_queue = None        # made at the first timing()
+        self._timed = False             # whether work goes on _timed_queue now
         self._pool: dict[int, list] = {}
         self._programs: dict[str, CompiledKernel] = {}
         self._lock = threading.Lock()
@@ -91,7 +122,7 @@ class Device(ProgramCacheMixin):
     def context(self):
         if self._ctx is None:
             self._ctx = cl.Context([self.cl_device])
-            self._queue = cl.CommandQueue(self._ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
+            self._queue = cl.CommandQueue(self._ctx)
             try:    # first use: the probe (from disk once done), so the first plan has the right GEMM width
                 if not self._probe_in_background():
                     self.capabilities()
@@ -101,8 +132,22 @@ class Device(ProgramCacheMixin):
 
     @property
     def queue(self):
-        self.context
-        return self._queue
+        """The in-order queue everything of this device goes on; while launches are timed
+        (timing()), the profiling one.  Each switch puts a barrier on the queue switched to
+        behind a marker of the other, so the order stays that of one in-order queue."""
+        if self._ctx is None:
+            self.context
+        if (_timers > 0) != self._timed:
+            self._switch_queue()
+        return self._timed_queue if self._timed else self._queue
+
+    def _switch_queue(self) -> None:
+        if self._timed_queue is None:
+            self._timed_queue = cl.CommandQueue(self._ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
+        old, new = (self._timed_queue, self._queue) if self._timed else (self._queue, self._timed_queue)
+        cl.enqueue_barrier(new, wait_for=[cl.enqueue_marker(old)])
+        old.flush()
+        self._timed = not self._timed
 
     # --- memory ---------------------------------------------------------------------
     def alloc(self, nbytes: int) -> Buffer:
@@ -137,6 +182,8 @@ class Device(ProgramCacheMixin):
 
     def synchronize(self):
         self.queue.finish()
+        if self._timed_queue is not None:     # what went on the other one before a switch is done too
+            (self._queue if self._timed else self._timed_queue).finish()
 
     # --- programs (building and caching them: engine/program_cache.py) ---------------
     @property

@@ -108,7 +108,12 @@ def _args(launch: Launch) -> list:
 
 
 def run_launch(launch: Launch, device):
-    ev = device.launch(launch.ck, launch.gsize, launch.lsize, _args(launch), launch.offset)
+    if debug.level() >= 4:      # each launch's device time is printed: a profiling queue
+        from .device import timing
+        with timing():
+            ev = device.launch(launch.ck, launch.gsize, launch.lsize, _args(launch), launch.offset)
+    else:
+        ev = device.launch(launch.ck, launch.gsize, launch.lsize, _args(launch), launch.offset)
     debug.on_launch(launch.spec, ev)
     if _listeners:
         for fn in _listeners:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import launch
+from .device import start_timing, stop_timing
 
 __all__ = ["profile"]
 
@@ -16,10 +17,12 @@ class profile:
 
     def __enter__(self):
         launch.add_listener(self._on_launch)
+        start_timing()
         return self
 
     def __exit__(self, *exc):
         launch.remove_listener(self._on_launch)
+        stop_timing()
         for spec, device, ev in self._events:
             ev.wait()
             try:
