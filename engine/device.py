@@ -70,6 +70,7 @@ class Device(ProgramCacheMixin):
         self._queue = None
         self._timed_queue = None        # made at the first timing()
         self._timed = False             # whether work goes on _timed_queue now
+        self._switch_lock = threading.Lock()
         self._pool: dict[int, list] = {}
         self._programs: dict[str, CompiledKernel] = {}
         self._lock = threading.Lock()
@@ -142,12 +143,16 @@ class Device(ProgramCacheMixin):
         return self._timed_queue if self._timed else self._queue
 
     def _switch_queue(self) -> None:
-        if self._timed_queue is None:
-            self._timed_queue = cl.CommandQueue(self._ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
-        old, new = (self._timed_queue, self._queue) if self._timed else (self._queue, self._timed_queue)
-        cl.enqueue_barrier(new, wait_for=[cl.enqueue_marker(old)])
-        old.flush()
-        self._timed = not self._timed
+        # two threads must not both switch; not _lock, which a buffer freed meanwhile takes
+        with self._switch_lock:
+            if (_timers > 0) == self._timed:
+                return
+            if self._timed_queue is None:
+                self._timed_queue = cl.CommandQueue(self._ctx, properties=cl.command_queue_properties.PROFILING_ENABLE)
+            old, new = (self._timed_queue, self._queue) if self._timed else (self._queue, self._timed_queue)
+            cl.enqueue_barrier(new, wait_for=[cl.enqueue_marker(old)])
+            old.flush()
+            self._timed = not self._timed
 
     # --- memory ---------------------------------------------------------------------
     def alloc(self, nbytes: int) -> Buffer:
