@@ -4,6 +4,8 @@ is present), on the same models, devices and worker counts, as one table.
     ./dev bench scaling [--workers 1 2 4] [--steps 30] [--warmup 5] [--quick] [--pin] [--notes bench/NOTES.md]
     ENGINE_DEVICE=nvidia python3 -m bench.scaling --workers 1 2      # one node / DDP rank per GPU
     BENCH_NODE_PHASES=1 ...   also print each node's streamed-step phases (host ms, medians of 50 steps)
+    --hostprof DIR   each node's host time per step, split into driver calls, waits and the
+              step functions (bench/hostprof: steps 20-120, so --steps 130 or more)
     ENGINE_NODE_TIMELINE=1 ...   and when the step's events ended on the device (profiling: slower
               steps, ~1.3 ms on the big MLP's two-node step; leave it off for the table)
     --alone   also train one engine worker on each share of the batch by itself, and print each
@@ -67,6 +69,7 @@ SPEC = {"name": "adam", "lr": 1e-3}
 MODELS = [("MLP 784-1024-1024-10", [784, 1024, 1024, 10], 512), ("MLP 784-4096-4096-10", [784, 4096, 4096, 10], 1024)]
 QUICK = [("MLP 784-128-128-10", [784, 128, 128, 10], 128), ("MLP 784-256-256-10", [784, 256, 256, 10], 256)]
 ROWS = 8192
+HOSTPROF = {"dir": None}     # --hostprof: where the nodes write their host time (bench/hostprof)
 
 
 def start_nodes(n: int, secret: str, devices=None, node_args=(), env=None, cpus=None):
@@ -75,6 +78,9 @@ def start_nodes(n: int, secret: str, devices=None, node_args=(), env=None, cpus=
     node_args go to every node's command line; env: extra environment variables.  A node
     that fails to start raises with what it wrote to stderr."""
     env = worker_env(ENGINE_NODE_SECRET=secret, **(env or {}))
+    if HOSTPROF["dir"]:     # bench/hostprof/sitecustomize.py, imported by the nodes only
+        env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "bench", "hostprof"), env["PYTHONPATH"]])
+        env["BENCH_HOSTPROF"] = HOSTPROF["dir"]
     procs = []
     for i in range(n):
         dev = ["--device", str(devices[i])] if devices and devices[i] is not None else []
@@ -123,6 +129,10 @@ def fit_on_nodes(devices, model, loss_fn, spec: dict, data, B: int, steps: int, 
             p.terminate()
         for p in procs:
             p.wait(10)
+        for i, p in enumerate(procs):
+            if HOSTPROF["dir"] and os.path.exists(f := os.path.join(HOSTPROF["dir"], f"hostprof_{p.pid}.txt")):
+                with open(f) as fh:
+                    print(f"node {i} host time ({f}):\n{fh.read()}", file=sys.stderr)
         if os.environ.get("BENCH_NODE_PHASES"):     # where streamed steps spend the host's time
             for i, p in enumerate(procs):
                 p.err.seek(0)
@@ -344,6 +354,8 @@ def main(argv=None):
                          "runs once, with the defaults (a ring of one never all-reduces)")
     ap.add_argument("--models", type=int, nargs="+", help="indices into the model list (default: all)")
     ap.add_argument("--batch", type=int, help="global batch of every model (default: each model's own)")
+    ap.add_argument("--hostprof", metavar="DIR", help="write each node's host time per step into DIR "
+                                                       "(bench/hostprof) and print it after each run")
     ap.add_argument("--alone", action="store_true",
                     help="also train one engine worker on each share (global batch / workers) alone, and print "
                          "each engine step against it (issue 14's bound: a step <= 1.15x max(compute, all-reduce))")
@@ -351,6 +363,9 @@ def main(argv=None):
                     help="CPU workers: worker i of W on its own CPUs, CPUs // max(--workers) of them in every row "
                          "(engine-node --cpus; DDP ranks: sched_setaffinity and torch.set_num_threads)")
     a = ap.parse_args(argv)
+    if a.hostprof:
+        os.makedirs(a.hostprof, exist_ok=True)
+        HOSTPROF["dir"] = os.path.abspath(a.hostprof)
     if a.quick:
         a.steps, a.warmup = min(a.steps, 8), min(a.warmup, 3)
     gloo_ok, cuda, tinfo = torch_info()
