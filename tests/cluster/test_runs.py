@@ -241,6 +241,25 @@ def test_the_device_digest_is_the_host_checksum_bit_for_bit():
         == hostpool.weights_checksum(moved) != hostpool.weights_checksum(params)
 
 
+def test_a_digest_read_a_step_later_is_of_the_weights_it_was_enqueued_behind():
+    """checksum_behind (a run's digest every K steps, read when the step is reported): the
+    value is that of the weights when it was enqueued, not when it is read, also when the
+    next one is enqueued before it was read (that one reads it first)."""
+    engine = pytest.importorskip("engine")
+    from cluster.devicetrain import DeviceTrainer
+    rng = np.random.default_rng(6)
+    params = [rng.standard_normal((200, 30)).astype(np.float32), rng.standard_normal(30).astype(np.float32)]
+    tr = DeviceTrainer(engine.default_device(), {"name": "sgd", "lr": 0.1}, params, [], 0)
+    first = tr.checksum_behind()
+    moved = [p * np.float32(1.5) for p in params]
+    for b, v in zip(tr.wbufs, moved):             # enqueued behind the first checksum
+        tr.device.upload(v, dest=b)
+    second = tr.checksum_behind()                  # the first is read here, before its mapping is reused
+    assert second() == hostpool.weights_checksum(moved) != hostpool.weights_checksum(params)
+    assert first() == hostpool.weights_checksum(params)
+    assert tr.checksum() == second()
+
+
 def test_overlapped_all_reduce_equals_single_process_engine(procs):
     """--overlap-mb: two nodes on one host sum their gradients through shared memory piece
     by piece while backward runs (tiny pieces here: several per step, a weight gradient cut
