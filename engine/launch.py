@@ -4,11 +4,13 @@ The capture is per thread: a step traced in one thread never records another's l
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
 
 from . import debug
+from .device import timing
 from .runtime import Buffer
 
 __all__ = ["Launch", "RandState", "HostScalar", "capture", "capturing", "record", "record_host_action", "replay",
@@ -108,11 +110,8 @@ def _args(launch: Launch) -> list:
 
 
 def run_launch(launch: Launch, device):
-    if debug.level() >= 4:      # each launch's device time is printed: a profiling queue
-        from .device import timing
-        with timing():
-            ev = device.launch(launch.ck, launch.gsize, launch.lsize, _args(launch), launch.offset)
-    else:
+    # ENGINE_DEBUG>=4 prints each launch's device time: it goes on a profiling queue
+    with timing() if debug.level() >= 4 else contextlib.nullcontext():
         ev = device.launch(launch.ck, launch.gsize, launch.lsize, _args(launch), launch.offset)
     debug.on_launch(launch.spec, ev)
     if _listeners:

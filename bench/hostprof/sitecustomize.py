@@ -24,6 +24,10 @@ def _install(out: str) -> None:
 
     total, calls, inside = collections.Counter(), collections.Counter(), [0]
 
+    def count(name: str, t0: float) -> None:
+        total[name] += time.perf_counter() - t0
+        calls[name] += 1
+
     def timed(name, fn):
         @functools.wraps(fn)
         def wrapper(*a, **kw):
@@ -34,8 +38,7 @@ def _install(out: str) -> None:
             try:
                 return fn(*a, **kw)
             finally:
-                total[name] += time.perf_counter() - t0
-                calls[name] += 1
+                count(name, t0)
                 inside[0] -= 1
         return wrapper
 
@@ -58,8 +61,7 @@ def _install(out: str) -> None:
             try:
                 return fn(*a, **kw)
             finally:
-                total[name] += time.perf_counter() - t0
-                calls[name] += 1
+                count(name, t0)
                 state["steps"] += 1
                 if state["steps"] == WARM:
                     total.clear()
