@@ -70,6 +70,9 @@ MODELS = [("MLP 784-1024-1024-10", [784, 1024, 1024, 10], 512), ("MLP 784-4096-4
 QUICK = [("MLP 784-128-128-10", [784, 128, 128, 10], 128), ("MLP 784-256-256-10", [784, 256, 256, 10], 256)]
 ROWS = 8192
 HOSTPROF = {"dir": None}     # --hostprof: where the nodes write their host time (bench/hostprof)
+# how often the nodes report their steps (Cluster's report_s): its default, as in a user's
+# fit; a report every step costs a node's host time (bench/NOTES.md)
+REPORT_S = 0.5
 
 
 def start_nodes(n: int, secret: str, devices=None, node_args=(), env=None, cpus=None):
@@ -183,8 +186,10 @@ def parse_variant(spec: str):
     return name or "engine", node_args, env, kw
 
 
-def run_engine(sizes, B, n, steps, warmup, x, y, node_args=(), env=None, cluster_kw=None, pin=0) -> dict:
-    """pin: CPUs per node (--pin; CPU nodes only), 0: unpinned."""
+def run_engine(sizes, B, n, steps, warmup, x, y, node_args=(), env=None, cluster_kw=None, pin=0,
+               report_s: float = REPORT_S) -> dict:
+    """pin: CPUs per node (--pin; CPU nodes only), 0: unpinned.  report_s: how often the
+    nodes report their steps (Cluster's report_s; 0: every step)."""
     from engine import nn
     from engine.nn import functional as F
     gpus = gpu_indices()
@@ -198,13 +203,19 @@ def run_engine(sizes, B, n, steps, warmup, x, y, node_args=(), env=None, cluster
     # a pinned node sets PoCL's thread count to its CPUs itself (engine-node --cpus)
     env = dict(env or {}, **({} if gpus or pinned else {"POCL_MAX_PTHREAD_COUNT": str(cpu_threads(n)),
                                                           "POCL_CPU_MAX_CU_NUM": str(cpu_threads(n))}))
+    cluster_kw = {"report_s": report_s, **(cluster_kw or {})}
     res, stamps = fit_on_nodes(gpus[:n] if gpus else [None] * n, model, F.cross_entropy, SPEC, (x, y), B, steps,
                                node_args=node_args, env=env, cpus=cpu_slices(n, pin) if pinned else None,
-                               batch_multiple=B // n, rebalance_tolerance=1.0, **(cluster_kw or {}))
+                               batch_multiple=B // n, rebalance_tolerance=1.0, **cluster_kw)
     timed = res.history[warmup:]
     if len(stamps) != steps or not timed:
         raise RuntimeError(f"the fit reported {len(stamps)} of {steps} steps")
-    step = (stamps[-1] - stamps[warmup - 1]) / len(timed)
+    # when each step ended on its slowest node (progress reports carry it): the driver hears
+    # of steps only every report_s seconds, in batches
+    ends = [h.get("t") for h in res.history]
+    if None in ends:
+        ends = stamps
+    step = (ends[-1] - ends[warmup - 1]) / len(timed)
     compute = statistics.median(_seconds(h["compute_s"]) for h in timed)
     ar = statistics.median(_seconds(h.get("allreduce_s", 0.0)) for h in timed)
     exposed = statistics.median(_seconds(h.get("exposed_allreduce_s", h.get("allreduce_s", 0.0))) for h in timed)
@@ -356,6 +367,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, help="global batch of every model (default: each model's own)")
     ap.add_argument("--hostprof", metavar="DIR", help="write each node's host time per step into DIR "
                                                        "(bench/hostprof) and print it after each run")
+    ap.add_argument("--report-s", type=float, default=REPORT_S,
+                    help="how often engine nodes report their steps to the driver (Cluster's report_s; "
+                         "0: every step, which costs each node host time)")
     ap.add_argument("--alone", action="store_true",
                     help="also train one engine worker on each share (global batch / workers) alone, and print "
                          "each engine step against it (issue 14's bound: a step <= 1.15x max(compute, all-reduce))")
@@ -389,7 +403,8 @@ def main(argv=None):
         pinned = "; --pin: no CPU workers, nothing pinned" if a.pin else ""
     head = (f"### Scaling beside DDP (`bench.scaling{' --quick' if a.quick else ''}{' --pin' if a.pin else ''}`, "
             f"{machine()}; engine device {'GPUs ' + str(gpus) if gpus else dev.name} ({dev.platform}); {tinfo}; "
-            f"{a.steps} steps after {a.warmup} warm-up{pinned})")
+            f"{a.steps} steps after {a.warmup} warm-up; engine nodes report every "
+            f"{'step' if a.report_s <= 0 else f'{a.report_s:g} s'}{pinned})")
     print(head, flush=True)
     header = ["| model | system | workers | samples/s | efficiency | step ms | compute ms | all-reduce ms | "
               "exposed all-reduce ms | rest ms | vs DDP-gloo | vs DDP-nccl |",
@@ -414,7 +429,7 @@ def main(argv=None):
             for label, s, v in runs:
                 try:
                     if s == "engine":
-                        r = run_engine(sizes, B, n, a.steps, a.warmup, x, y, *v[1:], pin=pin)
+                        r = run_engine(sizes, B, n, a.steps, a.warmup, x, y, *v[1:], pin=pin, report_s=a.report_s)
                     else:   # with GPUs DDP-gloo also trains on them (gloo stages through the host)
                         r = run_ddp(s, sizes, B, n, a.steps, a.warmup, cuda, pin=pin)
                 except Exception as e:   # one failed configuration must not lose the table
@@ -443,7 +458,7 @@ def _against_alone(name, label, n, B, r, sizes, a, x, y, pin) -> str:
     of compute and all-reduce, and a share's step alone is that compute with no all-reduce,
     so step / alone <= 1.15 meets it whatever the all-reduce takes."""
     try:
-        one = run_engine(sizes, B // n, 1, a.steps, a.warmup, x, y, pin=pin)
+        one = run_engine(sizes, B // n, 1, a.steps, a.warmup, x, y, pin=pin, report_s=a.report_s)
     except Exception as e:
         return f"| {name} | {label} | {n} | {r['step'] * 1e3:.1f} | failed: {type(e).__name__} | - |"
     line = f"| {name} | {label} | {n} | {r['step'] * 1e3:.1f} | {one['step'] * 1e3:.1f} | {r['step'] / one['step']:.2f}x |"

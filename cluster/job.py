@@ -52,6 +52,9 @@ class Job:
         self.id, self.names, self.step = msg["job"], names, msg["step"]
         self.params = [np.array(t, np.float32) for t in msg.tensors[:len(names)]]
         self.shapes = [p.shape for p in self.params]
+        # elements of each parameter, in order (the packed gradient buffer's layout); asked
+        # for every step
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.opt = HostOptimizer(msg["optimizer"], self.shapes)
         if n_state:
             self.opt.load(msg.tensors[len(names):], self.step)
@@ -75,11 +78,6 @@ class Job:
         if self.dev is None:
             self.dev = devicetrain.DeviceTrainer(device, self.opt.spec, self.params, self.opt.state, self.step)
             self.params = self.opt = None      # the device holds them now
-
-    @property
-    def sizes(self) -> list[int]:
-        """Elements of each parameter, in order (the packed gradient buffer's layout)."""
-        return [int(np.prod(s)) for s in self.shapes]
 
     def snap_step(self) -> int:
         """The step this node can roll back to (besides staying where it is); -1: none."""
