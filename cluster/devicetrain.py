@@ -71,6 +71,13 @@ POLL_LONGEST_S = 2e-4
 PHASE_STEPS = 50
 STREAM_PHASES = ("enqueue", "first piece down", "pieces exchanged", "loss exchanged", "sum enqueued")
 
+# a job's rows are kept in a GPU's memory when they take at most this share of it (and fit
+# one allocation): a batch is then gathered there from its row indices (_upload_batch).
+# ENGINE_NODE_DATA_ON_DEVICE: auto (the default), 1 (always, also on a CPU device) or 0
+DATA_SHARE = 0.25
+# kernels/take_rows.cl.mako's element type per input dtype
+CTYPES = {np.dtype(np.float32): "float", np.dtype(np.int32): "int", np.dtype(np.int64): "long",
+          np.dtype(np.uint8): "uchar"}
 # HostOptimizer's state order (cluster/optimizer.py) <-> engine.optim's state names
 _SLOTS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq")}
 
@@ -124,6 +131,8 @@ class DeviceTrainer:
         self.pinned = []         # host_array's buffers
         self.staged = []         # the last batch's uploads (_upload_batch)
         self.batches = {}        # (id(runner), input, turn) -> page-locked batch array (_upload_batch)
+        self.kept = None         # (the job's x, {input: its rows in device memory} or {}: _rows_kept)
+        self.rows_buf = None     # the batch's row indices on the device (_rows_kept)
         self.turn = 0
         self.results = {}        # turn -> host-visible buffer of launch_alone's (loss, NaN/Inf count)
         self.ready = {}          # id(runner) -> (_last_writes, runner kept alive)
@@ -207,12 +216,26 @@ class DeviceTrainer:
         rows are gathered straight into page-locked arrays (two per slot, used in turn:
         the batch before may still be on its way): NVIDIA's driver copies pageable memory
         only when the queue reaches the copy, which held a host running a step ahead
-        (launch_alone) until the device had finished the step before."""
+        (launch_alone) until the device had finished the step before.  Where the job's
+        rows are kept on the device (_rows_kept), only the rows' indices go up, and the
+        batch is gathered there."""
         q, staged = self.device.queue, []
         self.turn ^= 1
+        kept = self._rows_kept(runner, x, y) if rows is not None and len(rows) else None
+        if kept:      # only the indices go up; the rows are gathered on the device
+            idx = self.batches.get(("rows", len(rows), self.turn))
+            if idx is None:
+                idx = self.batches["rows", len(rows), self.turn] = self.host_array(len(rows), np.int32)
+            idx[:] = rows
+            if self.rows_buf is None or self.rows_buf.nbytes < idx.nbytes:
+                self.rows_buf = self.device.alloc(idx.nbytes)
+            staged.append(cl.enqueue_copy(q, self.rows_buf.mem, idx, is_blocking=False))
         for name, src in (("x", x), ("y", y)):
             slot = runner.slots[name]
             dt = NP_DTYPES[slot.dtype]
+            if kept:
+                self._take_rows(kept[name], len(rows), src, dt, rz.buffer_of(slot.node))
+                continue
             if rows is None:
                 arr = np.ascontiguousarray(src, dtype=dt)
             else:
@@ -227,6 +250,38 @@ class DeviceTrainer:
                     arr[...] = src[rows]
             staged.append(cl.enqueue_copy(q, rz.buffer_of(slot.node).mem, arr, is_blocking=False))
         self.staged = staged
+
+    def _rows_kept(self, runner, x, y) -> dict:
+        """The job's x and y (as the program's input dtypes) in device memory, uploaded at
+        the first batch: on a GPU when they take at most DATA_SHARE of its memory and fit
+        one allocation; ENGINE_NODE_DATA_ON_DEVICE=1 always, 0 never.  {}: they stay on
+        the host, and each batch's rows are gathered there."""
+        if self.kept is not None and self.kept[0] is x:
+            return self.kept[1]
+        mode = os.environ.get("ENGINE_NODE_DATA_ON_DEVICE", "auto").strip().lower() or "auto"
+        if mode not in ("auto", "1", "0"):
+            raise ValueError(f"ENGINE_NODE_DATA_ON_DEVICE={mode!r}: use auto, 1 or 0")
+        types = {name: np.dtype(NP_DTYPES[runner.slots[name].dtype]) for name in ("x", "y")}
+        sizes = [src.size * types[name].itemsize for name, src in (("x", x), ("y", y))]
+        dev = self.device.cl_device
+        fits = (self.is_gpu and sum(sizes) <= DATA_SHARE * dev.global_mem_size
+                and max(sizes) <= dev.max_mem_alloc_size and len(x) < 2 ** 31)
+        kept = {}
+        if mode == "1" or (mode == "auto" and fits):
+            kept = {name: self.device.upload(np.ascontiguousarray(src, types[name])) for name, src in (("x", x), ("y", y))}
+            log.info("the job's %d rows kept in device memory (%.1f MB): batches gathered there", len(x),
+                     sum(sizes) / 1e6)
+        self.kept = (x, kept)
+        return kept
+
+    def _take_rows(self, src_buf, n: int, src, dt, dst) -> None:
+        """dst = the rows of src (kept as dt in src_buf) whose indices are rows_buf[:n]
+        (kernels/take_rows.cl.mako)."""
+        cols = int(np.prod(src.shape[1:], dtype=np.int64))
+        kern = self.kernel("take_rows", ctype=CTYPES[np.dtype(dt)])
+        self.device.launch(kern, (-(-cols // 32) * 32 if cols > 1 else 1, n), None,
+                           [src_buf.mem, self.rows_buf.mem, np.uint32(n), np.uint32(cols), np.uint32(len(src)),
+                            dst.mem])
 
     def _run_program(self, runner, x, y, rows=None) -> list:
         """Upload the batch and replay forward + backward; the output buffers (loss, grads)."""

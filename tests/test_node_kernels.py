@@ -193,3 +193,47 @@ def test_a_ring_of_one_enqueued_a_step_ahead_refuses_a_bad_step_without_moving()
         waits.apply(r2)
     for a, b in zip(ahead.weights() + ahead.state(), waits.weights() + waits.state()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.core
+def test_a_batch_gathered_from_rows_kept_on_the_device_is_the_hosts_gather(monkeypatch):
+    """_upload_batch with the job's rows kept in device memory (ENGINE_NODE_DATA_ON_DEVICE=1;
+    kernels/take_rows.cl.mako): the program's inputs hold the bits of the host's gather,
+    the labels in the program's integer type; steps trained from kept rows equal steps
+    trained from rows gathered on the host, bit for bit; a bad setting is refused."""
+    pytest.importorskip("engine")
+    from engine import realize as rz
+    from engine.nn import functional as F
+    from engine.examples import digits
+    from cluster import program
+    from cluster.devicetrain import DeviceTrainer
+    xtr, ytr, _, _ = digits.load_digits()
+    model = digits.build_model("mlp")
+    prog = program.trace(model, F.cross_entropy, xtr[:32], ytr[:32])
+    ytr = ytr.astype(np.int32)       # not the program's label type: converted on the way
+    params = list(program.params_of(model).values())
+    (kept, r1), (host, r2) = [(tr, r) for r in (prog.bind(), prog.bind())
+                              for tr in [DeviceTrainer(r.device, {"name": "adam", "lr": 1e-2}, params, [], 0)]]
+    assert r1.slots["y"].dtype != "int32"
+    kept.bind(r1)
+    host.bind(r2)
+    order = np.random.default_rng(5).permutation(len(xtr))
+    rows = lambda i: order[i * 32:(i + 1) * 32]     # noqa: E731
+    monkeypatch.setenv("ENGINE_NODE_DATA_ON_DEVICE", "1")
+    first = kept.settle(kept.launch_alone(r1, xtr, ytr, rows(0)))
+    assert set(kept.kept[1]) == {"x", "y"}
+    for name, src in (("x", xtr), ("y", ytr)):
+        slot = r1.slots[name]
+        got = kept.device.download(rz.buffer_of(slot.node), slot.shape, slot.dtype)
+        np.testing.assert_array_equal(got, src[rows(0)].astype(got.dtype))
+    monkeypatch.setenv("ENGINE_NODE_DATA_ON_DEVICE", "0")
+    assert host.settle(host.launch_alone(r2, xtr, ytr, rows(0))) == first
+    assert host.kept[1] == {}
+    for i in range(1, 6):
+        assert kept.settle(kept.launch_alone(r1, xtr, ytr, rows(i))) == host.settle(host.launch_alone(r2, xtr, ytr, rows(i)))
+    for a, b in zip(kept.weights() + kept.state(), host.weights() + host.state()):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setenv("ENGINE_NODE_DATA_ON_DEVICE", "yes")
+    host.kept = None
+    with pytest.raises(ValueError, match="ENGINE_NODE_DATA_ON_DEVICE='yes': use auto, 1 or 0"):
+        host.launch_alone(r2, xtr, ytr, rows(6))

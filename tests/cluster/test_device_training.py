@@ -68,6 +68,33 @@ def test_one_and_two_nodes_equal_single_process_engine(procs, spec):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
+def test_nodes_that_keep_the_rows_on_the_device_equal_single_process_engine(procs):
+    """ENGINE_NODE_DATA_ON_DEVICE=1 (a GPU node's default when the rows fit): each batch
+    is gathered on the device from the rows kept there, in a lone node's run and in two
+    streaming nodes' (their gradients summed on the devices); the losses and weights
+    are the single-process engine's."""
+    spec = {"name": "adam", "lr": 2e-3}
+    xtr, ytr, _, _ = digits.load_digits()
+    init = {k: v.numpy().copy() for k, v in digits.build_model("mlp").state_dict().items()}
+    want, losses, _ = local_fit(init, spec, xtr, ytr)
+    nodes = start_nodes(procs, 2, extra_args=("--overlap-mb", "0.01"), ENGINE_NODE_DATA_ON_DEVICE="1")
+    for n in (1, 2):
+        model = digits.build_model("mlp")
+        model.load_state_dict(init)
+        cl = Cluster([d["control"] for d in nodes[:n]], SECRET, heartbeat_s=0.5, missed=20, batch_multiple=32,
+                     rebalance_tolerance=1.0)
+        res = cl.fit(model, F.cross_entropy, spec, (xtr, ytr), global_batch=B, max_steps=STEPS)
+        assert res.step == STEPS
+        tol = dict(rtol=1e-5, atol=1e-6) if n == 1 else dict(rtol=2e-5, atol=2e-6)
+        np.testing.assert_allclose([h["loss"] for h in res.history], losses, **tol, err_msg=f"{n} node(s): loss")
+        for k in want:
+            np.testing.assert_allclose(res.params[k], want[k], **tol, err_msg=f"{n} node(s): {k}")
+    for d in nodes:
+        log = d["proc"].log()
+        assert "rows kept in device memory" in log
+        assert "streamed through shared memory" in log and "summed on the devices" in log
+
+
 def test_each_piece_is_final_after_the_launches_planned_for_it():
     """A streamed step sends piece p once the launches up to `ends[p]` have run
     (DeviceTrainer._piece_plan): the 512 x 64 weight's gradient, cut into three pieces, is
