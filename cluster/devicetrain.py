@@ -271,6 +271,9 @@ class DeviceTrainer:
             kept = {name: self.device.upload(np.ascontiguousarray(src, types[name])) for name, src in (("x", x), ("y", y))}
             log.info("the job's %d rows kept in device memory (%.1f MB): batches gathered there", len(x),
                      sum(sizes) / 1e6)
+        elif mode == "auto" and self.is_gpu:
+            log.info("the job's %d rows stay in host memory (%.1f MB: more than %d %% of the device's or one "
+                     "allocation): each batch is gathered on the host", len(x), sum(sizes) / 1e6, DATA_SHARE * 100)
         self.kept = (x, kept)
         return kept
 

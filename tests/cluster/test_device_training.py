@@ -95,6 +95,38 @@ def test_nodes_that_keep_the_rows_on_the_device_equal_single_process_engine(proc
         assert "streamed through shared memory" in log and "summed on the devices" in log
 
 
+def test_rows_are_kept_on_a_gpu_only_when_they_fit_its_share_of_memory(monkeypatch, caplog):
+    """ENGINE_NODE_DATA_ON_DEVICE=auto (the default): rows a GPU can hold in DATA_SHARE
+    of its memory are kept there; larger ones stay on the host, and the node says so; a
+    CPU device gathers on the host."""
+    import logging
+    from cluster import devicetrain, program
+    from cluster.devicetrain import DeviceTrainer
+    xtr, ytr, _, _ = digits.load_digits()
+    model = digits.build_model("mlp")
+    prog = program.trace(model, F.cross_entropy, xtr[:32], ytr[:32])
+    params = list(program.params_of(model).values())
+    monkeypatch.delenv("ENGINE_NODE_DATA_ON_DEVICE", raising=False)
+    rows = np.arange(32)
+
+    def kept(gpu: bool, share: float) -> dict:
+        monkeypatch.setattr(DeviceTrainer, "is_gpu", property(lambda self: gpu))
+        monkeypatch.setattr(devicetrain, "DATA_SHARE", share)
+        runner = prog.bind()
+        tr = DeviceTrainer(runner.device, {"name": "adam", "lr": 1e-2}, params, [], 0)
+        tr.bind(runner)
+        tr.settle(tr.launch_alone(runner, xtr, ytr, rows))
+        return tr.kept[1]
+
+    nbytes = xtr.nbytes + ytr.size * 8
+    total = prog.bind().device.cl_device.global_mem_size
+    with caplog.at_level(logging.INFO, logger="cluster.devicetrain"):
+        assert set(kept(True, 2 * nbytes / total)) == {"x", "y"}
+        assert kept(True, 0.5 * nbytes / total) == {}
+        assert "rows stay in host memory" in caplog.text
+        assert kept(False, 1.0) == {}
+
+
 def test_each_piece_is_final_after_the_launches_planned_for_it():
     """A streamed step sends piece p once the launches up to `ends[p]` have run
     (DeviceTrainer._piece_plan): the 512 x 64 weight's gradient, cut into three pieces, is
