@@ -11,6 +11,7 @@ __kernel void ${name}(__global const ${ctype}* restrict src, __global const int*
     const uint c = get_global_id(0), r = get_global_id(1);
     if (c >= cols || r >= n_rows)
         return;
-    const int i = clamp(rows[r], 0, (int)src_rows - 1);
+    const int at = rows[r], last = (int)src_rows - 1;     // no clamp(): the lean PoCL prelude lacks it
+    const int i = at < 0 ? 0 : (at > last ? last : at);
     dst[(size_t)r * cols + c] = src[(size_t)i * cols + c];
 }

@@ -69,6 +69,8 @@ def test_pages_of_recorded_digits_run(site, page):
     base, rid = site["url"], site["runs"]["mlp"]
     page.goto(f"{base}/runs/{rid}")
     expect(page.locator("#run-status")).to_have_text("finished")
+    # the status comes with the page; the curves are drawn once run.js has fetched them
+    expect(page.locator("#plot-accuracy")).to_have_attribute("data-points", re.compile(r"^[1-9]"))
     assert int(page.locator("#plot-loss").get_attribute("data-points")) >= 40
     assert int(page.locator("#plot-accuracy").get_attribute("data-points")) == 2  # per epoch
     expect(page.locator("#kernels tbody tr").nth(5)).to_be_attached()
