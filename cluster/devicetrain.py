@@ -264,10 +264,14 @@ class DeviceTrainer:
         types = {name: np.dtype(NP_DTYPES[runner.slots[name].dtype]) for name in ("x", "y")}
         sizes = [src.size * types[name].itemsize for name, src in (("x", x), ("y", y))]
         dev = self.device.cl_device
-        fits = (self.is_gpu and sum(sizes) <= DATA_SHARE * dev.global_mem_size
-                and max(sizes) <= dev.max_mem_alloc_size and len(x) < 2 ** 31)
+        possible = max(sizes) <= dev.max_mem_alloc_size and len(x) < 2 ** 31     # the indices go up as int32
+        fits = possible and self.is_gpu and sum(sizes) <= DATA_SHARE * dev.global_mem_size
+        if mode == "1" and not possible:
+            log.warning("ENGINE_NODE_DATA_ON_DEVICE=1, but the job's %d rows (%.1f MB) cannot be kept on the device "
+                        "(more than one allocation, %.1f MB, or 2**31 rows): each batch is gathered on the host",
+                        len(x), sum(sizes) / 1e6, dev.max_mem_alloc_size / 1e6)
         kept = {}
-        if mode == "1" or (mode == "auto" and fits):
+        if (mode == "1" and possible) or (mode == "auto" and fits):
             kept = {name: self.device.upload(np.ascontiguousarray(src, types[name])) for name, src in (("x", x), ("y", y))}
             log.info("the job's %d rows kept in device memory (%.1f MB): batches gathered there", len(x),
                      sum(sizes) / 1e6)

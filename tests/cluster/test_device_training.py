@@ -98,7 +98,8 @@ def test_nodes_that_keep_the_rows_on_the_device_equal_single_process_engine(proc
 def test_rows_are_kept_on_a_gpu_only_when_they_fit_its_share_of_memory(monkeypatch, caplog):
     """ENGINE_NODE_DATA_ON_DEVICE=auto (the default): rows a GPU can hold in DATA_SHARE
     of its memory are kept there; larger ones stay on the host, and the node says so; a
-    CPU device gathers on the host."""
+    CPU device gathers on the host.  =1 with rows larger than one allocation: on the
+    host, with a warning."""
     import logging
     from cluster import devicetrain, program
     from cluster.devicetrain import DeviceTrainer
@@ -125,6 +126,17 @@ def test_rows_are_kept_on_a_gpu_only_when_they_fit_its_share_of_memory(monkeypat
         assert kept(True, 0.5 * nbytes / total) == {}
         assert "rows stay in host memory" in caplog.text
         assert kept(False, 1.0) == {}
+        # forced, but more than one allocation can hold: gathered on the host, with a warning
+        import types
+        monkeypatch.setenv("ENGINE_NODE_DATA_ON_DEVICE", "1")
+        runner = prog.bind()
+        tr = DeviceTrainer(runner.device, {"name": "adam", "lr": 1e-2}, params, [], 0)
+        real = tr.device.cl_device
+        monkeypatch.setattr(tr.device, "cl_device", types.SimpleNamespace(
+            max_mem_alloc_size=xtr.nbytes - 1, global_mem_size=real.global_mem_size, type=real.type))
+        assert tr._rows_kept(runner, xtr, ytr) == {}
+        monkeypatch.setattr(tr.device, "cl_device", real)
+        assert "cannot be kept on the device" in caplog.text
 
 
 def test_each_piece_is_final_after_the_launches_planned_for_it():
