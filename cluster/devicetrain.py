@@ -75,9 +75,6 @@ STREAM_PHASES = ("enqueue", "first piece down", "pieces exchanged", "loss exchan
 # one allocation): a batch is then gathered there from its row indices (_upload_batch).
 # ENGINE_NODE_DATA_ON_DEVICE: auto (the default), 1 (always, also on a CPU device) or 0
 DATA_SHARE = 0.25
-# kernels/take_rows.cl.mako's element type per input dtype
-CTYPES = {np.dtype(np.float32): "float", np.dtype(np.int32): "int", np.dtype(np.int64): "long",
-          np.dtype(np.uint8): "uchar"}
 # HostOptimizer's state order (cluster/optimizer.py) <-> engine.optim's state names
 _SLOTS = {"sgd": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq")}
 
@@ -130,7 +127,9 @@ class DeviceTrainer:
         self.scaled = {}         # id(runner) -> (weight Var, captured launches, buffers, runner) of weighted gradients
         self.pinned = []         # host_array's buffers
         self.staged = []         # the last batch's uploads (_upload_batch)
-        self.batches = {}        # (id(runner), input, turn) -> page-locked batch array (_upload_batch)
+        # page-locked arrays of _upload_batch: (id(runner), input, turn) -> a batch's rows;
+        # ("rows", count, turn) -> its row indices, where the rows are kept on the device
+        self.batches = {}
         self.kept = None         # (the job's x, {input: its rows in device memory} or {}: _rows_kept)
         self.rows_buf = None     # the batch's row indices on the device (_rows_kept)
         self.turn = 0
@@ -234,7 +233,7 @@ class DeviceTrainer:
             slot = runner.slots[name]
             dt = NP_DTYPES[slot.dtype]
             if kept:
-                self._take_rows(kept[name], len(rows), src, dt, rz.buffer_of(slot.node))
+                self._take_rows(kept[name], len(rows), src, slot.dtype, rz.buffer_of(slot.node))
                 continue
             if rows is None:
                 arr = np.ascontiguousarray(src, dtype=dt)
@@ -281,11 +280,11 @@ class DeviceTrainer:
         self.kept = (x, kept)
         return kept
 
-    def _take_rows(self, src_buf, n: int, src, dt, dst) -> None:
-        """dst = the rows of src (kept as dt in src_buf) whose indices are rows_buf[:n]
-        (kernels/take_rows.cl.mako)."""
+    def _take_rows(self, src_buf, n: int, src, dtype: str, dst) -> None:
+        """dst = the rows of src (kept as the engine dtype `dtype` in src_buf) whose indices
+        are rows_buf[:n] (kernels/take_rows.cl.mako)."""
         cols = int(np.prod(src.shape[1:], dtype=np.int64))
-        kern = self.kernel("take_rows", ctype=CTYPES[np.dtype(dt)])
+        kern = self.kernel("take_rows", dtype=dtype)
         self.device.launch(kern, (-(-cols // 32) * 32 if cols > 1 else 1, n), None,
                            [src_buf.mem, self.rows_buf.mem, np.uint32(n), np.uint32(cols), np.uint32(len(src)),
                             dst.mem])

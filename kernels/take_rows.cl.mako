@@ -4,7 +4,9 @@
 ## copying them up (bench/NOTES.md).
 ## dst[r, c] = src[rows[r], c], an index outside [0, src_rows) clamped into it as np.take's
 ## mode="clip" does (the host path's gather).  One work-item per element: (column, row).
-## params: name, ctype
+## params: name, dtype (the engine's: float32, int32, int64, bool)
+<%namespace name="ssa" file="_ssa.cl.mako"/>
+<% ctype = ssa.attr.CTYPES[dtype] %>
 __kernel void ${name}(__global const ${ctype}* restrict src, __global const int* restrict rows,
                       const uint n_rows, const uint cols, const uint src_rows, __global ${ctype}* restrict dst)
 {
