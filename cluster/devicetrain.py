@@ -683,16 +683,13 @@ class DeviceTrainer:
                 read = self.read_behind(copies, st.loss_buf, [outs[0].mem], wait_for=[mark])
             if upto > at:
                 self._replay_flushed(items[at:upto])
-            # what goes down: a bfloat16 stream's piece packed on the step queue into st.own
-            # (kernels/bf16_pack.cl.mako, 2 bytes a value); a float32 piece over several
-            # parameters gathered there (kernels/gather.cl.mako); else the parameter's own buffer
+            # what goes down: a bfloat16 stream's piece rounded to bfloat16 on the step queue
+            # into st.own (2 bytes a value), or a float32 piece over several parameters
+            # gathered there (kernels/gather.cl.mako, one launch for the piece); else the
+            # parameter's own buffer
             packed = st.narrow or len(span) > 1
-            if st.narrow:
-                for i, a, b in span:
-                    self._launch_1d(self.kernel("bf16_pack"), b - a,
-                                    [outs[1 + i].mem, np.uint32(a - offs[i]), np.uint32(b - a), st.own.mem, np.uint32(a)])
-            elif packed:
-                self._gather([(outs[1 + i].mem, a - offs[i], b - a, a) for i, a, b in span], st.own)
+            if packed:
+                self._gather([(outs[1 + i].mem, a - offs[i], b - a, a) for i, a, b in span], st.own, st.narrow)
             first = span[0][0]
             src, off = (st.own.mem, lo) if packed else (outs[1 + first].mem, lo - offs[first])
             if upto > at or packed:
@@ -748,25 +745,24 @@ class DeviceTrainer:
             return wait_for
         return [*(wait_for or ()), self.upload_after]
 
-    def _gather(self, runs, dst) -> None:
+    def _gather(self, runs, dst, narrow: bool = False) -> None:
         """Each (buffer, first, count, at) run of float32 values into dst[at:at + count], on
-        the step queue (kernels/gather.cl.mako), MANY_PER_LAUNCH runs a launch."""
+        the step queue (kernels/gather.cl.mako), MANY_PER_LAUNCH runs a launch; `narrow`:
+        dst holds their bfloat16 bits, rounded as the host transport rounds."""
         for k in range(0, len(runs), MANY_PER_LAUNCH):
             part = runs[k:k + MANY_PER_LAUNCH]
             args = [a for buf, first, n, at in part for a in (buf, np.uint32(first), np.uint32(n), np.uint32(at))]
-            self._launch_spread(self.kernel("gather", count=len(part)), max(n for _, _, n, _ in part), [*args, dst.mem])
-
-    def _launch_1d(self, kern, n: int, args) -> None:
-        """One work-item per value (the kernel checks the bound)."""
-        self.device.launch(kern, (-(-n // 256) * 256,), None, args)
+            self._launch_spread(self.kernel("gather", count=len(part), narrow=bool(narrow)),
+                                max(n for _, _, n, _ in part), [*args, dst.mem])
 
     def _sums(self, runner, st):
         """Every parameter's sum over the ranks, each rank's weight (read from st.wbuf)
         times its gradient in rank order, into float32 tensors the update then reads
-        (recorded as st.sums): a bfloat16 stream's one launch per parameter of
-        kernels/bf16_sum.cl.mako, else MANY_PER_LAUNCH parameters a launch of
-        kernels/grad_sum.cl.mako, this rank's values read from `runner`'s gradient outputs.
-        A generator that yields every TAIL_CHUNK launches and returns the sums' buffers."""
+        (recorded as st.sums), MANY_PER_LAUNCH parameters a launch: a bfloat16 stream's
+        from every rank's packed bfloat16 values, this rank's too (kernels/bf16_sum.cl.mako),
+        else this rank's values from `runner`'s gradient outputs and the others' from their
+        packed copies (kernels/grad_sum.cl.mako).  A generator that yields after each launch
+        and returns the sums' buffers."""
         if id(runner) not in st.sums:
             sums = [tensor(np.zeros(sh, np.float32), device=self.device) for sh in self.shapes]
             for t in sums:
@@ -776,21 +772,18 @@ class DeviceTrainer:
         own, bufs, _, _ = st.sums[id(runner)]
         r, world = st.stream.links.rank, st.stream.links.world
         live = [i for i, n in enumerate(self.sizes) if n]
-        if st.narrow:
-            xs = [st.own if j == r else st.peer[j] for j in range(world)]
-            for k, i in enumerate(live):
-                self._launch_1d(self.kernel("bf16_sum", ranks=world), self.sizes[i],
-                                [*(x.mem for x in xs), st.wbuf.mem, np.uint32(self.offsets[i]), np.uint32(self.sizes[i]),
-                                 bufs[i].mem])
-                if k % TAIL_CHUNK == TAIL_CHUNK - 1:
-                    yield
-            return bufs
-        peers = [st.peer[j].mem for j in range(world) if j != r]
         for k in range(0, len(live), MANY_PER_LAUNCH):
             part = live[k:k + MANY_PER_LAUNCH]
-            args = [a for i in part for a in (own[i].mem, bufs[i].mem, np.uint32(self.offsets[i]), np.uint32(self.sizes[i]))]
-            self._launch_spread(self.kernel("grad_sum", ranks=world, rank=r, count=len(part)),
-                                max(self.sizes[i] for i in part), [*peers, st.wbuf.mem, *args])
+            offs, sizes = [np.uint32(self.offsets[i]) for i in part], [np.uint32(self.sizes[i]) for i in part]
+            if st.narrow:
+                ranks = [(st.own if j == r else st.peer[j]).mem for j in range(world)]
+                args = [a for i, off, n in zip(part, offs, sizes) for a in (bufs[i].mem, off, n)]
+                kern = self.kernel("bf16_sum", ranks=world, count=len(part))
+            else:
+                ranks = [st.peer[j].mem for j in range(world) if j != r]
+                args = [a for i, off, n in zip(part, offs, sizes) for a in (own[i].mem, bufs[i].mem, off, n)]
+                kern = self.kernel("grad_sum", ranks=world, rank=r, count=len(part))
+            self._launch_spread(kern, max(self.sizes[i] for i in part), [*ranks, st.wbuf.mem, *args])
             yield
         return bufs
 

@@ -65,10 +65,11 @@ def test_the_rollback_snapshot_copies_weights_and_optimizer_state_in_one_launch(
 
 @pytest.mark.core
 def test_gradients_packed_to_bfloat16_on_the_device_round_as_the_host_transport_does():
-    """kernels/bf16_pack.cl.mako (a bfloat16 streamed all-reduce): the same bits as
-    cluster/transport.py's host rounding, ties to even, carries into the exponent, the
-    largest floats to Inf, subnormals and signed zeros kept, every NaN a NaN; and
-    kernels/bf16_sum.cl.mako widens and sums them in rank order, as float32 would."""
+    """kernels/gather.cl.mako with `narrow` (a bfloat16 streamed all-reduce): the same bits
+    as cluster/transport.py's host rounding, ties to even, carries into the exponent, the
+    largest floats to Inf, subnormals and signed zeros kept, every NaN a NaN, several runs
+    side by side in one launch; and kernels/bf16_sum.cl.mako widens and sums every rank's
+    values in rank order, as float32 would, several parameters a launch."""
     pytest.importorskip("engine")
     import engine
     import pyopencl as cl
@@ -76,34 +77,44 @@ def test_gradients_packed_to_bfloat16_on_the_device_round_as_the_host_transport_
     from cluster.devicetrain import DeviceTrainer
     rng = np.random.default_rng(5)
     tr = DeviceTrainer(engine.default_device(), {"name": "sgd", "lr": 0.1}, [np.zeros(3, np.float32)], [], 0)
+    dev = tr.device
     x = (rng.standard_normal(5000) * np.exp2(rng.integers(-30, 30, 5000))).astype(np.float32)
     bits = x.view(np.uint32)
-    bits[:8] = [0x3F808000, 0x3F818000, 0x3F80FFFF, 0x7F7FFFFF, 0x00000001, 0x80000000, 0x7F800001, 0xFFC00000]
-    x[8:11] = [np.inf, -np.inf, 1e-40]
+    bits[3:11] = [0x3F808000, 0x3F818000, 0x3F80FFFF, 0x7F7FFFFF, 0x00000001, 0x80000000, 0x7F800001, 0xFFC00000]
+    x[11:14] = [np.inf, -np.inf, 1e-40]
+    y = rng.standard_normal(300).astype(np.float32)
     want = np.empty(len(x), np.uint16)
     transport._bf16_round(x, want, np.empty(len(x), np.uint32))
-    pack, total = tr.build_kernel("bf16_pack"), tr.build_kernel("bf16_sum", ranks=2)
-    src, out = tr.device.upload(x), tr.device.alloc(2 * (len(x) + 7))
-    tr._launch_1d(pack, len(x) - 3, [src.mem, np.uint32(3), np.uint32(len(x) - 3), out.mem, np.uint32(7)])
-    got = np.empty(len(x) + 7, np.uint16)
-    cl.enqueue_copy(tr.device.queue, got, out.mem, is_blocking=True)
-    got = got[7:7 + len(x) - 3]
+    src, other = dev.upload(x), dev.upload(y)
+    # x[3:] from element 7, then y[10:40] right behind it
+    runs, n = [(src.mem, 3, len(x) - 3, 7), (other.mem, 10, 30, 7 + len(x) - 3)], 7 + len(x) - 3 + 30
+    out = dev.alloc(2 * n)
+    tr._gather(runs, out, narrow=True)
+    got = np.empty(n, np.uint16)
+    cl.enqueue_copy(dev.queue, got, out.mem, is_blocking=True)
+    got, tail = got[7:7 + len(x) - 3], got[7 + len(x) - 3:]
     nan = np.isnan(x[3:])
     np.testing.assert_array_equal(got[~nan], want[3:][~nan])
     assert nan.sum() == 2 and np.isnan((got[nan].astype(np.uint32) << 16).view(np.float32)).all()
-    assert got[3 - 3] == 0x7F80                  # the largest float rounds to Inf
-    # the sum: w0 * a + w1 * b over bfloat16 values, in float32
-    a, b = want[20:], want[::-1][:-20].copy()
-    bufs = [tr.device.upload(v) for v in (a, b)]
-    res, weights = tr.device.alloc(4 * len(a)), tr.device.upload(np.float32([0.25, 0.75]))
-    tr._launch_1d(total, len(a) - 5, [bufs[0].mem, bufs[1].mem, weights.mem,
-                                      np.uint32(5), np.uint32(len(a) - 5), res.mem])
-    summed = np.empty(len(a) - 5, np.float32)
-    cl.enqueue_copy(tr.device.queue, summed, res.mem, is_blocking=True)
+    assert got[3] == 0x7F80                  # the largest float rounds to Inf
+    want_y = np.empty(30, np.uint16)
+    transport._bf16_round(y[10:40].copy(), want_y, np.empty(30, np.uint32))
+    np.testing.assert_array_equal(tail, want_y)
+    # the sums: w0 * a + w1 * b + w2 * c over bfloat16 values, in float32, for two
+    # parameters (elements [5, 2005) and [2005, 2006) of the packed values) in one launch
+    ranks = [want[20:4020], want[::-1][:4000].copy(), want[500:4500]]
+    w = np.float32([0.25, 0.75, -0.5])
+    held = [dev.upload(v) for v in (*ranks, w)]
+    parts = [(5, 2000), (2005, 1)]
+    res = [dev.alloc(4 * k) for _, k in parts]
+    args = [a for r, (off, k) in zip(res, parts) for a in (r.mem, np.uint32(off), np.uint32(k))]
+    tr._launch_spread(tr.kernel("bf16_sum", ranks=3, count=2), 2000, [*(h.mem for h in held), *args])
     wide = lambda v: (v.astype(np.uint32) << 16).view(np.float32)
-    with np.errstate(invalid="ignore", over="ignore"):
-        expect = np.float32(0.25) * wide(a[5:]) + np.float32(0.75) * wide(b[5:])
-    np.testing.assert_array_equal(summed, expect)
+    for r, (off, k) in zip(res, parts):
+        with np.errstate(invalid="ignore", over="ignore"):
+            expect = w[0] * wide(ranks[0][off:off + k]) + w[1] * wide(ranks[1][off:off + k]) \
+                + w[2] * wide(ranks[2][off:off + k])
+        np.testing.assert_array_equal(dev.download(r, (k,), "float32"), expect)
 
 
 @pytest.mark.core

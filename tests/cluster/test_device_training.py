@@ -37,10 +37,24 @@ def local_fit(init, spec, x, y, batch=None, steps=None):
     return {k: v.numpy().copy() for k, v in model.state_dict().items()}, losses, opt
 
 
+def tolerances(n: int, spec: dict) -> tuple:
+    """(loss, weights) tolerances of n nodes against the single-process engine.  float32:
+    one node runs the same kernels (rounding only); two sum two half-batch means.  Adam
+    divides by the gradient's root mean square, so a weight whose gradient is near zero
+    moves by up to lr a step whatever its size, and two nodes' other summation order can
+    move it by a small part of lr (one weight in 8192 of fc2 by 0.002 lr, with the initial
+    weights that other tests' draws left)."""
+    tol = dict(rtol=1e-5, atol=1e-6) if n == 1 else dict(rtol=2e-5, atol=2e-6)
+    if n == 1 or spec["name"] != "adam":
+        return tol, tol
+    return tol, dict(tol, atol=5e-3 * spec["lr"])
+
+
 @pytest.mark.parametrize("spec", [{"name": "sgd", "lr": 0.1, "momentum": 0.9},
                                   {"name": "adam", "lr": 2e-3, "weight_decay": 1e-4}])
 def test_one_and_two_nodes_equal_single_process_engine(procs, spec):
     xtr, ytr, _, _ = digits.load_digits()
+    engine.manual_seed(3)     # the same initial weights whichever tests ran before
     init = {k: v.numpy().copy() for k, v in digits.build_model("mlp").state_dict().items()}
     want, losses, opt = local_fit(init, spec, xtr, ytr)
     nodes = start_nodes(procs, 2)
@@ -54,11 +68,10 @@ def test_one_and_two_nodes_equal_single_process_engine(procs, spec):
                      on_step=lambda r: seen.setdefault("state", cl._state()) if r["step"] == STEPS else None)
         assert res.step == STEPS
         assert "optimizer on the device" in nodes[0]["proc"].log()
-        # float32: one node runs the same kernels (rounding only); two sum two half-batch means
-        tol = dict(rtol=1e-5, atol=1e-6) if n == 1 else dict(rtol=2e-5, atol=2e-6)
+        tol, wtol = tolerances(n, spec)
         np.testing.assert_allclose([h["loss"] for h in res.history], losses, **tol, err_msg=f"{n} node(s): loss")
         for k in want:
-            np.testing.assert_allclose(res.params[k], want[k], **tol, err_msg=f"{n} node(s): {k}")
+            np.testing.assert_allclose(res.params[k], want[k], **wtol, err_msg=f"{n} node(s): {k}")
         # optimizer state comes back from the device in HostOptimizer's order
         _, state, at = seen["state"]
         names = ("momentum_buffer",) if spec["name"] == "sgd" else ("exp_avg", "exp_avg_sq")
@@ -75,6 +88,7 @@ def test_nodes_that_keep_the_rows_on_the_device_equal_single_process_engine(proc
     are the single-process engine's."""
     spec = {"name": "adam", "lr": 2e-3}
     xtr, ytr, _, _ = digits.load_digits()
+    engine.manual_seed(3)
     init = {k: v.numpy().copy() for k, v in digits.build_model("mlp").state_dict().items()}
     want, losses, _ = local_fit(init, spec, xtr, ytr)
     nodes = start_nodes(procs, 2, extra_args=("--overlap-mb", "0.01"), ENGINE_NODE_DATA_ON_DEVICE="1")
@@ -85,10 +99,10 @@ def test_nodes_that_keep_the_rows_on_the_device_equal_single_process_engine(proc
                      rebalance_tolerance=1.0)
         res = cl.fit(model, F.cross_entropy, spec, (xtr, ytr), global_batch=B, max_steps=STEPS)
         assert res.step == STEPS
-        tol = dict(rtol=1e-5, atol=1e-6) if n == 1 else dict(rtol=2e-5, atol=2e-6)
+        tol, wtol = tolerances(n, spec)
         np.testing.assert_allclose([h["loss"] for h in res.history], losses, **tol, err_msg=f"{n} node(s): loss")
         for k in want:
-            np.testing.assert_allclose(res.params[k], want[k], **tol, err_msg=f"{n} node(s): {k}")
+            np.testing.assert_allclose(res.params[k], want[k], **wtol, err_msg=f"{n} node(s): {k}")
     for d in nodes:
         log = d["proc"].log()
         assert "rows kept in device memory" in log
