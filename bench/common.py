@@ -31,6 +31,16 @@ def best_of(fn, repeat=5, number=1) -> float:
     return best
 
 
+def relu_mlp(nn, sizes, **linear_kw):
+    """The benchmarks' MLP: Linear layers through `sizes` with a ReLU between each two, from
+    `nn` (engine.nn or torch.nn, which name them alike); linear_kw go to every Linear (the
+    engine's device=)."""
+    layers = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(a, b, **linear_kw), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
 def try_torch():
     try:
         import torch

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 import engine
-from bench.common import header, try_torch
+from bench.common import header, relu_mlp, try_torch
 from engine.nn import functional as F
 
 SIZES = (784, 512, 512, 10)
@@ -24,10 +24,7 @@ def mlp_step(dev):
     """The benchmarked MLP (SIZES, seed 0) and its compiled training step (SGD momentum,
     cross entropy)."""
     engine.manual_seed(0)
-    layers = []
-    for a, b in zip(SIZES[:-1], SIZES[1:]):
-        layers += [engine.nn.Linear(a, b, device=dev), engine.nn.ReLU()]
-    model = engine.nn.Sequential(*layers[:-1])
+    model = relu_mlp(engine.nn, SIZES, device=dev)
     opt = engine.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     return engine.training_step(model, F.cross_entropy, opt)
 

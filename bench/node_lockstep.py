@@ -21,6 +21,7 @@ import argparse
 import numpy as np
 
 from bench.allreduce import machine
+from bench.common import relu_mlp
 from bench.scaling import fit_on_nodes
 
 SPEC = {"name": "adam", "lr": 1e-3}
@@ -33,10 +34,7 @@ def models(name):
     x, y = rng.random((max(8192, 4 * B), 784), dtype=np.float32), rng.integers(0, 10, max(8192, 4 * B))
 
     def build():
-        layers = []
-        for a, b in zip(sizes, sizes[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
-        return nn.Sequential(*layers[:-1])
+        return relu_mlp(nn, sizes)
     return f"MLP {'-'.join(map(str, sizes))}", build, x, y, B
 
 

@@ -19,7 +19,7 @@ import timeit
 import numpy as np
 
 import engine
-from bench.common import header, try_torch
+from bench.common import header, relu_mlp, try_torch
 from engine import autograd, optim, realize
 from engine.nn import functional as F
 
@@ -28,10 +28,7 @@ _tensor_module = sys.modules["engine.tensor"]
 
 def _mlp_step(dev, compiled):
     engine.manual_seed(0)
-    layers = []
-    for a, b in zip((784, 512, 512), (512, 512, 10)):
-        layers += [engine.nn.Linear(a, b, device=dev), engine.nn.ReLU()]
-    model = engine.nn.Sequential(*layers[:-1])
+    model = relu_mlp(engine.nn, (784, 512, 512, 10), device=dev)
     opt = engine.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     return model, opt, engine.training_step(model, F.cross_entropy, opt, compiled=compiled)
 

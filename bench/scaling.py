@@ -61,6 +61,7 @@ import time
 import numpy as np
 
 from bench.allreduce import env as worker_env, machine
+from bench.common import relu_mlp
 from cluster import Cluster
 from cluster.node_cli import cpu_list, pin_threads
 
@@ -195,10 +196,7 @@ def run_engine(sizes, B, n, steps, warmup, x, y, node_args=(), env=None, cluster
     gpus = gpu_indices()
     if gpus and len(gpus) < n:
         raise RuntimeError(f"{n} workers but {len(gpus)} GPU(s)")
-    layers = []
-    for a, b in zip(sizes, sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    model = nn.Sequential(*layers[:-1])
+    model = relu_mlp(nn, sizes)
     pinned = pin and not gpus
     # a pinned node sets PoCL's thread count to its CPUs itself (engine-node --cpus)
     env = dict(env or {}, **({} if gpus or pinned else {"POCL_MAX_PTHREAD_COUNT": str(cpu_threads(n)),
@@ -245,10 +243,7 @@ def worker_ddp(cfg: dict) -> None:
         dev = torch.device("cpu")
     dist.init_process_group(cfg["backend"], init_method=f"tcp://127.0.0.1:{cfg['port']}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    layers = []
-    for a, b in zip(sizes, sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    model = nn.Sequential(*layers[:-1]).to(dev)
+    model = relu_mlp(nn, sizes).to(dev)
     ddp = DDP(model, device_ids=[rank] if cuda else None)
     opt = torch.optim.Adam(ddp.parameters(), lr=SPEC["lr"])
     b = B // world + (rank < B % world)

@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 import engine
-from bench.common import best_of, header, try_torch
+from bench.common import best_of, header, relu_mlp, try_torch
 from engine.nn import functional as F
 
 CPU_ROWS = "mlp,plain,cold,gemm,conv,sum,chain,curve"
@@ -50,10 +50,7 @@ class Peer:
 
 
 def _mlp(sizes, dev):
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [engine.nn.Linear(a, b, device=dev), engine.nn.ReLU()]
-    return engine.nn.Sequential(*layers[:-1])
+    return relu_mlp(engine.nn, sizes, device=dev)
 
 
 def _torch_mlp(peer, model):

@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from bench.common import relu_mlp
+
 MODELS = {"digits": ([64, 128, 64, 10], 256), "wide": ([784, 1024, 1024, 10], 512), "big": ([784, 4096, 4096, 10], 1024)}
 LR = 1e-3
 BATCHES = 4      # distinct batches on the device, cycled
@@ -53,10 +55,7 @@ def engine_run(sizes, arrays: dict, steps: int) -> dict:
     import engine
     from engine import nn
     from engine.nn import functional as F
-    layers = []
-    for a, b in zip(sizes, sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    model = nn.Sequential(*layers[:-1])
+    model = relu_mlp(nn, sizes)
     model.load_state_dict({f"{2 * i}.{p}": arrays[f"{p[0]}{i}"] for i in range(len(sizes) - 1) for p in ("weight", "bias")})
     step = engine.training_step(model, F.cross_entropy, engine.optim.Adam(model.parameters(), lr=LR))
     xs, ys = [engine.tensor(x) for x in arrays["x"]], [engine.tensor(y) for y in arrays["y"]]

@@ -23,8 +23,9 @@ both through shared memory and sum on their devices), beside the single-process 
 CUDA where there is one) on the same global batches, from the same initial weights.  Each
 run is compared with PyTorch float64: over a long Adam run every float32 summation order
 drifts from it, and PyTorch float32's row shows how far float32 alone goes.  CPU nodes
-on one host sum through shared memory in exact float32, where a narrow transport
-does not apply (cluster/README.md): there both node curves are float32's.
+on one host sum gradients of more than 256 KB through shared memory in exact float32,
+where a narrow transport does not apply (cluster/README.md): there both node curves are
+float32's.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import numpy as np
 import zmq
 
 from bench.allreduce import machine
+from bench.common import relu_mlp
 from cluster import RingLinks, allreduce
 from cluster.optimizer import HostOptimizer
 from cluster.reference import ReferenceMLP, ReferenceProgram, epoch_order
@@ -123,24 +125,18 @@ def train_ring(sizes, spec, x, y, B, steps, seed, n, transport) -> tuple[list[fl
     return list(local_loss.sum(axis=1)), float(np.median(ar_times[0]))
 
 
-def train_nodes(sizes, spec, x, y, B, steps, seed, n) -> dict:
-    """Loss curves of engine nodes (Cluster.fit, float32 and bfloat16 transport) and of the
-    single-process engine on the same batches, and each run's final weights' largest
-    difference from the single-process run's, relative to each tensor's largest value."""
+def train_nodes(sizes, spec, x, y, B, steps, seed, n) -> tuple[dict, dict]:
+    """Loss curves and final weights, by run: engine nodes (Cluster.fit, float32 and
+    bfloat16 transport), the single-process engine and, where torch is installed, PyTorch
+    float32 and float64, all on the same batches from the same initial weights."""
     import engine
     from engine import nn
     from engine.nn import functional as F
     from bench.scaling import fit_on_nodes, gpu_indices
 
-    def mlp():
-        layers = []
-        for a, b in zip(sizes, sizes[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
-        return nn.Sequential(*layers[:-1])
-
     engine.manual_seed(seed)
-    init = {k: v.numpy().copy() for k, v in mlp().state_dict().items()}
-    model = mlp()
+    init = {k: v.numpy().copy() for k, v in relu_mlp(nn, sizes).state_dict().items()}
+    model = relu_mlp(nn, sizes)
     model.load_state_dict(init)
     opt = engine.optim.Adam(model.parameters(), lr=spec["lr"])
     step = engine.training_step(model, F.cross_entropy, opt)
@@ -158,7 +154,7 @@ def train_nodes(sizes, spec, x, y, B, steps, seed, n) -> dict:
         curves[f"PyTorch {dt}"], finals[f"PyTorch {dt}"] = train_torch(torch, getattr(torch, dt), sizes, init, spec,
                                                                       x, y, B, steps, seed)
     for t in ("float32", "bfloat16"):
-        m = mlp()
+        m = relu_mlp(nn, sizes)
         m.load_state_dict(init)
         res, _ = fit_on_nodes(devices, m, F.cross_entropy, spec, (x, y), B, steps, transport=t, seed=seed,
                               batch_multiple=B // n, rebalance_tolerance=1.0)
@@ -172,10 +168,7 @@ def train_torch(torch, dtype, sizes, init: dict, spec, x, y, B, steps, seed) -> 
     same initial weights, on CUDA where there is one: how far float32 alone drifts from
     float64 over the run."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    layers = []
-    for a, b in zip(sizes, sizes[1:]):
-        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-    model = torch.nn.Sequential(*layers[:-1]).to(dev, dtype)
+    model = relu_mlp(torch.nn, sizes).to(dev, dtype)
     model.load_state_dict({k: torch.tensor(v, dtype=dtype, device=dev) for k, v in init.items()})
     opt, losses = torch.optim.Adam(model.parameters(), lr=spec["lr"]), []
     for idx in batches(len(x), B, steps, seed):
